@@ -1,0 +1,79 @@
+"""Pieces shared by the config files: option parsing and model fields.
+
+Config files are `get_config(arg)` modules used as
+`--config=configs/FILE.py:PRESET,option,key=value`. The text after the colon
+is a comma-separated list: the first item names a preset, the others are
+flags (`runlocal`) or `key=value` options that the file documents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+from mae_jax.model.config import ModelConfig, preset
+
+
+def parse_arg(arg: str | None, *, default_preset: str, presets: tuple[str, ...],
+              known_options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+  """'vit_base,runlocal,epochs=1600' -> ('vit_base', {'runlocal': True, 'epochs': 1600})."""
+  items = [item.strip() for item in (arg or "").split(",") if item.strip()]
+  name = default_preset
+  if items and "=" not in items[0] and items[0] not in known_options:
+    name = items.pop(0)
+  if name not in presets:
+    raise ValueError(f"config preset {name!r} is unknown: choose one of {list(presets)}.")
+  options = dict(known_options)
+  for item in items:
+    key, _, value = item.partition("=")
+    if key not in known_options:
+      raise ValueError(
+          f"config option {key!r} is unknown: known options are {sorted(known_options)}.")
+    default = known_options[key]
+    if not value:
+      options[key] = True
+    elif isinstance(default, bool):
+      options[key] = value.lower() in ("1", "true", "yes")
+    else:
+      options[key] = type(default)(value)
+  return name, options
+
+
+def model_config_dict(model_preset: str, **overrides: Any) -> ml_collections.ConfigDict:
+  """All `ModelConfig` fields of a preset (or a custom size) as a ConfigDict."""
+  if model_preset == "custom":
+    config = ModelConfig(**overrides).validate()
+  else:
+    config = preset(model_preset, **overrides)
+  fields = dataclasses.asdict(config)
+  # attention_impl may be None; give the ConfigDict a string type for CLI overrides.
+  fields["attention_impl"] = fields["attention_impl"] or ""
+  return ml_collections.ConfigDict(fields)
+
+
+def base_training_config() -> ml_collections.ConfigDict:
+  """Everything a run depends on besides the model and the data."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.global_batch_size = 4096
+  c.grad_accum_steps = 1
+  c.num_epochs = 800.0
+  c.num_train_steps = -1          # > 0 overrides num_epochs
+  c.warmup_epochs = 40.0
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="adamw", base_lr=1.5e-4, min_lr=0.0, b1=0.9, b2=0.95, weight_decay=0.05,
+      grad_clip_norm=0.0))        # 0 = no clipping (the reference clips nothing)
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.logical_axis_rules = []       # empty = mae_jax.sharding.DEFAULT_RULES
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3          # newest checkpoints kept
+  c.async_checkpointing = True
+  c.log_every_steps = 100
+  c.eval_every_steps = 1000
+  c.eval_batches = -1             # -1 = the whole held-out split
+  c.num_reconstructions = 8       # held-out images in reconstructions.png
+  c.progress_bar = "auto"         # auto (only on a terminal) | on | off
+  c.init_from = ""                # checkpoint dir to start from (fine-tuning chains)
+  return c

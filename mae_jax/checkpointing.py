@@ -1,0 +1,129 @@
+"""Orbax checkpoints: one layout for pretraining, evaluation and converted weights.
+
+A checkpoint directory is an orbax `CheckpointManager` directory: one
+sub-directory per step, each with two items:
+
+  state     PyTree: {"params": ..., "step": ..., and for a training run
+            "opt_state": ..., "rng": ...}. Converted weights have only
+            params and step.
+  metadata  JSON: {"model": ModelConfig fields, "source": where it came from,
+            "param_layout": "layers" (scanned) or "layer_i", ...}.
+
+Parts of `state` (e.g. only the encoder) are restored with `PyTreeRestore`
+and `partial_restore=True`, onto whatever shardings the abstract tree
+carries, so a checkpoint written on one mesh restores on another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping
+
+import jax
+import orbax.checkpoint as ocp
+
+from mae_jax.model.config import ModelConfig
+
+STATE = "state"
+METADATA = "metadata"
+
+# Fields that change the parameter shapes; the rest (dtype, remat, mask
+# ratio, image size...) can differ between the writer and the reader.
+ARCHITECTURE_FIELDS = ("patch_size", "channels", "width", "depth", "heads", "mlp_ratio",
+                       "decoder_width", "decoder_depth", "decoder_heads", "decoder_mlp_ratio",
+                       "encoder_mask_tokens")
+
+
+def manager(directory: str, *, max_to_keep: int | None = None, save_interval_steps: int = 1,
+            enable_async: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
+      create=not read_only, read_only=read_only,
+      enable_async_checkpointing=enable_async)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, metadata: Mapping,
+         *, force: bool = False) -> bool:
+  return mngr.save(step, args=ocp.args.Composite(
+      **{STATE: ocp.args.PyTreeSave(state), METADATA: ocp.args.JsonSave(dict(metadata))}),
+      force=force)
+
+
+def _latest_step(mngr: ocp.CheckpointManager, directory: str, step: int | None) -> int:
+  if step is None:
+    step = mngr.latest_step()
+  if step is None:
+    raise ValueError(
+        f"no complete checkpoint in {directory!r}: expected an orbax checkpoint "
+        "directory (e.g. a run's workdir/checkpoints, or the output of "
+        "`python -m mae_jax.convert`).")
+  if step not in mngr.all_steps():
+    raise ValueError(f"checkpoint step {step} not in {directory!r}; steps: {mngr.all_steps()}.")
+  return step
+
+
+def read_metadata(directory: str, step: int | None = None) -> dict:
+  mngr = manager(directory, read_only=True)
+  step = _latest_step(mngr, directory, step)
+  return mngr.restore(step, args=ocp.args.Composite(
+      **{METADATA: ocp.args.JsonRestore()}))[METADATA]
+
+
+def restore_state(directory: str, abstract_state: Any, step: int | None = None) -> Any:
+  """Restores the parts of `state` that `abstract_state` names.
+
+  `abstract_state` is a (possibly partial) tree of `jax.ShapeDtypeStruct`s
+  with shardings (e.g. from `jax.eval_shape`); leaves without a sharding
+  land on the first local device.
+  """
+  mngr = manager(directory, read_only=True)
+  step = _latest_step(mngr, directory, step)
+  default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def restore_args(leaf):
+    sharding = getattr(leaf, "sharding", None) or default
+    return ocp.ArrayRestoreArgs(dtype=leaf.dtype, sharding=sharding, global_shape=leaf.shape)
+
+  args = ocp.args.PyTreeRestore(
+      item=abstract_state, restore_args=jax.tree.map(restore_args, abstract_state),
+      partial_restore=True)
+  return mngr.restore(step, args=ocp.args.Composite(**{STATE: args}))[STATE]
+
+
+def model_metadata(config: ModelConfig) -> dict:
+  return dataclasses.asdict(config)
+
+
+def architecture_differences(saved: Mapping, config: ModelConfig) -> list[str]:
+  """Human-readable list of architecture fields where `saved` differs."""
+  current = dataclasses.asdict(config)
+  return [f"{name}: checkpoint {saved.get(name)!r} vs config {current[name]!r}"
+          for name in ARCHITECTURE_FIELDS
+          if name in saved and saved[name] != current[name]]
+
+
+def check_architecture(directory: str, metadata: Mapping, config: ModelConfig) -> None:
+  differences = architecture_differences(metadata.get("model", {}), config)
+  if differences:
+    raise ValueError(
+        f"the checkpoint in {directory!r} is of another architecture: "
+        + "; ".join(differences)
+        + ". Use a config with the checkpoint's sizes, or another checkpoint.")
+
+
+def write_params(directory: str, params: Any, config: ModelConfig, *, source: str,
+                 param_layout: str = "layer_i") -> str:
+  """Writes converted weights as a one-step (step 0) checkpoint; returns its path."""
+  mngr = manager(directory, enable_async=False)
+  if mngr.all_steps():
+    raise ValueError(
+        f"{directory!r} already holds checkpoints {mngr.all_steps()}: refusing to "
+        "overwrite; choose an empty output directory.")
+  metadata = {"model": model_metadata(config), "source": source,
+              "param_layout": param_layout}
+  save(mngr, 0, {"params": params, "step": 0}, metadata, force=True)
+  mngr.wait_until_finished()
+  mngr.close()
+  return os.path.join(os.path.abspath(directory), "0")

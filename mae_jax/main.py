@@ -1,0 +1,85 @@
+r"""Entry point: `python -m mae_jax.main --config=configs/FILE.py:PRESET --workdir=DIR`.
+
+Thin on purpose: flags, distributed start-up, logging, then the job named
+by the config (`config.job`, default "pretrain") as a function
+`(config, workdir)` that tests call directly.
+
+  python -m mae_jax.main --config=configs/pretrain.py:digits --workdir=runs/digits
+  python -m mae_jax.main --config=configs/pretrain.py:vit_large \
+      --workdir=gs://BUCKET/mae/vit_large --config.model.dtype=bfloat16
+
+Multi-host: Cloud TPU VMs and SLURM jobs are detected and
+`jax.distributed.initialize()` is called on every process; anywhere else pass
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I.
+"""
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/pretrain.py:digits.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local path or gs://).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for multi-process runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "auto: initialise jax.distributed when a TPU pod or a SLURM job is detected.")
+
+
+def cluster_detected(environ=os.environ) -> bool:
+  """True on a multi-host TPU slice, a multi-task SLURM job or an MPI launch."""
+  if "," in environ.get("TPU_WORKER_HOSTNAMES", ""):
+    return True
+  for size_var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+    if int(environ.get(size_var, "1") or 1) > 1:
+      return True
+  return False
+
+
+def initialize_distributed() -> None:
+  import jax
+  if _COORDINATOR.value:
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+  elif _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and cluster_detected()):
+    jax.distributed.initialize()
+
+
+def run_job(config, workdir: str):
+  job = config.get("job", "pretrain")
+  if job == "pretrain":
+    from mae_jax.train.pretrain import train_and_evaluate
+    return train_and_evaluate(config, workdir)
+  raise ValueError(f"config.job={job!r} is unknown: 'pretrain'.")
+
+
+class _LibraryInfoFilter:
+  """Keeps orbax's per-save INFO chatter out of the run log (warnings stay)."""
+
+  def filter(self, record) -> bool:
+    import logging as std_logging
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _CONFIG.value is None or not _WORKDIR.value:
+    raise app.UsageError("--config and --workdir are required.")
+  logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+  initialize_distributed()
+  import jax
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)
+  logging.info("JAX %s: %d processes, %d devices (%s).", jax.__version__,
+               jax.process_count(), jax.device_count(), jax.devices()[0].device_kind)
+  run_job(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

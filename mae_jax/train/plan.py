@@ -1,0 +1,122 @@
+"""Checks a run's config and works out its shape, before anything compiles.
+
+Every mistake a user can make in a config (an impossible size, a batch that
+does not split over the devices, a mesh larger than the machine, a dataset
+that is not there) is a `ValueError` raised here, naming the field, the
+value and what to change — not a trace-time error minutes into a pod job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import ml_collections
+
+from mae_jax import sharding
+from mae_jax import data as input_pipeline
+from mae_jax.model.config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+  model: ModelConfig
+  mesh_shape: tuple[int, ...]
+  rules: tuple
+  data_parallel: int
+  micro_batch_size: int      # global batch / gradient-accumulation steps
+  steps_per_epoch: int
+  total_steps: int
+  warmup_steps: int
+  num_train_examples: int
+  num_eval_examples: int
+
+
+def model_config_from(config: ml_collections.ConfigDict) -> ModelConfig:
+  fields = dict(config.model.to_dict())
+  fields["attention_impl"] = fields.get("attention_impl") or None
+  known = {f.name for f in dataclasses.fields(ModelConfig)}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ValueError(f"config.model has unknown fields {unknown}; known: {sorted(known)}.")
+  return ModelConfig(**fields).validate()
+
+
+def _positive(config, name: str, value: Any, *, allow_zero: bool = False) -> None:
+  ok = value >= 0 if allow_zero else value > 0
+  if not ok:
+    bound = ">= 0" if allow_zero else "> 0"
+    raise ValueError(f"config.{name}={value!r}: must be {bound}.")
+
+
+def check_training_fields(config: ml_collections.ConfigDict) -> None:
+  _positive(config, "global_batch_size", config.global_batch_size)
+  _positive(config, "grad_accum_steps", config.grad_accum_steps)
+  if config.num_train_steps <= 0 and config.num_epochs <= 0:
+    raise ValueError(
+        f"config.num_epochs={config.num_epochs} and config.num_train_steps="
+        f"{config.num_train_steps}: set one of them > 0.")
+  _positive(config, "warmup_epochs", config.warmup_epochs, allow_zero=True)
+  opt = config.optimizer
+  if opt.name != "adamw":
+    raise ValueError(f"config.optimizer.name={opt.name!r}: pretraining supports 'adamw'.")
+  _positive(config, "optimizer.base_lr", opt.base_lr)
+  _positive(config, "optimizer.min_lr", opt.min_lr, allow_zero=True)
+  _positive(config, "optimizer.weight_decay", opt.weight_decay, allow_zero=True)
+  _positive(config, "optimizer.grad_clip_norm", opt.grad_clip_norm, allow_zero=True)
+  for beta in ("b1", "b2"):
+    if not 0.0 <= opt[beta] < 1.0:
+      raise ValueError(f"config.optimizer.{beta}={opt[beta]!r}: must be in [0, 1).")
+  for name in ("checkpoint_every_steps", "keep_checkpoints", "log_every_steps",
+               "eval_every_steps"):
+    _positive(config, name, config[name])
+  if config.progress_bar not in ("auto", "on", "off"):
+    raise ValueError(f"config.progress_bar={config.progress_bar!r}: auto, on or off.")
+
+
+def make_plan(config: ml_collections.ConfigDict, *, num_devices: int,
+              process_count: int) -> RunPlan:
+  model = model_config_from(config)
+  check_training_fields(config)
+  data = config.data
+  for field, expected in (("image_size", model.image_size), ("channels", model.channels)):
+    if data[field] != expected:
+      raise ValueError(
+          f"config.data.{field}={data[field]} but config.model.{field}={expected}: "
+          "they must agree.")
+  input_pipeline.validate_data_config(data)
+  mesh_shape = sharding.mesh_shape(config.mesh.to_dict(), num_devices)
+  rules = sharding.rules_from_config(config.logical_axis_rules)
+  axes = sharding.batch_axes(rules)
+  axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+  data_parallel = math.prod(dict(zip(sharding.MESH_AXES, mesh_shape))[a] for a in axes)
+  batch, accum = config.global_batch_size, config.grad_accum_steps
+  if batch % accum:
+    raise ValueError(
+        f"config.global_batch_size={batch} is not divisible by "
+        f"config.grad_accum_steps={accum}.")
+  micro = batch // accum
+  if micro % data_parallel:
+    raise ValueError(
+        f"config.global_batch_size={batch} / config.grad_accum_steps={accum} = {micro} "
+        f"images per micro-batch do not split over the {data_parallel} data-parallel "
+        f"devices (mesh {dict(zip(sharding.MESH_AXES, mesh_shape))}): make the global "
+        f"batch a multiple of {data_parallel * accum}.")
+  if batch % process_count:
+    raise ValueError(
+        f"config.global_batch_size={batch} does not split over {process_count} hosts.")
+  splits, _ = input_pipeline.dataset_info(data)
+  num_train, num_eval = splits[data.train_split], splits[data.eval_split]
+  steps_per_epoch = num_train // batch
+  if steps_per_epoch == 0:
+    raise ValueError(
+        f"config.global_batch_size={batch} is larger than the {num_train} training "
+        f"images of {data.source}:{data.name or ''}{data.train_split}.")
+  total = (config.num_train_steps if config.num_train_steps > 0
+           else int(round(config.num_epochs * steps_per_epoch)))
+  warmup = int(round(config.warmup_epochs * steps_per_epoch))
+  return RunPlan(model=model, mesh_shape=mesh_shape, rules=rules, data_parallel=data_parallel,
+                 micro_batch_size=micro, steps_per_epoch=steps_per_epoch, total_steps=total,
+                 warmup_steps=min(warmup, total), num_train_examples=num_train,
+                 num_eval_examples=num_eval)

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Creates .venv in the repository root and installs mae_jax into it.
+#   bash setup.sh          runtime dependencies (pretraining, evaluation)
+#   bash setup.sh --test   plus the test dependencies (torch CPU, transformers, pytest)
+# Idempotent: a second run only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+requirements=requirements.txt
+if [[ "${1:-}" == "--test" ]]; then
+  requirements=requirements-test.txt
+elif [[ $# -gt 0 ]]; then
+  echo "usage: bash setup.sh [--test]" >&2
+  exit 2
+fi
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+  echo "mae_jax needs Python >= 3.10; set PYTHON=/path/to/python3.11" >&2
+  exit 1
+fi
+if [[ ! -x .venv/bin/python ]]; then
+  "$python" -m venv .venv
+fi
+# Skip pip entirely when everything is already installed (fast re-runs).
+stamp=".venv/.installed-$(cat "$requirements" requirements.txt pyproject.toml | cksum | cut -d' ' -f1)"
+if [[ ! -f "$stamp" ]]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -r "$requirements"
+  .venv/bin/python -m pip install --quiet --no-deps -e .
+  touch "$stamp"
+fi
+echo "mae_jax is installed in .venv ($requirements)."
