@@ -1,0 +1,118 @@
+"""Command line: PyTorch MAE weights <-> mae_jax orbax checkpoints.
+
+Run `python -m mae_jax.convert --help` for both directions with examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from mae_jax.convert.pipeline import export_checkpoint, import_to_checkpoint
+from mae_jax.model.config import PRESETS, ModelConfig, preset
+
+DESCRIPTION = """\
+Convert Masked Autoencoder weights between PyTorch files and mae_jax.
+
+import (a file -> an orbax checkpoint directory)
+  The input is a .pth/.pt/.bin (read with torch.load(weights_only=True): files
+  that pickle other Python objects are refused) or a .safetensors file, in
+  the authors' layout (facebookresearch/mae models_mae.py, optionally wrapped
+  as {"model": ...}) or transformers' ViTMAE layout (current or older key
+  names). The layout is detected from the keys. A file without decoder
+  weights (e.g. mae_pretrain_vit_base.pth) becomes an encoder-only
+  checkpoint. The sizes come from --model and/or explicit size flags (the
+  head count cannot be read from the tensor shapes); every tensor is checked
+  against them.
+
+export (an orbax checkpoint directory -> a file)
+  Chosen when --input is a directory (or with --export). The sizes are read
+  from the checkpoint's metadata; the output is the authors' layout,
+  float32, including the fixed pos_embed / decoder_pos_embed buffers, as
+  .pth ({"model": state_dict}) or .safetensors.
+"""
+
+EXAMPLES = """\
+examples:
+  # the authors' released ViT-B/16 encoder
+  python -m mae_jax.convert --input=mae_pretrain_vit_base.pth \\
+      --output=/ckpt/mae_b16 --model=B/16
+  # a transformers ViTMAEForPreTraining file, scanned layers for training
+  python -m mae_jax.convert --input=model.safetensors --output=/ckpt/mae_l16 \\
+      --model=L/16 --scan_layers
+  # a fine-tuned checkpoint: ignore its classifier head
+  python -m mae_jax.convert --input=mae_finetuned_vit_base.pth \\
+      --output=/ckpt/ft_b16 --model=B/16 --allow_unused
+  # custom sizes (no preset)
+  python -m mae_jax.convert --input=tiny.pth --output=/ckpt/tiny --patch_size=4 \\
+      --width=64 --depth=2 --heads=4 --decoder_width=32 --decoder_depth=1 \\
+      --decoder_heads=4 --image_size=32 --channels=1
+  # export back to the authors' layout
+  python -m mae_jax.convert --input=/ckpt/mae_b16 --output=mae_b16.pth
+  python -m mae_jax.convert --input=/ckpt/mae_b16 --output=mae_b16.safetensors
+"""
+
+# Size flags that override the preset; without --model the four encoder
+# sizes are required (the decoder defaults to the reference 512/8/16).
+SIZE_FLAGS = {"patch_size": int, "width": int, "depth": int, "heads": int, "mlp_ratio": float,
+              "decoder_width": int, "decoder_depth": int, "decoder_heads": int,
+              "decoder_mlp_ratio": float, "image_size": int, "channels": int}
+REQUIRED_WITHOUT_PRESET = ("patch_size", "width", "depth", "heads")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      prog="python -m mae_jax.convert", description=DESCRIPTION, epilog=EXAMPLES,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--input", required=True,
+                      help="weight file (import) or orbax checkpoint directory (export)")
+  parser.add_argument("--output", required=True,
+                      help="new checkpoint directory (import) or .pth/.safetensors file (export)")
+  parser.add_argument("--export", action="store_true",
+                      help="export a checkpoint (implied when --input is a directory)")
+  parser.add_argument("--model", help=f"preset: one of {list(PRESETS)} (import only)")
+  for name, kind in SIZE_FLAGS.items():
+    parser.add_argument(f"--{name}", type=kind, help="overrides the preset (import only)")
+  parser.add_argument("--scan_layers", action="store_true",
+                      help="store blocks stacked for nn.scan (import only)")
+  parser.add_argument("--allow_unused", action="store_true",
+                      help="ignore keys the model has no place for, e.g. a classifier head")
+  return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> ModelConfig:
+  overrides = {name: getattr(args, name) for name in SIZE_FLAGS
+               if getattr(args, name) is not None}
+  if args.model:
+    return preset(args.model, **overrides)
+  missing = [f"--{name}" for name in REQUIRED_WITHOUT_PRESET if name not in overrides]
+  if missing:
+    raise ValueError(
+        f"give --model (one of {list(PRESETS)}) or the sizes explicitly; missing {missing}.")
+  return ModelConfig(**overrides).validate()
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = parse_args(argv)
+  if args.export or os.path.isdir(args.input):
+    if not os.path.isdir(args.input):
+      raise ValueError(f"--export: {args.input!r} is not a checkpoint directory.")
+    config = export_checkpoint(args.input, args.output)
+    print(f"wrote {args.output} (authors' layout; width {config.width}, depth "
+          f"{config.depth}, patch {config.patch_size}, image {config.image_size})")
+    return 0
+  config = config_from_args(args)
+  imported = import_to_checkpoint(args.input, args.output, config, scan_layers=args.scan_layers,
+                                  allow_unused=args.allow_unused)
+  print(f"wrote {imported.path} (from the {imported.layout} layout; "
+        f"{'scanned' if args.scan_layers else 'per-layer'} blocks)")
+  return 0
+
+
+if __name__ == "__main__":
+  try:
+    sys.exit(main())
+  except ValueError as error:  # a user mistake: the message, not a traceback
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
