@@ -69,6 +69,7 @@ def base_training_config() -> ml_collections.ConfigDict:
   c.logical_axis_rules = []       # empty = mae_jax.sharding.DEFAULT_RULES
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3          # newest checkpoints kept
+  c.keep_every_steps = 0          # > 0: also keep every such step forever
   c.async_checkpointing = True
   c.log_every_steps = 100
   c.eval_every_steps = 1000

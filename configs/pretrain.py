@@ -61,7 +61,7 @@ def _digits(config: ml_collections.ConfigDict) -> None:
       norm_pix_loss=True)
   config.data = default_data_config(image_size=32, channels=1)
   config.global_batch_size = 128
-  config.num_epochs = 60.0          # 1,497 training images: 11 steps an epoch
+  config.num_epochs = 40.0          # 1,497 training images: 11 steps an epoch
   config.warmup_epochs = 5.0
   config.optimizer.base_lr = 1.5e-3 # small data, short schedule: a higher lr
   config.checkpoint_every_steps = 200

@@ -35,10 +35,13 @@ ARCHITECTURE_FIELDS = ("patch_size", "channels", "width", "depth", "heads", "mlp
                        "encoder_mask_tokens")
 
 
-def manager(directory: str, *, max_to_keep: int | None = None, save_interval_steps: int = 1,
-            enable_async: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
+def manager(directory: str, *, max_to_keep: int | None = None, keep_period: int | None = None,
+            save_interval_steps: int = 1, enable_async: bool = True,
+            read_only: bool = False) -> ocp.CheckpointManager:
+  """`max_to_keep` newest checkpoints, plus every `keep_period`-th step forever."""
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
+      max_to_keep=max_to_keep, keep_period=keep_period or None,
+      save_interval_steps=save_interval_steps,
       create=not read_only, read_only=read_only,
       enable_async_checkpointing=enable_async)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)

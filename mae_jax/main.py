@@ -59,11 +59,15 @@ def run_job(config, workdir: str):
 
 
 class _LibraryInfoFilter:
-  """Keeps orbax's per-save INFO chatter out of the run log (warnings stay)."""
+  """Keeps orbax's per-save and TFDS's per-read INFO chatter out of the run
+  log (their warnings stay)."""
+
+  NOISY = ("/orbax/", "/tensorflow_datasets/")
 
   def filter(self, record) -> bool:
     import logging as std_logging
-    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+    return (record.levelno >= std_logging.WARNING
+            or not any(part in record.pathname for part in self.NOISY))
 
 
 def main(argv):

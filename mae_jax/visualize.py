@@ -29,13 +29,14 @@ def reconstruction_panels(images: np.ndarray, pred: np.ndarray, mask: np.ndarray
     patch_std = np.sqrt(target.var(-1, ddof=1, keepdims=True) + NORM_PIX_EPS)
     pred = pred * patch_std + patch_mean
   removed = np.asarray(mask, np.float32)[..., None]
-  masked_input = unpatchify(target * (1 - removed) + removed * target.min(), patch_size,
-                             channels)
   reconstruction = unpatchify(pred, patch_size, channels)
   pasted = unpatchify(target * (1 - removed) + pred * removed, patch_size, channels)
-  panels = np.stack([images, masked_input, reconstruction, pasted], axis=1)
+  panels = np.stack([images, images, reconstruction, pasted], axis=1)
   # Undo the dataset normalisation for display.
   panels = panels * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+  # Removed patches of the masked input are drawn mid-grey.
+  removed_pixels = unpatchify(np.broadcast_to(removed, target.shape), patch_size, channels)
+  panels[:, 1] = np.where(removed_pixels > 0, 0.5, panels[:, 1])
   return np.clip(panels, 0.0, 1.0)
 
 

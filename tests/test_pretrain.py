@@ -195,7 +195,7 @@ def _without_key_bias(path, a, b):
   added to every key), so what Adam makes of its rounding noise differs
   between reduction orders; every other parameter must agree."""
   if "qkv" in jax.tree_util.keystr(path) and jax.tree_util.keystr(path).endswith("['bias']"):
-    return a[[0, 2]], b[[0, 2]]
+    return np.asarray(a)[[0, 2]], np.asarray(b)[[0, 2]]
   return a, b
 
 
@@ -238,3 +238,49 @@ def test_learning_rate_schedule_matches_the_reference_formula():
     else:
       expected = peak * 0.5 * (1 + math.cos(math.pi * (step - 40) / (800 - 40)))
     assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-9)
+
+
+def test_gradient_accumulation_equals_the_full_batch_step():
+  model = MaskedAutoencoder(ModelConfig(
+      image_size=16, patch_size=4, channels=1, width=32, depth=1, heads=2,
+      decoder_width=32, decoder_depth=1, decoder_heads=2))
+  schedule = optax.constant_schedule(1e-3)
+  tx = optim.adamw(schedule, b1=0.9, b2=0.95, weight_decay=0.05)
+  state = create_state(model, tx, jax.random.key(0))
+  batch = {"image": jnp.asarray(np.random.default_rng(0).normal(size=(16, 16, 16, 1)),
+                                jnp.float32)}
+  results = {}
+  for accum in (1, 4):
+    step = jax.jit(make_train_step(model, tx, schedule, grad_accum_steps=accum,
+                                   seed_key=jax.random.key(1)))
+    results[accum] = step(state, batch)
+  (full, full_metrics), (accumulated, accumulated_metrics) = results[1], results[4]
+  assert float(full_metrics["loss"]) == pytest.approx(float(accumulated_metrics["loss"]),
+                                                      rel=1e-6)
+  assert float(full_metrics["grad_norm"]) == pytest.approx(
+      float(accumulated_metrics["grad_norm"]), rel=1e-5)
+  jax.tree_util.tree_map_with_path(
+      lambda path, a, b: np.testing.assert_allclose(*_without_key_bias(path, a, b),
+                                                    atol=1e-6, rtol=1e-5),
+      full.params, accumulated.params)
+
+
+def test_bfloat16_compute_keeps_float32_master_weights():
+  config = ModelConfig(image_size=16, patch_size=4, channels=1, width=32, depth=1, heads=2,
+                       decoder_width=32, decoder_depth=1, decoder_heads=2)
+  batch = {"image": jnp.asarray(np.random.default_rng(0).normal(size=(8, 16, 16, 1)),
+                                jnp.float32)}
+  losses = {}
+  for dtype in ("float32", "bfloat16"):
+    model = MaskedAutoencoder(config.replace(dtype=dtype))
+    schedule = optax.constant_schedule(1e-3)
+    tx = optim.adamw(schedule, b1=0.9, b2=0.95, weight_decay=0.05)
+    state = create_state(model, tx, jax.random.key(0))
+    step = jax.jit(make_train_step(model, tx, schedule, grad_accum_steps=1,
+                                   seed_key=jax.random.key(1)))
+    state, metrics = step(state, batch)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.opt_state)
+               if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating))
+    losses[dtype] = float(metrics["loss"])
+  assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=2e-2)

@@ -71,6 +71,7 @@ def check_training_fields(config: ml_collections.ConfigDict) -> None:
   for name in ("checkpoint_every_steps", "keep_checkpoints", "log_every_steps",
                "eval_every_steps"):
     _positive(config, name, config[name])
+  _positive(config, "keep_every_steps", config.keep_every_steps, allow_zero=True)
   if config.progress_bar not in ("auto", "on", "off"):
     raise ValueError(f"config.progress_bar={config.progress_bar!r}: auto, on or off.")
 

@@ -47,6 +47,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpoint_dir = os.path.join(workdir, "checkpoints")
   metadata = run_metadata(config, plan)
   mngr = checkpointing.manager(checkpoint_dir, max_to_keep=config.keep_checkpoints,
+                               keep_period=config.keep_every_steps,
                                enable_async=config.async_checkpointing)
   resume_step = mngr.latest_step()
   if resume_step is not None:
@@ -280,6 +281,7 @@ def run_metadata(config, plan) -> dict:
       "param_layout": "layers" if plan.model.scan_layers else "layer_i",
       "experiment": experiment_identity(config),
       "source": "mae_jax pretraining",
+      "config": json.loads(config.to_json_best_effort()),
   }
 
 

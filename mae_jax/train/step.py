@@ -1,9 +1,13 @@
 """The jitted pretraining and evaluation steps.
 
 Randomness is a pure function of (seed, step): the masking noise of step s
-comes from `fold_in(seed_key, s)`, so a resumed run draws exactly the masks
-an uninterrupted run would, and the noise of the *global* batch does not
-depend on how the batch is split over devices.
+is drawn for the whole *global* batch from `fold_in(seed_key, s)`, one row
+per image. So a resumed run draws exactly the masks an uninterrupted run
+would; with JAX's partitionable threefry each device generates only its own
+rows, yet the masks do not depend on the mesh (deliberately unlike folding
+in the device index, which would tie the result to the device count); and
+gradient accumulation slices the same noise as the large batch would use,
+so k micro-batches give the update of one full batch.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from mae_jax.model.mae import MaskedAutoencoder
 from mae_jax.train.state import TrainState
 
 
-def masking_key(seed_key: jax.Array, step: jax.Array, micro: int | jax.Array = 0) -> jax.Array:
-  return jax.random.fold_in(jax.random.fold_in(seed_key, step), micro)
+def masking_key(seed_key: jax.Array, step: jax.Array) -> jax.Array:
+  return jax.random.fold_in(seed_key, step)
 
 
 def make_train_step(model: MaskedAutoencoder, tx: optax.GradientTransformation,
@@ -28,32 +32,35 @@ def make_train_step(model: MaskedAutoencoder, tx: optax.GradientTransformation,
                     seed_key: jax.Array) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Returns train_step(state, batch) -> (state, metrics).
 
-  With gradient accumulation the global batch is split into
-  `grad_accum_steps` micro-batches (the leading axis stays data-parallel);
-  gradients are averaged, which equals the reference's loss / accum_iter.
+  With gradient accumulation the global batch (and its noise) is split into
+  `grad_accum_steps` micro-batches, scanned; gradients are averaged, which
+  equals the reference's loss / accum_iter and, since every micro-batch
+  removes the same number of patches, the full-batch gradient.
   """
 
-  def loss_fn(params, images, key):
-    return model.apply({"params": params}, images, rngs={"masking": key}, train=True).loss
+  def loss_fn(params, images, noise):
+    return model.apply({"params": params}, images, noise, train=True).loss
 
   grad_fn = jax.value_and_grad(loss_fn)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     images = batch["image"]
+    noise = jax.random.uniform(masking_key(seed_key, state.step),
+                               (images.shape[0], model.config.num_patches))
     if grad_accum_steps == 1:
-      loss, grads = grad_fn(state.params, images, masking_key(seed_key, state.step))
+      loss, grads = grad_fn(state.params, images, noise)
     else:
-      micro = images.reshape((grad_accum_steps, -1) + images.shape[1:])
+      def split(x):
+        # Micro-batch i takes rows i, i+k, i+2k, ...: every device keeps an
+        # equal share of each micro-batch, with no data movement.
+        return jnp.swapaxes(x.reshape((-1, grad_accum_steps) + x.shape[1:]), 0, 1)
 
-      def accumulate(carry, inputs):
-        index, micro_images = inputs
-        loss, grads = grad_fn(state.params, micro_images,
-                              masking_key(seed_key, state.step, index))
+      def accumulate(carry, micro_batch):
+        loss, grads = grad_fn(state.params, *micro_batch)
         return jax.tree.map(jnp.add, carry, (loss, grads)), None
 
       zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
-      (loss, grads), _ = jax.lax.scan(
-          accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
+      (loss, grads), _ = jax.lax.scan(accumulate, zeros, (split(images), split(noise)))
       loss, grads = jax.tree.map(lambda x: x / grad_accum_steps, (loss, grads))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
