@@ -95,6 +95,40 @@ def restore_state(directory: str, abstract_state: Any, step: int | None = None) 
   return mngr.restore(step, args=ocp.args.Composite(**{STATE: args}))[STATE]
 
 
+def resolve_checkpoint_dir(path: str) -> str:
+  """A run's workdir, its `checkpoints/` or a converted checkpoint -> the
+  orbax manager directory holding complete steps.
+
+  Raises ValueError naming the path when there is nothing complete there
+  (including when only half-written `*.orbax-checkpoint-tmp*` steps exist).
+  """
+  import tensorflow as tf
+  for candidate in (os.path.join(path, "checkpoints"), path):
+    if not tf.io.gfile.isdir(candidate):
+      continue
+    steps = manager(candidate, read_only=True).all_steps()
+    if steps:
+      return candidate
+  partial = []
+  for candidate in (os.path.join(path, "checkpoints"), path):
+    if tf.io.gfile.isdir(candidate):
+      partial += [name for name in tf.io.gfile.listdir(candidate) if "orbax-checkpoint-tmp" in name]
+  hint = (f" Only half-written steps are there ({', '.join(sorted(partial))}): the run "
+          "that wrote them died before finishing a save." if partial else "")
+  raise ValueError(
+      f"no complete checkpoint at {path!r}: expected a pretraining workdir, its "
+      "checkpoints/ directory, or the output of `python -m mae_jax.convert`." + hint)
+
+
+def saved_param_groups(directory: str, step: int | None = None) -> set[str]:
+  """Top-level parameter groups in a checkpoint, e.g. {"encoder", "decoder"}."""
+  mngr = manager(directory, read_only=True)
+  step = _latest_step(mngr, directory, step)
+  metadata = ocp.PyTreeCheckpointer().metadata(os.path.join(directory, str(step), STATE))
+  tree = getattr(metadata.item_metadata, "tree", metadata.item_metadata)
+  return set(tree["params"])
+
+
 def model_metadata(config: ModelConfig) -> dict:
   return dataclasses.asdict(config)
 

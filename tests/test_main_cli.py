@@ -1,7 +1,8 @@
 """The real command, `python -m mae_jax.main`, in subprocesses.
 
-A run killed with SIGKILL resumes from its newest complete checkpoint and
-ends bit-identical to an uninterrupted run; a checkpoint written on 8
+A run killed with SIGKILL resumes from its newest complete checkpoint, and
+one sent SIGTERM saves, exits with the "preempted" status and resumes; both
+end bit-identical to an uninterrupted run. A checkpoint written on 8
 devices (fsdp) resumes on 1 device.
 """
 
@@ -16,6 +17,9 @@ import time
 
 import jax
 import numpy as np
+import pytest
+
+from mae_jax.train.preemption import PREEMPTED_EXIT_CODE
 
 from tests.test_pretrain import final_params
 
@@ -55,37 +59,71 @@ def committed_steps(workdir: str) -> list[int]:
   return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
 
 
-def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, digits_data_dir):
-  steps = ["--config.num_train_steps=120", "--config.checkpoint_every_steps=20",
-           "--config.eval_every_steps=60", "--config.keep_checkpoints=10"]
-  uninterrupted = str(tmp_path / "uninterrupted")
-  run(command(uninterrupted, digits_data_dir, *steps))
+STEPS = ["--config.num_train_steps=120", "--config.checkpoint_every_steps=20",
+         "--config.eval_every_steps=60", "--config.keep_checkpoints=10"]
 
-  interrupted = str(tmp_path / "interrupted")
-  cmd = command(interrupted, digits_data_dir, *steps)
-  process = subprocess.Popen(cmd, cwd=REPO, env=environment(1), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, digits_data_dir) -> str:
+  workdir = str(tmp_path_factory.mktemp("uninterrupted") / "run")
+  run(command(workdir, digits_data_dir, *STEPS))
+  return workdir
+
+
+def start_and_signal(workdir: str, data_dir: str, sig: int) -> tuple[int, list[int], str]:
+  """Starts the run, sends `sig` once its first checkpoint is complete."""
+  process = subprocess.Popen(command(workdir, data_dir, *STEPS), cwd=REPO,
+                             env=environment(1), stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
   try:
     deadline = time.time() + 300
-    while not committed_steps(interrupted) and time.time() < deadline:
+    while not committed_steps(workdir) and time.time() < deadline:
       time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
+    steps_at_signal = committed_steps(workdir)
+    process.send_signal(sig)
+    stdout, _ = process.communicate(timeout=120)
   finally:
     if process.poll() is None:
       process.kill()
-  steps_at_kill = committed_steps(interrupted)
-  assert steps_at_kill and steps_at_kill[-1] < 120, steps_at_kill
+  assert steps_at_signal and steps_at_signal[-1] < 120, steps_at_signal
+  return process.returncode, steps_at_signal, stdout
 
-  result = run(cmd)
+
+def assert_same_run(resumed: str, uninterrupted: str) -> None:
+  jax.tree.map(np.testing.assert_array_equal, final_params(uninterrupted, 120),
+               final_params(resumed, 120))
+  losses = lambda w: [l["loss"] for l in map(json.loads, open(f"{w}/metrics.jsonl"))
+                      if "loss" in l]
+  assert losses(resumed) == losses(uninterrupted)
+
+
+def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, digits_data_dir,
+                                                         uninterrupted):
+  interrupted = str(tmp_path / "interrupted")
+  returncode, _, _ = start_and_signal(interrupted, digits_data_dir, signal.SIGKILL)
+  assert returncode == -signal.SIGKILL
+  steps_at_kill = committed_steps(interrupted)
+  assert steps_at_kill[-1] < 120
+  result = run(command(interrupted, digits_data_dir, *STEPS))
   assert "Pretraining finished at step 120" in result.stdout
   info = json.load(open(os.path.join(interrupted, "run_info.json")))
   assert info["resume"] == f"resuming from step {steps_at_kill[-1]}"
-  jax.tree.map(np.testing.assert_array_equal, final_params(uninterrupted, 120),
-               final_params(interrupted, 120))
-  losses = lambda w: [l["loss"] for l in map(json.loads, open(f"{w}/metrics.jsonl"))
-                      if "loss" in l]
-  assert losses(interrupted) == losses(uninterrupted)
+  assert_same_run(interrupted, uninterrupted)
+
+
+def test_sigterm_saves_exits_resumable_and_resumes_exactly(tmp_path, digits_data_dir,
+                                                           uninterrupted):
+  preempted = str(tmp_path / "preempted")
+  returncode, steps_at_signal, stdout = start_and_signal(preempted, digits_data_dir,
+                                                         signal.SIGTERM)
+  assert returncode == PREEMPTED_EXIT_CODE, stdout[-2000:]
+  saved = committed_steps(preempted)[-1]
+  assert steps_at_signal[-1] <= saved < 120
+  assert f"PREEMPTED: preempted at step {saved}" in stdout
+  result = run(command(preempted, digits_data_dir, *STEPS))
+  assert "Pretraining finished at step 120" in result.stdout
+  assert json.load(open(f"{preempted}/run_info.json"))["resume"] == f"resuming from step {saved}"
+  assert_same_run(preempted, uninterrupted)
 
 
 def test_checkpoint_from_8_devices_resumes_on_1(tmp_path, digits_data_dir):

@@ -284,3 +284,116 @@ def test_bfloat16_compute_keeps_float32_master_weights():
                if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating))
     losses[dtype] = float(metrics["loss"])
   assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=2e-2)
+
+
+def _nan_batch_at(monkeypatch, bad_batch_index: int):
+  """Makes the training iterator yield NaN images for one batch."""
+  from mae_jax.train import pretrain
+  original = pretrain.input_pipeline.make_iterator
+
+  def make_iterator(*args, train, start_step=0, **kwargs):
+    iterator = original(*args, train=train, start_step=start_step, **kwargs)
+    if not train:
+      return iterator
+    def poisoned():
+      for index, batch in enumerate(iterator, start=start_step):
+        if index == bad_batch_index:
+          batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+        yield batch
+    return poisoned()
+
+  monkeypatch.setattr(pretrain.input_pipeline, "make_iterator", make_iterator)
+
+
+def test_nan_batch_stops_the_run_before_any_bad_checkpoint(tmp_path, digits_data_dir,
+                                                           monkeypatch):
+  from mae_jax.train.pretrain import NonFiniteError
+  _nan_batch_at(monkeypatch, bad_batch_index=3)  # the 4th step
+  workdir = str(tmp_path / "run")
+  with pytest.raises(NonFiniteError, match="step 4 .*Last good checkpoint: step 3"):
+    train_and_evaluate(tiny_config(digits_data_dir), workdir)
+  assert sorted(checkpointing.manager(os.path.join(workdir, "checkpoints"),
+                                      read_only=True).all_steps()) == [3]
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(final_params(workdir, 3)))
+
+
+def test_nan_batch_is_skipped_and_counted_when_asked(tmp_path, digits_data_dir, monkeypatch):
+  _nan_batch_at(monkeypatch, bad_batch_index=3)
+  workdir = str(tmp_path / "run")
+  final = train_and_evaluate(tiny_config(digits_data_dir, nonfinite="skip"), workdir)
+  assert final["step"] == 6 and final["skipped_steps"] == 1
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(final_params(workdir, 6)))
+
+
+def test_init_from_a_run_and_from_an_encoder_only_checkpoint(tmp_path, digits_data_dir):
+  source = str(tmp_path / "source")
+  train_and_evaluate(tiny_config(digits_data_dir, num_train_steps=3), source)
+  source_params = final_params(source, 3)
+
+  # From a pretraining workdir: every parameter starts from the source run.
+  workdir = str(tmp_path / "from_run")
+  config = tiny_config(digits_data_dir, num_train_steps=1, seed=7, init_from=source)
+  config.optimizer.base_lr = 1e-12  # so step 1 leaves the restored values in place
+  train_and_evaluate(config, workdir)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+               source_params, final_params(workdir, 1))
+
+  # From an encoder-only checkpoint (as converted from mae_pretrain_vit_*.pth):
+  # the encoder is restored, the decoder keeps its fresh initialisation.
+  encoder_only = str(tmp_path / "encoder_only")
+  model_config = MaskedAutoencoder(ModelConfig(**checkpointing.read_metadata(
+      os.path.join(source, "checkpoints"))["model"])).config
+  checkpointing.write_params(encoder_only, {"encoder": source_params["encoder"]},
+                             model_config, source="test")
+  workdir = str(tmp_path / "from_encoder")
+  config.init_from = encoder_only
+  train_and_evaluate(config, workdir)
+  restored = final_params(workdir, 1)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+               source_params["encoder"], restored["encoder"])
+  assert not np.allclose(source_params["decoder"]["pred"]["kernel"],
+                         restored["decoder"]["pred"]["kernel"])
+
+
+def test_bad_init_from_is_a_clear_error(tmp_path, digits_data_dir):
+  with pytest.raises(ValueError, match="no complete checkpoint at"):
+    train_and_evaluate(tiny_config(digits_data_dir, init_from=str(tmp_path / "nothing")),
+                       str(tmp_path / "a"))
+  half_written = tmp_path / "half" / "checkpoints" / "5.orbax-checkpoint-tmp-123"
+  half_written.mkdir(parents=True)
+  with pytest.raises(ValueError, match="half-written"):
+    train_and_evaluate(tiny_config(digits_data_dir, init_from=str(tmp_path / "half")),
+                       str(tmp_path / "b"))
+  source = str(tmp_path / "source")
+  train_and_evaluate(tiny_config(digits_data_dir, num_train_steps=3), source)
+  other = tiny_config(digits_data_dir, init_from=source)
+  other.model.width = 64
+  with pytest.raises(ValueError, match="another architecture: width: checkpoint 32 vs config 64"):
+    train_and_evaluate(other, str(tmp_path / "c"))
+
+
+def test_damaged_checkpoint_is_a_clear_error_and_is_left_alone(tmp_path, digits_data_dir):
+  workdir = str(tmp_path / "run")
+  config = tiny_config(digits_data_dir, num_train_steps=3)
+  train_and_evaluate(config, workdir)
+  state_dir = os.path.join(workdir, "checkpoints", "3", "state")
+  damaged = []
+  for root, _, files in os.walk(state_dir):
+    for name in files:
+      path = os.path.join(root, name)
+      if os.path.getsize(path) > 64:
+        with open(path, "r+b") as f:
+          f.truncate(16)
+        damaged.append(path)
+  assert damaged
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  with pytest.raises(ValueError, match="step 3 .* could not be read"):
+    train_and_evaluate(tiny_config(digits_data_dir, num_train_steps=6), workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
+def test_unwritable_workdir_fails_at_once(tmp_path, digits_data_dir):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("not a directory")
+  with pytest.raises(ValueError, match="cannot write to --workdir"):
+    train_and_evaluate(tiny_config(digits_data_dir), str(blocker / "run"))

@@ -31,6 +31,7 @@ from mae_jax import data as input_pipeline
 from mae_jax.metrics import MetricsWriter
 from mae_jax.model.mae import MaskedAutoencoder
 from mae_jax.train import optim, plan as plan_lib
+from mae_jax.train.preemption import Preempted, PreemptionWatcher
 from mae_jax.train.state import TrainState
 from mae_jax.train.step import make_eval_step, make_train_step
 from mae_jax.visualize import reconstruction_panels, save_reconstructions
@@ -42,18 +43,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                             process_count=jax.process_count())
   mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
   is_main = jax.process_index() == 0
-  import tensorflow as tf  # gfile: workdirs may be gs:// buckets
-  tf.io.gfile.makedirs(workdir)
+  check_workdir_writable(workdir)
   checkpoint_dir = os.path.join(workdir, "checkpoints")
   metadata = run_metadata(config, plan)
   mngr = checkpointing.manager(checkpoint_dir, max_to_keep=config.keep_checkpoints,
                                keep_period=config.keep_every_steps,
                                enable_async=config.async_checkpointing)
-  resume_step = mngr.latest_step()
-  if resume_step is not None:
-    check_same_experiment(checkpoint_dir, mngr, resume_step, metadata)
-  write_run_info(workdir, config, plan, mesh, resume_step, enabled=is_main)
+  try:
+    resume_step = mngr.latest_step()
+    if resume_step is not None:
+      check_same_experiment(checkpoint_dir, mngr, resume_step, metadata)
+    write_run_info(workdir, config, plan, mesh, resume_step, enabled=is_main)
+    final, picture = _pretrain(config, workdir, plan, mesh, mngr, metadata, resume_step,
+                               is_main)
+  finally:
+    # Whatever happens (an error, a preemption), a save in flight completes:
+    # saved work is never lost to an exception.
+    mngr.wait_until_finished()
+    mngr.close()
+  if is_main:
+    print(f"\nPretraining finished at step {final['step']}: eval loss "
+          f"{final.get('eval_loss', float('nan')):.4f} (trivial predictor "
+          f"{final.get('eval_baseline_loss', float('nan')):.4f}).\n"
+          f"  checkpoints:     {checkpoint_dir}\n"
+          f"  metrics:         {os.path.join(workdir, 'metrics.jsonl')}\n"
+          f"  tensorboard:     {os.path.join(workdir, 'tensorboard')}\n"
+          f"  reconstructions: {picture}", flush=True)
+  return final
 
+
+def _pretrain(config, workdir, plan, mesh, mngr, metadata, resume_step, is_main):
   model = MaskedAutoencoder(plan.model)
   schedule = optim.learning_rate_schedule(
       peak_lr=optim.peak_learning_rate(config.optimizer.base_lr, config.global_batch_size),
@@ -68,16 +87,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   replicated = sharding.replicated(mesh)
 
   with mesh_context(mesh, plan.rules):
+    init = jax.jit(lambda key: create_state(model, tx, key), out_shardings=state_shardings)
     if resume_step is not None:
-      logging.info("Resuming from %s step %d.", checkpoint_dir, resume_step)
-      restored = checkpointing.restore_state(
-          checkpoint_dir, with_shardings(abstract_state, state_shardings).to_checkpoint(),
-          step=resume_step)
-      state = TrainState.from_checkpoint(restored)
+      logging.info("Resuming from %s step %d.", mngr.directory, resume_step)
+      state = restore_train_state(str(mngr.directory), resume_step,
+                                  with_shardings(abstract_state, state_shardings))
+    elif config.init_from:
+      state = init(init_key)
+      state = state.replace(params=load_init_from(
+          config.init_from, plan.model, state.params, state_shardings.params))
     else:
       logging.info("Initialising from scratch (seed %d).", config.seed)
-      state = jax.jit(lambda key: create_state(model, tx, key),
-                      out_shardings=state_shardings)(init_key)
+      state = init(init_key)
     train_step = jax.jit(
         make_train_step(model, tx, schedule, grad_accum_steps=config.grad_accum_steps,
                         seed_key=seed_key),
@@ -90,17 +111,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     final = loop.run(state, train_step, eval_step)
     picture = write_reconstructions(config, plan, workdir, model, loop.final_params,
                                     seed_key, batch_sharding, replicated, is_main)
-  mngr.wait_until_finished()
-  mngr.close()
-  if is_main:
-    print(f"\nPretraining finished at step {final['step']}: eval loss "
-          f"{final.get('eval_loss', float('nan')):.4f} (trivial predictor "
-          f"{final.get('eval_baseline_loss', float('nan')):.4f}).\n"
-          f"  checkpoints:     {checkpoint_dir}\n"
-          f"  metrics:         {os.path.join(workdir, 'metrics.jsonl')}\n"
-          f"  tensorboard:     {os.path.join(workdir, 'tensorboard')}\n"
-          f"  reconstructions: {picture}", flush=True)
-  return final
+  return final, picture
+
+
+def check_workdir_writable(workdir: str) -> None:
+  """Fails at once, not at the first checkpoint an hour later."""
+  import tensorflow as tf  # gfile: workdirs may be gs:// buckets
+  probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
+  try:
+    tf.io.gfile.makedirs(workdir)
+    with tf.io.gfile.GFile(probe, "w") as f:
+      f.write("ok")
+    tf.io.gfile.remove(probe)
+  except (OSError, tf.errors.OpError) as error:
+    raise ValueError(f"cannot write to --workdir={workdir!r} ({error}); choose a writable "
+                     "directory or bucket.") from error
+
+
+def restore_train_state(directory: str, step: int, abstract_state: TrainState) -> TrainState:
+  try:
+    restored = checkpointing.restore_state(directory, abstract_state.to_checkpoint(), step=step)
+  except Exception as error:  # orbax/tensorstore raise many types for a damaged file
+    raise ValueError(
+        f"checkpoint step {step} in {directory} could not be read ({type(error).__name__}: "
+        f"{error}). It is damaged or was written by another program. Nothing was changed: "
+        f"move {os.path.join(directory, str(step))} aside to resume from the previous step, "
+        "or use a new --workdir.") from error
+  return TrainState.from_checkpoint(restored)
+
+
+def load_init_from(path: str, model_config, params, param_shardings):
+  """Parameters from `config.init_from` (a run or a converted checkpoint).
+
+  Groups the checkpoint lacks (e.g. the decoder of an encoder-only file)
+  keep their fresh initialisation.
+  """
+  directory = checkpointing.resolve_checkpoint_dir(path)
+  metadata = checkpointing.read_metadata(directory)
+  checkpointing.check_architecture(directory, metadata, model_config)
+  groups = checkpointing.saved_param_groups(directory) & set(params)
+  saved_scanned = metadata.get("param_layout") == "layers"
+  if saved_scanned != model_config.scan_layers:
+    raise ValueError(
+        f"{directory} stores {'scanned' if saved_scanned else 'per-layer'} parameters but "
+        f"config.model.scan_layers={model_config.scan_layers}: set scan_layers to match, or "
+        "re-export it with `python -m mae_jax.convert` (--scan_layers).")
+  abstract = {group: with_shardings(jax.eval_shape(lambda p=params[group]: p),
+                                    param_shardings[group]) for group in groups}
+  restored = checkpointing.restore_state(directory, {"params": abstract})["params"]
+  logging.info("Initialised %s from %s.", sorted(groups), directory)
+  return {**params, **restored}
 
 
 @contextlib.contextmanager
@@ -148,6 +208,10 @@ def to_global(local_batch: dict, batch_sharding) -> dict:
           for key, value in local_batch.items() if key in ("image", "mask")}
 
 
+class NonFiniteError(FloatingPointError):
+  """A non-finite loss or gradient, with config.nonfinite == "stop"."""
+
+
 class TrainingLoop:
   """The step loop: logging, periodic evaluation and checkpoints."""
 
@@ -168,7 +232,19 @@ class TrainingLoop:
         config.data, split=config.data.train_split, global_batch_size=config.global_batch_size,
         train=True, seed=config.seed, start_step=start)
     progress = make_progress(config.progress_bar, start, total, self.is_main)
+    watcher = PreemptionWatcher()
+    try:
+      return self._run(state, train_step, eval_step, train_iter, progress, watcher, start, total)
+    finally:
+      watcher.close()
+      progress.close()
+      self.writer.close()
+
+  def _run(self, state, train_step, eval_step, train_iter, progress, watcher, start, total):
+    config = self.config
     pending: list[dict] = []
+    unchecked: list[tuple[int, jax.Array]] = []  # (step, nonfinite flag) not yet looked at
+    skipped_steps = 0
     final: dict = {"step": start}
     # Throughput counts train steps only: evaluation and checkpoint time is
     # subtracted from the interval (`paused`).
@@ -181,6 +257,13 @@ class TrainingLoop:
       pending.append(metrics)
       interval_steps += 1
       done = step + 1
+      unchecked.append((done, metrics["nonfinite"]))
+      if watcher.reached(done):
+        skipped_steps += self.check_finite(unchecked)
+        checkpointing.save(self.mngr, done, state.to_checkpoint(), self.metadata, force=True)
+        self.mngr.wait_until_finished()
+        progress.log(f"Preempted at step {done}: checkpoint complete.")
+        raise Preempted(done, str(self.mngr.directory))
       if step == start:  # the first step includes compilation: time it apart
         jax.block_until_ready(metrics)
         compile_seconds = time.perf_counter() - interval_start
@@ -190,7 +273,9 @@ class TrainingLoop:
         pending = [metrics]
       last = done == total
       if done % config.log_every_steps == 0 or last:
+        skipped_steps += self.check_finite(unchecked)
         summary = summarise(pending)
+        summary["skipped_steps"] = skipped_steps
         elapsed = time.perf_counter() - interval_start - paused
         if interval_steps:
           summary["images_per_sec"] = interval_steps * config.global_batch_size / elapsed
@@ -207,15 +292,34 @@ class TrainingLoop:
         progress.log(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
         final.update(eval_metrics)
       if done % config.checkpoint_every_steps == 0 or last:
+        skipped_steps += self.check_finite(unchecked)
         checkpointing.save(self.mngr, done, state.to_checkpoint(), self.metadata)
       paused += time.perf_counter() - pause_start
       final["step"] = done
-    progress.close()
-    self.writer.close()
     if start >= total:
       final.update(self.evaluate(state.params, eval_step))
     self.final_params = state.params
     return final
+
+  def check_finite(self, unchecked: list[tuple[int, jax.Array]]) -> int:
+    """Counts the non-finite steps since the last check (and empties the list).
+
+    Such steps left the state unchanged (see step.py). With
+    config.nonfinite == "stop" the run stops here, before any checkpoint
+    could be written after them.
+    """
+    flags = jax.device_get([flag for _, flag in unchecked])
+    bad = [step for (step, _), flag in zip(unchecked, flags) if flag > 0]
+    unchecked.clear()
+    if bad and self.config.nonfinite == "stop":
+      latest = self.mngr.latest_step()
+      raise NonFiniteError(
+          f"non-finite loss or gradient at step {bad[0]} (and {len(bad) - 1} later steps); "
+          f"the update was not applied. Last good checkpoint: "
+          f"{'step %d in %s' % (latest, self.mngr.directory) if latest is not None else 'none'}."
+          " Lower the learning rate, check the data, or set config.nonfinite=skip "
+          "to skip such steps and count them.")
+    return len(bad)
 
   def evaluate(self, params, eval_step) -> dict:
     config = self.config

@@ -64,11 +64,19 @@ def make_train_step(model: MaskedAutoencoder, tx: optax.GradientTransformation,
       loss, grads = jax.tree.map(lambda x: x / grad_accum_steps, (loss, grads))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    # A non-finite loss or gradient never reaches the parameters: the step
+    # keeps the old state (the loop then stops or counts, per config).
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    params = keep_if_finite(params, state.params)
+    opt_state = keep_if_finite(opt_state, state.opt_state)
     metrics = {
         "loss": loss,
         "learning_rate": schedule(state.step),
-        "grad_norm": optax.tree.norm(grads),
+        "grad_norm": grad_norm,
         "param_norm": optax.tree.norm(params),
+        "nonfinite": 1.0 - finite.astype(jnp.float32),
     }
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
