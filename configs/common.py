@@ -77,4 +77,37 @@ def base_training_config() -> ml_collections.ConfigDict:
   c.num_reconstructions = 8       # held-out images in reconstructions.png
   c.progress_bar = "auto"         # auto (only on a terminal) | on | off
   c.init_from = ""                # checkpoint dir to start from (fine-tuning chains)
+  c.nonfinite = "stop"            # non-finite loss/gradient: "stop" the run, or "skip" the step
+  return c
+
+
+def knn_fields(config: ml_collections.ConfigDict) -> None:
+  """The k-NN settings (mae_jax.evaluate.knn): the knn job, and the periodic
+  monitor a pretraining run can run every `knn_every_steps` (0 = never)."""
+  config.knn_k = 20
+  config.knn_temperature = 0.07
+  config.knn_feature = "cls"       # cls | pool, after the encoder's final norm
+  config.knn_train_batches = -1    # train-split batches in the bank; -1 = all
+  config.knn_every_steps = 0
+
+
+def base_eval_config(job: str) -> ml_collections.ConfigDict:
+  """The fields of an evaluation job (linprobe | finetune | knn), on top of
+  the training fields; the config files set the recipe values."""
+  c = base_training_config()
+  c.job = job
+  c.init_from = ""                # pretraining workdir, checkpoints dir or converted checkpoint
+  c.init_step = -1                # -1 = the newest complete step of init_from
+  c.baseline = ""                 # "" | random_init | raw_pixels (then init_from stays empty)
+  c.feature = "cls"               # cls | pool
+  c.num_classes = -1              # -1 = the dataset's
+  c.eval_batch_size = -1          # -1 = global_batch_size
+  c.head_init_std = 0.01
+  c.cache_features = False        # linprobe: features once, if the train transform is fixed
+  c.mixup = 0.0                   # finetune: Mixup alpha (0 = off)
+  c.cutmix = 0.0                  # finetune: CutMix alpha (0 = off)
+  c.mixup_switch_prob = 0.5       # finetune: P(CutMix) when both are on
+  c.label_smoothing = 0.0
+  c.num_reconstructions = 0
+  knn_fields(c)
   return c

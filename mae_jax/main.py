@@ -14,6 +14,7 @@ Multi-host: Cloud TPU VMs and SLURM jobs are detected and
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -55,7 +56,17 @@ def run_job(config, workdir: str):
   if job == "pretrain":
     from mae_jax.train.pretrain import train_and_evaluate
     return train_and_evaluate(config, workdir)
-  raise ValueError(f"config.job={job!r} is unknown: 'pretrain'.")
+  if job == "linprobe":
+    from mae_jax.evaluate.linprobe import run_linear_probe
+    return run_linear_probe(config, workdir)
+  if job == "finetune":
+    from mae_jax.evaluate.finetune import run_finetune
+    return run_finetune(config, workdir)
+  if job == "knn":
+    from mae_jax.evaluate.knn_job import run_knn
+    return run_knn(config, workdir)
+  raise ValueError(f"config.job={job!r} is unknown: 'pretrain', 'linprobe', 'finetune' "
+                   "or 'knn'.")
 
 
 class _LibraryInfoFilter:
@@ -82,7 +93,13 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   logging.info("JAX %s: %d processes, %d devices (%s).", jax.__version__,
                jax.process_count(), jax.device_count(), jax.devices()[0].device_kind)
-  run_job(_CONFIG.value, _WORKDIR.value)
+  from mae_jax.train.preemption import PREEMPTED_EXIT_CODE, Preempted
+  try:
+    run_job(_CONFIG.value, _WORKDIR.value)
+  except Preempted as preempted:
+    # Distinct status so schedulers and launch scripts can requeue the job.
+    print(f"PREEMPTED: {preempted}", flush=True)
+    sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":
