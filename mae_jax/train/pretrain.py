@@ -340,9 +340,13 @@ class TrainingLoop:
 
 
 def summarise(pending: list[dict]) -> dict:
-  """Means over the logging interval (the learning rate: its last value)."""
+  """Means over the logging interval, except `loss` and `learning_rate`: the
+  logged step's own values, so a resumed run logs the very same numbers
+  even when it restarts mid-interval (`loss_avg` is the interval mean)."""
   stacked = jax.device_get(pending)
   summary = {key: float(np.mean([m[key] for m in stacked])) for key in stacked[0]}
+  summary["loss_avg"] = summary["loss"]
+  summary["loss"] = float(stacked[-1]["loss"])
   summary["learning_rate"] = float(stacked[-1]["learning_rate"])
   return summary
 
@@ -445,7 +449,7 @@ class _Progress:
     self.bar, self.start, self.total = bar, start, total
 
   def update(self, step: int, summary: dict) -> None:
-    text = (f"loss {summary['loss']:.4f} lr {summary['learning_rate']:.2e} "
+    text = (f"loss {summary['loss_avg']:.4f} lr {summary['learning_rate']:.2e} "
             f"{summary.get('images_per_sec', 0):.0f} img/s")
     if self.bar is not None:
       self.bar.n = step
