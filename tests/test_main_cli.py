@@ -146,3 +146,17 @@ def test_cli_rejects_a_bad_override_before_compiling(tmp_path, digits_data_dir):
   assert result.returncode != 0
   assert "multiple of 8" in result.stderr
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.global_batch_sise=16", "global_batch_sise"),     # unknown key
+    ("--config.global_batch_size=sixteen", "global_batch_size"),  # wrong type
+    ("--config.model.mask_ratio=1.0", "mask_ratio"),              # impossible value
+])
+def test_cli_rejects_unknown_keys_wrong_types_and_bad_values(tmp_path, digits_data_dir,
+                                                             override, message):
+  result = subprocess.run(command(str(tmp_path / "run"), digits_data_dir, override),
+                          cwd=REPO, env=environment(1), capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")

@@ -72,6 +72,7 @@ def check_training_fields(config: ml_collections.ConfigDict) -> None:
                "eval_every_steps"):
     _positive(config, name, config[name])
   _positive(config, "keep_every_steps", config.keep_every_steps, allow_zero=True)
+  _positive(config, "device_prefetch", config.device_prefetch, allow_zero=True)
   if config.nonfinite not in ("stop", "skip"):
     raise ValueError(f"config.nonfinite={config.nonfinite!r}: 'stop' or 'skip'.")
   if config.progress_bar not in ("auto", "on", "off"):

@@ -11,6 +11,7 @@ Resume order: the workdir's own newest checkpoint, else `config.init_from`
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -202,6 +203,18 @@ def with_shardings(abstract: Any, shardings: Any) -> Any:
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
+def device_prefetch(local_batches: Iterator[dict], batch_sharding, size: int) -> Iterator[dict]:
+  """Keeps `size` batches already transferred to the devices ahead of the
+  step that consumes them, so host-to-device copies overlap compute."""
+  queue: collections.deque = collections.deque()
+  for local_batch in local_batches:
+    queue.append(to_global(local_batch, batch_sharding))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
 def to_global(local_batch: dict, batch_sharding) -> dict:
   """Per-host numpy batch -> global arrays split over the data axes."""
   return {key: jax.make_array_from_process_local_data(batch_sharding, np.asarray(value))
@@ -228,9 +241,12 @@ class TrainingLoop:
     total = plan.total_steps
     if start >= total:
       logging.info("Checkpoint step %d >= total steps %d: nothing to train.", start, total)
-    train_iter = input_pipeline.make_iterator(
-        config.data, split=config.data.train_split, global_batch_size=config.global_batch_size,
-        train=True, seed=config.seed, start_step=start)
+    train_iter = device_prefetch(
+        input_pipeline.make_iterator(
+            config.data, split=config.data.train_split,
+            global_batch_size=config.global_batch_size, train=True, seed=config.seed,
+            start_step=start),
+        self.batch_sharding, size=config.device_prefetch)
     progress = make_progress(config.progress_bar, start, total, self.is_main)
     watcher = PreemptionWatcher()
     try:
@@ -251,7 +267,7 @@ class TrainingLoop:
     interval_start, input_wait, interval_steps, paused = time.perf_counter(), 0.0, 0, 0.0
     for step in range(start, total):
       fetch_start = time.perf_counter()
-      batch = to_global(next(train_iter), self.batch_sharding)
+      batch = next(train_iter)
       input_wait += time.perf_counter() - fetch_start
       state, metrics = train_step(state, batch)
       pending.append(metrics)
