@@ -77,6 +77,7 @@ def base_training_config() -> ml_collections.ConfigDict:
   c.num_reconstructions = 8       # held-out images in reconstructions.png
   c.progress_bar = "auto"         # auto (only on a terminal) | on | off
   c.init_from = ""                # checkpoint dir to start from (fine-tuning chains)
+  c.device_prefetch = 2           # batches transferred to the devices ahead of the step
   c.nonfinite = "stop"            # non-finite loss/gradient: "stop" the run, or "skip" the step
   return c
 
