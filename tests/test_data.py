@@ -451,3 +451,18 @@ def test_imagenet_config_fields():
   assert config.eval_split == "validation"
   assert config.eval_crop_fraction == 0.875
   assert config.data_dir == "gs://bucket/tfds"
+
+
+def test_on_disk_tfds_dataset_reads_back_through_tfds_load_and_the_tfds_source(
+    digits_data_dir):
+  """The digits, built as a real TFDS dataset, through the generic TFDS path."""
+  import tensorflow_datasets as tfds
+  from mae_jax.data import dataset_info, default_data_config, make_iterator
+
+  loaded = tfds.load("mae_digits", split="test", data_dir=digits_data_dir, download=False)
+  first_labels = [int(example["label"]) for example in loaded.take(4)]
+  config = default_data_config(source="tfds", name="mae_digits", data_dir=digits_data_dir)
+  assert dataset_info(config) == ({"train": 1497, "test": 300}, 10)
+  batch = next(make_iterator(config, split="test", global_batch_size=8, train=False, seed=0))
+  assert batch["image"].shape == (8, 32, 32, 1)
+  assert list(batch["label"][:4]) == first_labels
