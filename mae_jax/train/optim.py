@@ -51,3 +51,15 @@ def adamw(schedule: optax.Schedule, *, b1: float, b2: float, weight_decay: float
   parts.append(optax.adamw(schedule, b1=b1, b2=b2, eps=1e-8, weight_decay=weight_decay,
                            mask=decay_mask))
   return optax.chain(*parts)
+
+
+def from_config(config, *, warmup_steps: int, total_steps: int
+                ) -> tuple[optax.Schedule, optax.GradientTransformation]:
+  """(schedule, optimizer) of a pretraining config (`config.optimizer`)."""
+  opt = config.optimizer
+  schedule = learning_rate_schedule(
+      peak_lr=peak_learning_rate(opt.base_lr, config.global_batch_size),
+      warmup_steps=warmup_steps, total_steps=total_steps, min_lr=opt.min_lr)
+  tx = adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay,
+             grad_clip_norm=opt.grad_clip_norm or None)
+  return schedule, tx

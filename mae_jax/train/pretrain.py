@@ -75,13 +75,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _pretrain(config, workdir, plan, mesh, mngr, metadata, resume_step, is_main):
   model = MaskedAutoencoder(plan.model)
-  schedule = optim.learning_rate_schedule(
-      peak_lr=optim.peak_learning_rate(config.optimizer.base_lr, config.global_batch_size),
-      warmup_steps=plan.warmup_steps, total_steps=plan.total_steps,
-      min_lr=config.optimizer.min_lr)
-  tx = optim.adamw(schedule, b1=config.optimizer.b1, b2=config.optimizer.b2,
-                   weight_decay=config.optimizer.weight_decay,
-                   grad_clip_norm=config.optimizer.grad_clip_norm or None)
+  schedule, tx = optim.from_config(config, warmup_steps=plan.warmup_steps,
+                                   total_steps=plan.total_steps)
   init_key, seed_key = jax.random.split(jax.random.key(config.seed))
   state_shardings, abstract_state = state_layout(model, tx, mesh, plan.rules)
   batch_sharding = sharding.batch_sharding(mesh, plan.rules)
