@@ -23,11 +23,16 @@ if [[ ! -x .venv/bin/python ]]; then
   "$python" -m venv .venv
 fi
 # Skip pip entirely when everything is already installed (fast re-runs).
-stamp=".venv/.installed-$(cat "$requirements" requirements.txt pyproject.toml | cksum | cut -d' ' -f1)"
+stamp=".venv/.installed-$(cat "$requirements" requirements.txt requirements-tpu-aot.txt pyproject.toml | cksum | cut -d' ' -f1)"
 if [[ ! -f "$stamp" ]]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -r "$requirements"
   .venv/bin/python -m pip install --quiet --no-deps -e .
+  if [[ "$requirements" == requirements-test.txt ]]; then
+    # libtpu for the AOT tests, outside site-packages (see requirements-tpu-aot.txt).
+    .venv/bin/python -m pip install --quiet --no-deps --upgrade --target .venv/libtpu-aot \
+      -r requirements-tpu-aot.txt
+  fi
   touch "$stamp"
 fi
 echo "mae_jax is installed in .venv ($requirements)."

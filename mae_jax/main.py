@@ -32,10 +32,11 @@ _DISTRIBUTED = flags.DEFINE_enum(
 
 
 def cluster_detected(environ=os.environ) -> bool:
-  """True on a multi-host TPU slice, a multi-task SLURM job or an MPI launch."""
+  """True on a multi-host TPU slice, a multi-slice GKE job, a multi-task SLURM
+  job or an MPI launch. (The launch/ scripts pass --distributed=on anyway.)"""
   if "," in environ.get("TPU_WORKER_HOSTNAMES", ""):
     return True
-  for size_var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+  for size_var in ("MEGASCALE_NUM_SLICES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
     if int(environ.get(size_var, "1") or 1) > 1:
       return True
   return False
@@ -43,6 +44,11 @@ def cluster_detected(environ=os.environ) -> bool:
 
 def initialize_distributed() -> None:
   import jax
+  explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if any(value is not None for value in explicit) and None in explicit:
+    raise app.UsageError(
+        "--coordinator_address, --num_processes and --process_id go together: "
+        "set all three (the same address and count on every process), or none.")
   if _COORDINATOR.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -71,11 +72,46 @@ def mesh_shape(requested: dict[str, int], num_devices: int) -> tuple[int, ...]:
 
 
 def make_mesh(requested: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """The mesh over `devices` (default: all), laid out along the physical network.
+
+  On a multi-slice TPU job the devices fall into slices joined by the slow
+  data-centre network (DCN); the mesh is then a hybrid one whose `data` (and
+  if need be `fsdp`) axis runs across slices, see `dcn_shape`.
+  """
   devices = list(devices if devices is not None else jax.devices())
   shape = mesh_shape(requested, len(devices))
   # Auto axes: shardings come from jit in/out shardings and constraints.
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                       devices=devices)
+  axis_types = (AxisType.Auto,) * len(MESH_AXES)
+  slices = num_slices(devices)
+  if slices == 1:
+    return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+  dcn = dcn_shape(shape, slices)
+  ici = tuple(size // across for size, across in zip(shape, dcn))
+  grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+  return Mesh(grid, MESH_AXES, axis_types=axis_types)
+
+
+def num_slices(devices: Sequence[jax.Device]) -> int:
+  """TPU slices among `devices` (1 for CPUs, GPUs and single-slice TPUs)."""
+  return len({getattr(device, "slice_index", 0) for device in devices})
+
+
+def dcn_shape(shape: Sequence[int], slices: int) -> tuple[int, ...]:
+  """How many slices each mesh axis spans.
+
+  Only gradient all-reduces (data) and, failing that, weight gathers (fsdp)
+  may cross the slow network between slices: `data` takes as many slices as
+  divide it, `fsdp` the rest; `tensor` always stays inside a slice.
+  """
+  sizes = dict(zip(MESH_AXES, shape))
+  across_data = math.gcd(sizes["data"], slices)
+  across_fsdp = slices // across_data
+  if sizes["fsdp"] % across_fsdp:
+    raise ValueError(
+        f"mesh {sizes} cannot span {slices} slices: make config.mesh.data (or "
+        f"data x fsdp) a multiple of {slices}, so that only data/fsdp traffic "
+        "crosses the network between slices.")
+  return (across_data, across_fsdp, 1)
 
 
 def rules_from_config(rules: Sequence[Sequence[Any]] | None) -> tuple[tuple[str, Any], ...]:

@@ -1,0 +1,383 @@
+r"""Will this run fit that pod? Compile the real train step for a TPU topology here.
+
+  python -m mae_jax.aot --config=configs/pretrain.py:vit_huge --topology=v5p:4x4x8 \
+      --config.model.dtype=bfloat16 --config.mesh.data=1 --config.mesh.fsdp=-1
+
+builds the sharded train step exactly as `mae_jax.train.pretrain` does
+(same plan checks, mesh, state shardings and jitted step), compiles it with
+libtpu for compile-only devices laid out like the pod
+(`mae_jax.topologies`), and prints per-chip memory against the chip's HBM,
+FLOPs per step, an estimated step time and the implied MFU. No TPU and no
+dataset is needed: ImageNet-1k's and the bundled digits' sizes are known
+(`KNOWN_TRAIN_SIZES`); other datasets need --config.num_train_steps.
+`--topology=cpu` compiles for this machine's CPU devices instead.
+
+Exit status: 0 the plan fits; 1 it does not (the message names the knobs to
+turn); 2 bad input, reported before anything compiles.
+
+Where the numbers come from:
+  memory     `compiled.memory_analysis()`, per chip: arguments (the train
+             state shard and the batch shard), temporaries (activations,
+             gradients, collectives' buffers), outputs not aliased to the
+             donated arguments, and the program itself. A plan the compiler
+             cannot place in HBM fails to compile; that failure is reported
+             as "does not fit" with the compiler's own numbers.
+  FLOPs      `compiled.cost_analysis()["flops"]` is per chip, counts what the
+             compiled program executes (remat recomputation included);
+             "model FLOPs" is the textbook count of the MAE's matmuls and
+             attention (forward x 3), the numerator of MFU.
+  step time  XLA:TPU's cost model ("optimal_seconds") when it gives a
+             positive one (not always: -425 s for ViT-B on v5e); otherwise a
+             per-chip roofline: the larger of compiled FLOPs / peak bf16
+             FLOP/s and the compiler's "bytes accessed" / HBM bandwidth.
+             Communication and its overlap are not modelled: treat the step
+             time as optimistic and the MFU as a plan-level estimate, not a
+             measurement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from mae_jax import sharding, topologies
+from mae_jax.model.mae import MaskedAutoencoder
+from mae_jax.train import optim, pretrain
+from mae_jax.train import plan as plan_lib
+from mae_jax.train.step import make_train_step
+
+# Training-set sizes known without reading the dataset (steps per epoch only
+# shape the learning-rate schedule, never memory or FLOPs).
+KNOWN_TRAIN_SIZES = {("tfds", "imagenet2012"): 1_281_167, ("digits", ""): 1_497}
+
+EXIT_DOES_NOT_FIT, EXIT_BAD_INPUT = 1, 2
+
+
+@dataclasses.dataclass
+class Report:
+  topology: str
+  accelerator_type: str
+  chips: int
+  hosts: int
+  mesh: dict
+  slices_per_axis: dict           # how many TPU slices each mesh axis spans
+  model: str
+  params: int
+  global_batch: int
+  batch_per_chip: float           # per micro-batch
+  grad_accum_steps: int
+  dtype: str
+  remat_policy: str
+  hbm_bytes: int | None           # None: no limit known (cpu)
+  state_bytes: int                # per chip, from the state's shardings
+  memory: dict | None = None      # per chip, from the compiler
+  compiler_flops: float | None = None
+  model_flops: float = 0.0        # whole step, all chips
+  bytes_accessed: float | None = None
+  step_seconds: float | None = None
+  step_time_source: str = ""
+  mfu: float | None = None
+  fits: bool = True
+  compile_error: str = ""
+  suggestions: list = dataclasses.field(default_factory=list)
+
+
+def check_plan(config: ml_collections.ConfigDict, topology: topologies.Topology, *,
+               hbm_bytes: int | None = None) -> Report:
+  """Builds, lowers and compiles the train step; ValueError for bad input."""
+  devices = topologies.devices(topology)
+  plan = plan_without_data(config, devices)
+  mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)), devices=devices)
+  lowered, abstract, shardings = lower_train_step(config, plan, mesh)
+  cfg, chip = plan.model, topology.chip
+  report = Report(
+      topology=topology.name, accelerator_type=topology.accelerator_type,
+      chips=len(devices), hosts=len({d.process_index for d in devices}),
+      mesh=dict(mesh.shape), slices_per_axis=slices_per_axis(mesh),
+      model=describe_model(cfg),
+      params=sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params)),
+      global_batch=config.global_batch_size,
+      batch_per_chip=plan.micro_batch_size / plan.data_parallel,
+      grad_accum_steps=config.grad_accum_steps, dtype=cfg.dtype,
+      remat_policy=cfg.remat_policy,
+      hbm_bytes=hbm_bytes or (chip.hbm_bytes if chip else None),
+      state_bytes=per_device_bytes(abstract, shardings),
+      model_flops=config.global_batch_size * model_flops_per_image(cfg))
+  try:
+    compiled = lowered.compile()
+  except Exception as error:  # XLA reports "out of memory" as a runtime error
+    if not is_out_of_memory(error):
+      raise
+    report.fits, report.compile_error = False, first_lines(str(error))
+  else:
+    read_compiled(report, compiled, chip)
+  if not report.fits:
+    report.suggestions = suggestions(report, plan)
+  return report
+
+
+def lower_train_step(config, plan, mesh):
+  """The train step of `pretrain.train_and_evaluate`, lowered for `mesh` with
+  abstract (shape, dtype, sharding) arguments: nothing is allocated."""
+  model = MaskedAutoencoder(plan.model)
+  schedule, tx = optim.from_config(config, warmup_steps=plan.warmup_steps,
+                                    total_steps=plan.total_steps)
+  shardings, abstract = pretrain.state_layout(model, tx, mesh, plan.rules)
+  batch_sharding = sharding.batch_sharding(mesh, plan.rules)
+  cfg = plan.model
+  image = (config.global_batch_size, cfg.image_size, cfg.image_size, cfg.channels)
+  batch = {"image": jax.ShapeDtypeStruct(image, jnp.float32, sharding=batch_sharding),
+           "mask": jax.ShapeDtypeStruct(image[:1], jnp.float32, sharding=batch_sharding)}
+  # Made outside the mesh context: under it, jax would place the key on the
+  # compile-only devices, which cannot hold data.
+  seed_key = jax.random.key(config.seed)
+  with pretrain.mesh_context(mesh, plan.rules):
+    step = jax.jit(
+        make_train_step(model, tx, schedule, grad_accum_steps=config.grad_accum_steps,
+                        seed_key=seed_key),
+        in_shardings=(shardings, batch_sharding),
+        out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+    lowered = step.lower(pretrain.with_shardings(abstract, shardings), batch)
+  return lowered, abstract, shardings
+
+
+def plan_without_data(config, devices):
+  """`plan.make_plan` for `devices`, with the training-set size looked up
+  instead of read (the AOT machine has no dataset)."""
+  key = (config.data.source, config.data.name or "")
+  if key not in KNOWN_TRAIN_SIZES and config.num_train_steps <= 0:
+    raise ValueError(
+        f"the AOT check does not read data, and the size of {key[0]}:{key[1]} is not "
+        f"known to it ({sorted(KNOWN_TRAIN_SIZES)}): set --config.num_train_steps.")
+  sizes = {config.data.train_split: KNOWN_TRAIN_SIZES.get(key, config.global_batch_size),
+           config.data.eval_split: 0}
+  hosts = len({device.process_index for device in devices})
+  # make_plan checks the dataset through these two functions; everything
+  # else it checks (model, batch split, mesh) applies here unchanged.
+  data_module = plan_lib.input_pipeline
+  with mock.patch.object(data_module, "validate_data_config", lambda data: None), \
+       mock.patch.object(data_module, "dataset_info", lambda data: (sizes, None)):
+    return plan_lib.make_plan(config, num_devices=len(devices), process_count=hosts)
+
+
+def slices_per_axis(mesh) -> dict:
+  """How many TPU slices one walks through along each mesh axis, read off the
+  device grid (so it shows where the data-centre network is crossed)."""
+  grid = np.vectorize(lambda d: getattr(d, "slice_index", 0), otypes=[int])(mesh.devices)
+  return {axis: len(set(np.moveaxis(grid, i, 0).reshape(grid.shape[i], -1)[:, 0]))
+          for i, axis in enumerate(mesh.axis_names)}
+
+
+def describe_model(cfg) -> str:
+  return (f"ViT width {cfg.width} depth {cfg.depth} patch {cfg.patch_size} at "
+          f"{cfg.image_size} px, decoder {cfg.decoder_width}x{cfg.decoder_depth}")
+
+
+def per_device_bytes(abstract, shardings) -> int:
+  """Bytes of the train state one device holds (its shard of every array)."""
+
+  def shard_bytes(leaf, sharding):
+    return math.prod(sharding.shard_shape(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+
+  return int(sum(jax.tree.leaves(jax.tree.map(shard_bytes, abstract, shardings))))
+
+
+def model_flops_per_image(cfg) -> float:
+  """Matmul and attention FLOPs of one training image (forward + backward = 3x forward).
+
+  Encoder: the patch embedding on all patches, then blocks over the visible
+  tokens and cls; decoder: its embedding, blocks over all tokens and cls,
+  and the pixel prediction. A block over L tokens of width D with MLP
+  width M does 2L(4D^2 + 2DM) for its projections and 4L^2 D for attention.
+  """
+  def blocks(tokens, width, depth, mlp_ratio):
+    mlp = width * mlp_ratio
+    return depth * (2 * tokens * (4 * width**2 + 2 * width * mlp) + 4 * tokens**2 * width)
+
+  patches = cfg.num_patches
+  encoded = (patches if cfg.encoder_mask_tokens else cfg.num_visible) + 1
+  forward = (2 * patches * cfg.patch_dim * cfg.width
+             + blocks(encoded, cfg.width, cfg.depth, cfg.mlp_ratio)
+             + 2 * encoded * cfg.width * cfg.decoder_width
+             + blocks(patches + 1, cfg.decoder_width, cfg.decoder_depth, cfg.decoder_mlp_ratio)
+             + 2 * (patches + 1) * cfg.decoder_width * cfg.patch_dim)
+  return 3.0 * forward
+
+
+def read_compiled(report: Report, compiled, chip) -> None:
+  memory = compiled.memory_analysis()
+  parts = {name: int(getattr(memory, f"{name}_size_in_bytes", 0) or 0)
+           for name in ("argument", "output", "alias", "temp", "generated_code")}
+  # Donated state: its outputs reuse the argument buffers ("alias").
+  parts["total"] = (parts["argument"] + parts["output"] - parts["alias"] + parts["temp"]
+                    + parts["generated_code"])
+  report.memory = parts
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+  report.compiler_flops = float(cost.get("flops", 0.0)) or None
+  report.bytes_accessed = float(cost.get("bytes accessed", 0.0)) or None
+  if report.hbm_bytes is not None and parts["total"] > report.hbm_bytes:
+    report.fits = False
+  if chip is None:
+    return
+  # XLA:TPU's own estimate when it gives one; it can be missing or negative
+  # (seen: -425 s for ViT-B on v5e), and then a roofline.
+  optimal = float(cost.get("optimal_seconds", 0.0))
+  if optimal > 0:
+    report.step_seconds = optimal
+    report.step_time_source = "the compiler's cost model (cost_analysis 'optimal_seconds')"
+  elif report.compiler_flops:
+    compute = report.compiler_flops / chip.peak_bf16_flops
+    memory_time = (report.bytes_accessed or 0.0) / chip.hbm_bytes_per_second
+    report.step_seconds = max(compute, memory_time)
+    bound = "HBM traffic" if memory_time > compute else "compute"
+    report.step_time_source = (
+        f"a roofline, {bound}-bound: max(compiled FLOPs / peak, bytes accessed / HBM "
+        "bandwidth) per chip; communication and overlap not modelled")
+  if report.step_seconds:
+    report.mfu = report.model_flops / (report.chips * chip.peak_bf16_flops
+                                       * report.step_seconds)
+
+
+def is_out_of_memory(error: Exception) -> bool:
+  text = str(error)
+  return "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text
+
+
+def first_lines(text: str, count: int = 3) -> str:
+  return "\n".join(line for line in text.strip().splitlines()[:count])
+
+
+def suggestions(report: Report, plan) -> list[str]:
+  """The knobs that reduce per-chip memory, most effective first."""
+  mesh, tips = report.mesh, []
+  hbm = report.hbm_bytes or 0
+  sharded_over = mesh["fsdp"] * mesh["tensor"]
+  if sharded_over < report.chips and report.state_bytes > hbm / 8:
+    tips.append(
+        f"shard parameters and AdamW state over all chips (they take "
+        f"{gib(report.state_bytes)} per chip now): --config.mesh.data=1 "
+        f"--config.mesh.fsdp=-1")
+  if report.remat_policy != "full":
+    tips.append("recompute activations in the backward pass: "
+                "--config.model.remat_policy=full")
+  if report.batch_per_chip > 1:
+    accum = report.grad_accum_steps * 2
+    if report.global_batch % (accum * plan.data_parallel) == 0:
+      tips.append(
+          f"halve the per-chip batch ({report.batch_per_chip:g} images) with the same "
+          f"update: --config.grad_accum_steps={accum}")
+  if report.dtype == "float32":
+    tips.append("compute in bfloat16 (weights stay float32): --config.model.dtype=bfloat16")
+  if not tips:
+    tips.append("use a larger slice (more chips) or a chip with more HBM")
+  return tips
+
+
+def gib(value: float | None) -> str:
+  return "n/a" if value is None else f"{value / 1024**3:.2f} GiB"
+
+
+def recomputed_fraction(r: Report) -> float:
+  """Compiled FLOPs over the model's, minus 1: what remat (asked for, or done
+  by XLA:TPU on its own to fit HBM) costs. A few % is the optimizer and
+  elementwise work."""
+  if not r.compiler_flops or not r.model_flops:
+    return 0.0
+  return r.compiler_flops * r.chips / r.model_flops - 1
+
+
+def format_report(r: Report) -> str:
+  mesh = " ".join(f"{axis}={size}" for axis, size in r.mesh.items())
+  across = {axis: n for axis, n in r.slices_per_axis.items() if n > 1}
+  if across:
+    mesh += " (across slices: " + " ".join(f"{a}={n}" for a, n in across.items()) + ")"
+  hbm = gib(r.hbm_bytes) if r.hbm_bytes else "no limit known"
+  lines = [
+      f"AOT plan on {r.topology} ({r.accelerator_type}: {r.chips} chips, {r.hosts} hosts)",
+      f"  model            {r.model}, {r.params / 1e6:.1f}M parameters, {r.dtype}, "
+      f"remat {r.remat_policy}",
+      f"  mesh             {mesh}",
+      f"  batch            {r.global_batch} global, {r.batch_per_chip:g} per chip per "
+      f"micro-batch, grad_accum_steps {r.grad_accum_steps}",
+      f"  state per chip   {gib(r.state_bytes)} (parameters + AdamW moments)",
+  ]
+  if r.memory:
+    m = r.memory
+    lines.append(
+        f"  memory per chip  {gib(m['total'])} of {hbm} HBM: arguments {gib(m['argument'])}, "
+        f"temporaries {gib(m['temp'])}, outputs {gib(m['output'] - m['alias'])}, "
+        f"code {gib(m['generated_code'])}")
+  if r.compile_error:
+    lines.append(f"  compiler         {r.compile_error}")
+  if r.compiler_flops:
+    lines.append(f"  FLOPs per step   {r.compiler_flops * r.chips:.3e} compiled "
+                 f"({r.compiler_flops:.3e} per chip, recomputation included), "
+                 f"{r.model_flops:.3e} model")
+  if r.step_seconds:
+    lines.append(f"  step time        {r.step_seconds * 1e3:.1f} ms estimated by "
+                 f"{r.step_time_source}")
+    lines.append(f"  implied MFU      {100 * r.mfu:.1f} % (model FLOPs / (chips x peak bf16 "
+                 f"x estimated step time))")
+  extra = recomputed_fraction(r)
+  if extra > 0.05:
+    lines.append(f"  note             the compiled step does {100 * extra:.0f} % more FLOPs than "
+                 "the model: XLA recomputes activations to fit, little headroom is left")
+  lines.append("  verdict          " + ("fits" if r.fits else "DOES NOT FIT"))
+  lines.extend(f"  try: {tip}" for tip in r.suggestions)
+  return "\n".join(lines)
+
+
+def main(argv, config, options) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}", exitcode=EXIT_BAD_INPUT)
+  if config.value is None or not options["topology"].value:
+    raise app.UsageError("--config and --topology are required.", exitcode=EXIT_BAD_INPUT)
+  # Compile-only TPU devices come from libtpu directly; the runtime itself
+  # stays on the CPU even where libtpu is importable.
+  jax.config.update("jax_platforms", "cpu")
+  try:
+    topology = topologies.parse(options["topology"].value, options["num_slices"].value)
+    hbm_gib = options["hbm_gib"].value
+    report = check_plan(config.value, topology,
+                        hbm_bytes=int(hbm_gib * 1024**3) if hbm_gib else None)
+  except ValueError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
+  print(format_report(report), flush=True)
+  if options["json"].value:
+    with open(options["json"].value, "w") as f:
+      json.dump(dataclasses.asdict(report), f, indent=2)
+  if not report.fits:
+    sys.exit(EXIT_DOES_NOT_FIT)
+
+
+def run_cli() -> None:
+  # Flags are defined here, not at import: tests import this module next to
+  # mae_jax.main, which defines --config too.
+  config = config_flags.DEFINE_config_file(
+      "config", None, "Config file, e.g. configs/pretrain.py:vit_huge.", lock_config=True)
+  options = {
+      "topology": flags.DEFINE_string(
+          "topology", None, "TPU slice as CHIP:SHAPE (v4:4x4x4, v5e:8x8, v5p:4x4x8, "
+          "v6e:8x16), or 'cpu' / 'cpu:N' for this machine's devices."),
+      "num_slices": flags.DEFINE_integer("num_slices", 1, "Slices of that shape."),
+      "hbm_gib": flags.DEFINE_float(
+          "hbm_gib", None, "Memory per chip to check against, instead of the chip's HBM."),
+      "json": flags.DEFINE_string("json", None, "Also write the report as JSON here."),
+  }
+  app.run(lambda argv: main(argv, config, options))
+
+
+if __name__ == "__main__":
+  run_cli()

@@ -1,0 +1,178 @@
+"""TPU chips and slice topologies, for compiling a pod's program on a CPU machine.
+
+`--topology=v5p:4x4x4` names a chip generation and the slice's shape in
+chips. `devices(topology)` returns compile-only devices laid out like that
+slice, made by libtpu through `jax.experimental.topologies`; nothing runs on
+them, but XLA compiles for them exactly as it would on the pod. `cpu` (or
+`cpu:N`) stands for this machine's own (fake) CPU devices, so the same code
+path runs without libtpu.
+
+Chip figures are Google Cloud's public per-chip specifications
+(cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e): peak bf16 FLOP/s, HBM
+capacity and bandwidth. On v4 and v5p one JAX device is one chip (its two
+TensorCores work as one "megacore"); accelerator types count TensorCores
+(v5p-128 is 64 chips, topology 4x4x4), v5e and v6e types count chips.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+
+GiB = 1024**3
+GB = 1000**3
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  name: str
+  hbm_bytes: int
+  peak_bf16_flops: float    # per chip, per second
+  hbm_bytes_per_second: float
+  dims: int                 # 3: v4/v5p 3-D torus; 2: v5e/v6e 2-D torus
+  cores_per_chip: int       # how accelerator types count (v5p-8 = 4 chips)
+  chip_config: str          # libtpu's name for one JAX device per chip
+
+
+CHIPS = {
+    # v4: 275 TFLOP/s bf16, 32 GiB HBM2 at 1200 GB/s.
+    "v4": Chip("v4", 32 * GiB, 275e12, 1200 * GB, 3, 2, "megacore"),
+    # v5e: 197 TFLOP/s bf16, "16 GB" HBM2 at 819 GB/s (16 GiB: XLA itself
+    # reports 15.75 GiB usable).
+    "v5e": Chip("v5e", 16 * GiB, 197e12, 819 * GB, 2, 1, "default"),
+    # v5p: 459 TFLOP/s bf16, 95 GB HBM2e at 2765 GB/s.
+    "v5p": Chip("v5p", 95 * GB, 459e12, 2765 * GB, 3, 2, "megacore"),
+    # v6e (Trillium): 918 TFLOP/s bf16, 32 GB HBM at 1638 GB/s.
+    "v6e": Chip("v6e", 32 * GB, 918e12, 1638 * GB, 2, 1, "default"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+  """A TPU slice shape (times `num_slices`), or this machine's CPU devices."""
+  chip: Chip | None         # None: local CPU devices
+  shape: tuple[int, ...]    # chips per slice along each torus axis
+  num_slices: int = 1
+
+  @property
+  def chips(self) -> int:
+    return math.prod(self.shape) * self.num_slices
+
+  @property
+  def name(self) -> str:
+    if self.chip is None:
+      return f"cpu:{self.shape[0]}"
+    shape = "x".join(map(str, self.shape))
+    slices = f" x {self.num_slices} slices" if self.num_slices > 1 else ""
+    return f"{self.chip.name}:{shape}{slices}"
+
+  @property
+  def accelerator_type(self) -> str:
+    """gcloud's --accelerator-type for one slice (v5e is 'v5litepod')."""
+    if self.chip is None:
+      return "cpu"
+    family = "v5litepod" if self.chip.name == "v5e" else self.chip.name
+    return f"{family}-{math.prod(self.shape) * self.chip.cores_per_chip}"
+
+
+def parse(text: str, num_slices: int = 1) -> Topology:
+  """'v5p:4x4x4' -> Topology; 'cpu' or 'cpu:N' -> the local CPU devices.
+
+  Raises ValueError naming the accepted forms.
+  """
+  if not isinstance(num_slices, int) or num_slices < 1:
+    raise ValueError(f"--num_slices={num_slices!r}: must be an integer >= 1.")
+  name, _, shape_text = text.strip().lower().partition(":")
+  if name == "cpu":
+    count = _positive_int(shape_text, text) if shape_text else None
+    if num_slices != 1:
+      raise ValueError("--num_slices needs a TPU topology; cpu has one 'slice'.")
+    return Topology(None, (count or _local_device_count(),))
+  if name not in CHIPS:
+    raise ValueError(
+        f"--topology={text!r}: unknown chip {name!r}; use one of {sorted(CHIPS)} "
+        "followed by the slice shape in chips, e.g. v5p:4x4x4, v5e:8x8, or 'cpu'.")
+  chip = CHIPS[name]
+  parts = shape_text.split("x") if shape_text else []
+  if len(parts) != chip.dims:
+    raise ValueError(
+        f"--topology={text!r}: {name} slices have {chip.dims} axes, e.g. "
+        f"{name}:{'x'.join(['4'] * chip.dims)}.")
+  return Topology(chip, tuple(_positive_int(p, text) for p in parts), num_slices)
+
+
+def _positive_int(part: str, text: str) -> int:
+  if not part.isdigit() or int(part) < 1:
+    raise ValueError(f"--topology={text!r}: {part!r} is not a positive integer.")
+  return int(part)
+
+
+def _local_device_count() -> int:
+  import jax
+  return jax.device_count()
+
+
+def devices(topology: Topology) -> list:
+  """Devices to build the mesh from and compile for."""
+  import jax
+  if topology.chip is None:
+    local = jax.devices()
+    if topology.shape[0] > len(local):
+      raise ValueError(
+          f"--topology=cpu:{topology.shape[0]}: only {len(local)} CPU devices here "
+          "(set XLA_FLAGS=--xla_force_host_platform_device_count=N for more).")
+    return local[:topology.shape[0]]
+  from jax.experimental import topologies as jax_topologies
+  _point_jax_at_libtpu(topology)
+  chip = topology.chip
+  shape = topology.shape + (1,) * (3 - len(topology.shape))
+  # Hosts own 2x2 chips, except small slices that fit on one host.
+  one_host = math.prod(shape) <= 4 or (chip.dims == 2 and math.prod(shape) <= 8)
+  host_bounds = shape if one_host else tuple(min(s, b) for s, b in zip(shape, (2, 2, 1)))
+  try:
+    description = jax_topologies.get_topology_desc(
+        f"{chip.name}:{'x'.join(map(str, topology.shape))}", "tpu",
+        chip_config_name=chip.chip_config, chips_per_host_bounds=host_bounds,
+        num_slices=topology.num_slices)
+  except Exception as error:  # libtpu's errors are JaxRuntimeError strings
+    raise ValueError(f"libtpu cannot make topology {topology.name}: {error}") from error
+  return list(description.devices)
+
+
+LIBTPU_HINT = (".venv/bin/pip install --no-deps --target .venv/libtpu-aot -r "
+               "requirements-tpu-aot.txt (kept out of site-packages: an importable "
+               "libtpu makes every JAX program probe for TPUs), or set "
+               "TPU_LIBRARY_PATH=/path/to/libtpu.so")
+
+
+def libtpu_path() -> str | None:
+  """TPU_LIBRARY_PATH, else an importable libtpu, else <venv>/libtpu-aot."""
+  from_env = os.environ.get("TPU_LIBRARY_PATH")
+  if from_env:
+    return from_env if os.path.isfile(from_env) else None
+  try:
+    import libtpu  # installed with jax[tpu], e.g. on a TPU VM
+    return libtpu.get_library_path()
+  except ImportError:
+    pass
+  beside_venv = os.path.join(sys.prefix, "libtpu-aot", "libtpu", "libtpu.so")
+  return beside_venv if os.path.isfile(beside_venv) else None
+
+
+def _point_jax_at_libtpu(topology: Topology) -> None:
+  path = libtpu_path()
+  if path is None:
+    raise ValueError(f"compiling for a TPU topology needs libtpu: {LIBTPU_HINT}.")
+  os.environ["TPU_LIBRARY_PATH"] = path
+  # On load libtpu describes the TPU VM it runs on, asking the GCE metadata
+  # server and logging errors when there is none. Describe worker 0 of the
+  # requested slice instead; the compile-only topology itself is explicit.
+  os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+  os.environ.setdefault("TPU_ACCELERATOR_TYPE", topology.accelerator_type)
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  os.environ.setdefault("TPU_WORKER_ID", "0")
+  # libtpu locks /tmp/libtpu_lockfile so that one process owns the TPU;
+  # compiling touches no TPU, so several AOT checks may run side by side.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
