@@ -19,6 +19,8 @@ from typing import Any, Sequence
 
 import tensorflow as tf
 
+from mae_jax.data import randaugment
+
 # torchvision's RandomResizedCrop tries this many (area, ratio) draws before
 # falling back to a center crop.
 _CROP_ATTEMPTS = 10
@@ -160,7 +162,8 @@ def train_transform(image: tf.Tensor, seed: tf.Tensor,
   Args:
     seed: [2] int seed, unique per example and epoch.
     data_config: reads image_size, random_resized_crop, crop_scale,
-      crop_ratio, horizontal_flip, mean, std.
+      crop_ratio, horizontal_flip, mean, std, and the fine-tuning extras
+      randaugment_* and random_erasing (see `randaugment.py`).
   """
   size = data_config.image_size
   crop_seed, flip_seed = tf.unstack(
@@ -174,7 +177,21 @@ def train_transform(image: tf.Tensor, seed: tf.Tensor,
     image.set_shape([size, size, image.shape[-1]])
   if data_config.horizontal_flip:
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-  return normalize(image, data_config.mean, data_config.std)
+  # Fine-tuning extras (off for pretraining). Their seeds are folded in
+  # rather than split off, so turning them on leaves the crop/flip draws
+  # (and every pretraining stream) unchanged.
+  if data_config.randaugment_ops:
+    image = randaugment.rand_augment(
+        image, tf.random.experimental.stateless_fold_in(seed, 1),
+        num_ops=data_config.randaugment_ops, magnitude=data_config.randaugment_magnitude,
+        magnitude_std=data_config.randaugment_magnitude_std,
+        fill=[round(255 * m) for m in data_config.mean])
+  image = normalize(image, data_config.mean, data_config.std)
+  if data_config.random_erasing:
+    image = randaugment.random_erasing(
+        image, tf.random.experimental.stateless_fold_in(seed, 2),
+        probability=data_config.random_erasing)
+  return image
 
 
 def eval_transform(image: tf.Tensor, data_config: Any) -> tf.Tensor:

@@ -74,6 +74,12 @@ def default_data_config(**overrides: Any) -> ml_collections.ConfigDict:
       crop_scale=(0.2, 1.0),  # fraction of the image area
       crop_ratio=(3 / 4, 4 / 3),  # width / height
       horizontal_flip=False,  # digits must not be mirrored
+      # Fine-tuning augmentations (randaugment.py), off by default; the
+      # reference fine-tuning recipe: 2 ops, magnitude 9, std 0.5, erasing 0.25.
+      randaugment_ops=0,  # operations per image; 0 = no RandAugment
+      randaugment_magnitude=9.0,  # out of 10
+      randaugment_magnitude_std=0.5,
+      random_erasing=0.0,  # probability of erasing one rectangle
       eval_crop_fraction=1.0,  # eval: resize short side to size / fraction
       shuffle_buffer=10_000,
       prefetch=2,  # batches

@@ -35,8 +35,9 @@ SOURCES = ("digits", "tfds", "image_folder")
 REQUIRED_FIELDS = (
     "source", "name", "data_dir", "train_split", "eval_split", "image_size",
     "channels", "mean", "std", "random_resized_crop", "crop_scale",
-    "crop_ratio", "horizontal_flip", "eval_crop_fraction", "shuffle_buffer",
-    "prefetch", "cache")
+    "crop_ratio", "horizontal_flip", "randaugment_ops", "randaugment_magnitude",
+    "randaugment_magnitude_std", "random_erasing", "eval_crop_fraction",
+    "shuffle_buffer", "prefetch", "cache")
 
 
 class DataConfigError(ValueError):
@@ -227,6 +228,18 @@ def _check_fields(config: Any) -> None:
   for field in ("random_resized_crop", "horizontal_flip", "cache"):
     if not isinstance(getattr(config, field), (bool, np.bool_)):
       raise _invalid(field, getattr(config, field), "expected True or False")
+  if not _is_int(config.randaugment_ops) or not 0 <= config.randaugment_ops <= 15:
+    raise _invalid("randaugment_ops", config.randaugment_ops,
+                   "expected an integer in 0..15 (0 = off; the reference uses 2)")
+  if not _is_number(config.randaugment_magnitude) or not 0 <= config.randaugment_magnitude <= 10:
+    raise _invalid("randaugment_magnitude", config.randaugment_magnitude,
+                   "expected a number in [0, 10] (the reference uses 9)")
+  if not _is_number(config.randaugment_magnitude_std) or config.randaugment_magnitude_std < 0:
+    raise _invalid("randaugment_magnitude_std", config.randaugment_magnitude_std,
+                   "expected a number >= 0 (the reference uses 0.5)")
+  if not _is_number(config.random_erasing) or not 0 <= config.random_erasing <= 1:
+    raise _invalid("random_erasing", config.random_erasing,
+                   "expected a probability in [0, 1] (the reference uses 0.25)")
   fraction = config.eval_crop_fraction
   if not _is_number(fraction) or not 0 < fraction <= 1:
     raise _invalid("eval_crop_fraction", fraction, "expected 0 < fraction <= 1")

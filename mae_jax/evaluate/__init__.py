@@ -1,0 +1,19 @@
+"""Evaluation of pretrained encoders: linear probe, fine-tuning, k-NN.
+
+Jobs (dispatched by `mae_jax.main` on `config.job`; configs in configs/):
+  linprobe.py     run_linear_probe(config, workdir)  frozen encoder, BN + Linear, LARS
+  finetune.py     run_finetune(config, workdir)      whole ViT, AdamW + layer decay, mixup
+  knn_job.py      run_knn(config, workdir)           cosine k-NN on frozen features
+  digits_report   the honest-numbers chain on the bundled digits (README table)
+
+Pieces:
+  plan.py             config checks before compiling (EvalPlan)
+  init_checkpoint.py  find / check / restore the encoder that init_from names
+  encoders.py         the frozen feature source: checkpoint, random init, raw pixels
+  models.py           ProbeHead, ViTClassifier (EncoderTrunk keeps the encoder's names)
+  lars.py             LARS as the reference
+  layer_decay.py      fine-tuning AdamW with layer-wise lr decay
+  mixup.py            Mixup / CutMix / label smoothing on the device
+  knn.py              k-NN classification and a monitor for pretraining
+  runtime.py, loop.py batches, accuracy, features, workdir, the step loop
+"""

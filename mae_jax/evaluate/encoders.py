@@ -1,0 +1,31 @@
+"""The frozen encoder of the probe and k-NN jobs: restored, random, or none.
+
+  config.baseline ""            the checkpoint `init_from` names (plan.init)
+                  "random_init" the same architecture at its initialisation
+                  "raw_pixels"  no encoder: the flattened image is the feature
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+
+from mae_jax.evaluate import init_checkpoint, models
+from mae_jax.model.mae import Encoder
+
+
+def frozen_encoder(config, plan, mesh, key: jax.Array) -> tuple[Callable, Any]:
+  """(features_fn(params, images) -> (N, D), params) for the configured feature source."""
+  if config.baseline == "raw_pixels":
+    return models.frozen_features(plan.model, "pixels"), None
+  features_fn = models.frozen_features(plan.model, config.feature)
+  if config.baseline == "random_init":
+    shardings, _ = init_checkpoint.param_layout(Encoder(plan.model), mesh, plan.rules)
+    return features_fn, init_checkpoint.random_params(Encoder(plan.model), key, shardings)
+  return features_fn, init_checkpoint.restore_encoder(plan.init, Encoder, plan.model, mesh,
+                                                      plan.rules)
+
+
+def feature_source(config) -> str:
+  return "pixels" if config.baseline == "raw_pixels" else config.feature

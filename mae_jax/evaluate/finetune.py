@@ -1,0 +1,137 @@
+"""End-to-end fine-tuning: `run_finetune(config, workdir)` (config.job = "finetune").
+
+Reference recipe (main_finetune.py): the pretrained encoder plus a head
+(global average pool of the patch tokens -> fc_norm -> Linear with std
+2e-5); AdamW (0.9, 0.999), weight decay 0.05 on kernels only, layer-wise
+lr decay, drop path, Mixup 0.8 / CutMix 1.0 (switch 0.5) with label
+smoothing 0.1 (on the device, in the step), RandAugment (9, 0.5) and random
+erasing 0.25 (in tf.data), lr = base_lr * batch / 256 with warm-up then
+cosine to min_lr. `config.baseline = "random_init"` trains the same network
+from its initialisation ("from scratch").
+
+The whole classifier is trained, so its state is pretraining's
+`TrainState` and it checkpoints and resumes the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import optax
+from absl import logging
+
+from mae_jax import checkpointing, sharding
+from mae_jax import data as input_pipeline
+from mae_jax.evaluate import init_checkpoint, runtime
+from mae_jax.evaluate.layer_decay import finetune_adamw
+from mae_jax.evaluate.loop import train_loop
+from mae_jax.evaluate.mixup import mix_batch, soft_cross_entropy
+from mae_jax.evaluate.models import EncoderTrunk, ViTClassifier
+from mae_jax.evaluate.plan import make_eval_plan
+from mae_jax.train import optim
+from mae_jax.train.pretrain import create_state, mesh_context, state_layout, with_shardings
+from mae_jax.train.state import TrainState
+
+
+def make_finetune_step(model: ViTClassifier, tx, schedule, *, seed_key: jax.Array,
+                       config) -> Callable:
+  """step(state, batch) -> (state, metrics); mixing and drop path draw from
+  fold_in(seed_key, step), so a resumed run repeats them exactly."""
+  mix = dict(num_classes=model.num_classes, mixup_alpha=config.mixup,
+             cutmix_alpha=config.cutmix, switch_prob=config.mixup_switch_prob,
+             smoothing=config.label_smoothing)
+
+  def step(state: TrainState, batch: dict):
+    mix_key, drop_key = jax.random.split(jax.random.fold_in(seed_key, state.step))
+    images, targets = mix_batch(mix_key, batch["image"], batch["label"], **mix)
+
+    def loss_fn(params):
+      logits = model.apply({"params": params}, images, train=True, rngs={"dropout": drop_key})
+      return soft_cross_entropy(logits, targets).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "learning_rate": schedule(state.step),
+               "grad_norm": optax.tree.norm(grads)}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return step
+
+
+def make_finetune_eval_step(model: ViTClassifier) -> Callable:
+  def eval_step(state: TrainState, batch: dict) -> dict:
+    logits = model.apply({"params": state.params}, batch["image"], train=False)
+    return runtime.accuracy_sums(logits, batch["label"], batch["mask"])
+
+  return eval_step
+
+
+def run_finetune(config, workdir: str) -> dict:
+  """Fine-tunes (or resumes) and returns results.json's contents."""
+  plan = make_eval_plan(config, num_devices=jax.device_count(),
+                        process_count=jax.process_count())
+  mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
+  is_main = jax.process_index() == 0
+  mngr, resume_step, metadata = runtime.open_workdir(config, plan, workdir, mesh, is_main)
+  batch_sharding = sharding.batch_sharding(mesh, plan.rules)
+  replicated = sharding.replicated(mesh)
+  opt = config.optimizer
+  schedule = optim.learning_rate_schedule(
+      peak_lr=optim.peak_learning_rate(opt.base_lr, config.global_batch_size),
+      warmup_steps=plan.warmup_steps, total_steps=plan.total_steps, min_lr=opt.min_lr)
+  model = ViTClassifier(plan.model, num_classes=plan.num_classes, feature=config.feature,
+                        head_init_std=config.head_init_std)
+  init_key, seed_key = jax.random.split(jax.random.key(config.seed))
+  abstract_params = jax.eval_shape(
+      lambda k: create_state(model, optax.identity(), k).params, init_key)
+  tx = finetune_adamw(schedule, abstract_params, depth=plan.model.depth,
+                      layer_decay=opt.layer_decay, b1=opt.b1, b2=opt.b2,
+                      weight_decay=opt.weight_decay)
+  state_shardings, abstract_state = state_layout(model, tx, mesh, plan.rules)
+
+  with mesh_context(mesh, plan.rules):
+    if resume_step is not None:
+      logging.info("Resuming fine-tuning from step %d.", resume_step)
+      state = TrainState.from_checkpoint(checkpointing.restore_state(
+          runtime.checkpoint_dir(workdir),
+          with_shardings(abstract_state, state_shardings).to_checkpoint(), step=resume_step))
+    else:
+      state = jax.jit(lambda k: create_state(model, tx, k),
+                      out_shardings=state_shardings)(init_key)
+      if plan.init is not None:
+        # AdamW's initial state does not depend on the values: swapping in the
+        # pretrained encoder keeps it valid.
+        trunk = lambda cfg: EncoderTrunk(cfg, final_norm=config.feature == "cls")
+        encoder = init_checkpoint.restore_encoder(plan.init, trunk, plan.model, mesh,
+                                                  plan.rules)
+        state = state.replace(params={**state.params, "encoder": encoder})
+
+    def batches(start):
+      stream = input_pipeline.make_iterator(
+          config.data, split=config.data.train_split, global_batch_size=config.global_batch_size,
+          train=True, seed=config.seed, start_step=start)
+      return (runtime.labelled_batch(b, batch_sharding, plan.num_classes, "training data")
+              for b in stream)
+
+    train_step = jax.jit(make_finetune_step(model, tx, schedule, seed_key=seed_key,
+                                            config=config),
+                         in_shardings=(state_shardings, batch_sharding),
+                         out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+    eval_step = jax.jit(make_finetune_eval_step(model),
+                        in_shardings=(state_shardings, batch_sharding),
+                        out_shardings=replicated)
+    state, final = train_loop(
+        config, plan, workdir, mngr, metadata, state, train_step=train_step, batches=batches,
+        evaluate=lambda s: runtime.evaluate(
+            eval_step, s, runtime.split_batches(config, config.data.eval_split,
+                                                plan.eval_batch_size, batch_sharding,
+                                                plan.num_classes), plan.num_classes),
+        is_main=is_main)
+  mngr.wait_until_finished()
+  mngr.close()
+  results = runtime.write_results(workdir, config, plan, final, step=final["step"],
+                                  is_main=is_main)
+  runtime.print_summary("Fine-tuning", config.feature, results, workdir, is_main)
+  return results

@@ -1,0 +1,156 @@
+"""Where evaluation starts from: finding, checking and restoring a pretrained encoder.
+
+`config.init_from` may name
+  - a pretraining workdir (its `checkpoints/` is used),
+  - an orbax checkpoints directory (a run's `checkpoints/`, or the output of
+    `python -m mae_jax.convert`, possibly encoder-only and/or with scanned
+    `layers`),
+  - one step directory inside either (`.../checkpoints/440`).
+The newest complete step is used unless a step is named. Orbax writes a step
+as `STEP.orbax-checkpoint-tmp-*` and renames it when complete, so such
+directories are half-written steps and never used.
+
+Only the encoder is restored (a partial orbax restore of
+`{"params": {"encoder": ...}}`), directly onto this run's shardings, so a
+checkpoint from any mesh restores on any other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any
+
+import flax.linen as nn
+import jax
+import optax
+
+from mae_jax import checkpointing
+from mae_jax.model.config import ModelConfig
+from mae_jax.model.layout import stack_layers, unstack_layers
+from mae_jax.train.pretrain import create_state, state_layout, with_shardings
+
+TMP_MARKER = ".orbax-checkpoint-tmp"
+ENCODER_FIELDS = ("patch_size", "channels", "width", "depth", "heads", "mlp_ratio")
+_EXPECTED = ("expected a pretraining workdir (with checkpoints/), an orbax checkpoints "
+             "directory, or the output of `python -m mae_jax.convert`")
+
+
+@dataclasses.dataclass(frozen=True)
+class InitCheckpoint:
+  directory: str   # the orbax CheckpointManager directory
+  step: int
+  metadata: dict
+
+  @property
+  def scanned(self) -> bool:
+    return self.metadata.get("param_layout") == "layers"
+
+  def describe(self) -> dict:
+    return {"path": self.directory, "step": self.step,
+            "source": self.metadata.get("source", "?")}
+
+
+def _gfile():
+  import tensorflow as tf  # gfile: checkpoints may live in gs:// buckets
+  return tf.io.gfile
+
+
+def locate(init_from: str, step: int | None = None) -> InitCheckpoint:
+  """Resolves `init_from` to one complete step; ValueError naming the path otherwise."""
+  gfile = _gfile()
+  path = init_from.rstrip("/")
+  if path and "://" not in path:
+    path = os.path.abspath(path)  # recorded in the metadata: the same from any cwd
+  if not path or not gfile.exists(path):
+    raise ValueError(f"config.init_from={init_from!r}: nothing there; {_EXPECTED}.")
+  if gfile.isdir(os.path.join(path, "checkpoints")):
+    path = os.path.join(path, "checkpoints")
+  elif re.fullmatch(r"\d+", os.path.basename(path)) and step is None:
+    path, step = os.path.dirname(path), int(os.path.basename(path))
+  entries = [name.rstrip("/") for name in gfile.listdir(path)]
+  half_written = sorted(name for name in entries if TMP_MARKER in name)
+  try:
+    complete = sorted(checkpointing.manager(path, read_only=True).all_steps())
+  except Exception as error:  # orbax raises assorted types for foreign directories
+    raise ValueError(f"config.init_from={init_from!r}: {path!r} is not an orbax "
+                     f"checkpoint directory ({error}); {_EXPECTED}.") from error
+  if step is not None and step not in complete:
+    if any(name.startswith(f"{step}{TMP_MARKER}") for name in half_written):
+      raise ValueError(
+          f"config.init_from={init_from!r}: step {step} in {path!r} is half-written "
+          f"({TMP_MARKER}*: its run stopped while saving it). Complete steps: {complete}.")
+    raise ValueError(f"config.init_from={init_from!r}: no step {step} in {path!r}; "
+                     f"complete steps: {complete}.")
+  if not complete:
+    if half_written:
+      raise ValueError(
+          f"config.init_from={init_from!r}: {path!r} holds only half-written steps "
+          f"{half_written} (the run stopped while saving); {_EXPECTED}, with a complete step.")
+    raise ValueError(f"config.init_from={init_from!r}: no checkpoint steps in {path!r}; "
+                     f"{_EXPECTED}.")
+  step = complete[-1] if step is None else step
+  try:
+    metadata = checkpointing.read_metadata(path, step)
+  except Exception as error:
+    raise ValueError(f"config.init_from={init_from!r}: step {step} in {path!r} has no "
+                     f"readable mae_jax metadata ({error}); {_EXPECTED}.") from error
+  if "model" not in metadata:
+    raise ValueError(f"config.init_from={init_from!r}: the metadata of step {step} in "
+                     f"{path!r} does not describe a model; {_EXPECTED}.")
+  return InitCheckpoint(directory=path, step=step, metadata=metadata)
+
+
+def check_encoder_architecture(checkpoint: InitCheckpoint, config: ModelConfig) -> None:
+  """The encoder sizes must match; the decoder (unused here) may differ."""
+  saved = checkpoint.metadata["model"]
+  same_decoder = config.replace(**{name: saved[name] for name in checkpointing.ARCHITECTURE_FIELDS
+                                   if name not in ENCODER_FIELDS and name in saved})
+  checkpointing.check_architecture(checkpoint.directory, checkpoint.metadata, same_decoder)
+
+
+def param_layout(module: nn.Module, mesh, rules) -> tuple[Any, Any]:
+  """(shardings, abstract) of a module's parameters, without allocating them."""
+  shardings, abstract = state_layout(module, optax.identity(), mesh, rules)
+  return shardings.params, abstract.params
+
+
+def random_params(module: nn.Module, key: jax.Array, shardings: Any) -> Any:
+  """The module's own initialisation, created directly on `shardings`."""
+  return jax.jit(lambda k: create_state(module, optax.identity(), k).params,
+                 out_shardings=shardings)(key)
+
+
+def restore_encoder(checkpoint: InitCheckpoint, make_module, config: ModelConfig, mesh,
+                    rules) -> Any:
+  """The checkpoint's encoder parameters, laid out as `make_module(config)` wants them.
+
+  Args:
+    make_module: config -> a module whose parameters are the encoder's
+      (`Encoder`, or `EncoderTrunk` which may lack the final norm).
+  """
+  check_encoder_architecture(checkpoint, config)
+  run_shardings, _ = param_layout(make_module(config), mesh, rules)
+  # Restore in the layout the checkpoint stores (scanned or not), on shardings
+  # derived from that layout, then convert to this run's layout if it differs.
+  stored_config = config.replace(scan_layers=checkpoint.scanned)
+  stored_shardings, stored_abstract = param_layout(make_module(stored_config), mesh, rules)
+  wanted = {"params": {"encoder": with_shardings(stored_abstract, stored_shardings)}}
+  try:
+    restored = checkpointing.restore_state(checkpoint.directory, wanted,
+                                           step=checkpoint.step)["params"]["encoder"]
+  except (KeyError, ValueError) as error:
+    raise ValueError(f"the checkpoint in {checkpoint.directory!r} (step {checkpoint.step}) "
+                     f"has no encoder parameters of the expected shapes: {error}") from error
+  missing = [jax.tree_util.keystr(path) for path, leaf
+             in jax.tree_util.tree_leaves_with_path(restored)
+             if isinstance(leaf, jax.ShapeDtypeStruct)]
+  if missing:
+    raise ValueError(f"the checkpoint in {checkpoint.directory!r} (step {checkpoint.step}) "
+                     f"lacks encoder parameters {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+                     f": expected an MAE encoder with {ENCODER_FIELDS} as in the config.")
+  if checkpoint.scanned != config.scan_layers:
+    convert = stack_layers if config.scan_layers else unstack_layers
+    restored = jax.jit(convert, out_shardings=run_shardings)(restored)
+  return restored

@@ -1,0 +1,186 @@
+"""The linear probe: `run_linear_probe(config, workdir)` (config.job = "linprobe").
+
+Reference recipe (main_linprobe.py): the pretrained encoder is frozen; the
+feature (cls token after the final norm, or the mean of the patch tokens)
+goes through BatchNorm without affine (eps 1e-6) and a Linear initialised
+with std 0.01, trained by LARS (momentum 0.9, trust 0.001, no decay) at
+lr = base_lr * batch / 256 with warm-up then cosine.
+
+The encoder's parameters are an input of the step, not part of the train
+state: nothing differentiates them and no optimizer state exists for them,
+so a step costs about one forward pass. With `config.cache_features` (only
+when the train transform is deterministic) the features are computed once
+and the probe trains on them directly.
+
+Outputs, like pretraining: checkpoints of the head (the encoder stays
+where `init_from` points; its path and step are in the metadata),
+metrics.jsonl, TensorBoard, config.json, run_info.json, and results.json.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from absl import logging
+
+from mae_jax import checkpointing, sharding
+from mae_jax import data as input_pipeline
+from mae_jax.evaluate import runtime
+from mae_jax.evaluate.encoders import feature_source, frozen_encoder
+from mae_jax.evaluate.lars import lars
+from mae_jax.evaluate.loop import train_loop
+from mae_jax.evaluate.models import ProbeHead
+from mae_jax.evaluate.plan import make_eval_plan
+from mae_jax.train import optim
+from mae_jax.train.pretrain import mesh_context, with_shardings
+
+
+@flax.struct.dataclass
+class ProbeState:
+  step: jax.Array
+  params: Any          # the head's Linear (BatchNorm has no affine parameters)
+  batch_stats: Any     # BatchNorm running mean / var
+  opt_state: optax.OptState
+
+  def to_checkpoint(self) -> dict:
+    return {"step": self.step, "params": {"head": self.params},
+            "batch_stats": self.batch_stats, "opt_state": self.opt_state}
+
+  @classmethod
+  def from_checkpoint(cls, tree: dict) -> "ProbeState":
+    return cls(step=jnp.asarray(tree["step"]), params=tree["params"]["head"],
+               batch_stats=tree["batch_stats"], opt_state=tree["opt_state"])
+
+
+def create_probe_state(head: ProbeHead, tx, key, feature_dim: int) -> ProbeState:
+  variables = head.init(key, jnp.zeros((1, feature_dim), jnp.float32), train=False)
+  params = variables["params"]
+  return ProbeState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables["batch_stats"], opt_state=tx.init(params))
+
+
+def make_probe_step(head: ProbeHead, tx, schedule, features_fn: Callable | None) -> Callable:
+  """step(state, encoder_params, batch) -> (state, metrics).
+
+  The features are computed outside the differentiated function, so the
+  encoder gets no gradient; `features_fn=None` reads batch["features"]
+  (cached features).
+  """
+
+  def step(state: ProbeState, encoder_params, batch: dict):
+    if features_fn is None:
+      features = batch["features"]
+    else:
+      features = jax.lax.stop_gradient(features_fn(encoder_params, batch["image"]))
+
+    def loss_fn(params):
+      logits, updates = head.apply({"params": params, "batch_stats": state.batch_stats},
+                                   features, train=True, mutable=["batch_stats"])
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+      return loss, (logits, updates["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "learning_rate": schedule(state.step),
+               "train_top1": 100.0 * jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+    return ProbeState(step=state.step + 1, params=params, batch_stats=batch_stats,
+                      opt_state=opt_state), metrics
+
+  return step
+
+
+def make_probe_eval_step(head: ProbeHead, features_fn: Callable | None) -> Callable:
+  def eval_step(state: ProbeState, encoder_params, batch: dict) -> dict:
+    features = (batch["features"] if features_fn is None
+                else features_fn(encoder_params, batch["image"]))
+    logits = head.apply({"params": state.params, "batch_stats": state.batch_stats},
+                        features, train=False)
+    return runtime.accuracy_sums(logits, batch["label"], batch["mask"])
+
+  return eval_step
+
+
+def run_linear_probe(config, workdir: str) -> dict:
+  """Trains the probe (or resumes it) and returns results.json's contents."""
+  plan = make_eval_plan(config, num_devices=jax.device_count(),
+                        process_count=jax.process_count())
+  mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
+  is_main = jax.process_index() == 0
+  mngr, resume_step, metadata = runtime.open_workdir(config, plan, workdir, mesh, is_main)
+  batch_sharding = sharding.batch_sharding(mesh, plan.rules)
+  replicated = sharding.replicated(mesh)
+  opt = config.optimizer
+  schedule = optim.learning_rate_schedule(
+      peak_lr=optim.peak_learning_rate(opt.base_lr, config.global_batch_size),
+      warmup_steps=plan.warmup_steps, total_steps=plan.total_steps, min_lr=opt.min_lr)
+  tx = lars(schedule, momentum=opt.momentum, trust_coefficient=opt.trust_coefficient,
+            weight_decay=opt.weight_decay)
+  head = ProbeHead(plan.num_classes, init_std=config.head_init_std)
+  head_key, encoder_key = jax.random.split(jax.random.key(config.seed))
+
+  with mesh_context(mesh, plan.rules):
+    features_fn, encoder_params = frozen_encoder(config, plan, mesh, encoder_key)
+    image = jax.ShapeDtypeStruct((1, plan.model.image_size, plan.model.image_size,
+                                  plan.model.channels), jnp.float32)
+    feature_dim = jax.eval_shape(features_fn, encoder_params, image).shape[-1]
+    create = lambda key: create_probe_state(head, tx, key, feature_dim)
+    if resume_step is not None:
+      logging.info("Resuming the probe from step %d.", resume_step)
+      abstract = with_shardings(jax.eval_shape(create, head_key), replicated)
+      state = ProbeState.from_checkpoint(checkpointing.restore_state(
+          runtime.checkpoint_dir(workdir), abstract.to_checkpoint(), step=resume_step))
+    else:
+      state = jax.jit(create, out_shardings=replicated)(head_key)
+
+    if config.cache_features:
+      logging.info("Caching features of %s and %s.", config.data.train_split,
+                   config.data.eval_split)
+      cached = {}
+      for name, split in (("train", config.data.train_split), ("eval", config.data.eval_split)):
+        features, labels = runtime.extract_features(
+            features_fn, encoder_params,
+            runtime.split_batches(config, split, plan.eval_batch_size, batch_sharding,
+                                  plan.num_classes), mesh)
+        cached[name] = {"features": features, "label": labels}
+      batches = lambda start: runtime.epoch_batches(
+          cached["train"], config.global_batch_size, batch_sharding, seed=config.seed,
+          start_step=start)
+      eval_batches = lambda: runtime.array_batches(cached["eval"], plan.eval_batch_size,
+                                                   batch_sharding)
+      step_features = None
+    else:
+      def batches(start):
+        stream = input_pipeline.make_iterator(
+            config.data, split=config.data.train_split,
+            global_batch_size=config.global_batch_size, train=True, seed=config.seed,
+            start_step=start)
+        return (runtime.labelled_batch(b, batch_sharding, plan.num_classes, "training data")
+                for b in stream)
+      eval_batches = lambda: runtime.split_batches(config, config.data.eval_split,
+                                                   plan.eval_batch_size, batch_sharding,
+                                                   plan.num_classes)
+      step_features = features_fn
+
+    train_step = jax.jit(make_probe_step(head, tx, schedule, step_features),
+                         out_shardings=(replicated, replicated), donate_argnums=(0,))
+    eval_step = jax.jit(make_probe_eval_step(head, step_features), out_shardings=replicated)
+    state, final = train_loop(
+        config, plan, workdir, mngr, metadata, state,
+        train_step=lambda s, batch: train_step(s, encoder_params, batch),
+        batches=batches,
+        evaluate=lambda s: runtime.evaluate(
+            lambda s_, batch: eval_step(s_, encoder_params, batch), s, eval_batches(),
+            plan.num_classes),
+        is_main=is_main)
+  mngr.wait_until_finished()
+  mngr.close()
+  results = runtime.write_results(workdir, config, plan, final, step=final["step"],
+                                  is_main=is_main)
+  runtime.print_summary("Linear probe", feature_source(config), results, workdir, is_main)
+  return results

@@ -1,0 +1,83 @@
+"""Fine-tuning augmentations: Mixup / CutMix targets (on the device) and
+RandAugment / random erasing (tf.data)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image, ImageOps
+
+from mae_jax import data
+from mae_jax.data import augment, randaugment
+from mae_jax.evaluate.mixup import mix_batch
+
+
+@pytest.mark.parametrize("mixup, cutmix", [(0.8, 1.0), (0.8, 0.0), (0.0, 1.0)])
+def test_mixup_and_cutmix_keep_label_mass_one(mixup, cutmix):
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.normal(size=(8, 12, 12, 1)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 10, size=8))
+  for seed in range(6):
+    mixed, targets = mix_batch(jax.random.key(seed), images, labels, num_classes=10,
+                               mixup_alpha=mixup, cutmix_alpha=cutmix, switch_prob=0.5,
+                               smoothing=0.1)
+    np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-6)
+    assert mixed.shape == images.shape and (targets >= 0).all()
+    # Each target is lam * own + (1 - lam) * partner's (reversed batch).
+    lam = float(targets[0, labels[0]] - 0.01) / 0.9 if labels[0] != labels[-1] else None
+    if cutmix and not mixup and lam is not None:
+      # CutMix: lam is exactly the fraction of image 0 that was kept.
+      kept = np.mean(np.asarray(mixed[0]) == np.asarray(images[0]))
+      assert abs(kept - lam) < 1e-5
+
+
+def test_no_mixing_gives_smoothed_one_hot():
+  labels = jnp.asarray([3, 1])
+  images = jnp.zeros((2, 4, 4, 1))
+  mixed, targets = mix_batch(jax.random.key(0), images, labels, num_classes=4,
+                             mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5,
+                             smoothing=0.1)
+  np.testing.assert_allclose(targets[0], [0.025, 0.025, 0.025, 0.925], rtol=1e-6)
+  assert mixed is images
+
+
+def test_randaugment_is_deterministic_in_range_and_changes_images():
+  rng = np.random.default_rng(0)
+  image = tf.constant(rng.integers(0, 256, (16, 16, 3)).astype(np.float32))
+  outs = [randaugment.rand_augment(image, tf.constant([s, 0]), num_ops=2, magnitude=9.0,
+                                   magnitude_std=0.5, fill=[128, 128, 128]).numpy()
+          for s in range(12)]
+  again = randaugment.rand_augment(image, tf.constant([0, 0]), num_ops=2, magnitude=9.0,
+                                   magnitude_std=0.5, fill=[128, 128, 128]).numpy()
+  np.testing.assert_array_equal(outs[0], again)
+  assert all(o.shape == (16, 16, 3) and o.min() >= 0 and o.max() <= 255 for o in outs)
+  assert sum(not np.array_equal(o, np.round(image.numpy())) for o in outs) >= 6
+
+
+def test_equalize_matches_pil():
+  pixels = np.random.default_rng(1).integers(0, 200, (16, 16)).astype(np.uint8)
+  expected = np.asarray(ImageOps.equalize(Image.fromarray(pixels)))
+  ours = randaugment.equalize(tf.constant(pixels[..., None], tf.float32), 0, 0, 0)
+  np.testing.assert_array_equal(ours.numpy()[..., 0], expected)
+
+
+def test_random_erasing_fills_one_rectangle_with_noise():
+  image = tf.fill([20, 20, 1], 7.0)
+  untouched = randaugment.random_erasing(image, tf.constant([0, 1]), probability=0.0)
+  np.testing.assert_array_equal(untouched.numpy(), image.numpy())
+  erased = randaugment.random_erasing(image, tf.constant([0, 1]), probability=1.0).numpy()
+  rows, cols = np.nonzero(erased[..., 0] != 7.0)
+  area = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+  assert len(rows) == area and 0.02 * 400 * 0.5 <= area <= 400 / 3 * 1.5
+
+
+def test_finetune_extras_plug_into_the_train_transform():
+  config = data.default_data_config(image_size=12, randaugment_ops=2, random_erasing=0.25)
+  image = tf.constant(np.random.default_rng(2).integers(0, 256, (8, 8, 1)), tf.uint8)
+  out = augment.train_transform(image, tf.constant([5, 0]), config)
+  assert out.shape == (12, 12, 1) and out.dtype == tf.float32
+  with pytest.raises(ValueError, match="randaugment_ops"):
+    data.validate_data_config(data.default_data_config(randaugment_ops=-1))

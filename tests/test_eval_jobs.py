@@ -1,0 +1,316 @@
+"""Evaluation jobs end to end on the bundled digits with a tiny ViT.
+
+A module fixture pretrains for a few steps; the tests restore its encoder
+(bit-identical outputs, scanned or not), run the linear probe, k-NN and
+fine-tuning jobs from it, and check the errors for bad `init_from`s and
+labels before anything compiles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import finetune as finetune_config
+from configs import knn as knn_config
+from configs import linprobe as linprobe_config
+from mae_jax import checkpointing, sharding
+from mae_jax.evaluate import init_checkpoint, knn, linprobe, runtime
+from mae_jax.evaluate.models import ProbeHead, frozen_features
+from mae_jax.evaluate.plan import make_eval_plan
+from mae_jax.main import run_job
+from mae_jax.model.config import ModelConfig
+from mae_jax.model.layout import stack_layers
+from mae_jax.model.mae import Encoder, MaskedAutoencoder
+from mae_jax.train.pretrain import mesh_context
+from tests.test_pretrain import final_params, tiny_config
+
+TINY_MODEL = dict(image_size=16, patch_size=4, width=32, depth=1, heads=2, decoder_width=32,
+                  decoder_depth=1, decoder_heads=2)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, digits_data_dir) -> str:
+  workdir = str(tmp_path_factory.mktemp("eval") / "pretrain")
+  run_job(tiny_config(digits_data_dir, num_train_steps=4, checkpoint_every_steps=4,
+                      num_reconstructions=0), workdir)
+  return workdir
+
+
+def eval_config(module, data_dir: str, **overrides):
+  config = module.get_config("digits")
+  config.model.update(TINY_MODEL)
+  config.data.image_size = 16
+  config.data.data_dir = data_dir
+  config.progress_bar = "off"
+  if config.job != "knn":
+    config.global_batch_size = 16
+    config.num_train_steps = 4
+    config.warmup_epochs = 0.1
+    config.log_every_steps = 2
+    config.eval_every_steps = 2
+    config.checkpoint_every_steps = 2
+  config.eval_batch_size = 64
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def images(n=4, size=16):
+  return jnp.asarray(np.random.default_rng(0).normal(size=(n, size, size, 1)), jnp.float32)
+
+
+def test_restored_encoder_is_bit_identical(pretrained):
+  params = final_params(pretrained, 4)
+  model = MaskedAutoencoder(ModelConfig(channels=1, **TINY_MODEL))
+  expected = model.apply({"params": params}, images(), method="encode").tokens
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
+  located = init_checkpoint.locate(pretrained)
+  assert located.step == 4 and located.directory.endswith("checkpoints")
+  with mesh_context(mesh, sharding.DEFAULT_RULES):
+    encoder = init_checkpoint.restore_encoder(located, Encoder, model.config, mesh,
+                                              sharding.DEFAULT_RULES)
+  # Restored onto an 8-device (data x fsdp) mesh; gathered, it is bit-identical,
+  # and so is what the encoder computes with it.
+  encoder = jax.device_get(encoder)
+  jax.tree.map(np.testing.assert_array_equal, encoder, jax.device_get(params["encoder"]))
+  np.testing.assert_array_equal(Encoder(model.config).apply({"params": encoder}, images()),
+                                expected)
+
+
+def test_scanned_encoder_only_checkpoint_restores_unscanned(pretrained, tmp_path):
+  """A converted checkpoint: encoder only, `layers` layout, named by its step directory."""
+  params = final_params(pretrained, 4)
+  config = ModelConfig(channels=1, **TINY_MODEL)
+  step_dir = checkpointing.write_params(
+      str(tmp_path / "converted"), stack_layers({"encoder": jax.device_get(params["encoder"])}),
+      config.replace(scan_layers=True), source="test", param_layout="layers")
+  located = init_checkpoint.locate(step_dir)
+  assert located.scanned and located.step == 0
+  mesh = sharding.make_mesh({"data": 8})
+  with mesh_context(mesh, sharding.DEFAULT_RULES):
+    encoder = init_checkpoint.restore_encoder(located, Encoder, config, mesh,
+                                              sharding.DEFAULT_RULES)
+  jax.tree.map(np.testing.assert_array_equal, encoder, jax.device_get(params["encoder"]))
+
+
+def test_frozen_encoder_is_not_differentiated():
+  """The probe step holds no encoder state and runs no backward pass through it:
+  it has no more matrix products than the encoder's forward plus the head's."""
+  config = ModelConfig(channels=1, **TINY_MODEL)
+  features_fn = frozen_features(config, "cls")
+  encoder_params = nn.unbox(Encoder(config).init(jax.random.key(0), images()))["params"]
+  head, tx = ProbeHead(10), optax.sgd(0.1)
+  state = linprobe.create_probe_state(head, tx, jax.random.key(1), config.width)
+  assert set(state.params) == {"linear"} and set(state.batch_stats) == {"bn"}
+  step = linprobe.make_probe_step(head, tx, optax.constant_schedule(0.1), features_fn)
+  batch = {"image": images(), "label": jnp.arange(4)}
+  before = jax.tree.map(np.array, encoder_params)
+  new_state, _ = jax.jit(step)(state, encoder_params, batch)
+  jax.tree.map(np.testing.assert_array_equal, encoder_params, before)
+  assert not jax.tree.all(jax.tree.map(jnp.array_equal, new_state.params, state.params))
+
+  def dots(jaxpr_text):
+    return jaxpr_text.count("dot_general")
+
+  forward = dots(str(jax.make_jaxpr(features_fn)(encoder_params, batch["image"])))
+  whole = dots(str(jax.make_jaxpr(step)(state, encoder_params, batch)))
+  assert whole <= forward + 3, (whole, forward)   # head: forward, two for its gradient
+
+
+def test_probe_separates_linearly_separable_features():
+  """Cached-feature path: features = class centroids + small noise, 100 % after training."""
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(4, 16)) * 3
+  labels = np.repeat(np.arange(4), 32)
+  features = (centres[labels] + 0.1 * rng.normal(size=(128, 16))).astype(np.float32)
+  head = ProbeHead(4)
+  schedule = optax.warmup_cosine_decay_schedule(0.0, 6.4, 5, 100)
+  from mae_jax.evaluate.lars import lars
+  tx = lars(schedule)
+  mesh = sharding.make_mesh({"data": 8})
+  batch_sharding = sharding.batch_sharding(mesh, sharding.DEFAULT_RULES)
+  replicated = sharding.replicated(mesh)
+  # As in the job: one sharding for the state throughout, so one executable.
+  state = jax.jit(lambda k: linprobe.create_probe_state(head, tx, k, 16),
+                  out_shardings=replicated)(jax.random.key(0))
+  step = jax.jit(linprobe.make_probe_step(head, tx, schedule, None),
+                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+  stream = runtime.epoch_batches({"features": features, "label": labels}, 32, batch_sharding,
+                                 seed=0, start_step=0)
+  for _ in range(100):
+    state, metrics = step(state, None, next(stream))
+    jax.block_until_ready(metrics)  # see loop.train_loop: one tiny step in flight at a time
+  eval_step = jax.jit(linprobe.make_probe_eval_step(head, None), out_shardings=replicated)
+  result = runtime.evaluate(lambda s, b: eval_step(s, None, b), state,
+                            runtime.array_batches({"features": features, "label": labels}, 48,
+                                                  batch_sharding), num_classes=4)
+  assert result["eval_top1"] == 100.0
+
+
+def test_knn_classifies_separated_clusters():
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(7, 8))
+  train_y, test_y = np.repeat(np.arange(7), 20), np.repeat(np.arange(7), 5)
+  train_x = centres[train_y] + 0.05 * rng.normal(size=(140, 8))
+  test_x = centres[test_y] + 0.05 * rng.normal(size=(35, 8))
+  metrics = knn.knn_classify(train_x, train_y, test_x, test_y, num_classes=7, chunk=16)
+  assert metrics == {"knn_top1": 100.0, "knn_top5": 100.0}
+
+
+def test_linear_probe_job_outputs_and_resume(pretrained, tmp_path, digits_data_dir):
+  workdir = str(tmp_path / "probe")
+  config = eval_config(linprobe_config, digits_data_dir, init_from=pretrained)
+  results = run_job(config, workdir)
+  saved = json.load(open(os.path.join(workdir, "results.json")))
+  assert saved["protocol"] == "linear_probe" and saved["step"] == 4
+  assert 0 <= saved["top1"] <= 100 and "top5" in saved and saved["num_eval_examples"] == 300
+  assert saved["checkpoint"]["step"] == 4 and saved["config"]["init_from"] == pretrained
+  lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [l["step"] for l in lines if "eval_top1" in l] == [2, 4]
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  # Lose the last checkpoint: the resumed run ends where the first did.
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))
+  assert run_job(config, workdir)["top1"] == results["top1"]
+
+
+def test_knn_job_and_baselines(pretrained, tmp_path, digits_data_dir):
+  mae = run_job(eval_config(knn_config, digits_data_dir, init_from=pretrained),
+                str(tmp_path / "knn"))
+  pixels = run_job(eval_config(knn_config, digits_data_dir, baseline="raw_pixels"),
+                   str(tmp_path / "knn_pixels"))
+  assert mae["protocol"] == "knn" and mae["k"] == 20 and mae["step"] == 4
+  assert pixels["checkpoint"] == {"baseline": "raw_pixels"} and pixels["top1"] > 80
+
+
+def test_finetune_job_from_a_pretrained_encoder(pretrained, tmp_path, digits_data_dir):
+  workdir = str(tmp_path / "finetune")
+  config = eval_config(finetune_config, digits_data_dir, init_from=pretrained,
+                       mesh={"data": 2, "fsdp": 4, "tensor": 1})
+  results = run_job(config, workdir)
+  assert results["protocol"] == "finetune" and results["feature"] == "pool"
+  restored = checkpointing.restore_state(
+      os.path.join(workdir, "checkpoints"),
+      {"params": {"head": {"kernel": jax.ShapeDtypeStruct((32, 10), jnp.float32)}}}, step=4)
+  assert np.isfinite(np.asarray(restored["params"]["head"]["kernel"])).all()
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(init_from="/no/such/dir"), "nothing there"),
+    (dict(init_from=""), "init_from"),
+    (dict(baseline="random_init"), "must be empty"),
+    (dict(model={"width": 64, "heads": 2}), "another architecture.*width"),
+    (dict(model={"patch_size": 8}), "another architecture.*patch_size"),
+    (dict(num_classes=5), "outside a head of 5 classes"),
+    (dict(feature="mean"), "feature"),
+    (dict(optimizer={"name": "sgd"}), "lars"),
+    (dict(cache_features=True, data={"random_resized_crop": True}), "cache_features"),
+])
+def test_bad_evaluation_configs_fail_before_compiling(change, message, pretrained,
+                                                      digits_data_dir):
+  config = eval_config(linprobe_config, digits_data_dir, init_from=pretrained)
+  for key, value in change.items():
+    if isinstance(value, dict):
+      config[key].update(value)
+    else:
+      config[key] = value
+  with pytest.raises(ValueError, match=message):
+    make_eval_plan(config, num_devices=8, process_count=1)
+
+
+def test_half_written_and_empty_checkpoints_are_refused(pretrained, tmp_path):
+  copy = tmp_path / "crashed"
+  shutil.copytree(os.path.join(pretrained, "checkpoints"), copy / "checkpoints")
+  os.rename(copy / "checkpoints" / "4", copy / "checkpoints" / "4.orbax-checkpoint-tmp-99")
+  with pytest.raises(ValueError, match="only half-written steps.*4.orbax-checkpoint-tmp"):
+    init_checkpoint.locate(str(copy))
+  with pytest.raises(ValueError, match="step 4 .* is half-written"):
+    init_checkpoint.locate(str(copy / "checkpoints"), step=4)
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(ValueError, match="no checkpoint steps"):
+    init_checkpoint.locate(str(tmp_path / "empty"))
+
+
+def test_labels_outside_the_head_fail_before_training():
+  with pytest.raises(ValueError, match=r"labels \[12\] are outside the head's 10 classes"):
+    runtime.check_labels(np.array([1, 12, 3]), np.ones(3), 10, "training data")
+  runtime.check_labels(np.array([1, 12]), np.array([1.0, 0.0]), 10, "padding is ignored")
+
+
+def test_presets_follow_the_reference_recipes():
+  base = linprobe_config.get_config("vit_base")
+  assert (base.global_batch_size, base.optimizer.base_lr, base.num_epochs) == (16384, 0.1, 90)
+  assert base.optimizer.momentum == 0.9 and base.optimizer.trust_coefficient == 0.001
+  assert base.optimizer.weight_decay == 0 and base.warmup_epochs == 10
+  assert base.head_init_std == 0.01 and base.data.eval_crop_fraction == 0.875
+  assert linprobe_config.get_config("vit_large").num_epochs == 50
+  for name, epochs, lr, decay, drop in [("vit_base", 100, 5e-4, 0.65, 0.1),
+                                        ("vit_large", 50, 1e-3, 0.75, 0.2),
+                                        ("vit_huge", 50, 1e-3, 0.75, 0.3)]:
+    ft = finetune_config.get_config(name)
+    assert (ft.num_epochs, ft.optimizer.base_lr, ft.optimizer.layer_decay) == (epochs, lr, decay)
+    assert ft.model.drop_path_rate == drop and ft.global_batch_size == 1024
+    assert (ft.mixup, ft.cutmix, ft.mixup_switch_prob, ft.label_smoothing) == (0.8, 1.0, 0.5, 0.1)
+    assert (ft.data.randaugment_ops, ft.data.randaugment_magnitude,
+            ft.data.randaugment_magnitude_std, ft.data.random_erasing) == (2, 9.0, 0.5, 0.25)
+    assert (ft.optimizer.b1, ft.optimizer.b2, ft.optimizer.weight_decay) == (0.9, 0.999, 0.05)
+    assert ft.optimizer.min_lr == 1e-6 and ft.warmup_epochs == 5 and ft.head_init_std == 2e-5
+  scratch = finetune_config.get_config("digits,scratch")
+  assert scratch.baseline == "random_init" and scratch.optimizer.layer_decay == 1.0
+  assert knn_config.get_config("digits").knn_k == 20
+
+
+def test_knn_monitor_runs_on_pretraining_parameters(pretrained, digits_data_dir):
+  """The hook pretraining can call every `knn_every_steps`: encoder params in, metrics out."""
+  from configs.common import knn_fields
+  config = tiny_config(digits_data_dir)
+  knn_fields(config)
+  config.knn_train_batches = 2
+  mesh = sharding.make_mesh({"data": 8})
+  batch_sharding = sharding.batch_sharding(mesh, sharding.DEFAULT_RULES)
+  # In pretraining the parameters live on the run's mesh.
+  params = jax.device_put(final_params(pretrained, 4), sharding.replicated(mesh))
+  monitor = knn.make_knn_monitor(config, ModelConfig(channels=1, **TINY_MODEL), mesh,
+                                 batch_sharding, batch_size=64, num_classes=10)
+  with mesh_context(mesh, sharding.DEFAULT_RULES):
+    metrics = monitor(params["encoder"])
+  assert set(metrics) == {"knn_top1", "knn_top5"} and 0 <= metrics["knn_top1"] <= 100
+
+
+def test_encoder_trunk_computes_the_encoder():
+  """Fine-tuning's EncoderTrunk loads the Encoder's parameters unchanged and,
+  with its final norm, computes exactly what the Encoder computes."""
+  from mae_jax.evaluate.models import EncoderTrunk
+  config = ModelConfig(channels=1, **TINY_MODEL).replace(depth=2)
+  params = nn.unbox(Encoder(config).init(jax.random.key(0), images()))["params"]
+  np.testing.assert_array_equal(EncoderTrunk(config).apply({"params": params}, images()),
+                                Encoder(config).apply({"params": params}, images()))
+
+
+def test_linear_probe_command_line(pretrained, tmp_path, digits_data_dir):
+  """The documented entry point: python -m mae_jax.main --config=configs/linprobe.py:digits."""
+  from tests.test_main_cli import REPO, environment
+  import subprocess
+  import sys
+  workdir = str(tmp_path / "probe_cli")
+  flags = dict(model__image_size=16, model__patch_size=4, model__width=32, model__depth=1,
+               model__heads=2, model__decoder_width=32, model__decoder_depth=1,
+               model__decoder_heads=2, data__image_size=16, data__data_dir=digits_data_dir,
+               global_batch_size=16, num_train_steps=2, eval_batch_size=64,
+               progress_bar="off", init_from=pretrained)
+  result = subprocess.run(
+      [sys.executable, "-m", "mae_jax.main", "--config=configs/linprobe.py:digits",
+       f"--workdir={workdir}",
+       *[f"--config.{key.replace('__', '.')}={value}" for key, value in flags.items()]],
+      cwd=REPO, env=environment(1), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Linear probe (cls features" in result.stdout
+  assert json.load(open(os.path.join(workdir, "results.json")))["step"] == 2
