@@ -3,6 +3,8 @@
 Order of operations (reference `models_mae.py`):
   encoder: patch embed -> + pos embed (no cls row) -> keep visible patches
            -> prepend cls token -> blocks -> LayerNorm
+           (computed as keep visible patches -> embed -> + their pos embed:
+           the same tokens, embedding only the visible quarter)
   decoder: Linear to decoder width -> append mask tokens -> unshuffle
            -> + decoder pos embed -> blocks -> LayerNorm -> Linear to p*p*C
            -> drop the cls row
@@ -69,21 +71,24 @@ class Encoder(nn.Module):
                train: bool = False) -> jax.Array:
     cfg = self.config
     kw = _dtypes(cfg)
+    patches = patchify(images.astype(kw["dtype"]), cfg.patch_size)
+    pos = jnp.asarray(sincos_2d(cfg.width, cfg.grid_size), kw["dtype"])[None, 1:]
+    visible_only = masking is not None and not cfg.encoder_mask_tokens
+    if visible_only:
+      # Keeping the visible patches before the embedding (not after, as the
+      # reference) gives the same tokens for a quarter of the work.
+      patches = gather_tokens(patches, masking.ids_keep)
+      pos = jnp.take(pos[0], masking.ids_keep, axis=0)  # (N, len_keep, D)
     # The reference's stride-p conv is a Linear over flattened patches.
-    x = dense(cfg.width, ("patch", "embed"), name="patch_embed", **kw)(
-        patchify(images.astype(kw["dtype"]), cfg.patch_size))
-    pos = jnp.asarray(sincos_2d(cfg.width, cfg.grid_size), kw["dtype"])
-    x = x + pos[None, 1:]
+    x = dense(cfg.width, ("patch", "embed"), name="patch_embed", **kw)(patches)
+    x = x + pos
     if masking is not None and cfg.encoder_mask_tokens:
       # The paper's "w/ [M]" ablation: removed patches become a learned
       # token (with its position) and the encoder processes all L tokens.
       enc_mask_token = self.param(
           "mask_token", normal_init(TOKEN_INIT_STD, (None, None, "embed")),
           (1, 1, cfg.width), kw["param_dtype"])
-      x = jnp.where(masking.mask[..., None] > 0,
-                    enc_mask_token.astype(x.dtype) + pos[None, 1:], x)
-    elif masking is not None:
-      x = gather_tokens(x, masking.ids_keep)
+      x = jnp.where(masking.mask[..., None] > 0, enc_mask_token.astype(x.dtype) + pos, x)
     # The cls row of the positional table is zero, so cls + pos[0] == cls.
     cls_token = self.param(
         "cls_token", normal_init(TOKEN_INIT_STD, (None, None, "embed")),

@@ -62,15 +62,21 @@ def make_train_step(model: MaskedAutoencoder, tx: optax.GradientTransformation,
       zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
       (loss, grads), _ = jax.lax.scan(accumulate, zeros, (split(images), split(noise)))
       loss, grads = jax.tree.map(lambda x: x / grad_accum_steps, (loss, grads))
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
     # A non-finite loss or gradient never reaches the parameters: the step
     # keeps the old state (the loop then stops or counts, per config).
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    params = keep_if_finite(params, state.params)
-    opt_state = keep_if_finite(opt_state, state.opt_state)
+
+    def apply_update(params, opt_state):
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
+
+    # A conditional rather than a select per leaf: the update then runs in
+    # place on the donated state, where `where(finite, new, old)` kept the
+    # old moments alive and made XLA copy them every step (about 10 % of a
+    # ViT-B/16 step on CPU).
+    params, opt_state = jax.lax.cond(finite, apply_update, lambda params, opt_state:
+                                     (params, opt_state), state.params, state.opt_state)
     metrics = {
         "loss": loss,
         "learning_rate": schedule(state.step),

@@ -1,0 +1,437 @@
+r"""The benchmark harness: one command for the standard set, subcommands for
+single measurements.
+
+  # The standard set (about 10 minutes on 2 CPU cores) -> BENCHMARKS.md:
+  python -m benchmarks.run standard --threads 2 --out BENCHMARKS.md
+
+  # One train step configuration (any preset, batch, size, dtype, remat,
+  # mesh), optionally interleaved with transformers' PyTorch ViTMAE:
+  python -m benchmarks.run step --preset B/16 --batch 8 --torch
+  python -m benchmarks.run step --preset L/16 --batch 4 --mask-tokens
+  python -m benchmarks.run step --preset B/16 --batch 64 --remat dots --compile-only
+  python -m benchmarks.run step --preset S/16 --batch 16 --mesh data=2 --dtype bfloat16
+
+  # The machine's matmul rate, and the input pipeline alone:
+  python -m benchmarks.run matmul --dtype float32 --size 2048
+  python -m benchmarks.run input --images 256
+
+Thread counts: `--threads N` confines the process to N CPUs before JAX or
+torch start (XLA's CPU pool follows the affinity mask; it has no thread
+knob) and sets torch's intra-op threads to N, so both use the same count.
+Nothing here is imported by the library; tests run it at tiny sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+from typing import Any
+
+from benchmarks import common
+
+# Targets of the performance issue (2-core CPU, float32, same-run ratios).
+TARGET_TORCH_RATIO, AIM_TORCH_RATIO = 1.0, 1.2
+TARGET_PEAK_FRACTION = 0.70
+TARGET_MASK_TOKEN_SPEEDUP = 3.0
+TARGET_IMAGES_PER_CORE = 250.0
+TARGET_INPUT_WAIT = 0.05
+
+
+# ------------------------------------------------------------ the set ----
+
+@dataclasses.dataclass
+class StandardSet:
+  """What `standard` measures. `tiny()` keeps every code path at toy sizes."""
+
+  compare: list[tuple[str, dict, int]]        # (label, config fields, batch) vs torch
+  mask_tokens: list[tuple[str, dict, int]]    # visible-only vs w/ [M]
+  memory: list[tuple[str, dict, int]]         # compile-only, for each remat policy
+  variants: list[tuple[str, dict, int]]       # extra mae_jax rows (e.g. scan)
+  remat_policies: tuple[str, ...] = ("none", "full", "dots")
+  compare_warmup: int = 2
+  compare_steps: int = 12
+  mask_warmup: int = 1
+  mask_steps: int = 4
+  variant_steps: int = 5
+  matmul_size: int = 2048
+  jpeg_images: int = 256
+  jpeg_image_size: int = 224
+  jpeg_batch: int = 32
+  jpeg_batches: int = 16
+  digits_steps: int = 100
+  digits_log_every: int = 20
+  digits_overrides: dict | None = None
+  tiny_sizes: bool = False
+
+  @classmethod
+  def full(cls) -> "StandardSet":
+    return cls(
+        compare=[("S/16", {"preset": "S/16"}, 8), ("B/16", {"preset": "B/16"}, 8)],
+        mask_tokens=[("B/16", {"preset": "B/16"}, 8), ("L/16", {"preset": "L/16"}, 8)],
+        memory=[("B/16", {"preset": "B/16"}, 64)],
+        variants=[("B/16 scan_layers", {"preset": "B/16", "scan_layers": True}, 8),
+                  ("B/16 remat=full", {"preset": "B/16", "remat_policy": "full"}, 8),
+                  ("B/16 bfloat16", {"preset": "B/16", "dtype": "bfloat16"}, 8)])
+
+  @classmethod
+  def tiny(cls) -> "StandardSet":
+    small = dict(image_size=32, patch_size=8, width=32, depth=2, heads=2, decoder_width=32,
+                 decoder_depth=1, decoder_heads=2)
+    return cls(
+        compare=[("tiny", small, 4)], mask_tokens=[("tiny", small, 4)],
+        memory=[("tiny", small, 8)], variants=[], remat_policies=("full",),
+        compare_warmup=1, compare_steps=2, mask_warmup=1, mask_steps=2, variant_steps=2,
+        matmul_size=256, jpeg_images=8, jpeg_image_size=32, jpeg_batch=4, jpeg_batches=2,
+        digits_steps=4, digits_log_every=2, tiny_sizes=True,
+        digits_overrides={"model.image_size": 16, "model.patch_size": 4, "model.width": 32,
+                          "model.depth": 1, "model.heads": 2, "model.decoder_width": 32,
+                          "model.decoder_depth": 1, "model.decoder_heads": 2,
+                          "data.image_size": 16, "global_batch_size": 16})
+
+
+def model_config_from(fields: dict, **extra):
+  """A ModelConfig from {'preset': 'B/16' (or 'custom'), field: value, ...}."""
+  from benchmarks import steps
+  fields = dict(fields, **extra)
+  return steps.model_config(fields.pop("preset", None), **fields)
+
+
+def log(message: str) -> None:
+  print(f"[{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.2f}] {message}", flush=True)
+
+
+# ------------------------------------------------------------ measuring --
+
+def step_row(label: str, step, timing: common.Timing) -> dict:
+  """Throughput, FLOPs and memory of one measured mae_jax step."""
+  cfg = step.cfg
+  batch = step.batch_size
+  model_flops = common.train_flops_per_image(cfg)
+  cost = step.cost()
+  xla_per_image = (cost["xla_flops_per_step"] / batch
+                   if cost["xla_flops_per_step"] else None)
+  row = {"label": label, "config": dataclasses.asdict(cfg), "batch": batch,
+         "devices": step.mesh.size, "compile_s": step.lower_s + step.compile_s,
+         "model_gflop_per_image": model_flops / 1e9,
+         "xla_gflop_per_image": None if xla_per_image is None else xla_per_image / 1e9,
+         "params": step.num_params}
+  row.update(timing.summary(batch))
+  row["model_flops_per_s"] = model_flops * row["images_per_s"]
+  row.update(step.memory())
+  return row
+
+
+def measure_compare(label: str, fields: dict, batch: int, *, dtype: str, warmup: int,
+                    steps_count: int, attention: str = "sdpa", mesh=None) -> dict:
+  """mae_jax vs transformers' PyTorch ViTMAE, interleaved step by step."""
+  from benchmarks import steps
+  cfg = model_config_from(fields, dtype=dtype)
+  log(f"compare {label} batch {batch}: compiling mae_jax")
+  mae = steps.MaeStep(cfg, batch, mesh=mesh)
+  log(f"  compiled in {mae.lower_s + mae.compile_s:.1f} s; building PyTorch model")
+  torch_step = steps.TorchStep(cfg, batch, attention=attention, dtype=dtype)
+  if mae.num_params != torch_step.num_params:
+    raise AssertionError(f"not the same model: mae_jax has {mae.num_params} parameters, "
+                         f"transformers {torch_step.num_params}")
+  timings = common.interleave({"mae_jax": mae.run, "torch": torch_step.run},
+                              warmup=warmup, steps=steps_count)
+  row = step_row(label, mae, timings["mae_jax"])
+  row["torch"] = timings["torch"].summary(batch)
+  row["torch"]["attention"] = torch_step.attention
+  row["ratio"] = row["images_per_s"] / row["torch"]["images_per_s"]
+  row["losses"] = {"mae_jax": mae.last_loss, "torch": torch_step.last_loss}
+  log(f"  mae_jax {row['images_per_s']:.2f} img/s, torch {row['torch']['images_per_s']:.2f} "
+      f"img/s: ratio {row['ratio']:.3f}")
+  mae.close()
+  torch_step.close()
+  return row
+
+
+def measure_mask_tokens(label: str, fields: dict, batch: int, *, dtype: str, warmup: int,
+                        steps_count: int) -> dict:
+  """Visible-only encoder vs the paper's "w/ [M]" encoder, interleaved."""
+  from benchmarks import steps
+  log(f"mask tokens {label} batch {batch}: compiling both variants")
+  visible = steps.MaeStep(model_config_from(fields, dtype=dtype), batch)
+  with_mask = steps.MaeStep(model_config_from(fields, dtype=dtype, encoder_mask_tokens=True), batch)
+  timings = common.interleave({"visible": visible.run, "mask_tokens": with_mask.run},
+                              warmup=warmup, steps=steps_count)
+  rows = {"visible": step_row(label, visible, timings["visible"]),
+          "mask_tokens": step_row(label + " w/ [M]", with_mask, timings["mask_tokens"])}
+  speedup = rows["visible"]["images_per_s"] / rows["mask_tokens"]["images_per_s"]
+  flop_ratio = rows["mask_tokens"]["model_gflop_per_image"] / rows["visible"]["model_gflop_per_image"]
+  log(f"  visible {rows['visible']['images_per_s']:.2f} img/s, w/ [M] "
+      f"{rows['mask_tokens']['images_per_s']:.2f} img/s: {speedup:.2f}x (FLOPs {flop_ratio:.2f}x)")
+  visible.close()
+  with_mask.close()
+  return {"label": label, "batch": batch, "speedup": speedup, "flop_ratio": flop_ratio, **rows}
+
+
+def measure_memory(label: str, fields: dict, batch: int, *, dtype: str,
+                   policies: tuple[str, ...]) -> list[dict]:
+  from benchmarks import steps
+  rows = []
+  for policy in policies:
+    log(f"memory {label} batch {batch} remat={policy}: compiling")
+    step = steps.MaeStep(model_config_from(fields, dtype=dtype, remat_policy=policy), batch,
+                         execute=False)
+    cost = step.cost()
+    rows.append({"label": label, "batch": batch, "remat": policy,
+                 "compile_s": step.lower_s + step.compile_s,
+                 "xla_gflop_per_image": (cost["xla_flops_per_step"] or 0) / batch / 1e9,
+                 **step.memory()})
+    step.close()
+  return rows
+
+
+def measure_variant(label: str, fields: dict, batch: int, *, dtype: str, steps_count: int) -> dict:
+  from benchmarks import steps
+  log(f"variant {label} batch {batch}: compiling")
+  step = steps.MaeStep(model_config_from(dict({"dtype": dtype}, **fields)), batch)
+  timing = common.interleave({"mae_jax": step.run}, warmup=1, steps=steps_count)["mae_jax"]
+  row = step_row(label, step, timing)
+  step.close()
+  log(f"  {row['images_per_s']:.2f} img/s, compile {row['compile_s']:.1f} s")
+  return row
+
+
+def measure_matmul(dtype: str, size: int) -> dict:
+  from benchmarks import steps
+  result = steps.matmul_rate(dtype, size, repeats=7)
+  log(f"matmul {dtype} {size}^3: {result['flops_per_s'] / 1e9:.1f} GFLOP/s")
+  return result
+
+
+def measure_input(jpeg_dir: str, spec: StandardSet) -> dict:
+  from benchmarks import input_bench
+  if not os.path.isdir(os.path.join(jpeg_dir, "train")):
+    input_bench.write_jpegs(jpeg_dir, spec.jpeg_images)
+  out = {}
+  for threads in (1, None):
+    result = input_bench.jpeg_throughput(jpeg_dir, image_size=spec.jpeg_image_size,
+                                         batch_size=spec.jpeg_batch,
+                                         batches=spec.jpeg_batches, threads=threads)
+    out["one_core" if threads == 1 else "all_cores"] = result
+    log(f"input pipeline, {result['threads']} thread(s): {result['images_per_s']:.1f} img/s")
+  return out
+
+
+# ------------------------------------------------------------- standard --
+
+def run_standard(args, spec: StandardSet) -> dict:
+  import torch
+  previous_threads = torch.get_num_threads()
+  try:
+    return _run_standard(args, spec)
+  finally:
+    torch.set_num_threads(previous_threads)
+
+
+def _run_standard(args, spec: StandardSet) -> dict:
+  # Tiny sizes: one torch thread, which a loaded machine (tests) slows least.
+  torch_threads = 1 if spec.tiny_sizes else args.cpus
+  threads = common.thread_report(common.configure_torch_threads(torch_threads))
+  results: dict[str, Any] = {
+      "command": args.command_line, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+      "load_before": common.load_average(), "threads": threads,
+      "machine": common.machine_report(), "tiny": spec.tiny_sizes}
+  start = time.perf_counter()
+  dtype = args.dtype
+  results["matmul_before"] = measure_matmul(dtype, spec.matmul_size)
+  results["compare"] = [
+      measure_compare(label, fields, batch, dtype=dtype, warmup=spec.compare_warmup,
+                      steps_count=spec.compare_steps)
+      for label, fields, batch in spec.compare]
+  results["mask_tokens"] = [
+      measure_mask_tokens(label, fields, batch, dtype=dtype, warmup=spec.mask_warmup,
+                          steps_count=spec.mask_steps)
+      for label, fields, batch in spec.mask_tokens]
+  results["variants"] = [
+      measure_variant(label, fields, batch, dtype=dtype, steps_count=spec.variant_steps)
+      for label, fields, batch in spec.variants]
+  results["memory"] = [row for label, fields, batch in spec.memory
+                       for row in measure_memory(label, fields, batch, dtype=dtype,
+                                                 policies=spec.remat_policies)]
+  results["matmul_after"] = measure_matmul(dtype, spec.matmul_size)
+  with tempfile.TemporaryDirectory() as scratch:
+    results["input"] = measure_input(os.path.join(scratch, "jpegs"), spec)
+    if args.digits_metrics:
+      from benchmarks import input_bench
+      results["digits"] = input_bench.read_input_wait(args.digits_metrics)
+      results["digits"]["source"] = f"existing run {args.digits_metrics}"
+    else:
+      from benchmarks import input_bench
+      log(f"digits pretraining, {spec.digits_steps} steps")
+      results["digits"] = input_bench.digits_input_wait(
+          os.path.join(scratch, "digits"), steps=spec.digits_steps,
+          log_every=spec.digits_log_every, data_dir=args.digits_data_dir,
+          overrides=spec.digits_overrides)
+    log(f"  input wait {100 * results['digits']['input_wait_fraction']:.2f} %")
+  results["aot"] = aot_reference()
+  results["load_after"] = common.load_average()
+  results["wall_s"] = time.perf_counter() - start
+  return results
+
+
+def aot_reference() -> str:
+  """Where the accelerator predictions come from (the pod-plan tool)."""
+  try:
+    import importlib.util
+    found = importlib.util.find_spec("mae_jax.aot") is not None
+  except (ImportError, ValueError):
+    found = False
+  if not found:
+    return "not available: see mae_jax.aot"
+  return ("`python -m mae_jax.aot --config=configs/pretrain.py:vit_large --topology=v5p:... "
+          "--config.model.dtype=bfloat16` prints the predicted MFU of the ViT-L/16 step "
+          "(needs libtpu; see mae_jax.aot)")
+
+
+# ------------------------------------------------------------- markdown --
+
+def render(results: dict) -> str:
+  from benchmarks import report
+  return report.render(results)
+
+
+# ------------------------------------------------------------------ CLI --
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--threads", type=int, default=0,
+                      help="CPUs for XLA and torch (0 = all in the affinity mask)")
+  parser.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before JAX starts")
+  sub = parser.add_subparsers(dest="command", required=True)
+
+  standard = sub.add_parser("standard", help="the standard set -> BENCHMARKS.md")
+  standard.add_argument("--out", default="BENCHMARKS.md")
+  standard.add_argument("--json", default="", help="also write the raw results here")
+  standard.add_argument("--tiny", action="store_true", help="toy sizes (tests)")
+  standard.add_argument("--dtype", default="float32")
+  standard.add_argument("--digits-metrics", default="",
+                        help="read input_wait_fraction from this metrics.jsonl instead of "
+                             "running a short digits pretraining")
+  standard.add_argument("--digits-data-dir", default=None, help="TFDS dir for the digits")
+
+  step = sub.add_parser("step", help="one mae_jax train step configuration")
+  step.add_argument("--preset", default="B/16", help="Ti/16 S/16 B/16 L/16 H/14 or custom")
+  step.add_argument("--model", default="", help="extra ModelConfig fields, k=v,k=v")
+  step.add_argument("--batch", type=int, default=8)
+  step.add_argument("--image-size", type=int, default=0)
+  step.add_argument("--dtype", default="float32")
+  step.add_argument("--remat", default="none")
+  step.add_argument("--scan", action="store_true")
+  step.add_argument("--mask-tokens", action="store_true", help='the "w/ [M]" encoder')
+  step.add_argument("--attention", default="xla", help="mae_jax attention_impl (xla|cudnn|)")
+  step.add_argument("--mesh", default="", help="e.g. data=2,fsdp=1,tensor=1")
+  step.add_argument("--grad-accum", type=int, default=1)
+  step.add_argument("--warmup", type=int, default=2)
+  step.add_argument("--steps", type=int, default=10)
+  step.add_argument("--torch", action="store_true",
+                    help="interleave with transformers' PyTorch ViTMAE (same sizes)")
+  step.add_argument("--torch-attention", default="sdpa")
+  step.add_argument("--compile-only", action="store_true", help="memory and FLOPs only")
+  step.add_argument("--matmul", action="store_true", help="also measure the matmul peak")
+
+  matmul = sub.add_parser("matmul", help="the machine's matmul rate through XLA")
+  matmul.add_argument("--dtype", default="float32")
+  matmul.add_argument("--size", type=int, default=2048)
+  matmul.add_argument("--chain", type=int, default=1)
+
+  inputs = sub.add_parser("input", help="JPEG input pipeline throughput")
+  inputs.add_argument("--images", type=int, default=256)
+  inputs.add_argument("--image-size", type=int, default=224)
+  inputs.add_argument("--batches", type=int, default=16)
+  inputs.add_argument("--digits-metrics", default="", help="also read this run's input wait")
+  return parser
+
+
+def parse_fields(text: str) -> dict:
+  """'width=64,scan_layers=true' -> {'width': 64, 'scan_layers': True}."""
+  fields = {}
+  for item in text.split(","):
+    if item.strip():
+      key, _, value = item.partition("=")
+      try:
+        fields[key.strip()] = json.loads(value)
+      except json.JSONDecodeError:
+        fields[key.strip()] = value
+  return fields
+
+
+def run_step(args) -> dict:
+  from benchmarks import steps
+  common.configure_torch_threads(args.cpus) if args.torch else None
+  fields = {"preset": args.preset, "dtype": args.dtype, "remat_policy": args.remat,
+            "scan_layers": args.scan, "encoder_mask_tokens": args.mask_tokens,
+            "attention_impl": args.attention or None, **parse_fields(args.model)}
+  if args.image_size:
+    fields["image_size"] = args.image_size
+  label = f"{args.preset} batch {args.batch}"
+  result: dict[str, Any] = {"load_before": common.load_average(),
+                            "threads": common.thread_report()}
+  if args.matmul:
+    result["matmul"] = measure_matmul(args.dtype, 2048)
+  mesh = common.parse_mesh(args.mesh)
+  if args.compile_only:
+    step = steps.MaeStep(model_config_from(fields), args.batch, mesh=mesh, execute=False,
+                         grad_accum_steps=args.grad_accum)
+    result.update(label=label, compile_s=step.lower_s + step.compile_s, **step.cost(),
+                  **step.memory(), model_gflop_per_image=common.train_flops_per_image(step.cfg) / 1e9)
+  elif args.torch:
+    result.update(measure_compare(label, fields, args.batch, dtype=args.dtype,
+                                  warmup=args.warmup, steps_count=args.steps,
+                                  attention=args.torch_attention, mesh=mesh))
+  else:
+    step = steps.MaeStep(model_config_from(fields), args.batch, mesh=mesh, grad_accum_steps=args.grad_accum)
+    timing = common.interleave({"mae_jax": step.run}, warmup=args.warmup, steps=args.steps)
+    result.update(step_row(label, step, timing["mae_jax"]))
+  result["load_after"] = common.load_average()
+  return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's start-up chatter
+  args = build_parser().parse_args(argv)
+  args.command_line = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in argv)
+  if args.xla_flags:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
+  args.cpus = common.limit_cpus(args.threads)
+  if args.command == "standard":
+    spec = StandardSet.tiny() if args.tiny else StandardSet.full()
+    results = run_standard(args, spec)
+    text = render(results)
+    with open(args.out, "w") as f:
+      f.write(text)
+    if args.json:
+      with open(args.json, "w") as f:
+        json.dump(results, f, indent=1, default=str)
+    log(f"wrote {args.out} ({results['wall_s']:.0f} s)")
+    return results
+  if args.command == "step":
+    result = run_step(args)
+  elif args.command == "matmul":
+    from benchmarks import steps
+    result = steps.matmul_rate(args.dtype, args.size, chain=args.chain)
+  else:
+    with tempfile.TemporaryDirectory() as scratch:
+      spec = dataclasses.replace(StandardSet.full(), jpeg_images=args.images,
+                                 jpeg_image_size=args.image_size, jpeg_batches=args.batches)
+      result = measure_input(os.path.join(scratch, "jpegs"), spec)
+    if args.digits_metrics:
+      from benchmarks import input_bench
+      result["digits"] = input_bench.read_input_wait(args.digits_metrics)
+  print(json.dumps(result, indent=1, default=str))
+  return result
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,108 @@
+"""The benchmark harness (`benchmarks/`) keeps working: everything runs at toy
+sizes on the CPU. Nothing here times anything or asserts a speed."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks import accelerator_check, common, input_bench, profile, run, steps
+from mae_jax.model.config import ModelConfig, preset
+
+TINY_MODEL = ("image_size=32,patch_size=8,width=32,depth=1,heads=2,decoder_width=32,"
+              "decoder_depth=1,decoder_heads=2")
+
+
+def write_metrics(path, lines):
+  path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+  return str(path)
+
+
+def test_analytic_flops_by_hand_for_vit_base():
+  cfg = preset("B/16")
+  parts = common.forward_flops_per_image(cfg)
+  per_token = 2 * (4 * 768 * 768 + 2 * 768 * 3072)
+  assert parts["encoder"] == 12 * (50 * per_token + 4 * 50 * 50 * 768)  # cls + 49 visible
+  assert parts["patch_embed"] == 2 * 49 * 768 * 768
+  assert parts["prediction"] == 2 * 197 * 512 * 768
+  assert common.train_flops_per_image(cfg) == 3 * sum(parts.values())
+  with_mask_tokens = common.forward_flops_per_image(cfg.replace(encoder_mask_tokens=True))
+  assert with_mask_tokens["encoder"] == 12 * (197 * per_token + 4 * 197 * 197 * 768)
+
+
+def test_analytic_flops_agree_with_xla_cost_analysis():
+  # Large enough that matmuls dominate, small enough to compile in seconds.
+  cfg = ModelConfig(image_size=64, patch_size=8, width=128, depth=2, heads=4,
+                    decoder_width=128, decoder_depth=2, decoder_heads=4)
+  step = steps.MaeStep(cfg, 4, execute=False)
+  xla = step.cost()["xla_flops_per_step"] / 4
+  assert 0.9 < xla / common.train_flops_per_image(cfg) < 1.3
+  memory = step.memory()
+  assert memory["peak_bytes"] >= memory["argument_bytes"] > 0
+
+
+def test_input_wait_is_weighted_by_interval_length(tmp_path):
+  path = write_metrics(tmp_path / "metrics.jsonl", [
+      {"step": 1, "compile_seconds": 3.0},
+      {"step": 11, "loss": 1.0, "input_wait_fraction": 0.10, "images_per_sec": 100.0},
+      {"step": 21, "loss": 1.0, "input_wait_fraction": 0.0, "images_per_sec": 120.0},
+      {"step": 21, "eval_loss": 0.5}])
+  result = input_bench.read_input_wait(path)
+  assert math.isclose(result["input_wait_fraction"], 0.05)
+  assert result["max_interval_fraction"] == 0.10 and result["intervals"] == 2
+
+
+def test_standard_set_runs_at_tiny_sizes(tmp_path):
+  # The digits run's input wait is read from a metrics file here (a real
+  # run takes a minute; `test_pretrain.py` covers the loop that logs it).
+  metrics = write_metrics(tmp_path / "metrics.jsonl", [
+      {"step": 5, "loss": 1.0, "input_wait_fraction": 0.02, "images_per_sec": 300.0}])
+  out, raw = tmp_path / "BENCHMARKS.md", tmp_path / "results.json"
+  results = run.main(["standard", "--tiny", "--out", str(out), "--json", str(raw),
+                      "--digits-metrics", metrics])
+  text = out.read_text()
+  for heading in ("## Machine", "## Targets", "mae_jax vs transformers' PyTorch ViTMAE",
+                  "## Train step throughput", "w/ [M]", "## Memory", "## Input pipeline",
+                  "## Accelerators", "Tiny sizes"):
+    assert heading in text, heading
+  (compare,) = results["compare"]
+  assert compare["ratio"] > 0 and compare["torch"]["images_per_s"] > 0
+  assert math.isfinite(compare["losses"]["mae_jax"]) and math.isfinite(compare["losses"]["torch"])
+  (mask_tokens,) = results["mask_tokens"]
+  assert mask_tokens["flop_ratio"] > 1 and mask_tokens["speedup"] > 0
+  assert [row["remat"] for row in results["memory"]] == list(run.StandardSet.tiny().remat_policies)
+  assert results["input"]["one_core"]["images_per_s"] > 0
+  assert results["digits"]["input_wait_fraction"] == 0.02
+  assert json.loads(raw.read_text())["command"].startswith("python -m benchmarks.run standard")
+
+
+def test_step_subcommand_any_configuration():
+  result = run.main(["step", "--preset", "custom", "--model", TINY_MODEL, "--batch", "4",
+                     "--remat", "dots", "--scan",
+                     "--mesh", "data=2", "--warmup", "1", "--steps", "2"])
+  assert result["devices"] == 2 and result["images_per_s"] > 0
+  assert result["config"]["remat_policy"] == "dots" and result["config"]["scan_layers"]
+
+
+def test_profile_summarises_a_trace():
+  text = profile.main(["--preset", "custom", "--model", TINY_MODEL, "--batch", "2", "--top", "5",
+                       "--steps", "1"])
+  assert "By kind of operation:" in text and "By model operation" in text
+
+
+def test_accelerator_check_runs_on_cpu_at_tiny_sizes(tmp_path):
+  out = tmp_path / "accelerator_check.json"
+  report = accelerator_check.main(["--tiny", "--out", str(out)])
+  (row,) = report["models"]
+  assert row["images_per_s"] > 0 and 0 < row["mfu_vs_measured_matmul"]
+  assert row["attention"] == "xla" and row["xla_peak_bytes_per_device"] > 0
+  assert json.loads(out.read_text())["matmul"]["flops_per_s"] > 0
+
+
+def test_mesh_and_fields_parsing():
+  assert common.parse_mesh("data=2,fsdp=4") == {"data": 2, "fsdp": 4, "tensor": 1}
+  with pytest.raises(ValueError, match="unknown"):
+    common.parse_mesh("model=2")
+  assert common.shortfall(0.8, 1.0) == "missed by 20 %" and common.shortfall(1.2, 1.0) == "met"
