@@ -21,9 +21,20 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
   return lines
 
 
-def _step_cells(row: dict, peak: float) -> list[str]:
+def _load(load) -> str:
+  """A load-average triple, the same whether it came as a tuple or from JSON."""
+  return "(" + ", ".join(f"{value:.2f}" for value in load) + ")"
+
+
+def _xla_text(row: dict) -> str:
   xla = row.get("xla_gflop_per_image")
-  xla_text = "n/a" if not xla else f"{xla:.1f} ({xla / row['model_gflop_per_image']:.2f}x)"
+  if row.get("config", {}).get("scan_layers"):
+    return "n/a (scan: XLA counts the loop body once)"
+  return "n/a" if not xla else f"{xla:.1f} ({xla / row['model_gflop_per_image']:.2f}x)"
+
+
+def _step_cells(row: dict, peak: float) -> list[str]:
+  xla_text = _xla_text(row)
   return [f"{row['images_per_s']:.2f}",
           f"{1e3 * row['median_s']:.0f} ({1e3 * row['p10_s']:.0f}-{1e3 * row['p90_s']:.0f})",
           f"{row['compile_s']:.1f}", f"{row['model_gflop_per_image']:.1f}", xla_text,
@@ -52,7 +63,8 @@ def targets(results: dict) -> list[list[str]]:
     fraction = row["model_flops_per_s"] / peak
     rows.append([f"{row['label']} step FLOP/s / fp32 matmul peak",
                  f"{100 * fraction:.0f} %", f">= {100 * harness.TARGET_PEAK_FRACTION:.0f} %",
-                 common.shortfall(fraction, harness.TARGET_PEAK_FRACTION)])
+                 "met" if fraction >= harness.TARGET_PEAK_FRACTION else
+                 f"missed by {100 * (harness.TARGET_PEAK_FRACTION - fraction):.0f} points"])
   for row in results["mask_tokens"]:
     rows.append([f"visible-only / w/ [M] encoder, {row['label']} batch {row['batch']}",
                  f"{row['speedup']:.2f}x",
@@ -61,8 +73,7 @@ def targets(results: dict) -> list[list[str]]:
                  common.shortfall(row["speedup"], harness.TARGET_MASK_TOKEN_SPEEDUP)
                  if row["label"].startswith("L/16") else "-"])
   per_core = results["input"]["one_core"]["images_per_s"]
-  rows.append([f"input pipeline, JPEG -> {results['input']['one_core'].get('size', '')}"
-               "RandomResizedCrop + flip, one core",
+  rows.append(["input pipeline: JPEG decode + RandomResizedCrop + flip at 224 px, one core",
                f"{per_core:.0f} img/s", f">= {harness.TARGET_IMAGES_PER_CORE:.0f} img/s",
                common.shortfall(per_core, harness.TARGET_IMAGES_PER_CORE)])
   wait = results["digits"]["input_wait_fraction"]
@@ -70,8 +81,13 @@ def targets(results: dict) -> list[list[str]]:
                f"< {100 * harness.TARGET_INPUT_WAIT:.0f} %",
                "met" if wait < harness.TARGET_INPUT_WAIT else
                f"missed by {100 * (wait - harness.TARGET_INPUT_WAIT):.1f} points"])
-  rows.append(["ViT-L/16 on a v5p slice, predicted MFU (AOT cost analysis)", "see below",
-               "reported", "see mae_jax.aot"])
+  aot = results.get("aot") or {}
+  if isinstance(aot, dict) and aot.get("mfu") is not None:
+    rows.append([f"{aot_label(aot)}: predicted MFU (AOT cost analysis)",
+                 f"{100 * aot['mfu']:.0f} %", "reported", "reported (a prediction, not measured)"])
+  else:
+    rows.append(["ViT-L/16 on a v5p slice, predicted MFU (AOT cost analysis)", "-",
+                 "reported", "see mae_jax.aot"])
   rows.append(["GPU bfloat16 MFU (benchmarks/accelerator_check.py)", "not measured",
                ">= 50 %", "not measured (no GPU in this run)"])
   return rows
@@ -93,7 +109,7 @@ def render(results: dict) -> str:
   lines += _table(["", ""], [
       ["started", results["started"]],
       ["1/5/15-min load average before / after",
-       f"{results['load_before']} / {results['load_after']}"],
+       f"{_load(results['load_before'])} / {_load(results['load_after'])}"],
       ["CPU", f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs, "
               f"{', '.join(machine['cpu_flags'])}"],
       ["memory", f"{machine['memory_gib']} GiB"],
@@ -137,10 +153,20 @@ def render(results: dict) -> str:
             "compiled step (elementwise work and AdamW included, the patch embedding's unneeded "
             "input gradient excluded).", ""]
   step_rows = ([row for row in results["compare"]]
-               + [r for row in results["mask_tokens"] for r in (row["visible"], row["mask_tokens"])]
-               + results["variants"])
+               + [r for row in results["mask_tokens"] for r in (row["visible"], row["mask_tokens"])])
   lines += _table(["model", "batch"] + STEP_HEADER,
                   [[row["label"], row["batch"]] + _step_cells(row, peak) for row in step_rows])
+  if results["variants"]:
+    base = results["variants"][0]
+    lines += ["", f"### Variants of the {base['label'].replace(' baseline', '')} step", "",
+              "Each variant's steps interleaved with the unchanged step (the baseline row), "
+              "so the ratio is a same-run ratio.", ""]
+    lines += _table(["variant", "batch", "img/s", "vs baseline", "compile s",
+                     "XLA GFLOP/img (vs model)", "of matmul peak", "peak memory/device"],
+                    [[row["label"], row["batch"], f"{row['images_per_s']:.2f}",
+                      f"{row['vs_baseline']:.2f}x", f"{row['compile_s']:.1f}", _xla_text(row),
+                      f"{100 * row['model_flops_per_s'] / peak:.0f} %",
+                      common.gib(row.get("peak_bytes"))] for row in results["variants"]])
 
   lines += ["", "## Visible-only encoder vs the \"w/ [M]\" encoder (the paper's speed claim)", "",
             "`ModelConfig(encoder_mask_tokens=True)`: removed patches become a learned token "
@@ -154,12 +180,14 @@ def render(results: dict) -> str:
 
   lines += ["", "## Memory (XLA memory analysis of the compiled step, per device)", "",
             "Peak = arguments + outputs not aliased to the donated state + temporaries "
-            "(or XLA's own peak figure when larger). Compile-only.", ""]
+            "(or XLA's own peak figure when larger). Compile-only. On CPU, remat only pays "
+            "with `scan_layers`: unrolled, XLA's CPU schedule keeps the activations live "
+            "anyway.", ""]
   lines += _table(["model", "batch", "remat", "peak/device", "temporaries", "arguments",
-                   "compile s", "XLA GFLOP/img"],
+                   "compile s", "XLA GFLOP/img (vs model)"],
                   [[row["label"], row["batch"], row["remat"], common.gib(row["peak_bytes"]),
                     common.gib(row.get("temp_bytes")), common.gib(row.get("argument_bytes")),
-                    f"{row['compile_s']:.1f}", f"{row['xla_gflop_per_image']:.1f}"]
+                    f"{row['compile_s']:.1f}", _xla_text(row)]
                    for row in results["memory"]])
 
   one, every = results["input"]["one_core"], results["input"]["all_cores"]
@@ -178,10 +206,41 @@ def render(results: dict) -> str:
        f"{common.fmt(digits.get('train_images_per_s'), 0)} img/s"],
   ])
 
-  lines += ["", "## Accelerators", "",
-            f"- Predicted MFU of the ViT-L/16 step on a v5p slice: {results['aot']}.",
+  lines += ["", "## Accelerators", ""]
+  lines += aot_lines(results.get("aot"))
+  lines += [
             "- Measured bfloat16 MFU on a GPU: **not measured** (no GPU was available). Run "
             "`python -m benchmarks.accelerator_check` on a GPU machine (a few minutes): it "
             "measures the bf16 matmul rate first, then ViT-B/16 and ViT-L/16 pretraining steps "
             "at a realistic per-chip batch (images/s, MFU against that rate, peak memory).", ""]
+  if results.get("rendered_with"):
+    lines += [f"(Re-rendered from the run's results with `{results['rendered_with']}`.)", ""]
   return "\n".join(lines) + "\n"
+
+
+def aot_label(aot: dict) -> str:
+  import re
+  width = re.search(r"width (\d+)", aot.get("model", ""))
+  name = {"192": "ViT-Ti/16", "384": "ViT-S/16", "768": "ViT-B/16", "1024": "ViT-L/16",
+          "1280": "ViT-H/14"}.get(width.group(1) if width else "", "ViT")
+  where = aot.get("accelerator_type") or aot.get("topology")
+  return f"{name} step on {where} ({aot.get('chips')} chips)"
+
+
+def aot_lines(aot) -> list[str]:
+  if not isinstance(aot, dict) or aot.get("mfu") is None:
+    pointer = aot.get("pointer") if isinstance(aot, dict) else aot
+    return [f"- Predicted MFU of the ViT-L/16 step on a v5p slice: {pointer or 'see mae_jax.aot'}."]
+  memory = aot.get("memory") or {}
+  used = memory.get("total")
+  return [
+      f"- **Predicted** (not measured) by the pod-plan tool `mae_jax.aot` (`{aot['source']}`): "
+      f"{aot.get('model')}, {aot.get('params', 0) / 1e6:.1f} M parameters, {aot.get('dtype')}, "
+      f"remat {aot.get('remat_policy')}, on {aot.get('accelerator_type')} "
+      f"({aot.get('topology')}, {aot.get('chips')} chips), mesh {aot.get('mesh')}, global batch "
+      f"{aot.get('global_batch')} ({aot.get('batch_per_chip')} per chip): step "
+      f"{1e3 * aot['step_seconds']:.1f} ms from {aot.get('step_time_source')}, "
+      f"**predicted MFU {100 * aot['mfu']:.1f} %**; compiled FLOPs "
+      f"{aot.get('compiler_flops', 0) * aot.get('chips', 1):.3e} vs model "
+      f"{aot.get('model_flops', 0):.3e} per step; memory per chip "
+      f"{common.gib(used)} of {common.gib(aot.get('hbm_bytes'))} HBM."]

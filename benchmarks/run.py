@@ -2,7 +2,11 @@ r"""The benchmark harness: one command for the standard set, subcommands for
 single measurements.
 
   # The standard set (about 10 minutes on 2 CPU cores) -> BENCHMARKS.md:
-  python -m benchmarks.run standard --threads 2 --out BENCHMARKS.md
+  python -m benchmarks.run standard --threads 2 --out BENCHMARKS.md --json results.json
+  # ... quoting the pod-plan tool's prediction for ViT-L/16 on a v5p slice:
+  python -m mae_jax.aot --config=configs/pretrain.py:vit_large --topology=v5p:4x4x4 \
+      --config.model.dtype=bfloat16 --json=aot.json
+  python -m benchmarks.run render --json results.json --aot-json aot.json
 
   # One train step configuration (any preset, batch, size, dtype, remat,
   # mesh), optionally interleaved with transformers' PyTorch ViTMAE:
@@ -52,7 +56,8 @@ class StandardSet:
   compare: list[tuple[str, dict, int]]        # (label, config fields, batch) vs torch
   mask_tokens: list[tuple[str, dict, int]]    # visible-only vs w/ [M]
   memory: list[tuple[str, dict, int]]         # compile-only, for each remat policy
-  variants: list[tuple[str, dict, int]]       # extra mae_jax rows (e.g. scan)
+  variants: list[tuple[str, dict]]            # changes to variants_base, interleaved with it
+  variants_base: tuple[str, dict, int] | None = None
   remat_policies: tuple[str, ...] = ("none", "full", "dots")
   compare_warmup: int = 2
   compare_steps: int = 12
@@ -74,10 +79,15 @@ class StandardSet:
     return cls(
         compare=[("S/16", {"preset": "S/16"}, 8), ("B/16", {"preset": "B/16"}, 8)],
         mask_tokens=[("B/16", {"preset": "B/16"}, 8), ("L/16", {"preset": "L/16"}, 8)],
-        memory=[("B/16", {"preset": "B/16"}, 64)],
-        variants=[("B/16 scan_layers", {"preset": "B/16", "scan_layers": True}, 8),
-                  ("B/16 remat=full", {"preset": "B/16", "remat_policy": "full"}, 8),
-                  ("B/16 bfloat16", {"preset": "B/16", "dtype": "bfloat16"}, 8)])
+        memory=[("B/16", {"preset": "B/16"}, 64),
+                ("B/16 scan_layers", {"preset": "B/16", "scan_layers": True}, 64)],
+        variants_base=("B/16", {"preset": "B/16"}, 8),
+        variants=[("scan_layers", {"scan_layers": True}),
+                  ("remat=full", {"remat_policy": "full"}),
+                  ("remat=full, scan_layers", {"remat_policy": "full", "scan_layers": True}),
+                  ("bfloat16 compute", {"dtype": "bfloat16"}),
+                  ("jax.nn.dot_product_attention", {"attention_impl": None}),
+                  ("state not donated", {"donate": False})])
 
   @classmethod
   def tiny(cls) -> "StandardSet":
@@ -85,7 +95,8 @@ class StandardSet:
                  decoder_depth=1, decoder_heads=2)
     return cls(
         compare=[("tiny", small, 4)], mask_tokens=[("tiny", small, 4)],
-        memory=[("tiny", small, 8)], variants=[], remat_policies=("full",),
+        memory=[("tiny", small, 8)], remat_policies=("full",),
+        variants_base=("tiny", small, 4), variants=[("state not donated", {"donate": False})],
         compare_warmup=1, compare_steps=2, mask_warmup=1, mask_steps=2, variant_steps=2,
         matmul_size=256, jpeg_images=8, jpeg_image_size=32, jpeg_batch=4, jpeg_batches=2,
         digits_steps=4, digits_log_every=2, tiny_sizes=True,
@@ -183,22 +194,39 @@ def measure_memory(label: str, fields: dict, batch: int, *, dtype: str,
                          execute=False)
     cost = step.cost()
     rows.append({"label": label, "batch": batch, "remat": policy,
+                 "config": dataclasses.asdict(step.cfg),
                  "compile_s": step.lower_s + step.compile_s,
+                 "model_gflop_per_image": common.train_flops_per_image(step.cfg) / 1e9,
                  "xla_gflop_per_image": (cost["xla_flops_per_step"] or 0) / batch / 1e9,
                  **step.memory()})
     step.close()
   return rows
 
 
-def measure_variant(label: str, fields: dict, batch: int, *, dtype: str, steps_count: int) -> dict:
+def measure_variants(base: tuple[str, dict, int], variants: list[tuple[str, dict]], *,
+                     dtype: str, steps_count: int) -> list[dict]:
+  """mae_jax variants (remat, scan, dtype, attention path, donation) of one
+  configuration, each step interleaved with the unchanged configuration, so
+  that each row's ratio to it is a same-run ratio."""
   from benchmarks import steps
-  log(f"variant {label} batch {batch}: compiling")
-  step = steps.MaeStep(model_config_from(dict({"dtype": dtype}, **fields)), batch)
-  timing = common.interleave({"mae_jax": step.run}, warmup=1, steps=steps_count)["mae_jax"]
-  row = step_row(label, step, timing)
-  step.close()
-  log(f"  {row['images_per_s']:.2f} img/s, compile {row['compile_s']:.1f} s")
-  return row
+  label, base_fields, batch = base
+  contestants = {}
+  for name, changes in [("baseline", {})] + list(variants):
+    fields = dict({"dtype": dtype}, **base_fields, **changes)
+    donate = fields.pop("donate", True)
+    log(f"variant {label} {name}, batch {batch}: compiling")
+    contestants[name] = steps.MaeStep(model_config_from(fields), batch, donate=donate)
+  timings = common.interleave({name: step.run for name, step in contestants.items()},
+                              warmup=1, steps=steps_count)
+  rows = []
+  for name, step in contestants.items():
+    row = step_row(f"{label} {name}", step, timings[name])
+    row["vs_baseline"] = timings["baseline"].median / timings[name].median
+    log(f"  {name}: {row['images_per_s']:.2f} img/s ({row['vs_baseline']:.2f}x the baseline), "
+        f"compile {row['compile_s']:.1f} s")
+    rows.append(row)
+    step.close()
+  return rows
 
 
 def measure_matmul(dtype: str, size: int) -> dict:
@@ -252,9 +280,9 @@ def _run_standard(args, spec: StandardSet) -> dict:
       measure_mask_tokens(label, fields, batch, dtype=dtype, warmup=spec.mask_warmup,
                           steps_count=spec.mask_steps)
       for label, fields, batch in spec.mask_tokens]
-  results["variants"] = [
-      measure_variant(label, fields, batch, dtype=dtype, steps_count=spec.variant_steps)
-      for label, fields, batch in spec.variants]
+  results["variants"] = (
+      measure_variants(spec.variants_base, spec.variants, dtype=dtype,
+                       steps_count=spec.variant_steps) if spec.variants else [])
   results["memory"] = [row for label, fields, batch in spec.memory
                        for row in measure_memory(label, fields, batch, dtype=dtype,
                                                  policies=spec.remat_policies)]
@@ -264,7 +292,7 @@ def _run_standard(args, spec: StandardSet) -> dict:
     if args.digits_metrics:
       from benchmarks import input_bench
       results["digits"] = input_bench.read_input_wait(args.digits_metrics)
-      results["digits"]["source"] = f"existing run {args.digits_metrics}"
+      results["digits"]["source"] = f"existing run {portable_path(args.digits_metrics)}"
     else:
       from benchmarks import input_bench
       log(f"digits pretraining, {spec.digits_steps} steps")
@@ -273,24 +301,24 @@ def _run_standard(args, spec: StandardSet) -> dict:
           log_every=spec.digits_log_every, data_dir=args.digits_data_dir,
           overrides=spec.digits_overrides)
     log(f"  input wait {100 * results['digits']['input_wait_fraction']:.2f} %")
-  results["aot"] = aot_reference()
+  results["aot"] = aot_reference(args.aot_json)
   results["load_after"] = common.load_average()
   results["wall_s"] = time.perf_counter() - start
   return results
 
 
-def aot_reference() -> str:
-  """Where the accelerator predictions come from (the pod-plan tool)."""
-  try:
-    import importlib.util
-    found = importlib.util.find_spec("mae_jax.aot") is not None
-  except (ImportError, ValueError):
-    found = False
-  if not found:
-    return "not available: see mae_jax.aot"
-  return ("`python -m mae_jax.aot --config=configs/pretrain.py:vit_large --topology=v5p:... "
-          "--config.model.dtype=bfloat16` prints the predicted MFU of the ViT-L/16 step "
-          "(needs libtpu; see mae_jax.aot)")
+def aot_reference(path: str = "") -> dict:
+  """The pod-plan tool's prediction for an accelerator step: its JSON report
+  (`python -m mae_jax.aot ... --json=PATH`, compile-only, needs libtpu) when
+  one is given, else a pointer to the tool."""
+  if path:
+    with open(path) as f:
+      report = json.load(f)
+    report["source"] = portable_path(path)
+    return report
+  return {"pointer": "see mae_jax.aot: `python -m mae_jax.aot --config=configs/pretrain.py:"
+                     "vit_large --topology=v5p:4x4x4 --config.model.dtype=bfloat16 --json=PATH` "
+                     "(compile-only, needs libtpu), then `--aot-json PATH` here"}
 
 
 # ------------------------------------------------------------- markdown --
@@ -305,12 +333,14 @@ def render(results: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--threads", type=int, default=0,
+  shared = argparse.ArgumentParser(add_help=False)
+  shared.add_argument("--threads", type=int, default=0,
                       help="CPUs for XLA and torch (0 = all in the affinity mask)")
-  parser.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before JAX starts")
+  shared.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before JAX starts")
   sub = parser.add_subparsers(dest="command", required=True)
 
-  standard = sub.add_parser("standard", help="the standard set -> BENCHMARKS.md")
+  standard = sub.add_parser("standard", parents=[shared],
+                            help="the standard set -> BENCHMARKS.md")
   standard.add_argument("--out", default="BENCHMARKS.md")
   standard.add_argument("--json", default="", help="also write the raw results here")
   standard.add_argument("--tiny", action="store_true", help="toy sizes (tests)")
@@ -319,8 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="read input_wait_fraction from this metrics.jsonl instead of "
                              "running a short digits pretraining")
   standard.add_argument("--digits-data-dir", default=None, help="TFDS dir for the digits")
+  standard.add_argument("--aot-json", default="",
+                        help="a `python -m mae_jax.aot --json` report to quote (predicted MFU)")
 
-  step = sub.add_parser("step", help="one mae_jax train step configuration")
+  render_cmd = sub.add_parser("render", parents=[shared],
+                              help="re-render BENCHMARKS.md from a standard set's --json")
+  render_cmd.add_argument("--json", required=True, help="results written by `standard --json`")
+  render_cmd.add_argument("--out", default="BENCHMARKS.md")
+  render_cmd.add_argument("--aot-json", default="", help="replace the quoted AOT report")
+
+  step = sub.add_parser("step", parents=[shared], help="one mae_jax train step configuration")
   step.add_argument("--preset", default="B/16", help="Ti/16 S/16 B/16 L/16 H/14 or custom")
   step.add_argument("--model", default="", help="extra ModelConfig fields, k=v,k=v")
   step.add_argument("--batch", type=int, default=8)
@@ -340,12 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
   step.add_argument("--compile-only", action="store_true", help="memory and FLOPs only")
   step.add_argument("--matmul", action="store_true", help="also measure the matmul peak")
 
-  matmul = sub.add_parser("matmul", help="the machine's matmul rate through XLA")
+  matmul = sub.add_parser("matmul", parents=[shared],
+                          help="the machine's matmul rate through XLA")
   matmul.add_argument("--dtype", default="float32")
   matmul.add_argument("--size", type=int, default=2048)
   matmul.add_argument("--chain", type=int, default=1)
 
-  inputs = sub.add_parser("input", help="JPEG input pipeline throughput")
+  inputs = sub.add_parser("input", parents=[shared], help="JPEG input pipeline throughput")
   inputs.add_argument("--images", type=int, default=256)
   inputs.add_argument("--image-size", type=int, default=224)
   inputs.add_argument("--batches", type=int, default=16)
@@ -397,11 +436,20 @@ def run_step(args) -> dict:
   return result
 
 
+def portable_path(arg: str) -> str:
+  """An argument as it should appear in a committed report: absolute paths
+  (`/x/y/results.json`, `--json=/x/y/results.json`) shortened to the file
+  name, so that reports name no directory of the machine that made them."""
+  prefix, sep, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+  return prefix + sep + os.path.basename(value) if os.path.isabs(value) else arg
+
+
 def main(argv: list[str] | None = None) -> dict:
   argv = list(sys.argv[1:] if argv is None else argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's start-up chatter
   args = build_parser().parse_args(argv)
-  args.command_line = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in argv)
+  args.command_line = "python -m benchmarks.run " + " ".join(
+      shlex.quote(portable_path(a)) for a in argv)
   if args.xla_flags:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
   args.cpus = common.limit_cpus(args.threads)
@@ -415,6 +463,19 @@ def main(argv: list[str] | None = None) -> dict:
       with open(args.json, "w") as f:
         json.dump(results, f, indent=1, default=str)
     log(f"wrote {args.out} ({results['wall_s']:.0f} s)")
+    return results
+  if args.command == "render":
+    with open(args.json) as f:
+      results = json.load(f)
+    if args.aot_json:
+      results["aot"] = aot_reference(args.aot_json)
+    # Results written before reports shortened paths still carry them.
+    results["command"] = " ".join(shlex.quote(portable_path(a))
+                                  for a in shlex.split(results["command"]))
+    results.setdefault("rendered_with", args.command_line)
+    with open(args.out, "w") as f:
+      f.write(render(results))
+    log(f"wrote {args.out} from {args.json}")
     return results
   if args.command == "step":
     result = run_step(args)

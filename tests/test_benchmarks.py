@@ -76,6 +76,19 @@ def test_standard_set_runs_at_tiny_sizes(tmp_path):
   assert results["input"]["one_core"]["images_per_s"] > 0
   assert results["digits"]["input_wait_fraction"] == 0.02
   assert json.loads(raw.read_text())["command"].startswith("python -m benchmarks.run standard")
+  # Re-rendered with a pod-plan report (`python -m mae_jax.aot --json`) quoted.
+  aot = tmp_path / "aot.json"
+  aot.write_text(json.dumps({
+      "topology": "v5p:4x4x4", "accelerator_type": "v5p-128", "chips": 64,
+      "mesh": {"data": 64}, "model": "ViT width 1024 depth 24 patch 16 at 224 px",
+      "params": 329239296, "global_batch": 4096, "batch_per_chip": 64.0, "dtype": "bfloat16",
+      "remat_policy": "none", "hbm_bytes": 95e9, "memory": {"total": 12.6e9},
+      "compiler_flops": 8.0e12, "model_flops": 5.1e14, "step_seconds": 0.056,
+      "step_time_source": "the compiler's cost model", "mfu": 0.31}))
+  rendered = tmp_path / "rendered.md"
+  run.main(["render", "--json", str(raw), "--out", str(rendered), "--aot-json", str(aot)])
+  assert "ViT-L/16 step on v5p-128 (64 chips): predicted MFU" in rendered.read_text()
+  assert "predicted MFU 31.0 %" in rendered.read_text()
 
 
 def test_step_subcommand_any_configuration():
