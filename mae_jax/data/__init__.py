@@ -3,7 +3,7 @@
 Typical use:
 
   config = default_data_config()            # bundled digits, 32x32x1
-  validate_data_config(config)              # cheap; raises DataConfigError
+  validate_data_config(config)              # raises DataConfigError
   sizes, num_classes = dataset_info(config)
   batches = make_iterator(config, split=config.train_split,
                           global_batch_size=256, train=True, seed=0)

@@ -15,6 +15,11 @@ stream). The stream is thus a pure function of the seed, and
 Eval: one pass in dataset order, the last batch padded (mask 0) so shapes
 are static, and every host yields the same number of batches so that
 collective eval steps line up across hosts.
+
+Images that fail to decode are dropped (`_decode_or_skip`) rather than
+ending the run; image folders have already left them out up front
+(`sources._readable_images`), so this only catches what slipped past, e.g.
+a corrupt record in a TFDS dataset.
 """
 
 from __future__ import annotations
@@ -84,6 +89,9 @@ def default_data_config(**overrides: Any) -> ml_collections.ConfigDict:
       shuffle_buffer=10_000,
       prefetch=2,  # batches
       cache=True,  # keep decoded images in memory (small datasets only)
+      # Image folders: decode splits of up to this many files once at
+      # start-up and leave out unreadable ones; -1 = any size, 0 = never.
+      check_images_up_to=sources.CHECK_IMAGES_UP_TO,
   ))
   unknown = sorted(set(overrides) - set(config.keys()))
   if unknown:
@@ -212,13 +220,31 @@ def _decoder(shard: sources.HostShard, data_config: Any):
   return decode
 
 
+def _decode_or_skip(dataset: tf.data.Dataset, decode) -> tf.data.Dataset:
+  """`dataset.map(decode)`, minus the elements whose decode fails.
+
+  A corrupt image makes the decode op raise, which would end the run from
+  deep inside tf.data. `ignore_errors` on the whole pipeline would drop it,
+  but would also hide the errors of everything upstream (a TFDS file that
+  cannot be read), so each element is decoded in a one-element dataset of
+  its own and only that may fail. TF logs a warning for each element
+  dropped. The cost is a few tens of microseconds per element, small next to
+  decoding a photo; the order is kept (deterministic interleave).
+  """
+  def decode_one(*element):
+    return tf.data.Dataset.from_tensors(element).map(decode).ignore_errors(
+        log_warning=True)
+  return dataset.interleave(decode_one, num_parallel_calls=tf.data.AUTOTUNE,
+                            deterministic=True)
+
+
 def _train_batches(shard: sources.HostShard, data_config: Any,
                    local_batch_size: int, *, seed: int, process_index: int,
                    start_step: int) -> tf.data.Dataset:
   decode = _decoder(shard, data_config)
   dataset = shard.dataset
   if data_config.cache:
-    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE).cache()
+    dataset = _decode_or_skip(dataset, decode).cache()
   # Shuffle before repeat: each epoch is a full pass with a fresh order.
   # With a fixed op seed the sequence of per-epoch orders is itself fixed.
   dataset = dataset.shuffle(data_config.shuffle_buffer, seed=seed,
@@ -227,12 +253,17 @@ def _train_batches(shard: sources.HostShard, data_config: Any,
   # in the uninterrupted stream so a resumed run reuses the same seeds.
   first_example = start_step * local_batch_size
   dataset = dataset.skip(first_example).enumerate(start=first_example)
+  if not data_config.cache:
+    # Dropped here, after the positions are drawn, an undecodable image
+    # shifts later batches by one example; a run resumed past it then
+    # differs from an uninterrupted one by that shift (with `cache`, bad
+    # images are dropped before the stream is numbered).
+    dataset = _decode_or_skip(
+        dataset, lambda position, example: (position, decode(example)))
   # The process is folded in so that hosts draw different augmentations.
   host_seed = tf.constant([seed, process_index], tf.int64)
 
   def augment_example(position, example):
-    if not data_config.cache:
-      example = decode(example)
     example_seed = tf.random.experimental.stateless_fold_in(host_seed, position)
     return {
         "image": augment.train_transform(example["image"], example_seed,
@@ -247,29 +278,28 @@ def _train_batches(shard: sources.HostShard, data_config: Any,
 
 def _eval_batches(shard: sources.HostShard, data_config: Any,
                   local_batch_size: int) -> tf.data.Dataset:
-  decode = _decoder(shard, data_config)
-
   def preprocess(example):
-    example = decode(example)
     return {
         "image": augment.eval_transform(example["image"], data_config),
         "label": example["label"],
         "mask": tf.constant(1.0, tf.float32),
     }
 
-  dataset = shard.dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = _decode_or_skip(shard.dataset, _decoder(shard, data_config))
+  dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
   if data_config.cache:
     dataset = dataset.cache()  # Eval is deterministic: cache the result.
-  # Pad every host up to the batch count of the largest shard.
+  # Pad every host up to the batch count of the largest shard. Padding
+  # without end, then taking exactly that many examples, keeps the count
+  # even if some images were dropped as undecodable.
   num_batches = math.ceil(shard.max_examples_per_host / local_batch_size)
-  num_padding = num_batches * local_batch_size - shard.num_examples
   size, channels = data_config.image_size, data_config.channels
   padding = tf.data.Dataset.from_tensors({
       "image": tf.zeros([size, size, channels], tf.float32),
       "label": tf.constant(0, tf.int32),  # A valid class: safe to gather.
       "mask": tf.constant(0.0, tf.float32),
-  }).repeat(num_padding)
-  dataset = dataset.concatenate(padding)
+  }).repeat()
+  dataset = dataset.concatenate(padding).take(num_batches * local_batch_size)
   return dataset.batch(local_batch_size, drop_remainder=True)
 
 

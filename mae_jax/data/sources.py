@@ -7,27 +7,38 @@
   "image_folder"  `data_dir/<split>/<class>/*.jpg|jpeg|png` through
                   `tfds.folder_dataset.ImageFolder`.
 
-All three are opened as TFDS builders and read the same way: images stay
-encoded (`SkipDecoding`) until the pipeline decodes them, so examples that a
-resumed run skips are never decoded. Every problem we can detect up front
-raises `DataConfigError` (a `ValueError`) naming the field, the value and what
-would be accepted.
+All three are opened as TFDS builders; images stay encoded (`SkipDecoding`
+for TFDS) until the pipeline decodes them, so examples that a resumed run
+skips are never decoded. Image folders are checked once per process: files
+that do not decode are left out and counted in the log (see
+`_readable_images`). Every problem we can detect up front raises
+`DataConfigError` (a `ValueError`) naming the field, the value and what would
+be accepted.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
 import numbers
+import os
+import re
 from typing import Any, Iterable
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
-from mae_jax.data import digits
+from mae_jax.data import augment, digits
 
 SOURCES = ("digits", "tfds", "image_folder")
+
+# Image-folder splits with at most this many files are decoded once at
+# start-up, leaving out unreadable files (data.check_images_up_to; -1 = any
+# size, 0 = never).
+CHECK_IMAGES_UP_TO = 50_000
 
 # Every field the pipeline reads; `input_pipeline.default_data_config` sets
 # them all. A config missing one is rejected rather than silently defaulted:
@@ -69,8 +80,10 @@ def validate_data_config(data_config: Any,
                          splits: Iterable[str] | None = None) -> None:
   """Raises `DataConfigError` unless the config can be read as asked.
 
-  Cheap: checks the fields, then opens the dataset's metadata (building the
-  small digits set if needed) to check that the dataset and splits exist.
+  Checks the fields, then opens the dataset's metadata (building the small
+  digits set if needed) to check that the dataset and splits exist. Image
+  folders are also decoded once, to leave out unreadable files (cached for
+  the process; see `_readable_images`).
 
   Args:
     data_config: a `ConfigDict` (or any object with the attributes of
@@ -91,14 +104,17 @@ def dataset_info(data_config: Any) -> tuple[dict[str, int], int | None]:
   """Returns ({split: num_examples}, num_classes) of the configured dataset.
 
   The dict has every split of the dataset, plus the configured train/eval
-  splits when they are sub-split expressions such as "train[:99%]".
+  splits when they are sub-split expressions such as "train[:99%]". For
+  image folders the configured splits count their readable files only.
   `num_classes` is None for datasets without a `label` class feature.
   """
   _check_fields(data_config)
   builder = _open_builder(data_config)
   sizes = {name: info.num_examples for name, info in builder.info.splits.items()}
   for split in (data_config.train_split, data_config.eval_split):
-    if split not in sizes:
+    if data_config.source == "image_folder" and split in sizes:
+      sizes[split] = _num_examples(builder, data_config, split)
+    elif split not in sizes:
       try:
         sizes[split] = _num_examples(builder, data_config, split)
       except DataConfigError:
@@ -113,7 +129,7 @@ def read_host_shard(data_config: Any, split: str, *, process_index: int,
 
   Hosts get contiguous, near-equal parts (sizes differ by at most one), via
   `tfds.split_for_jax_process`; image folders, which do not support TFDS
-  sub-splits, take every `process_count`-th file instead.
+  sub-splits, take every `process_count`-th readable file instead.
 
   Args:
     shuffle_files: shuffle the order of the TFDS files (training), seeded
@@ -124,16 +140,21 @@ def read_host_shard(data_config: Any, split: str, *, process_index: int,
   stored_channels = _stored_channels(builder, data_config)
   decoders = {"image": tfds.decode.SkipDecoding()}
   if data_config.source == "image_folder":
-    # Never `shuffle_files` here: ImageFolder shuffles with an unseeded
-    # `ds.shuffle`, which would break determinism. Our own shuffle follows.
-    dataset = builder.as_dataset(
-        split=split, shuffle_files=False, decoders=decoders,
-        read_config=tfds.ReadConfig(try_autocache=False))
-    # Shard before decoding (images are still bytes), so each host only
-    # decodes its own files. Every host still lists and reads the bytes of
-    # the whole split: fine for the small sets folders are meant for.
-    dataset = dataset.shard(process_count, process_index)
-    num_examples = len(range(process_index, total, process_count))
+    # Every host checks the whole split (`_readable_images`, cached), so all
+    # hosts agree on the readable files and their count without talking to
+    # each other; each then reads only its own files. We list the files
+    # ourselves rather than through `ImageFolder.as_dataset`, which reads
+    # every file of the split on every host and shuffles without a seed.
+    paths, labels = _readable_images(builder, data_config, split)
+    paths, labels = (paths[process_index::process_count],
+                     labels[process_index::process_count])
+    num_examples = len(paths)
+    dataset = tf.data.Dataset.from_tensor_slices({
+        "image": tf.constant(paths, tf.string),
+        "label": tf.constant(labels, tf.int64),
+    }).map(lambda example: {**example,
+                            "image": tf.io.read_file(example["image"])},
+           num_parallel_calls=tf.data.AUTOTUNE)
   else:
     host_split = tfds.split_for_jax_process(
         split, process_index=process_index, process_count=process_count)
@@ -225,6 +246,10 @@ def _check_fields(config: Any) -> None:
   if not 0 < low <= high:
     raise _invalid("crop_ratio", config.crop_ratio,
                    "expected 0 < low <= high (width / height)")
+  check = getattr(config, "check_images_up_to", CHECK_IMAGES_UP_TO)
+  if not _is_int(check) or check < -1:
+    raise _invalid("check_images_up_to", check,
+                   "expected a number of files >= 0, or -1 for any number")
   for field in ("random_resized_crop", "horizontal_flip", "cache"):
     if not isinstance(getattr(config, field), (bool, np.bool_)):
       raise _invalid(field, getattr(config, field), "expected True or False")
@@ -265,23 +290,71 @@ def _check_fields(config: Any) -> None:
 def _open_builder(config: Any) -> tfds.core.DatasetBuilder:
   """Opens the dataset's builder (metadata only) or explains what is missing."""
   if config.source == "digits":
-    return digits.load_builder(config.data_dir)
+    try:
+      return digits.load_builder(config.data_dir)
+    except (OSError, tf.errors.OpError) as error:
+      raise DataConfigError(
+          f"data.data_dir={config.data_dir!r}: cannot build or read the "
+          f"bundled digits there ({_first_line(error)}). "
+          f"{_access_hint(config.data_dir)}") from error
   if config.source == "image_folder":
     return _open_image_folder(config.data_dir)
   return _open_tfds(config.name, config.data_dir)
 
 
+def _first_line(error: BaseException) -> str:
+  """The gist of an error, without TF's "{{function_node ...}}" and "[Op:...]"."""
+  text = re.sub(r"^\{\{.*?\}\}\s*|\s*\[Op:\w+\]$", "", str(error).strip())
+  return text.splitlines()[0] if text else type(error).__name__
+
+
+def _access_hint(path: str | None) -> str:
+  if path and path.startswith("gs://"):
+    return ("Check the bucket and path spelling, that this machine can reach "
+            "Cloud Storage, and that its credentials may read the bucket "
+            "(`gcloud auth application-default login`, or the VM service "
+            "account's storage role); `gcloud storage ls PATH` shows what "
+            "this machine sees.")
+  return "Check the spelling, and that this user may read the directory."
+
+
+def _check_readable_dir(path: str, what: str) -> None:
+  """Raises a `DataConfigError` naming `path` unless it can be listed.
+
+  Wraps tf.io.gfile's errors (e.g. a gs:// bucket that does not exist or
+  that these credentials may not read) so that they surface here, before
+  anything compiles, rather than from deep inside TFDS or tf.data.
+  """
+  try:
+    tf.io.gfile.listdir(path)
+    return
+  except tf.errors.NotFoundError as error:
+    # Also what gfile reports for a gs:// path it cannot reach at all.
+    cause, reason = error, "does not exist, is not a directory, or cannot be reached"
+  except (tf.errors.OpError, OSError) as error:
+    cause, reason = error, f"cannot be read ({_first_line(error)})"
+  raise DataConfigError(f"data.data_dir={path!r} {reason}; expected {what}. "
+                        f"{_access_hint(path)}") from cause
+
+
 def _open_tfds(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   where = data_dir if data_dir else "the TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
+  if data_dir:
+    _check_readable_dir(data_dir, "a TFDS data directory (holding <name>/<version>/)")
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except ValueError as error:  # Includes tfds' DatasetNotFoundError.
-    first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
     raise DataConfigError(
         f"data.name={name!r}: no such TFDS dataset in code or in "
-        f"data.data_dir={where} ({first_line}). Check the name (e.g. "
+        f"data.data_dir={where} ({_first_line(error)}). Check the name (e.g. "
         '"imagenet2012", "cifar10", "mnist:3.0.1") and data.data_dir.'
     ) from error
+  except (RuntimeError, OSError, tf.errors.OpError) as error:
+    # TFDS wraps file system errors into a RuntimeError.
+    raise DataConfigError(
+        f"data.name={name!r}: cannot read its metadata from "
+        f"data.data_dir={where} ({_first_line(error)}). "
+        f"{_access_hint(data_dir)}") from error
   if not builder.is_prepared():
     raise DataConfigError(
         f"data.name={name!r}: TFDS dataset is not prepared in "
@@ -294,10 +367,84 @@ def _open_tfds(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
 
 
 def _open_image_folder(root: str) -> tfds.core.DatasetBuilder:
-  if not tf.io.gfile.isdir(root):
-    raise _invalid("data_dir", root, "image folder root does not exist; "
-                   "expected root/<split>/<class>/*.jpg|jpeg|png")
-  return tfds.folder_dataset.ImageFolder(root)
+  layout = "an image folder root/<split>/<class>/*.jpg|jpeg|png"
+  _check_readable_dir(root, layout)
+  try:
+    return tfds.folder_dataset.ImageFolder(root)
+  except (OSError, tf.errors.OpError) as error:  # An unreadable sub-folder.
+    raise DataConfigError(
+        f"data.data_dir={root!r}: cannot list {layout} "
+        f"({_first_line(error)}). {_access_hint(root)}") from error
+
+
+# Image-folder checks done in this process: (root, split, channels, paths)
+# -> (readable paths, their labels).
+_readable_cache: dict[tuple, tuple[list[str], list[int]]] = {}
+
+
+def _readable_images(builder: tfds.core.DatasetBuilder, config: Any,
+                     split: str) -> tuple[list[str], list[int]]:
+  """The files of an image-folder split that decode, and their labels.
+
+  Folders are hand-made, so a corrupt, truncated or non-image file is
+  likely, and a failed decode inside tf.data would end the run. So we
+  decode every file once, here, with the pipeline's own decoder (what
+  decodes here decodes there), leave out the ones that fail, and log how
+  many. This runs from `validate_data_config`, i.e. before anything
+  compiles, and is cached for the process, so the per-example path pays
+  nothing. Every host checks the whole split so that all agree on the same
+  file list; that is one decode pass per host, fine for the small data sets
+  that folders are for (prepare large ones with `tfds build`).
+  """
+  # ImageFolder's own listing (a private attribute), in its fixed order.
+  examples = builder._split_examples[split]
+  paths = [example.image_path for example in examples]
+  channels = _stored_channels(builder, config)
+  key = (config.data_dir, split, channels, tuple(paths))
+  if key in _readable_cache:
+    return _readable_cache[key]
+  label_feature = builder.info.features["label"]
+  limit = getattr(config, "check_images_up_to", CHECK_IMAGES_UP_TO)
+  if limit >= 0 and len(paths) > limit:
+    # An ImageNet-sized folder: a decode pass per host would cost minutes to
+    # hours. The stream still drops what does not decode (with a warning).
+    logging.info("Image folder %r: not decoding its %d files up front (more than "
+                 "data.check_images_up_to=%d); undecodable files are dropped in the "
+                 "stream, with a warning each.", os.path.join(config.data_dir, split),
+                 len(paths), limit)
+    result = (paths, [label_feature.str2int(example.label) for example in examples])
+    _readable_cache[key] = result
+    return result
+
+  def failure(path: str) -> str | None:
+    try:
+      augment.decode(tf.io.read_file(path), channels)
+      return None
+    except (tf.errors.OpError, OSError) as error:
+      return _first_line(error)
+
+  logging.info("Checking that the %d files of image folder %r decode "
+               "(once per process).", len(paths),
+               os.path.join(config.data_dir, split))
+  # Eager TF ops release the GIL, so threads decode in parallel.
+  with concurrent.futures.ThreadPoolExecutor(min(32, os.cpu_count() or 1)) as pool:
+    failures = list(pool.map(failure, paths))
+  bad = [(path, why) for path, why in zip(paths, failures) if why is not None]
+  where = f"image folder {os.path.join(config.data_dir, split)!r}"
+  if bad and len(bad) == len(paths):
+    raise DataConfigError(
+        f"{_split_field(config, split)} is invalid: none of the {len(paths)} "
+        f"files in {where} can be read as an image (first: {bad[0][0]}: "
+        f"{bad[0][1]}). Expected JPEG or PNG files.")
+  if bad:
+    logging.warning(
+        "%s: skipped %d of %d files: unreadable as images (first: "
+        "%s: %s).", where, len(bad), len(paths), *bad[0])
+  result = ([path for path, why in zip(paths, failures) if why is None],
+            [label_feature.str2int(example.label)
+             for example, why in zip(examples, failures) if why is None])
+  _readable_cache[key] = result
+  return result
 
 
 def _split_field(config: Any, split: str) -> str:
@@ -321,6 +468,8 @@ def _num_examples(builder: tfds.core.DatasetBuilder, config: Any,
           f"folders {available} with class sub-folders of images; expected "
           f"{config.data_dir}/{split}/<class>/*.jpg|jpeg|png.")
     count = builder.info.splits[split].num_examples
+    if count:
+      count = len(_readable_images(builder, config, split)[0])
   else:
     try:
       count = builder.info.splits[split].num_examples
