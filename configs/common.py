@@ -79,17 +79,20 @@ def base_training_config() -> ml_collections.ConfigDict:
   c.init_from = ""                # checkpoint dir to start from (fine-tuning chains)
   c.device_prefetch = 2           # batches transferred to the devices ahead of the step
   c.nonfinite = "stop"            # non-finite loss/gradient: "stop" the run, or "skip" the step
+  knn_fields(c)
   return c
 
 
 def knn_fields(config: ml_collections.ConfigDict) -> None:
   """The k-NN settings (mae_jax.evaluate.knn): the knn job, and the periodic
-  monitor a pretraining run can run every `knn_every_steps` (0 = never)."""
+  monitor a pretraining run runs every `knn_every_steps` (0 = never) and at
+  its last step, on the train split (bank) against the eval split; the
+  dataset needs class labels. The knn job itself reads `config.feature`."""
   config.knn_k = 20
   config.knn_temperature = 0.07
   config.knn_feature = "cls"       # cls | pool, after the encoder's final norm
   config.knn_train_batches = -1    # train-split batches in the bank; -1 = all
-  config.knn_every_steps = 0
+  config.knn_every_steps = 0       # pretraining: > 0 logs knn_top1/top5 every N steps
 
 
 def base_eval_config(job: str) -> ml_collections.ConfigDict:
@@ -110,5 +113,4 @@ def base_eval_config(job: str) -> ml_collections.ConfigDict:
   c.mixup_switch_prob = 0.5       # finetune: P(CutMix) when both are on
   c.label_smoothing = 0.0
   c.num_reconstructions = 0
-  knn_fields(c)
   return c

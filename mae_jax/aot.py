@@ -162,6 +162,11 @@ def plan_without_data(config, devices):
   sizes = {config.data.train_split: KNOWN_TRAIN_SIZES.get(key, config.global_batch_size),
            config.data.eval_split: 0}
   hosts = len({device.process_index for device in devices})
+  # The k-NN monitor needs the dataset's labels, which are not read here; it
+  # runs outside the train step, so the check does without it (a negative
+  # value is still refused).
+  config = config.copy_and_resolve_references()
+  config.knn_every_steps = min(config.knn_every_steps, 0)
   # make_plan checks the dataset through these two functions; everything
   # else it checks (model, batch split, mesh) applies here unchanged.
   data_module = plan_lib.input_pipeline

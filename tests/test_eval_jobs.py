@@ -270,10 +270,7 @@ def test_presets_follow_the_reference_recipes():
 
 def test_knn_monitor_runs_on_pretraining_parameters(pretrained, digits_data_dir):
   """The hook pretraining can call every `knn_every_steps`: encoder params in, metrics out."""
-  from configs.common import knn_fields
-  config = tiny_config(digits_data_dir)
-  knn_fields(config)
-  config.knn_train_batches = 2
+  config = tiny_config(digits_data_dir, knn_train_batches=2)
   mesh = sharding.make_mesh({"data": 8})
   batch_sharding = sharding.batch_sharding(mesh, sharding.DEFAULT_RULES)
   # In pretraining the parameters live on the run's mesh.

@@ -32,7 +32,7 @@ def command(workdir: str, data_dir: str, *overrides: str) -> list[str]:
       model__heads=2, model__decoder_width=32, model__decoder_depth=1, model__decoder_heads=2,
       data__image_size=16, data__data_dir=data_dir, global_batch_size=16,
       warmup_epochs=0.5, log_every_steps=5, eval_batches=1, num_reconstructions=2,
-      progress_bar="off")
+      progress_bar="off", knn_every_steps=0)
   flags = [f"--config.{key.replace('__', '.')}={value}" for key, value in tiny.items()]
   return [sys.executable, "-m", "mae_jax.main", "--config=configs/pretrain.py:digits",
           f"--workdir={workdir}", *flags, *overrides]

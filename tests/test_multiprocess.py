@@ -36,7 +36,7 @@ TINY = {
     "model.decoder_heads": 2, "data.image_size": 16, "global_batch_size": 16,
     # Evaluation (2 batches) at the end of each phase only.
     "warmup_epochs": 0.5, "log_every_steps": 1, "eval_every_steps": 100, "eval_batches": 2,
-    "checkpoint_every_steps": 2, "progress_bar": "off",
+    "checkpoint_every_steps": 2, "progress_bar": "off", "knn_every_steps": 0,
     # Parameters and optimizer state sharded over every device of both hosts.
     "mesh.data": 1, "mesh.fsdp": -1,
 }

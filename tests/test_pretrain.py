@@ -44,6 +44,7 @@ def tiny_config(data_dir: str, **overrides):
   config.keep_checkpoints = 5
   config.num_reconstructions = 3
   config.progress_bar = "off"
+  config.knn_every_steps = 0  # the k-NN monitor's own tests: test_knn_monitor.py
   for key, value in overrides.items():
     config[key] = value
   return config

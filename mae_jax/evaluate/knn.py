@@ -33,18 +33,21 @@ def knn_scores(train_features: jax.Array, train_labels: jax.Array, query: jax.Ar
   return votes.sum(axis=1)
 
 
+# Module-level, so repeated calls (the pretraining monitor) reuse the compilation.
+_knn_scores = jax.jit(knn_scores, static_argnames=("num_classes", "k", "temperature"))
+
+
 def knn_classify(train_features: np.ndarray, train_labels: np.ndarray,
                  eval_features: np.ndarray, eval_labels: np.ndarray, *, num_classes: int,
                  k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> dict:
   """Top-1 / top-5 (percent, top-5 when there are more than 5 classes)."""
-  scores_fn = jax.jit(lambda bank, labels, q: knn_scores(
-      bank, labels, q, num_classes=num_classes, k=k, temperature=temperature))
   bank, bank_labels = jnp.asarray(train_features, jnp.float32), jnp.asarray(train_labels)
   sums = {"correct1": 0.0, "correct5": 0.0, "loss_sum": 0.0, "count": 0.0}
   for start in range(0, len(eval_features), chunk):
     query = jnp.asarray(eval_features[start:start + chunk], jnp.float32)
     labels = jnp.asarray(eval_labels[start:start + chunk])
-    scores = scores_fn(bank, bank_labels, query)
+    scores = _knn_scores(bank, bank_labels, query, num_classes=num_classes, k=k,
+                         temperature=temperature)
     # The vote shares as probabilities give a (not very meaningful) loss; kept
     # only so accuracy_sums serves every protocol.
     chunk_sums = runtime.accuracy_sums(jnp.log(scores + 1e-12), labels,

@@ -3,6 +3,7 @@ feature extraction, the workdir (checkpoints, run info, results.json)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, Callable, Iterator
@@ -118,10 +119,7 @@ def extract_features(features_fn: Callable, params: Any, batches: Iterator[dict]
                      max_batches: int = -1) -> tuple[np.ndarray, np.ndarray]:
   """(features [N, D], labels [N]) of the real (mask 1) examples of `batches`,
   on every host. `features_fn(params, images)` runs jitted on the mesh."""
-  # Replicated outputs: every host gets every row, in order.
-  step = jax.jit(lambda p, batch: (features_fn(p, batch["image"]), batch["label"],
-                                   batch["mask"]),
-                 out_shardings=sharding.replicated(mesh))
+  step = _feature_step(features_fn, mesh)
   features, labels = [], []
   for index, batch in enumerate(batches):
     if 0 <= max_batches <= index:
@@ -131,6 +129,16 @@ def extract_features(features_fn: Callable, params: Any, batches: Iterator[dict]
     features.append(np.asarray(out)[keep])
     labels.append(np.asarray(label)[keep])
   return np.concatenate(features), np.concatenate(labels)
+
+
+@functools.lru_cache(maxsize=8)
+def _feature_step(features_fn: Callable, mesh):
+  """Jitted once per features_fn: the k-NN monitor extracts features again
+  every `knn_every_steps` during pretraining, and would recompile each time."""
+  # Replicated outputs: every host gets every row, in order.
+  return jax.jit(lambda p, batch: (features_fn(p, batch["image"]), batch["label"],
+                                   batch["mask"]),
+                 out_shardings=sharding.replicated(mesh))
 
 
 def split_batches(config, split: str, batch_size: int, batch_sharding, num_classes: int

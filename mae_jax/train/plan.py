@@ -31,6 +31,7 @@ class RunPlan:
   warmup_steps: int
   num_train_examples: int
   num_eval_examples: int
+  num_classes: int | None = None   # None: the dataset has no class labels
 
 
 def model_config_from(config: ml_collections.ConfigDict) -> ModelConfig:
@@ -77,6 +78,26 @@ def check_training_fields(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.nonfinite={config.nonfinite!r}: 'stop' or 'skip'.")
   if config.progress_bar not in ("auto", "on", "off"):
     raise ValueError(f"config.progress_bar={config.progress_bar!r}: auto, on or off.")
+  check_knn_monitor_fields(config)
+
+
+def check_knn_monitor_fields(config: ml_collections.ConfigDict) -> None:
+  """The periodic k-NN monitor's settings (configs.common.knn_fields)."""
+  every = config.knn_every_steps
+  if every < 0:
+    raise ValueError(f"config.knn_every_steps={every!r}: must be >= 0 (0 = no k-NN "
+                     "monitor, N = a k-NN evaluation every N steps).")
+  if not every:
+    return
+  checks = (("knn_k", config.knn_k >= 1, ">= 1"),
+            ("knn_temperature", config.knn_temperature > 0, "> 0"),
+            ("knn_feature", config.knn_feature in ("cls", "pool"), "'cls' or 'pool'"),
+            ("knn_train_batches", config.knn_train_batches == -1 or config.knn_train_batches > 0,
+             "-1 (the whole train split) or > 0"))
+  for name, ok, what in checks:
+    if not ok:
+      raise ValueError(f"config.{name}={config[name]!r}: must be {what} (the k-NN monitor "
+                       "is on); or set config.knn_every_steps=0.")
 
 
 def make_plan(config: ml_collections.ConfigDict, *, num_devices: int,
@@ -110,7 +131,13 @@ def make_plan(config: ml_collections.ConfigDict, *, num_devices: int,
   if batch % process_count:
     raise ValueError(
         f"config.global_batch_size={batch} does not split over {process_count} hosts.")
-  splits, _ = input_pipeline.dataset_info(data)
+  splits, num_classes = input_pipeline.dataset_info(data)
+  if config.knn_every_steps > 0 and num_classes is None:
+    raise ValueError(
+        f"config.knn_every_steps={config.knn_every_steps} but config.data "
+        f"({data.source}:{data.name or ''}) has no class labels, which the k-NN monitor "
+        "needs: set config.knn_every_steps=0, or pretrain on a dataset with a ClassLabel "
+        "'label' feature.")
   num_train, num_eval = splits[data.train_split], splits[data.eval_split]
   steps_per_epoch = num_train // batch
   if steps_per_epoch == 0:
@@ -123,4 +150,4 @@ def make_plan(config: ml_collections.ConfigDict, *, num_devices: int,
   return RunPlan(model=model, mesh_shape=mesh_shape, rules=rules, data_parallel=data_parallel,
                  micro_batch_size=micro, steps_per_epoch=steps_per_epoch, total_steps=total,
                  warmup_steps=min(warmup, total), num_train_examples=num_train,
-                 num_eval_examples=num_eval)
+                 num_eval_examples=num_eval, num_classes=num_classes)

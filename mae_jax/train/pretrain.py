@@ -3,7 +3,8 @@
 Reads top to bottom: plan (validate the config) -> mesh -> model and
 optimizer -> abstract state and its shardings -> resume from the workdir,
 or initialise -> jitted train step with donated state -> loop with logging,
-evaluation and checkpoints -> reconstruction picture.
+evaluation (and the k-NN monitor, if on) and checkpoints -> reconstruction
+picture.
 
 Resume order: the workdir's own newest checkpoint, else `config.init_from`
 (parameters only), else a fresh initialisation.
@@ -63,9 +64,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mngr.wait_until_finished()
     mngr.close()
   if is_main:
+    knn = f", k-NN top-1 {final['knn_top1']:.1f} %" if "knn_top1" in final else ""
     print(f"\nPretraining finished at step {final['step']}: eval loss "
           f"{final.get('eval_loss', float('nan')):.4f} (trivial predictor "
-          f"{final.get('eval_baseline_loss', float('nan')):.4f}).\n"
+          f"{final.get('eval_baseline_loss', float('nan')):.4f}){knn}.\n"
           f"  checkpoints:     {checkpoint_dir}\n"
           f"  metrics:         {os.path.join(workdir, 'metrics.jsonl')}\n"
           f"  tensorboard:     {os.path.join(workdir, 'tensorboard')}\n"
@@ -103,11 +105,26 @@ def _pretrain(config, workdir, plan, mesh, mngr, metadata, resume_step, is_main)
     eval_step = jax.jit(make_eval_step(model, seed_key=seed_key),
                         in_shardings=(state_shardings.params, batch_sharding, replicated),
                         out_shardings=replicated)
-    loop = TrainingLoop(config, plan, workdir, mngr, metadata, batch_sharding, is_main)
+    loop = TrainingLoop(config, plan, workdir, mngr, metadata, batch_sharding, is_main,
+                        knn_monitor=make_knn_monitor(config, plan, mesh, batch_sharding))
     final = loop.run(state, train_step, eval_step)
     picture = write_reconstructions(config, plan, workdir, model, loop.final_params,
                                     seed_key, batch_sharding, replicated, is_main)
   return final, picture
+
+
+def make_knn_monitor(config, plan, mesh, batch_sharding):
+  """encoder params -> {"knn_top1", "knn_top5"}, or None when config.knn_every_steps=0.
+
+  Batches of the eval micro-batch size, which the training step already
+  fits in memory. No random numbers: the train stream is left untouched.
+  """
+  if config.knn_every_steps <= 0:
+    return None
+  # Imported here: mae_jax.evaluate imports this module.
+  from mae_jax.evaluate import knn
+  return knn.make_knn_monitor(config, plan.model, mesh, batch_sharding,
+                              batch_size=plan.micro_batch_size, num_classes=plan.num_classes)
 
 
 def check_workdir_writable(workdir: str) -> None:
@@ -221,12 +238,14 @@ class NonFiniteError(FloatingPointError):
 
 
 class TrainingLoop:
-  """The step loop: logging, periodic evaluation and checkpoints."""
+  """The step loop: logging, periodic evaluation, k-NN monitor and checkpoints."""
 
-  def __init__(self, config, plan, workdir, mngr, metadata, batch_sharding, is_main):
+  def __init__(self, config, plan, workdir, mngr, metadata, batch_sharding, is_main, *,
+               knn_monitor=None):
     self.config, self.plan, self.workdir = config, plan, workdir
     self.mngr, self.metadata = mngr, metadata
     self.batch_sharding, self.is_main = batch_sharding, is_main
+    self.knn_monitor = knn_monitor
     self.final_params = None
 
   def run(self, state: TrainState, train_step, eval_step) -> dict:
@@ -302,6 +321,14 @@ class TrainingLoop:
         self.writer.write(done, eval_metrics)
         progress.log(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
         final.update(eval_metrics)
+      if self.knn_monitor and (done % config.knn_every_steps == 0 or last):
+        # Before the next step donates the state's buffers; synchronous.
+        knn_start = time.perf_counter()
+        knn_metrics = self.knn_monitor(state.params["encoder"])
+        self.writer.write(done, knn_metrics)
+        progress.log(f"step {done}: " + ", ".join(f"{k} {v:.2f}" for k, v in knn_metrics.items())
+                     + f" ({time.perf_counter() - knn_start:.1f} s)")
+        final.update(knn_metrics)
       if done % config.checkpoint_every_steps == 0 or last:
         skipped_steps += self.check_finite(unchecked)
         checkpointing.save(self.mngr, done, state.to_checkpoint(), self.metadata)
@@ -309,6 +336,8 @@ class TrainingLoop:
       final["step"] = done
     if start >= total:
       final.update(self.evaluate(state.params, eval_step))
+      if self.knn_monitor:
+        final.update(self.knn_monitor(state.params["encoder"]))
     self.final_params = state.params
     return final
 
