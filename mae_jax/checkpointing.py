@@ -16,10 +16,13 @@ carries, so a checkpoint written on one mesh restores on another.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import os
 from typing import Any, Mapping
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
@@ -47,11 +50,94 @@ def manager(directory: str, *, max_to_keep: int | None = None, keep_period: int 
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+class CheckpointSaveError(RuntimeError):
+  """Writing a checkpoint failed (disk full, permissions, quota...). The
+  checkpoints saved before it are intact; the message says what to do."""
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, metadata: Mapping,
          *, force: bool = False) -> bool:
-  return mngr.save(step, args=ocp.args.Composite(
-      **{STATE: ocp.args.PyTreeSave(state), METADATA: ocp.args.JsonSave(dict(metadata))}),
-      force=force)
+  """Starts an (asynchronous) save of `step`. A failure of this save or of
+  the previous one still in flight raises CheckpointSaveError."""
+  try:
+    return mngr.save(step, args=ocp.args.Composite(
+        **{STATE: ocp.args.PyTreeSave(state), METADATA: ocp.args.JsonSave(dict(metadata))}),
+        force=force)
+  except Exception as error:
+    raise save_failure(str(mngr.directory), error) from error
+
+
+def wait_for_saves(mngr: ocp.CheckpointManager) -> None:
+  """Blocks until the save in flight is complete; CheckpointSaveError if it failed."""
+  try:
+    mngr.wait_until_finished()
+  except Exception as error:
+    raise save_failure(str(mngr.directory), error) from error
+
+
+def finish(mngr: ocp.CheckpointManager, *, after_error: bool = False,
+           quiet: bool = False) -> None:
+  """Waits for the save in flight to complete, then closes the manager.
+
+  After another error (`after_error`) a failing save is logged instead of
+  raised, so that the first error is the one reported.
+  """
+  try:
+    wait_for_saves(mngr)
+  except CheckpointSaveError as failure:
+    if not after_error:
+      raise
+    if not quiet:
+      logging.error("%s", failure)
+  finally:
+    try:
+      mngr.close()
+    except Exception as error:  # a broken save can leave the manager unclosable
+      logging.warning("Closing the checkpoint manager of %s failed: %s", mngr.directory, error)
+
+
+@contextlib.contextmanager
+def completing_saves(mngr: ocp.CheckpointManager):
+  """The block's saves are complete (or reported failed) and the manager is
+  closed however the block ends: an error or a preemption inside it never
+  loses a save already started."""
+  try:
+    yield mngr
+  except CheckpointSaveError:
+    finish(mngr, after_error=True, quiet=True)  # already said
+    raise
+  except BaseException:
+    finish(mngr, after_error=True)
+    raise
+  finish(mngr)
+
+
+def complete_steps(directory: str) -> list[int]:
+  """Steps whose checkpoints were finalised, read from storage (not from a
+  manager whose last save may have failed). Half-written steps are not
+  listed: orbax only gives a step its final name once it is complete."""
+  try:
+    return sorted(manager(directory, read_only=True).all_steps(read=True))
+  except Exception:  # an unreadable directory: nothing we can vouch for
+    return []
+
+
+def save_failure(directory: str, error: BaseException) -> CheckpointSaveError:
+  """A CheckpointSaveError that says what failed, what is safe and what to do."""
+  text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  disk_full = (getattr(error, "errno", None) == errno.ENOSPC or "No space left" in text
+               or "os_error_code='28'" in text)
+  steps = complete_steps(directory)
+  safe = (f"The complete checkpoints already there are untouched: steps {steps}; the "
+          "unfinished one (a *.orbax-checkpoint-tmp directory) is never resumed from."
+          if steps else "No complete checkpoint had been written there yet.")
+  resume = (f"it resumes from step {steps[-1]}" if steps else "it starts from scratch")
+  cause = ("The disk (or bucket quota) is full: free space" if disk_full else
+           "Fix the cause (space, permissions, quota, the bucket's reachability)")
+  return CheckpointSaveError(
+      f"Writing a checkpoint to {directory} failed: {type(error).__name__}: {text}\n"
+      f"{safe}\n{cause}, or copy the workdir somewhere with room and point --workdir at "
+      f"the copy, then rerun the same command: {resume}.")
 
 
 def _latest_step(mngr: ocp.CheckpointManager, directory: str, step: int | None) -> int:

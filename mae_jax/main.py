@@ -11,6 +11,10 @@ by the config (`config.job`, default "pretrain") as a function
 Multi-host: Cloud TPU VMs and SLURM jobs are detected and
 `jax.distributed.initialize()` is called on every process; anywhere else pass
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
+
+Exit status: 0 done; 75 preempted, resumable (requeue the same command);
+74 a checkpoint could not be written (disk full, permissions): earlier
+checkpoints are intact, fix the cause and rerun; 1 anything else.
 """
 
 import os
@@ -18,6 +22,8 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+SAVE_FAILED_EXIT_CODE = 74  # sysexits' EX_IOERR
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/pretrain.py:digits.", lock_config=True)
@@ -99,6 +105,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   logging.info("JAX %s: %d processes, %d devices (%s).", jax.__version__,
                jax.process_count(), jax.device_count(), jax.devices()[0].device_kind)
+  from mae_jax.checkpointing import CheckpointSaveError
   from mae_jax.train.preemption import PREEMPTED_EXIT_CODE, Preempted
   try:
     run_job(_CONFIG.value, _WORKDIR.value)
@@ -106,6 +113,11 @@ def main(argv):
     # Distinct status so schedulers and launch scripts can requeue the job.
     print(f"PREEMPTED: {preempted}", flush=True)
     sys.exit(PREEMPTED_EXIT_CODE)
+  except CheckpointSaveError as failure:
+    # Not requeued like a preemption: a full disk needs a person first.
+    logging.error("%s", failure)
+    print(f"CHECKPOINT SAVE FAILED: {failure}", flush=True)
+    sys.exit(SAVE_FAILED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -21,15 +21,13 @@ import jax
 import optax
 from absl import logging
 
-from mae_jax import checkpointing, sharding
+from mae_jax import checkpointing
 from mae_jax import data as input_pipeline
 from mae_jax.evaluate import init_checkpoint, runtime
 from mae_jax.evaluate.layer_decay import finetune_adamw
 from mae_jax.evaluate.loop import train_loop
 from mae_jax.evaluate.mixup import mix_batch, soft_cross_entropy
 from mae_jax.evaluate.models import EncoderTrunk, ViTClassifier
-from mae_jax.evaluate.plan import make_eval_plan
-from mae_jax.train import optim
 from mae_jax.train.pretrain import create_state, mesh_context, state_layout, with_shardings
 from mae_jax.train.state import TrainState
 
@@ -70,33 +68,26 @@ def make_finetune_eval_step(model: ViTClassifier) -> Callable:
 
 def run_finetune(config, workdir: str) -> dict:
   """Fine-tunes (or resumes) and returns results.json's contents."""
-  plan = make_eval_plan(config, num_devices=jax.device_count(),
-                        process_count=jax.process_count())
-  mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
-  is_main = jax.process_index() == 0
-  mngr, resume_step, metadata = runtime.open_workdir(config, plan, workdir, mesh, is_main)
-  batch_sharding = sharding.batch_sharding(mesh, plan.rules)
-  replicated = sharding.replicated(mesh)
+  job = runtime.start_job(config, workdir)
+  plan, mesh, is_main, mngr = job.plan, job.mesh, job.is_main, job.mngr
+  batch_sharding, replicated = job.batch_sharding, job.replicated
   opt = config.optimizer
-  schedule = optim.learning_rate_schedule(
-      peak_lr=optim.peak_learning_rate(opt.base_lr, config.global_batch_size),
-      warmup_steps=plan.warmup_steps, total_steps=plan.total_steps, min_lr=opt.min_lr)
   model = ViTClassifier(plan.model, num_classes=plan.num_classes, feature=config.feature,
                         head_init_std=config.head_init_std)
   init_key, seed_key = jax.random.split(jax.random.key(config.seed))
   abstract_params = jax.eval_shape(
       lambda k: create_state(model, optax.identity(), k).params, init_key)
-  tx = finetune_adamw(schedule, abstract_params, depth=plan.model.depth,
+  tx = finetune_adamw(job.schedule, abstract_params, depth=plan.model.depth,
                       layer_decay=opt.layer_decay, b1=opt.b1, b2=opt.b2,
                       weight_decay=opt.weight_decay)
   state_shardings, abstract_state = state_layout(model, tx, mesh, plan.rules)
 
-  with mesh_context(mesh, plan.rules):
-    if resume_step is not None:
-      logging.info("Resuming fine-tuning from step %d.", resume_step)
+  with mesh_context(mesh, plan.rules), checkpointing.completing_saves(mngr):
+    if job.resume_step is not None:
+      logging.info("Resuming fine-tuning from step %d.", job.resume_step)
       state = TrainState.from_checkpoint(checkpointing.restore_state(
           runtime.checkpoint_dir(workdir),
-          with_shardings(abstract_state, state_shardings).to_checkpoint(), step=resume_step))
+          with_shardings(abstract_state, state_shardings).to_checkpoint(), step=job.resume_step))
     else:
       state = jax.jit(lambda k: create_state(model, tx, k),
                       out_shardings=state_shardings)(init_key)
@@ -115,7 +106,7 @@ def run_finetune(config, workdir: str) -> dict:
       return (runtime.labelled_batch(b, batch_sharding, plan.num_classes, "training data")
               for b in stream)
 
-    train_step = jax.jit(make_finetune_step(model, tx, schedule, seed_key=seed_key,
+    train_step = jax.jit(make_finetune_step(model, tx, job.schedule, seed_key=seed_key,
                                             config=config),
                          in_shardings=(state_shardings, batch_sharding),
                          out_shardings=(state_shardings, replicated), donate_argnums=(0,))
@@ -123,14 +114,13 @@ def run_finetune(config, workdir: str) -> dict:
                         in_shardings=(state_shardings, batch_sharding),
                         out_shardings=replicated)
     state, final = train_loop(
-        config, plan, workdir, mngr, metadata, state, train_step=train_step, batches=batches,
+        config, plan, workdir, mngr, job.metadata, state, train_step=train_step,
+        batches=batches,
         evaluate=lambda s: runtime.evaluate(
             eval_step, s, runtime.split_batches(config, config.data.eval_split,
                                                 plan.eval_batch_size, batch_sharding,
                                                 plan.num_classes), plan.num_classes),
         is_main=is_main)
-  mngr.wait_until_finished()
-  mngr.close()
   results = runtime.write_results(workdir, config, plan, final, step=final["step"],
                                   is_main=is_main)
   runtime.print_summary("Fine-tuning", config.feature, results, workdir, is_main)

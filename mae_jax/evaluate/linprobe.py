@@ -27,15 +27,13 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from mae_jax import checkpointing, sharding
+from mae_jax import checkpointing
 from mae_jax import data as input_pipeline
 from mae_jax.evaluate import runtime
 from mae_jax.evaluate.encoders import feature_source, frozen_encoder
 from mae_jax.evaluate.lars import lars
 from mae_jax.evaluate.loop import train_loop
 from mae_jax.evaluate.models import ProbeHead
-from mae_jax.evaluate.plan import make_eval_plan
-from mae_jax.train import optim
 from mae_jax.train.pretrain import mesh_context, with_shardings
 
 
@@ -108,33 +106,26 @@ def make_probe_eval_step(head: ProbeHead, features_fn: Callable | None) -> Calla
 
 def run_linear_probe(config, workdir: str) -> dict:
   """Trains the probe (or resumes it) and returns results.json's contents."""
-  plan = make_eval_plan(config, num_devices=jax.device_count(),
-                        process_count=jax.process_count())
-  mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
-  is_main = jax.process_index() == 0
-  mngr, resume_step, metadata = runtime.open_workdir(config, plan, workdir, mesh, is_main)
-  batch_sharding = sharding.batch_sharding(mesh, plan.rules)
-  replicated = sharding.replicated(mesh)
+  job = runtime.start_job(config, workdir)
+  plan, mesh, is_main, mngr = job.plan, job.mesh, job.is_main, job.mngr
+  batch_sharding, replicated = job.batch_sharding, job.replicated
   opt = config.optimizer
-  schedule = optim.learning_rate_schedule(
-      peak_lr=optim.peak_learning_rate(opt.base_lr, config.global_batch_size),
-      warmup_steps=plan.warmup_steps, total_steps=plan.total_steps, min_lr=opt.min_lr)
-  tx = lars(schedule, momentum=opt.momentum, trust_coefficient=opt.trust_coefficient,
+  tx = lars(job.schedule, momentum=opt.momentum, trust_coefficient=opt.trust_coefficient,
             weight_decay=opt.weight_decay)
   head = ProbeHead(plan.num_classes, init_std=config.head_init_std)
   head_key, encoder_key = jax.random.split(jax.random.key(config.seed))
 
-  with mesh_context(mesh, plan.rules):
+  with mesh_context(mesh, plan.rules), checkpointing.completing_saves(mngr):
     features_fn, encoder_params = frozen_encoder(config, plan, mesh, encoder_key)
     image = jax.ShapeDtypeStruct((1, plan.model.image_size, plan.model.image_size,
                                   plan.model.channels), jnp.float32)
     feature_dim = jax.eval_shape(features_fn, encoder_params, image).shape[-1]
     create = lambda key: create_probe_state(head, tx, key, feature_dim)
-    if resume_step is not None:
-      logging.info("Resuming the probe from step %d.", resume_step)
+    if job.resume_step is not None:
+      logging.info("Resuming the probe from step %d.", job.resume_step)
       abstract = with_shardings(jax.eval_shape(create, head_key), replicated)
       state = ProbeState.from_checkpoint(checkpointing.restore_state(
-          runtime.checkpoint_dir(workdir), abstract.to_checkpoint(), step=resume_step))
+          runtime.checkpoint_dir(workdir), abstract.to_checkpoint(), step=job.resume_step))
     else:
       state = jax.jit(create, out_shardings=replicated)(head_key)
 
@@ -167,19 +158,17 @@ def run_linear_probe(config, workdir: str) -> dict:
                                                    plan.num_classes)
       step_features = features_fn
 
-    train_step = jax.jit(make_probe_step(head, tx, schedule, step_features),
+    train_step = jax.jit(make_probe_step(head, tx, job.schedule, step_features),
                          out_shardings=(replicated, replicated), donate_argnums=(0,))
     eval_step = jax.jit(make_probe_eval_step(head, step_features), out_shardings=replicated)
     state, final = train_loop(
-        config, plan, workdir, mngr, metadata, state,
+        config, plan, workdir, mngr, job.metadata, state,
         train_step=lambda s, batch: train_step(s, encoder_params, batch),
         batches=batches,
         evaluate=lambda s: runtime.evaluate(
             lambda s_, batch: eval_step(s_, encoder_params, batch), s, eval_batches(),
             plan.num_classes),
         is_main=is_main)
-  mngr.wait_until_finished()
-  mngr.close()
   results = runtime.write_results(workdir, config, plan, final, step=final["step"],
                                   is_main=is_main)
   runtime.print_summary("Linear probe", feature_source(config), results, workdir, is_main)

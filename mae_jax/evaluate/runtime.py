@@ -3,6 +3,7 @@ feature extraction, the workdir (checkpoints, run info, results.json)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -15,6 +16,8 @@ import optax
 
 from mae_jax import checkpointing, sharding
 from mae_jax import data as input_pipeline
+from mae_jax.evaluate.plan import make_eval_plan
+from mae_jax.train import optim
 from mae_jax.train.pretrain import check_same_experiment, write_run_info
 
 PROTOCOLS = {"linprobe": "linear_probe", "finetune": "finetune", "knn": "knn"}
@@ -173,6 +176,37 @@ def job_metadata(config, plan) -> dict:
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, "checkpoints")
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSetup:
+  """What every training evaluation job (probe, fine-tuning) starts from."""
+  plan: Any
+  mesh: Any
+  is_main: bool
+  mngr: Any              # the workdir's CheckpointManager
+  resume_step: int | None
+  metadata: dict
+  batch_sharding: Any
+  replicated: Any
+  schedule: Any          # warm-up + cosine at lr = base_lr x batch / 256
+
+
+def start_job(config, workdir: str) -> JobSetup:
+  """Validates the config (before any compile), builds the mesh, opens the
+  workdir's checkpoints and the learning-rate schedule."""
+  plan = make_eval_plan(config, num_devices=jax.device_count(),
+                        process_count=jax.process_count())
+  mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
+  is_main = jax.process_index() == 0
+  mngr, resume_step, metadata = open_workdir(config, plan, workdir, mesh, is_main)
+  opt = config.optimizer
+  schedule = optim.learning_rate_schedule(
+      peak_lr=optim.peak_learning_rate(opt.base_lr, config.global_batch_size),
+      warmup_steps=plan.warmup_steps, total_steps=plan.total_steps, min_lr=opt.min_lr)
+  return JobSetup(plan=plan, mesh=mesh, is_main=is_main, mngr=mngr, resume_step=resume_step,
+                  metadata=metadata, batch_sharding=sharding.batch_sharding(mesh, plan.rules),
+                  replicated=sharding.replicated(mesh), schedule=schedule)
 
 
 def open_workdir(config, plan, workdir: str, mesh, is_main: bool):

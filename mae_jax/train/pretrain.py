@@ -51,18 +51,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mngr = checkpointing.manager(checkpoint_dir, max_to_keep=config.keep_checkpoints,
                                keep_period=config.keep_every_steps,
                                enable_async=config.async_checkpointing)
-  try:
+  # Whatever happens (an error, a preemption), a save in flight completes:
+  # saved work is never lost to an exception. A save that fails (disk full)
+  # raises CheckpointSaveError naming the checkpoints that are still intact.
+  with checkpointing.completing_saves(mngr):
     resume_step = mngr.latest_step()
     if resume_step is not None:
       check_same_experiment(checkpoint_dir, mngr, resume_step, metadata)
     write_run_info(workdir, config, plan, mesh, resume_step, enabled=is_main)
     final, picture = _pretrain(config, workdir, plan, mesh, mngr, metadata, resume_step,
                                is_main)
-  finally:
-    # Whatever happens (an error, a preemption), a save in flight completes:
-    # saved work is never lost to an exception.
-    mngr.wait_until_finished()
-    mngr.close()
   if is_main:
     knn = f", k-NN top-1 {final['knn_top1']:.1f} %" if "knn_top1" in final else ""
     print(f"\nPretraining finished at step {final['step']}: eval loss "
@@ -291,7 +289,7 @@ class TrainingLoop:
       if watcher.reached(done):
         skipped_steps += self.check_finite(unchecked)
         checkpointing.save(self.mngr, done, state.to_checkpoint(), self.metadata, force=True)
-        self.mngr.wait_until_finished()
+        checkpointing.wait_for_saves(self.mngr)
         progress.log(f"Preempted at step {done}: checkpoint complete.")
         raise Preempted(done, str(self.mngr.directory))
       if step == start:  # the first step includes compilation: time it apart
