@@ -81,24 +81,13 @@ def run_job(config, workdir: str):
                    "or 'knn'.")
 
 
-class _LibraryInfoFilter:
-  """Keeps orbax's per-save and TFDS's per-read INFO chatter out of the run
-  log (their warnings stay)."""
-
-  NOISY = ("/orbax/", "/tensorflow_datasets/")
-
-  def filter(self, record) -> bool:
-    import logging as std_logging
-    return (record.levelno >= std_logging.WARNING
-            or not any(part in record.pathname for part in self.NOISY))
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError("--config and --workdir are required.")
-  logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+  from mae_jax.log_filters import quiet_library_info
+  quiet_library_info()
   initialize_distributed()
   import jax
   if jax.process_index() != 0:

@@ -282,14 +282,18 @@ def test_knn_monitor_runs_on_pretraining_parameters(pretrained, digits_data_dir)
   assert set(metrics) == {"knn_top1", "knn_top5"} and 0 <= metrics["knn_top1"] <= 100
 
 
-def test_encoder_trunk_computes_the_encoder():
-  """Fine-tuning's EncoderTrunk loads the Encoder's parameters unchanged and,
-  with its final norm, computes exactly what the Encoder computes."""
-  from mae_jax.evaluate.models import EncoderTrunk
+def test_fine_tuning_encoder_without_final_norm_keeps_the_names():
+  """Fine-tuning with pooling uses the Encoder without its final norm: the
+  same parameter names minus `norm`, and the same tokens before it."""
   config = ModelConfig(channels=1, **TINY_MODEL).replace(depth=2)
   params = nn.unbox(Encoder(config).init(jax.random.key(0), images()))["params"]
-  np.testing.assert_array_equal(EncoderTrunk(config).apply({"params": params}, images()),
-                                Encoder(config).apply({"params": params}, images()))
+  no_norm = nn.unbox(Encoder(config, final_norm=False).init(jax.random.key(0), images()))
+  assert set(no_norm["params"]) == set(params) - {"norm"}
+  tokens = Encoder(config, final_norm=False).apply(
+      {"params": {k: v for k, v in params.items() if k != "norm"}}, images())
+  normed = nn.LayerNorm(epsilon=1e-6).apply({"params": params["norm"]}, tokens)
+  np.testing.assert_allclose(normed, Encoder(config).apply({"params": params}, images()),
+                             atol=1e-6)
 
 
 def test_linear_probe_command_line(pretrained, tmp_path, digits_data_dir):

@@ -10,7 +10,7 @@ Pieces:
   plan.py             config checks before compiling (EvalPlan)
   init_checkpoint.py  find / check / restore the encoder that init_from names
   encoders.py         the frozen feature source: checkpoint, random init, raw pixels
-  models.py           ProbeHead, ViTClassifier (EncoderTrunk keeps the encoder's names)
+  models.py           ProbeHead, ViTClassifier (the pretraining Encoder + a head)
   lars.py             LARS as the reference
   layer_decay.py      fine-tuning AdamW with layer-wise lr decay
   mixup.py            Mixup / CutMix / label smoothing on the device

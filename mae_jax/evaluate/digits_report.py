@@ -125,6 +125,8 @@ def run_job(config, workdir: str) -> dict:
 
 def main(argv):
   del argv
+  from mae_jax.log_filters import quiet_library_info
+  quiet_library_info()
   workdir, data_dir = _WORKDIR.value, _DATA_DIR.value
   seconds: dict[str, float] = {}
   start = time.perf_counter()

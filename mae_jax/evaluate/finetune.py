@@ -27,7 +27,8 @@ from mae_jax.evaluate import init_checkpoint, runtime
 from mae_jax.evaluate.layer_decay import finetune_adamw
 from mae_jax.evaluate.loop import train_loop
 from mae_jax.evaluate.mixup import mix_batch, soft_cross_entropy
-from mae_jax.evaluate.models import EncoderTrunk, ViTClassifier
+from mae_jax.evaluate.models import ViTClassifier
+from mae_jax.model.mae import Encoder
 from mae_jax.train.pretrain import create_state, mesh_context, state_layout, with_shardings
 from mae_jax.train.state import TrainState
 
@@ -94,7 +95,7 @@ def run_finetune(config, workdir: str) -> dict:
       if plan.init is not None:
         # AdamW's initial state does not depend on the values: swapping in the
         # pretrained encoder keeps it valid.
-        trunk = lambda cfg: EncoderTrunk(cfg, final_norm=config.feature == "cls")
+        trunk = lambda cfg: Encoder(cfg, final_norm=config.feature == "cls")
         encoder = init_checkpoint.restore_encoder(plan.init, trunk, plan.model, mesh,
                                                   plan.rules)
         state = state.replace(params={**state.params, "encoder": encoder})

@@ -128,7 +128,7 @@ def restore_encoder(checkpoint: InitCheckpoint, make_module, config: ModelConfig
 
   Args:
     make_module: config -> a module whose parameters are the encoder's
-      (`Encoder`, or `EncoderTrunk` which may lack the final norm).
+      (`Encoder`, possibly with `final_norm=False`).
   """
   check_encoder_architecture(checkpoint, config)
   run_shardings, _ = param_layout(make_module(config), mesh, rules)

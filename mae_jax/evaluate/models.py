@@ -1,12 +1,10 @@
 """The networks evaluation trains: a linear-probe head and a ViT classifier.
 
-`ViTClassifier` is the reference's fine-tuning ViT (models_vit.py). Its
-encoder sub-module (`EncoderTrunk`) builds the same parameter names as the
-pretraining `mae_jax.model.mae.Encoder` (`patch_embed`, `cls_token`,
-`blocks`, `norm`), so pretrained encoder parameters load unchanged. It
-exists because fine-tuning with global pooling needs the tokens *before*
-the encoder's final norm (the reference drops that norm and normalises the
-pooled feature with `fc_norm` instead); `Encoder` always applies it.
+`ViTClassifier` is the reference's fine-tuning ViT (models_vit.py): the
+pretraining `mae_jax.model.mae.Encoder` on all patches (so pretrained
+encoder parameters load unchanged) plus a head. With global pooling the
+encoder's final norm is left out (`final_norm=False`) and the pooled feature
+is normalised by `fc_norm` instead, as in the reference.
 """
 
 from __future__ import annotations
@@ -16,11 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from mae_jax.model.config import ModelConfig
-from mae_jax.model.mae import TOKEN_INIT_STD, Encoder
-from mae_jax.model.patches import patchify
-from mae_jax.model.pos_embed import sincos_2d
-from mae_jax.model.vit import (BATCH_LENGTH_EMBED, TransformerStack, dense, layer_norm,
-                               normal_init)
+from mae_jax.model.mae import Encoder
+from mae_jax.model.vit import layer_norm
 
 def reference_trunc_normal(stddev: float):
   """torch's trunc_normal_(std=s) cuts at +-2 in absolute value, i.e. +-2/s
@@ -30,35 +25,6 @@ def reference_trunc_normal(stddev: float):
 
 def _dtypes(config: ModelConfig) -> dict:
   return dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
-
-
-class EncoderTrunk(nn.Module):
-  """The MAE encoder on all patches, optionally without its final norm.
-
-  With `final_norm=True` it computes exactly `Encoder(config)(images)`.
-  """
-
-  config: ModelConfig
-  final_norm: bool = True
-
-  @nn.compact
-  def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
-    cfg = self.config
-    kw = _dtypes(cfg)
-    x = dense(cfg.width, ("patch", "embed"), name="patch_embed", **kw)(
-        patchify(images.astype(kw["dtype"]), cfg.patch_size))
-    x = x + jnp.asarray(sincos_2d(cfg.width, cfg.grid_size), kw["dtype"])[None, 1:]
-    cls_token = self.param("cls_token", normal_init(TOKEN_INIT_STD, (None, None, "embed")),
-                           (1, 1, cfg.width), kw["param_dtype"])
-    x = jnp.concatenate(
-        [jnp.broadcast_to(cls_token.astype(x.dtype), (x.shape[0], 1, cfg.width)), x], axis=1)
-    x = nn.with_logical_constraint(x, BATCH_LENGTH_EMBED)
-    x = TransformerStack(
-        depth=cfg.depth, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
-        drop_path_rate=cfg.drop_path_rate, deterministic=not train,
-        remat_policy=cfg.remat_policy, scan=cfg.scan_layers,
-        attention_impl=cfg.attention_impl, name="blocks", **kw)(x)
-    return layer_norm(name="norm", **kw)(x) if self.final_norm else x
 
 
 class ViTClassifier(nn.Module):
@@ -74,7 +40,7 @@ class ViTClassifier(nn.Module):
   def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
     kw = _dtypes(self.config)
     pool = self.feature == "pool"
-    tokens = EncoderTrunk(self.config, final_norm=not pool, name="encoder")(images, train=train)
+    tokens = Encoder(self.config, final_norm=not pool, name="encoder")(images, train=train)
     if pool:
       x = layer_norm(name="fc_norm", **kw)(tokens[:, 1:].mean(axis=1))
     else:

@@ -62,9 +62,16 @@ def check_images(images: jax.Array, config: ModelConfig) -> None:
 
 
 class Encoder(nn.Module):
-  """ViT encoder. With `masking`, it sees only the visible patches."""
+  """ViT encoder. With `masking`, it sees only the visible patches.
+
+  `final_norm=False` leaves out the last LayerNorm (and its parameters):
+  fine-tuning with global pooling normalises the pooled feature instead, as
+  the reference does; the other parameter names are the same, so
+  pretrained weights load unchanged.
+  """
 
   config: ModelConfig
+  final_norm: bool = True
 
   @nn.compact
   def __call__(self, images: jax.Array, masking: Masking | None = None, *,
@@ -101,7 +108,7 @@ class Encoder(nn.Module):
         drop_path_rate=cfg.drop_path_rate, deterministic=not train,
         remat_policy=cfg.remat_policy, scan=cfg.scan_layers,
         attention_impl=cfg.attention_impl, name="blocks", **kw)(x)
-    return layer_norm(name="norm", **kw)(x)
+    return layer_norm(name="norm", **kw)(x) if self.final_norm else x
 
 
 class Decoder(nn.Module):
