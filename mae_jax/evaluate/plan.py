@@ -10,12 +10,10 @@ classes, and the checkpoint `init_from` points at. Every mistake is a
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import ml_collections
 
 from mae_jax import data as input_pipeline
-from mae_jax import sharding
 from mae_jax.evaluate import init_checkpoint
 from mae_jax.model.config import ModelConfig
 from mae_jax.train import plan as plan_lib
@@ -119,15 +117,9 @@ def make_eval_plan(config: ml_collections.ConfigDict, *, num_devices: int,
   check_job_fields(config)
   model = plan_lib.model_config_from(config)
   data = config.data
-  for field, expected in (("image_size", model.image_size), ("channels", model.channels)):
-    _require(data[field] == expected, f"data.{field}", data[field],
-             f"config.model.{field}={expected}: they must agree")
+  plan_lib.check_data_fits_model(data, model)
   input_pipeline.validate_data_config(data)
-  mesh_shape = sharding.mesh_shape(config.mesh.to_dict(), num_devices)
-  rules = sharding.rules_from_config(config.logical_axis_rules)
-  axes = sharding.batch_axes(rules)
-  axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-  data_parallel = math.prod(dict(zip(sharding.MESH_AXES, mesh_shape))[a] for a in axes)
+  mesh_shape, rules, data_parallel = plan_lib.mesh_plan(config, num_devices)
   eval_batch = config.eval_batch_size if config.eval_batch_size > 0 else config.global_batch_size
   batches = {"eval_batch_size": eval_batch}
   if config.job != "knn":

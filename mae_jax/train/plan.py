@@ -100,22 +100,36 @@ def check_knn_monitor_fields(config: ml_collections.ConfigDict) -> None:
                        "is on); or set config.knn_every_steps=0.")
 
 
-def make_plan(config: ml_collections.ConfigDict, *, num_devices: int,
-              process_count: int) -> RunPlan:
-  model = model_config_from(config)
-  check_training_fields(config)
-  data = config.data
+def check_data_fits_model(data: ml_collections.ConfigDict, model: ModelConfig) -> None:
+  """The images the pipeline makes are the images the model expects."""
   for field, expected in (("image_size", model.image_size), ("channels", model.channels)):
     if data[field] != expected:
       raise ValueError(
           f"config.data.{field}={data[field]} but config.model.{field}={expected}: "
           "they must agree.")
-  input_pipeline.validate_data_config(data)
+
+
+def mesh_plan(config: ml_collections.ConfigDict, num_devices: int
+              ) -> tuple[tuple[int, ...], Any, int]:
+  """(mesh shape, logical-axis rules, data-parallel size: the product of the
+  mesh axes the batch is split over) for `num_devices` devices; a ValueError
+  for a mesh that does not fit them."""
   mesh_shape = sharding.mesh_shape(config.mesh.to_dict(), num_devices)
   rules = sharding.rules_from_config(config.logical_axis_rules)
   axes = sharding.batch_axes(rules)
   axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
   data_parallel = math.prod(dict(zip(sharding.MESH_AXES, mesh_shape))[a] for a in axes)
+  return mesh_shape, rules, data_parallel
+
+
+def make_plan(config: ml_collections.ConfigDict, *, num_devices: int,
+              process_count: int) -> RunPlan:
+  model = model_config_from(config)
+  check_training_fields(config)
+  data = config.data
+  check_data_fits_model(data, model)
+  input_pipeline.validate_data_config(data)
+  mesh_shape, rules, data_parallel = mesh_plan(config, num_devices)
   batch, accum = config.global_batch_size, config.grad_accum_steps
   if batch % accum:
     raise ValueError(
