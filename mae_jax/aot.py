@@ -41,7 +41,6 @@ import dataclasses
 import json
 import math
 import sys
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -167,12 +166,9 @@ def plan_without_data(config, devices):
   # value is still refused).
   config = config.copy_and_resolve_references()
   config.knn_every_steps = min(config.knn_every_steps, 0)
-  # make_plan checks the dataset through these two functions; everything
-  # else it checks (model, batch split, mesh) applies here unchanged.
-  data_module = plan_lib.input_pipeline
-  with mock.patch.object(data_module, "validate_data_config", lambda data: None), \
-       mock.patch.object(data_module, "dataset_info", lambda data: (sizes, None)):
-    return plan_lib.make_plan(config, num_devices=len(devices), process_count=hosts)
+  # Everything else make_plan checks (model, batch split, mesh) applies here.
+  return plan_lib.make_plan(config, num_devices=len(devices), process_count=hosts,
+                            known_dataset=(sizes, None))
 
 
 def slices_per_axis(mesh) -> dict:

@@ -122,13 +122,20 @@ def mesh_plan(config: ml_collections.ConfigDict, num_devices: int
   return mesh_shape, rules, data_parallel
 
 
-def make_plan(config: ml_collections.ConfigDict, *, num_devices: int,
-              process_count: int) -> RunPlan:
+def make_plan(config: ml_collections.ConfigDict, *, num_devices: int, process_count: int,
+              known_dataset: tuple[dict[str, int], int | None] | None = None) -> RunPlan:
+  """Checks the config against the devices and the dataset; the run's numbers.
+
+  `known_dataset`: ({split: size}, num_classes) for a planner that cannot
+  read the data (the AOT pod planner); by default the dataset is opened
+  and checked.
+  """
   model = model_config_from(config)
   check_training_fields(config)
   data = config.data
   check_data_fits_model(data, model)
-  input_pipeline.validate_data_config(data)
+  if known_dataset is None:
+    input_pipeline.validate_data_config(data)
   mesh_shape, rules, data_parallel = mesh_plan(config, num_devices)
   batch, accum = config.global_batch_size, config.grad_accum_steps
   if batch % accum:
@@ -145,7 +152,7 @@ def make_plan(config: ml_collections.ConfigDict, *, num_devices: int,
   if batch % process_count:
     raise ValueError(
         f"config.global_batch_size={batch} does not split over {process_count} hosts.")
-  splits, num_classes = input_pipeline.dataset_info(data)
+  splits, num_classes = known_dataset or input_pipeline.dataset_info(data)
   if config.knn_every_steps > 0 and num_classes is None:
     raise ValueError(
         f"config.knn_every_steps={config.knn_every_steps} but config.data "
