@@ -24,6 +24,15 @@ Presets:
 Options: runlocal, epochs=N, batch=N, scratch (= --config.baseline=random_init
 --config.optimizer.layer_decay=1.0: training from scratch, where
 layer-wise decay has nothing to preserve).
+
+Gradient accumulation: --config.grad_accum_steps=N (default 1) splits each
+global batch into N micro-batches and averages their gradients, for a
+smaller per-chip batch with the same update; the batch is mixed (Mixup /
+CutMix) whole before the split. global_batch_size stays the effective
+batch, the one the lr scales with (base_lr * global_batch_size / 256), as
+the reference's eff_batch = batch * accum_iter * GPUs: keep it and raise N
+to fit in memory. It must be divisible by N, and each micro-batch by the
+data-parallel devices.
 """
 
 import ml_collections

@@ -23,15 +23,16 @@ from configs import finetune as finetune_config
 from configs import knn as knn_config
 from configs import linprobe as linprobe_config
 from mae_jax import checkpointing, sharding
-from mae_jax.evaluate import init_checkpoint, knn, linprobe, runtime
-from mae_jax.evaluate.models import ProbeHead, frozen_features
+from mae_jax.evaluate import finetune, init_checkpoint, knn, linprobe, runtime
+from mae_jax.evaluate.layer_decay import finetune_adamw
+from mae_jax.evaluate.models import ProbeHead, ViTClassifier, frozen_features
 from mae_jax.evaluate.plan import make_eval_plan
 from mae_jax.main import run_job
 from mae_jax.model.config import ModelConfig
 from mae_jax.model.layout import stack_layers
 from mae_jax.model.mae import Encoder, MaskedAutoencoder
-from mae_jax.train.pretrain import mesh_context
-from tests.test_pretrain import final_params, tiny_config
+from mae_jax.train.pretrain import create_state, mesh_context, state_layout
+from tests.test_pretrain import _without_key_bias, final_params, tiny_config
 
 TINY_MODEL = dict(image_size=16, patch_size=4, width=32, depth=1, heads=2, decoder_width=32,
                   decoder_depth=1, decoder_heads=2)
@@ -201,6 +202,71 @@ def test_finetune_job_from_a_pretrained_encoder(pretrained, tmp_path, digits_dat
       os.path.join(workdir, "checkpoints"),
       {"params": {"head": {"kernel": jax.ShapeDtypeStruct((32, 10), jnp.float32)}}}, step=4)
   assert np.isfinite(np.asarray(restored["params"]["head"]["kernel"])).all()
+
+
+def _finetune_step(accum: int):
+  """One fine-tuning step on 16 images over an 8-device data mesh, Mixup /
+  CutMix and label smoothing on (the digits preset's), drop path off."""
+  model = ViTClassifier(ModelConfig(channels=1, **TINY_MODEL), num_classes=10,
+                        head_init_std=0.02)
+  config = finetune_config.get_config("digits")
+  config.grad_accum_steps = accum
+  schedule = optax.constant_schedule(1e-3)
+  abstract = jax.eval_shape(lambda k: create_state(model, optax.identity(), k).params,
+                            jax.random.key(0))
+  tx = finetune_adamw(schedule, abstract, depth=1, layer_decay=0.65, weight_decay=0.05)
+  mesh, rules = sharding.make_mesh({"data": 8}), sharding.DEFAULT_RULES
+  shardings, _ = state_layout(model, tx, mesh, rules)
+  batch_sharding = sharding.batch_sharding(mesh, rules)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.normal(size=(16, 16, 16, 1)).astype(np.float32),
+           "label": rng.integers(0, 10, size=16).astype(np.int32)}
+  with mesh_context(mesh, rules):
+    state = jax.jit(lambda k: create_state(model, tx, k), out_shardings=shardings)(
+        jax.random.key(0))
+    step = jax.jit(finetune.make_finetune_step(model, tx, schedule, seed_key=jax.random.key(1),
+                                               config=config),
+                   in_shardings=(shardings, batch_sharding),
+                   out_shardings=(shardings, sharding.replicated(mesh)))
+    state, metrics = step(state, jax.device_put(batch, batch_sharding))
+  return jax.device_get(state.params), jax.device_get(metrics)
+
+
+def test_finetune_gradient_accumulation_equals_the_full_batch_step():
+  """The global batch is mixed once, then split: 2 micro-batches (one image
+  per device each) make the update of the whole batch."""
+  (full, full_metrics), (accumulated, metrics) = _finetune_step(1), _finetune_step(2)
+  assert float(metrics["loss"]) == pytest.approx(float(full_metrics["loss"]), rel=1e-6)
+  assert float(metrics["grad_norm"]) == pytest.approx(float(full_metrics["grad_norm"]),
+                                                      rel=1e-5)
+  jax.tree_util.tree_map_with_path(
+      lambda path, a, b: np.testing.assert_allclose(*_without_key_bias(path, a, b), atol=1e-6,
+                                                    rtol=1e-5, err_msg=str(path)),
+      full, accumulated)
+
+
+@pytest.mark.parametrize("module, accum, message", [
+    (finetune_config, 0, r"grad_accum_steps=0: an integer >= 1"),
+    (finetune_config, True, r"grad_accum_steps=True: an integer >= 1"),
+    (finetune_config, 3, r"global_batch_size=16: not divisible by config.grad_accum_steps=3"),
+    (finetune_config, 4, r"= 4 images per micro-batch do not split over the 8 data-parallel"
+                         r".*multiple of 32"),
+    (linprobe_config, 2, r"grad_accum_steps=2: .*fine-tuning only, not 'linprobe'"),
+    (knn_config, 2, r"grad_accum_steps=2: .*fine-tuning only, not 'knn'"),
+])
+def test_bad_gradient_accumulation_fails_before_compiling(module, accum, message,
+                                                          digits_data_dir):
+  config = eval_config(module, digits_data_dir, baseline="random_init", grad_accum_steps=accum)
+  with pytest.raises(ValueError, match=message):
+    make_eval_plan(config, num_devices=8, process_count=1)
+
+
+def test_finetune_plan_with_gradient_accumulation(digits_data_dir):
+  config = eval_config(finetune_config, digits_data_dir, baseline="random_init",
+                       grad_accum_steps=2)
+  plan = make_eval_plan(config, num_devices=8, process_count=1)
+  # The schedule (steps per epoch) follows the global batch; only the micro-batch shrinks.
+  assert plan.micro_batch_size == 8 and plan.steps_per_epoch == 1497 // 16
 
 
 @pytest.mark.parametrize("change, message", [

@@ -6,8 +6,10 @@ Reference recipe (main_finetune.py): the pretrained encoder plus a head
 lr decay, drop path, Mixup 0.8 / CutMix 1.0 (switch 0.5) with label
 smoothing 0.1 (on the device, in the step), RandAugment (9, 0.5) and random
 erasing 0.25 (in tf.data), lr = base_lr * batch / 256 with warm-up then
-cosine to min_lr. `config.baseline = "random_init"` trains the same network
-from its initialisation ("from scratch").
+cosine to min_lr, where batch is the global batch also under gradient
+accumulation (`grad_accum_steps`, the reference's accum_iter).
+`config.baseline = "random_init"` trains the same network from its
+initialisation ("from scratch").
 
 The whole classifier is trained, so its state is pretraining's
 `TrainState` and it checkpoints and resumes the same way.
@@ -29,6 +31,7 @@ from mae_jax.evaluate.loop import train_loop
 from mae_jax.evaluate.mixup import mix_batch, soft_cross_entropy
 from mae_jax.evaluate.models import ViTClassifier
 from mae_jax.model.mae import Encoder
+from mae_jax.train.accumulate import accumulate
 from mae_jax.train.pretrain import create_state, mesh_context, state_layout, with_shardings
 from mae_jax.train.state import TrainState
 
@@ -36,20 +39,30 @@ from mae_jax.train.state import TrainState
 def make_finetune_step(model: ViTClassifier, tx, schedule, *, seed_key: jax.Array,
                        config) -> Callable:
   """step(state, batch) -> (state, metrics); mixing and drop path draw from
-  fold_in(seed_key, step), so a resumed run repeats them exactly."""
+  fold_in(seed_key, step), so a resumed run repeats them exactly.
+
+  With `config.grad_accum_steps` = k > 1 the global batch is mixed once, as
+  without accumulation (Mixup pairs image i with image N-1-i of the whole
+  batch), then split into k micro-batches whose mean loss and gradient make
+  the update; micro-batch i draws drop path from fold_in(drop_key, i). With
+  k = 1 drop path uses drop_key itself, as before accumulation existed.
+  """
   mix = dict(num_classes=model.num_classes, mixup_alpha=config.mixup,
              cutmix_alpha=config.cutmix, switch_prob=config.mixup_switch_prob,
              smoothing=config.label_smoothing)
+  accum = config.grad_accum_steps
 
   def step(state: TrainState, batch: dict):
     mix_key, drop_key = jax.random.split(jax.random.fold_in(seed_key, state.step))
-    images, targets = mix_batch(mix_key, batch["image"], batch["label"], **mix)
+    mixed = mix_batch(mix_key, batch["image"], batch["label"], **mix)
 
-    def loss_fn(params):
-      logits = model.apply({"params": params}, images, train=True, rngs={"dropout": drop_key})
+    def loss_fn(params, micro, index):
+      images, targets = micro
+      key = drop_key if accum == 1 else jax.random.fold_in(drop_key, index)
+      logits = model.apply({"params": params}, images, train=True, rngs={"dropout": key})
       return soft_cross_entropy(logits, targets).mean()
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    loss, grads = accumulate(jax.value_and_grad(loss_fn), state.params, mixed, accum)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "learning_rate": schedule(state.step),

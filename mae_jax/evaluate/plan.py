@@ -39,7 +39,7 @@ class EvalPlan:
   num_train_examples: int
   num_eval_examples: int
   init: init_checkpoint.InitCheckpoint | None   # None for the baselines
-  micro_batch_size: int = 0                     # = global batch (no accumulation)
+  micro_batch_size: int = 0                     # global batch / grad_accum_steps
 
 
 def _require(ok: bool, field: str, value, what: str) -> None:
@@ -67,13 +67,20 @@ def check_job_fields(config: ml_collections.ConfigDict) -> None:
   _require(config.num_classes == -1 or config.num_classes > 0, "num_classes",
            config.num_classes, "-1 (from the dataset) or > 0")
   _require(config.init_step >= -1, "init_step", config.init_step, "-1 (newest) or a step")
+  accum = config.grad_accum_steps
+  if job == "finetune":
+    _require(isinstance(accum, int) and not isinstance(accum, bool) and accum >= 1,
+             "grad_accum_steps", accum, "an integer >= 1 (1 = no accumulation)")
+  else:
+    # The probe's BatchNorm normalises over the whole batch, which
+    # micro-batches would change, and k-NN trains nothing.
+    _require(accum == 1, "grad_accum_steps", accum,
+             f"gradient accumulation is for fine-tuning only, not {job!r}; leave it at 1")
   if job == "knn":
     _require(config.knn_k >= 1, "knn_k", config.knn_k, "must be >= 1")
     _require(config.knn_temperature > 0, "knn_temperature", config.knn_temperature,
              "must be > 0")
     return
-  _require(config.grad_accum_steps == 1, "grad_accum_steps", config.grad_accum_steps,
-           "evaluation jobs do not accumulate gradients yet; use 1")
   _require(config.global_batch_size > 0, "global_batch_size", config.global_batch_size, "> 0")
   _require(config.num_epochs > 0 or config.num_train_steps > 0, "num_epochs",
            config.num_epochs, "set num_epochs or num_train_steps > 0")
@@ -121,13 +128,27 @@ def make_eval_plan(config: ml_collections.ConfigDict, *, num_devices: int,
   input_pipeline.validate_data_config(data)
   mesh_shape, rules, data_parallel = plan_lib.mesh_plan(config, num_devices)
   eval_batch = config.eval_batch_size if config.eval_batch_size > 0 else config.global_batch_size
+  devices = data_parallel * process_count
+  batch, accum = config.global_batch_size, config.grad_accum_steps
+  micro = batch // accum
+  if accum > 1:
+    _require(batch % accum == 0, "global_batch_size", batch,
+             f"not divisible by config.grad_accum_steps={accum}")
+    # Every micro-batch is spread over all the devices (strided rows, see
+    # mae_jax.train.accumulate), so it must split as a whole batch would.
+    if micro % devices:
+      raise ValueError(
+          f"config.global_batch_size={batch} / config.grad_accum_steps={accum} = {micro} "
+          f"images per micro-batch do not split over the {data_parallel} data-parallel "
+          f"devices and {process_count} hosts: make the global batch a multiple of "
+          f"{devices * accum}.")
   batches = {"eval_batch_size": eval_batch}
   if config.job != "knn":
     batches["global_batch_size"] = config.global_batch_size
-  for field, batch in batches.items():
-    _require(batch % (data_parallel * process_count) == 0, field, batch,
+  for field, size in batches.items():
+    _require(size % devices == 0, field, size,
              f"must split over the {data_parallel} data-parallel devices and "
-             f"{process_count} hosts: use a multiple of {data_parallel * process_count}")
+             f"{process_count} hosts: use a multiple of {devices}")
 
   splits, dataset_classes = input_pipeline.dataset_info(data)
   if dataset_classes is None:
@@ -157,4 +178,4 @@ def make_eval_plan(config: ml_collections.ConfigDict, *, num_devices: int,
                   eval_batch_size=eval_batch, steps_per_epoch=steps_per_epoch,
                   total_steps=total, warmup_steps=warmup, num_train_examples=num_train,
                   num_eval_examples=num_eval, init=init,
-                  micro_batch_size=config.global_batch_size)
+                  micro_batch_size=micro)

@@ -12,7 +12,7 @@ so k micro-batches give the update of one full batch.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +20,7 @@ import optax
 
 from mae_jax.model.loss import patch_targets
 from mae_jax.model.mae import MaskedAutoencoder
+from mae_jax.train.accumulate import accumulate
 from mae_jax.train.state import TrainState
 
 
@@ -33,9 +34,10 @@ def make_train_step(model: MaskedAutoencoder, tx: optax.GradientTransformation,
   """Returns train_step(state, batch) -> (state, metrics).
 
   With gradient accumulation the global batch (and its noise) is split into
-  `grad_accum_steps` micro-batches, scanned; gradients are averaged, which
-  equals the reference's loss / accum_iter and, since every micro-batch
-  removes the same number of patches, the full-batch gradient.
+  `grad_accum_steps` micro-batches (`mae_jax.train.accumulate`), scanned;
+  gradients are averaged, which equals the reference's loss / accum_iter
+  and, since every micro-batch removes the same number of patches, the
+  full-batch gradient.
   """
 
   def loss_fn(params, images, noise):
@@ -47,21 +49,8 @@ def make_train_step(model: MaskedAutoencoder, tx: optax.GradientTransformation,
     images = batch["image"]
     noise = jax.random.uniform(masking_key(seed_key, state.step),
                                (images.shape[0], model.config.num_patches))
-    if grad_accum_steps == 1:
-      loss, grads = grad_fn(state.params, images, noise)
-    else:
-      def split(x):
-        # Micro-batch i takes rows i, i+k, i+2k, ...: every device keeps an
-        # equal share of each micro-batch, with no data movement.
-        return jnp.swapaxes(x.reshape((-1, grad_accum_steps) + x.shape[1:]), 0, 1)
-
-      def accumulate(carry, micro_batch):
-        loss, grads = grad_fn(state.params, *micro_batch)
-        return jax.tree.map(jnp.add, carry, (loss, grads)), None
-
-      zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
-      (loss, grads), _ = jax.lax.scan(accumulate, zeros, (split(images), split(noise)))
-      loss, grads = jax.tree.map(lambda x: x / grad_accum_steps, (loss, grads))
+    loss, grads = accumulate(lambda params, micro, _: grad_fn(params, *micro), state.params,
+                             (images, noise), grad_accum_steps)
     grad_norm = optax.tree.norm(grads)
     # A non-finite loss or gradient never reaches the parameters: the step
     # keeps the old state (the loop then stops or counts, per config).
