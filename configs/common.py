@@ -105,7 +105,7 @@ def base_eval_config(job: str) -> ml_collections.ConfigDict:
   c.baseline = ""                 # "" | random_init | raw_pixels (then init_from stays empty)
   c.feature = "cls"               # cls | pool
   c.num_classes = -1              # -1 = the dataset's
-  c.eval_batch_size = -1          # -1 = global_batch_size
+  c.eval_batch_size = -1          # -1 = the micro-batch, global_batch_size / grad_accum_steps
   c.head_init_std = 0.01
   c.cache_features = False        # linprobe: features once, if the train transform is fixed
   c.mixup = 0.0                   # finetune: Mixup alpha (0 = off)

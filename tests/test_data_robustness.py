@@ -15,7 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 from mae_jax import data
-from mae_jax.data import augment, input_pipeline, sources
+from mae_jax.data import augment, sources
 
 RNG = np.random.RandomState(0)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 
 import flax.linen as nn
 import jax
@@ -32,7 +33,8 @@ from mae_jax.model.config import ModelConfig
 from mae_jax.model.layout import stack_layers
 from mae_jax.model.mae import Encoder, MaskedAutoencoder
 from mae_jax.train.pretrain import create_state, mesh_context, state_layout
-from tests.test_pretrain import _without_key_bias, final_params, tiny_config
+from mae_jax.train.nonfinite import NonFiniteError
+from tests.test_pretrain import _nan_batch_at, _without_key_bias, final_params, tiny_config
 
 TINY_MODEL = dict(image_size=16, patch_size=4, width=32, depth=1, heads=2, decoder_width=32,
                   decoder_depth=1, decoder_heads=2)
@@ -157,6 +159,20 @@ def test_probe_separates_linearly_separable_features():
   assert result["eval_top1"] == 100.0
 
 
+def test_probe_step_keeps_its_state_on_non_finite_features():
+  """BatchNorm's running statistics too: NaN features would poison them for good."""
+  head, tx = ProbeHead(4), optax.sgd(0.1, momentum=0.9)
+  state = linprobe.create_probe_state(head, tx, jax.random.key(0), 8)
+  step = jax.jit(linprobe.make_probe_step(head, tx, optax.constant_schedule(0.1), None))
+  features = np.random.default_rng(0).normal(size=(8, 8)).astype(np.float32)
+  features[3, 1] = np.nan
+  new_state, metrics = step(state, None, {"features": features, "label": np.arange(8) % 4})
+  assert float(metrics["nonfinite"]) == 1.0 and int(new_state.step) == 1
+  jax.tree.map(np.testing.assert_array_equal,
+               (new_state.params, new_state.batch_stats, new_state.opt_state),
+               (state.params, state.batch_stats, state.opt_state))
+
+
 def test_knn_classifies_separated_clusters():
   rng = np.random.default_rng(0)
   centres = rng.normal(size=(7, 8))
@@ -202,6 +218,73 @@ def test_finetune_job_from_a_pretrained_encoder(pretrained, tmp_path, digits_dat
       os.path.join(workdir, "checkpoints"),
       {"params": {"head": {"kernel": jax.ShapeDtypeStruct((32, 10), jnp.float32)}}}, step=4)
   assert np.isfinite(np.asarray(restored["params"]["head"]["kernel"])).all()
+
+
+def _checkpoint_steps(workdir: str) -> list[int]:
+  return sorted(checkpointing.manager(os.path.join(workdir, "checkpoints"),
+                                      read_only=True).all_steps())
+
+
+def test_nan_batch_stops_fine_tuning_before_any_bad_checkpoint(tmp_path, digits_data_dir,
+                                                              monkeypatch):
+  _nan_batch_at(monkeypatch, bad_batch_index=2)  # the 3rd step; checkpoints every 2
+  workdir = str(tmp_path / "finetune_nan")
+  config = eval_config(finetune_config, digits_data_dir, baseline="random_init")
+  with pytest.raises(NonFiniteError, match="step 3 .*Last good checkpoint: step 2"):
+    run_job(config, workdir)
+  assert _checkpoint_steps(workdir) == [2]
+
+
+def test_nan_batch_in_fine_tuning_is_skipped_and_counted_when_asked(tmp_path, digits_data_dir,
+                                                                   monkeypatch):
+  _nan_batch_at(monkeypatch, bad_batch_index=2)
+  workdir = str(tmp_path / "finetune_skip")
+  config = eval_config(finetune_config, digits_data_dir, baseline="random_init",
+                       nonfinite="skip")
+  assert run_job(config, workdir)["step"] == 4 and _checkpoint_steps(workdir) == [4]
+  lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert {l["step"]: l["skipped_steps"] for l in lines if "skipped_steps" in l} == {2: 0, 4: 1}
+  restored = checkpointing.restore_state(
+      os.path.join(workdir, "checkpoints"),
+      {"params": {"head": {"kernel": jax.ShapeDtypeStruct((32, 10), jnp.float32)}}}, step=4)
+  assert np.isfinite(np.asarray(restored["params"]["head"]["kernel"])).all()
+
+
+def test_sigterm_during_fine_tuning_saves_and_resumes(tmp_path, digits_data_dir, monkeypatch):
+  """A real SIGTERM (sent while the 2nd batch is read): the job saves that
+  step, waits for it, raises Preempted (exit 75 from main); the rerun
+  resumes there and ends where an uninterrupted run ends."""
+  from mae_jax.train import pretrain
+  from mae_jax.train.preemption import Preempted
+  config = eval_config(finetune_config, digits_data_dir, baseline="random_init",
+                       checkpoint_every_steps=4)
+  uninterrupted = str(tmp_path / "uninterrupted")
+  run_job(config, uninterrupted)
+
+  original = pretrain.input_pipeline.make_iterator
+
+  def make_iterator(*args, train, start_step=0, **kwargs):
+    iterator = original(*args, train=train, start_step=start_step, **kwargs)
+    def signalling():
+      for index, batch in enumerate(iterator, start=start_step):
+        if train and index == 1:
+          os.kill(os.getpid(), signal.SIGTERM)
+        yield batch
+    return signalling()
+
+  monkeypatch.setattr(pretrain.input_pipeline, "make_iterator", make_iterator)
+  workdir = str(tmp_path / "preempted")
+  with pytest.raises(Preempted):
+    run_job(config, workdir)
+  assert _checkpoint_steps(workdir) == [2]
+  monkeypatch.undo()
+  assert run_job(config, workdir)["step"] == 4
+  abstract = {"params": {"head": {"kernel": jax.ShapeDtypeStruct((32, 10), jnp.float32)}}}
+  resumed, reference = (checkpointing.restore_state(os.path.join(w, "checkpoints"), abstract,
+                                                    step=4)
+                        for w in (workdir, uninterrupted))
+  np.testing.assert_array_equal(resumed["params"]["head"]["kernel"],
+                                reference["params"]["head"]["kernel"])
 
 
 def _finetune_step(accum: int):
@@ -263,10 +346,12 @@ def test_bad_gradient_accumulation_fails_before_compiling(module, accum, message
 
 def test_finetune_plan_with_gradient_accumulation(digits_data_dir):
   config = eval_config(finetune_config, digits_data_dir, baseline="random_init",
-                       grad_accum_steps=2)
+                       grad_accum_steps=2, eval_batch_size=-1)
   plan = make_eval_plan(config, num_devices=8, process_count=1)
   # The schedule (steps per epoch) follows the global batch; only the micro-batch shrinks.
   assert plan.micro_batch_size == 8 and plan.steps_per_epoch == 1497 // 16
+  # Unset, the eval batch is the micro-batch, as in pretraining.
+  assert plan.eval_batch_size == 8
 
 
 @pytest.mark.parametrize("change, message", [
@@ -279,6 +364,7 @@ def test_finetune_plan_with_gradient_accumulation(digits_data_dir):
     (dict(feature="mean"), "feature"),
     (dict(optimizer={"name": "sgd"}), "lars"),
     (dict(cache_features=True, data={"random_resized_crop": True}), "cache_features"),
+    (dict(nonfinite="ignore"), "nonfinite='ignore': 'stop' or 'skip'"),
 ])
 def test_bad_evaluation_configs_fail_before_compiling(change, message, pretrained,
                                                       digits_data_dir):

@@ -308,7 +308,7 @@ def _nan_batch_at(monkeypatch, bad_batch_index: int):
 
 def test_nan_batch_stops_the_run_before_any_bad_checkpoint(tmp_path, digits_data_dir,
                                                            monkeypatch):
-  from mae_jax.train.pretrain import NonFiniteError
+  from mae_jax.train.nonfinite import NonFiniteError
   _nan_batch_at(monkeypatch, bad_batch_index=3)  # the 4th step
   workdir = str(tmp_path / "run")
   with pytest.raises(NonFiniteError, match="step 4 .*Last good checkpoint: step 3"):

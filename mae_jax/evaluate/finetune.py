@@ -32,6 +32,7 @@ from mae_jax.evaluate.mixup import mix_batch, soft_cross_entropy
 from mae_jax.evaluate.models import ViTClassifier
 from mae_jax.model.mae import Encoder
 from mae_jax.train.accumulate import accumulate
+from mae_jax.train.nonfinite import guarded_update
 from mae_jax.train.pretrain import create_state, mesh_context, state_layout, with_shardings
 from mae_jax.train.state import TrainState
 
@@ -63,10 +64,16 @@ def make_finetune_step(model: ViTClassifier, tx, schedule, *, seed_key: jax.Arra
       return soft_cross_entropy(logits, targets).mean()
 
     loss, grads = accumulate(jax.value_and_grad(loss_fn), state.params, mixed, accum)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "learning_rate": schedule(state.step),
-               "grad_norm": optax.tree.norm(grads)}
+
+    def apply_update(params, opt_state):
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
+
+    # As pretraining: a non-finite step keeps the old state, the loop stops or counts.
+    (params, opt_state), grad_norm, nonfinite = guarded_update(
+        loss, grads, apply_update, state.params, state.opt_state)
+    metrics = {"loss": loss, "learning_rate": schedule(state.step), "grad_norm": grad_norm,
+               "nonfinite": nonfinite}
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return step

@@ -34,6 +34,7 @@ from mae_jax.evaluate.encoders import feature_source, frozen_encoder
 from mae_jax.evaluate.lars import lars
 from mae_jax.evaluate.loop import train_loop
 from mae_jax.evaluate.models import ProbeHead
+from mae_jax.train.nonfinite import guarded_update
 from mae_jax.train.pretrain import mesh_context, with_shardings
 
 
@@ -81,11 +82,19 @@ def make_probe_step(head: ProbeHead, tx, schedule, features_fn: Callable | None)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
       return loss, (logits, updates["batch_stats"])
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (loss, (logits, new_batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "learning_rate": schedule(state.step),
+
+    def apply_update(params, opt_state, _):
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state, new_batch_stats
+
+    # As pretraining: a non-finite step keeps the old state, BatchNorm's running
+    # statistics included (non-finite features would poison them for good).
+    (params, opt_state, batch_stats), grad_norm, nonfinite = guarded_update(
+        loss, grads, apply_update, state.params, state.opt_state, state.batch_stats)
+    metrics = {"loss": loss, "learning_rate": schedule(state.step), "grad_norm": grad_norm,
+               "nonfinite": nonfinite,
                "train_top1": 100.0 * jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
     return ProbeState(step=state.step + 1, params=params, batch_stats=batch_stats,
                       opt_state=opt_state), metrics

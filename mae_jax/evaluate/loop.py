@@ -2,7 +2,10 @@
 
 The same rhythm as pretraining's loop (and its metrics.jsonl / TensorBoard
 writer and progress bar), over any state with `step` and `to_checkpoint()`,
-any batch stream and any evaluation function.
+any batch stream and any evaluation function; non-finite steps stop the
+run or are counted as there (`mae_jax.train.nonfinite`), and a preemption
+notice (SIGTERM, or JAX's sync point on several hosts) saves, waits and
+exits "resumable" (75) as there.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import jax
 
 from mae_jax import checkpointing
 from mae_jax.metrics import MetricsWriter
+from mae_jax.train.nonfinite import FiniteCheck
+from mae_jax.train.preemption import Preempted, PreemptionWatcher
 from mae_jax.train.pretrain import make_progress, summarise
 
 
@@ -22,6 +27,11 @@ def train_loop(config, plan, workdir: str, mngr, metadata: dict, state: Any,
                evaluate: Callable[[Any], dict], *, is_main: bool) -> tuple[Any, dict]:
   """Runs steps from `state.step` to `plan.total_steps`; returns (state, final metrics).
 
+  `train_step` returns metrics with a "nonfinite" flag (1: the step kept
+  the old state). At each log step and before every save the run stops on
+  one (`NonFiniteError`), or, with config.nonfinite=skip, counts them in
+  `skipped_steps`.
+
   Args:
     batches: start_step -> iterator of global batches, replaying the stream
       from that step (resume).
@@ -29,13 +39,25 @@ def train_loop(config, plan, workdir: str, mngr, metadata: dict, state: Any,
       `config.eval_every_steps` and at the end.
   """
   start = int(jax.device_get(state.step))
-  total = plan.total_steps
   writer = MetricsWriter(workdir, start_step=start, enabled=is_main)
-  progress = make_progress(config.progress_bar, start, total, is_main)
-  stream = batches(start)
+  progress = make_progress(config.progress_bar, start, plan.total_steps, is_main)
+  watcher = PreemptionWatcher()
+  try:
+    return _run(config, plan, mngr, metadata, state, train_step, batches(start), evaluate,
+                writer, progress, watcher, start)
+  finally:
+    watcher.close()
+    progress.close()
+    writer.close()
+
+
+def _run(config, plan, mngr, metadata, state, train_step, stream, evaluate, writer, progress,
+         watcher, start):
+  total = plan.total_steps
   final: dict = {"step": start}
   pending, interval_start, interval_steps = [], time.perf_counter(), 0
   in_flight = None
+  finite_check = FiniteCheck(config.nonfinite, mngr)
   for step in range(start, total):
     batch = next(stream)
     if in_flight is not None:
@@ -47,11 +69,20 @@ def train_loop(config, plan, workdir: str, mngr, metadata: dict, state: Any,
     state, metrics = train_step(state, batch)
     pending.append(metrics)
     in_flight = metrics
+    finite_check.record(step + 1, metrics)
     interval_steps += 1
     done = step + 1
     last = done == total
+    if watcher.reached(done):
+      # As in pretraining: save this step, wait for it, exit "resumable".
+      finite_check.check()
+      checkpointing.save(mngr, done, state.to_checkpoint(), metadata, force=True)
+      checkpointing.wait_for_saves(mngr)
+      progress.log(f"Preempted at step {done}: checkpoint complete.")
+      raise Preempted(done, str(mngr.directory))
     if done % config.log_every_steps == 0 or last:
       summary = summarise(pending)
+      summary["skipped_steps"] = finite_check.check()
       summary["examples_per_sec"] = (interval_steps * config.global_batch_size
                                      / (time.perf_counter() - interval_start))
       writer.write(done, summary)
@@ -64,12 +95,11 @@ def train_loop(config, plan, workdir: str, mngr, metadata: dict, state: Any,
       progress.log(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in eval_metrics.items()))
       final.update(eval_metrics)
     if done % config.checkpoint_every_steps == 0 or last:
+      finite_check.check()
       checkpointing.save(mngr, done, state.to_checkpoint(), metadata)
     if done % config.log_every_steps == 0 or last:
       interval_start = time.perf_counter()  # evaluation and saving are not throughput
     final["step"] = done
-  progress.close()
   if start >= total:  # a finished run asked again: just report
     final.update(evaluate(state))
-  writer.close()
   return state, final

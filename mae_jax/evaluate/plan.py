@@ -89,6 +89,7 @@ def check_job_fields(config: ml_collections.ConfigDict) -> None:
   for name in ("checkpoint_every_steps", "keep_checkpoints", "log_every_steps",
                "eval_every_steps"):
     _require(config[name] > 0, name, config[name], "> 0")
+  plan_lib.check_nonfinite(config)
   opt = config.optimizer
   _require(opt.base_lr > 0, "optimizer.base_lr", opt.base_lr, "> 0")
   _require(opt.min_lr >= 0, "optimizer.min_lr", opt.min_lr, ">= 0")
@@ -127,10 +128,12 @@ def make_eval_plan(config: ml_collections.ConfigDict, *, num_devices: int,
   plan_lib.check_data_fits_model(data, model)
   input_pipeline.validate_data_config(data)
   mesh_shape, rules, data_parallel = plan_lib.mesh_plan(config, num_devices)
-  eval_batch = config.eval_batch_size if config.eval_batch_size > 0 else config.global_batch_size
   devices = data_parallel * process_count
   batch, accum = config.global_batch_size, config.grad_accum_steps
   micro = batch // accum
+  # By default the eval batch is the micro-batch, which the train step
+  # already fits in memory (as pretraining's evaluation).
+  eval_batch = config.eval_batch_size if config.eval_batch_size > 0 else micro
   if accum > 1:
     _require(batch % accum == 0, "global_batch_size", batch,
              f"not divisible by config.grad_accum_steps={accum}")

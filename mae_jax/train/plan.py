@@ -17,6 +17,7 @@ import ml_collections
 from mae_jax import sharding
 from mae_jax import data as input_pipeline
 from mae_jax.model.config import ModelConfig
+from mae_jax.train import nonfinite
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,11 +75,16 @@ def check_training_fields(config: ml_collections.ConfigDict) -> None:
     _positive(config, name, config[name])
   _positive(config, "keep_every_steps", config.keep_every_steps, allow_zero=True)
   _positive(config, "device_prefetch", config.device_prefetch, allow_zero=True)
-  if config.nonfinite not in ("stop", "skip"):
-    raise ValueError(f"config.nonfinite={config.nonfinite!r}: 'stop' or 'skip'.")
+  check_nonfinite(config)
   if config.progress_bar not in ("auto", "on", "off"):
     raise ValueError(f"config.progress_bar={config.progress_bar!r}: auto, on or off.")
   check_knn_monitor_fields(config)
+
+
+def check_nonfinite(config: ml_collections.ConfigDict) -> None:
+  """What a training job does on a non-finite step (mae_jax.train.nonfinite)."""
+  if config.nonfinite not in nonfinite.MODES:
+    raise ValueError(f"config.nonfinite={config.nonfinite!r}: 'stop' or 'skip'.")
 
 
 def check_knn_monitor_fields(config: ml_collections.ConfigDict) -> None:

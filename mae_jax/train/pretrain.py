@@ -33,6 +33,7 @@ from mae_jax import data as input_pipeline
 from mae_jax.metrics import MetricsWriter
 from mae_jax.model.mae import MaskedAutoencoder
 from mae_jax.train import optim, plan as plan_lib
+from mae_jax.train.nonfinite import FiniteCheck
 from mae_jax.train.preemption import Preempted, PreemptionWatcher
 from mae_jax.train.state import TrainState
 from mae_jax.train.step import make_eval_step, make_train_step
@@ -231,10 +232,6 @@ def to_global(local_batch: dict, batch_sharding) -> dict:
           for key, value in local_batch.items() if key in ("image", "mask")}
 
 
-class NonFiniteError(FloatingPointError):
-  """A non-finite loss or gradient, with config.nonfinite == "stop"."""
-
-
 class TrainingLoop:
   """The step loop: logging, periodic evaluation, k-NN monitor and checkpoints."""
 
@@ -271,8 +268,8 @@ class TrainingLoop:
   def _run(self, state, train_step, eval_step, train_iter, progress, watcher, start, total):
     config = self.config
     pending: list[dict] = []
-    unchecked: list[tuple[int, jax.Array]] = []  # (step, nonfinite flag) not yet looked at
-    skipped_steps = 0
+    # Stops or counts non-finite steps at each log step and before every save.
+    finite_check = FiniteCheck(config.nonfinite, self.mngr)
     final: dict = {"step": start}
     # Throughput counts train steps only: evaluation and checkpoint time is
     # subtracted from the interval (`paused`).
@@ -285,9 +282,9 @@ class TrainingLoop:
       pending.append(metrics)
       interval_steps += 1
       done = step + 1
-      unchecked.append((done, metrics["nonfinite"]))
+      finite_check.record(done, metrics)
       if watcher.reached(done):
-        skipped_steps += self.check_finite(unchecked)
+        finite_check.check()
         checkpointing.save(self.mngr, done, state.to_checkpoint(), self.metadata, force=True)
         checkpointing.wait_for_saves(self.mngr)
         progress.log(f"Preempted at step {done}: checkpoint complete.")
@@ -301,9 +298,8 @@ class TrainingLoop:
         pending = [metrics]
       last = done == total
       if done % config.log_every_steps == 0 or last:
-        skipped_steps += self.check_finite(unchecked)
         summary = summarise(pending)
-        summary["skipped_steps"] = skipped_steps
+        summary["skipped_steps"] = finite_check.check()
         elapsed = time.perf_counter() - interval_start - paused
         if interval_steps:
           summary["images_per_sec"] = interval_steps * config.global_batch_size / elapsed
@@ -328,7 +324,7 @@ class TrainingLoop:
                      + f" ({time.perf_counter() - knn_start:.1f} s)")
         final.update(knn_metrics)
       if done % config.checkpoint_every_steps == 0 or last:
-        skipped_steps += self.check_finite(unchecked)
+        finite_check.check()
         checkpointing.save(self.mngr, done, state.to_checkpoint(), self.metadata)
       paused += time.perf_counter() - pause_start
       final["step"] = done
@@ -338,26 +334,6 @@ class TrainingLoop:
         final.update(self.knn_monitor(state.params["encoder"]))
     self.final_params = state.params
     return final
-
-  def check_finite(self, unchecked: list[tuple[int, jax.Array]]) -> int:
-    """Counts the non-finite steps since the last check (and empties the list).
-
-    Such steps left the state unchanged (see step.py). With
-    config.nonfinite == "stop" the run stops here, before any checkpoint
-    could be written after them.
-    """
-    flags = jax.device_get([flag for _, flag in unchecked])
-    bad = [step for (step, _), flag in zip(unchecked, flags) if flag > 0]
-    unchecked.clear()
-    if bad and self.config.nonfinite == "stop":
-      latest = self.mngr.latest_step()
-      raise NonFiniteError(
-          f"non-finite loss or gradient at step {bad[0]} (and {len(bad) - 1} later steps); "
-          f"the update was not applied. Last good checkpoint: "
-          f"{'step %d in %s' % (latest, self.mngr.directory) if latest is not None else 'none'}."
-          " Lower the learning rate, check the data, or set config.nonfinite=skip "
-          "to skip such steps and count them.")
-    return len(bad)
 
   def evaluate(self, params, eval_step) -> dict:
     config = self.config
