@@ -48,8 +48,9 @@ class ModelConfig:
   scan_layers: bool = False
   # Stochastic depth, used by fine-tuning (0 for pretraining, as the reference).
   drop_path_rate: float = 0.0
-  # "xla" (default), "cudnn" (fused flash attention on NVIDIA GPUs) or None
-  # to let JAX choose; passed to `jax.nn.dot_product_attention`.
+  # "xla" (default): explicit head-major einsums (vit.attention_heads_first);
+  # "cudnn" (fused flash attention on NVIDIA GPUs) or None (JAX chooses):
+  # through `jax.nn.dot_product_attention`.
   attention_impl: str | None = "xla"
 
   @property
