@@ -34,7 +34,8 @@ from mae_jax.model.layout import stack_layers
 from mae_jax.model.mae import Encoder, MaskedAutoencoder
 from mae_jax.train.pretrain import create_state, mesh_context, state_layout
 from mae_jax.train.nonfinite import NonFiniteError
-from tests.test_pretrain import _nan_batch_at, _without_key_bias, final_params, tiny_config
+from tests.test_pretrain import (_nan_batch_at, _without_key_bias, apply_changes, final_params,
+                                 tiny_config)
 
 TINY_MODEL = dict(image_size=16, patch_size=4, width=32, depth=1, heads=2, decoder_width=32,
                   decoder_depth=1, decoder_heads=2)
@@ -368,12 +369,8 @@ def test_finetune_plan_with_gradient_accumulation(digits_data_dir):
 ])
 def test_bad_evaluation_configs_fail_before_compiling(change, message, pretrained,
                                                       digits_data_dir):
-  config = eval_config(linprobe_config, digits_data_dir, init_from=pretrained)
-  for key, value in change.items():
-    if isinstance(value, dict):
-      config[key].update(value)
-    else:
-      config[key] = value
+  config = apply_changes(eval_config(linprobe_config, digits_data_dir, init_from=pretrained),
+                         change)
   with pytest.raises(ValueError, match=message):
     make_eval_plan(config, num_devices=8, process_count=1)
 

@@ -50,6 +50,16 @@ def tiny_config(data_dir: str, **overrides):
   return config
 
 
+def apply_changes(config, change: dict):
+  """`config` with `change`'s fields set; dict values update sub-configs."""
+  for key, value in change.items():
+    if isinstance(value, dict):
+      config[key].update(value)
+    else:
+      config[key] = value
+  return config
+
+
 def final_params(workdir: str, step: int):
   metadata = checkpointing.read_metadata(os.path.join(workdir, "checkpoints"), step)
   model = MaskedAutoencoder(ModelConfig(**metadata["model"]))
@@ -142,12 +152,7 @@ def test_workdir_of_another_experiment_is_refused(tmp_path, digits_data_dir):
     (dict(global_batch_size=4096), "larger than the 1497 training images"),
 ])
 def test_bad_configs_fail_before_compiling(change, message, digits_data_dir):
-  config = tiny_config(digits_data_dir)
-  for key, value in change.items():
-    if isinstance(value, dict):
-      config[key].update(value)
-    else:
-      config[key] = value
+  config = apply_changes(tiny_config(digits_data_dir), change)
   with pytest.raises(ValueError, match=message):
     make_plan(config, num_devices=8, process_count=1)
 

@@ -18,7 +18,7 @@ import jax
 from mae_jax import checkpointing
 from mae_jax.metrics import MetricsWriter
 from mae_jax.train.nonfinite import FiniteCheck
-from mae_jax.train.preemption import Preempted, PreemptionWatcher
+from mae_jax.train.preemption import PreemptionWatcher, save_and_stop
 from mae_jax.train.pretrain import make_progress, summarise
 
 
@@ -76,10 +76,7 @@ def _run(config, plan, mngr, metadata, state, train_step, stream, evaluate, writ
     if watcher.reached(done):
       # As in pretraining: save this step, wait for it, exit "resumable".
       finite_check.check()
-      checkpointing.save(mngr, done, state.to_checkpoint(), metadata, force=True)
-      checkpointing.wait_for_saves(mngr)
-      progress.log(f"Preempted at step {done}: checkpoint complete.")
-      raise Preempted(done, str(mngr.directory))
+      save_and_stop(mngr, done, state.to_checkpoint(), metadata, progress.log)
     if done % config.log_every_steps == 0 or last:
       summary = summarise(pending)
       summary["skipped_steps"] = finite_check.check()

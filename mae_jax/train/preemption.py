@@ -17,6 +17,8 @@ import threading
 import jax
 from jax.experimental import multihost_utils
 
+from mae_jax import checkpointing
+
 # EX_TEMPFAIL from sysexits.h: a temporary failure, try again.
 PREEMPTED_EXIT_CODE = 75
 
@@ -29,6 +31,15 @@ class Preempted(Exception):
     super().__init__(
         f"preempted at step {step}: checkpoint saved in {checkpoint_dir}; "
         "rerun the same command to resume.")
+
+
+def save_and_stop(mngr, step: int, checkpoint, metadata, log) -> None:
+  """The preemption exit of every training loop: save `step`, wait until
+  the save is complete, log it, raise Preempted."""
+  checkpointing.save(mngr, step, checkpoint, metadata, force=True)
+  checkpointing.wait_for_saves(mngr)
+  log(f"Preempted at step {step}: checkpoint complete.")
+  raise Preempted(step, str(mngr.directory))
 
 
 class PreemptionWatcher:

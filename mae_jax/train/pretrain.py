@@ -34,7 +34,7 @@ from mae_jax.metrics import MetricsWriter
 from mae_jax.model.mae import MaskedAutoencoder
 from mae_jax.train import optim, plan as plan_lib
 from mae_jax.train.nonfinite import FiniteCheck
-from mae_jax.train.preemption import Preempted, PreemptionWatcher
+from mae_jax.train.preemption import PreemptionWatcher, save_and_stop
 from mae_jax.train.state import TrainState
 from mae_jax.train.step import make_eval_step, make_train_step
 from mae_jax.visualize import reconstruction_panels, save_reconstructions
@@ -285,10 +285,7 @@ class TrainingLoop:
       finite_check.record(done, metrics)
       if watcher.reached(done):
         finite_check.check()
-        checkpointing.save(self.mngr, done, state.to_checkpoint(), self.metadata, force=True)
-        checkpointing.wait_for_saves(self.mngr)
-        progress.log(f"Preempted at step {done}: checkpoint complete.")
-        raise Preempted(done, str(self.mngr.directory))
+        save_and_stop(self.mngr, done, state.to_checkpoint(), self.metadata, progress.log)
       if step == start:  # the first step includes compilation: time it apart
         jax.block_until_ready(metrics)
         compile_seconds = time.perf_counter() - interval_start
