@@ -26,6 +26,7 @@ from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
+from mae_jax.errors import CheckpointError
 from mae_jax.model.config import ModelConfig
 
 STATE = "state"
@@ -144,12 +145,12 @@ def _latest_step(mngr: ocp.CheckpointManager, directory: str, step: int | None) 
   if step is None:
     step = mngr.latest_step()
   if step is None:
-    raise ValueError(
+    raise CheckpointError(
         f"no complete checkpoint in {directory!r}: expected an orbax checkpoint "
         "directory (e.g. a run's workdir/checkpoints, or the output of "
         "`python -m mae_jax.convert`).")
   if step not in mngr.all_steps():
-    raise ValueError(f"checkpoint step {step} not in {directory!r}; steps: {mngr.all_steps()}.")
+    raise CheckpointError(f"checkpoint step {step} not in {directory!r}; steps: {mngr.all_steps()}.")
   return step
 
 
@@ -201,7 +202,7 @@ def resolve_checkpoint_dir(path: str) -> str:
       partial += [name for name in tf.io.gfile.listdir(candidate) if "orbax-checkpoint-tmp" in name]
   hint = (f" Only half-written steps are there ({', '.join(sorted(partial))}): the run "
           "that wrote them died before finishing a save." if partial else "")
-  raise ValueError(
+  raise CheckpointError(
       f"no complete checkpoint at {path!r}: expected a pretraining workdir, its "
       "checkpoints/ directory, or the output of `python -m mae_jax.convert`." + hint)
 
@@ -230,7 +231,7 @@ def architecture_differences(saved: Mapping, config: ModelConfig) -> list[str]:
 def check_architecture(directory: str, metadata: Mapping, config: ModelConfig) -> None:
   differences = architecture_differences(metadata.get("model", {}), config)
   if differences:
-    raise ValueError(
+    raise CheckpointError(
         f"the checkpoint in {directory!r} is of another architecture: "
         + "; ".join(differences)
         + ". Use a config with the checkpoint's sizes, or another checkpoint.")
@@ -241,7 +242,7 @@ def write_params(directory: str, params: Any, config: ModelConfig, *, source: st
   """Writes converted weights as a one-step (step 0) checkpoint; returns its path."""
   mngr = manager(directory, enable_async=False)
   if mngr.all_steps():
-    raise ValueError(
+    raise CheckpointError(
         f"{directory!r} already holds checkpoints {mngr.all_steps()}: refusing to "
         "overwrite; choose an empty output directory.")
   metadata = {"model": model_metadata(config), "source": source,

@@ -14,14 +14,20 @@ Multi-host: Cloud TPU VMs and SLURM jobs are detected and
 
 Exit status: 0 done; 75 preempted, resumable (requeue the same command);
 74 a checkpoint could not be written (disk full, permissions): earlier
-checkpoints are intact, fix the cause and rerun; 1 anything else.
+checkpoints are intact, fix the cause and rerun; 2 a mistake in the command,
+config, data, checkpoint or workdir (one line says what and what to do, no
+traceback); 1 anything else (a bug: the traceback is kept).
 """
 
+import difflib
+import importlib.util
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from mae_jax.errors import USAGE_EXIT_CODE, ConfigError, UserError
 
 SAVE_FAILED_EXIT_CODE = 74  # sysexits' EX_IOERR
 
@@ -77,7 +83,7 @@ def run_job(config, workdir: str):
   if job == "knn":
     from mae_jax.evaluate.knn_job import run_knn
     return run_knn(config, workdir)
-  raise ValueError(f"config.job={job!r} is unknown: 'pretrain', 'linprobe', 'finetune' "
+  raise ConfigError(f"config.job={job!r} is unknown: 'pretrain', 'linprobe', 'finetune' "
                    "or 'knn'.")
 
 
@@ -107,7 +113,73 @@ def main(argv):
     logging.error("%s", failure)
     print(f"CHECKPOINT SAVE FAILED: {failure}", flush=True)
     sys.exit(SAVE_FAILED_EXIT_CODE)
+  except UserError as mistake:
+    # The message is the whole story; a traceback would only bury it.
+    fail_for_user(f"{type(mistake).__name__}: {mistake}")
+
+
+def fail_for_user(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(USAGE_EXIT_CODE)
+
+
+def config_paths(config, prefix: str = "") -> list[str]:
+  """Every dotted field path of a (nested) ConfigDict: "model.mask_ratio", ..."""
+  paths = []
+  for key, value in config.items():
+    path = f"{prefix}{key}"
+    paths.append(path)
+    if hasattr(value, "items"):
+      paths.extend(config_paths(value, f"{path}."))
+  return paths
+
+
+def unknown_override(argv: list[str]) -> str | None:
+  """Why the first `--config.X=V` override names no field, with a did-you-mean.
+
+  Loads the config file the way ml_collections does (`get_config(arg)`), so
+  the message names the field's full path, e.g. `model.mask_ratio` for a
+  mistyped `--config.mask_ratoi`. None when every override names a field.
+  """
+  spec = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")), None)
+  if spec is None:
+    return None
+  path, _, preset = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_mae_jax_config", path)
+  if module_spec is None or not os.path.isfile(path):
+    return f"--config={spec}: no config file {path!r}; e.g. configs/pretrain.py:digits."
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(preset) if preset else module.get_config()
+  known = config_paths(config)
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    key = arg[len("--config."):].split("=", 1)[0]
+    if key in known:
+      continue
+    leaf = key.rsplit(".", 1)[-1]
+    by_leaf = {p.rsplit(".", 1)[-1]: p for p in known}
+    close = [by_leaf[m] for m in difflib.get_close_matches(leaf, by_leaf, n=3)]
+    close += [p for p in difflib.get_close_matches(key, known, n=3) if p not in close]
+    hint = f"did you mean {' or '.join(repr(c) for c in close[:3])}?" if close else (
+        "see the config file for the fields it has.")
+    return f"{arg}: the config {spec} has no field {key!r}; {hint}"
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a config override mistake told in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    fail_for_user(f"{error}. See --helpfull.")
+  except (AttributeError, KeyError, TypeError, ValueError) as error:
+    # ml_collections raises these, chained three deep, for an override it
+    # cannot apply; say which one and what it could have meant.
+    reason = unknown_override(argv) or f"a --config override cannot be applied ({error})."
+    fail_for_user(reason)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

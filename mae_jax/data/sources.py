@@ -32,6 +32,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from mae_jax.data import augment, digits
+from mae_jax.errors import UserError
 
 SOURCES = ("digits", "tfds", "image_folder")
 
@@ -51,7 +52,7 @@ REQUIRED_FIELDS = (
     "shuffle_buffer", "prefetch", "cache")
 
 
-class DataConfigError(ValueError):
+class DataConfigError(UserError):
   """A data config (or a dataset it points at) that cannot be used."""
 
 

@@ -27,6 +27,7 @@ import jax
 import optax
 
 from mae_jax import checkpointing
+from mae_jax.errors import CheckpointError
 from mae_jax.model.config import ModelConfig
 from mae_jax.model.layout import stack_layers, unstack_layers
 from mae_jax.train.pretrain import create_state, state_layout, with_shardings
@@ -64,7 +65,7 @@ def locate(init_from: str, step: int | None = None) -> InitCheckpoint:
   if path and "://" not in path:
     path = os.path.abspath(path)  # recorded in the metadata: the same from any cwd
   if not path or not gfile.exists(path):
-    raise ValueError(f"config.init_from={init_from!r}: nothing there; {_EXPECTED}.")
+    raise CheckpointError(f"config.init_from={init_from!r}: nothing there; {_EXPECTED}.")
   if gfile.isdir(os.path.join(path, "checkpoints")):
     path = os.path.join(path, "checkpoints")
   elif re.fullmatch(r"\d+", os.path.basename(path)) and step is None:
@@ -74,30 +75,30 @@ def locate(init_from: str, step: int | None = None) -> InitCheckpoint:
   try:
     complete = sorted(checkpointing.manager(path, read_only=True).all_steps())
   except Exception as error:  # orbax raises assorted types for foreign directories
-    raise ValueError(f"config.init_from={init_from!r}: {path!r} is not an orbax "
+    raise CheckpointError(f"config.init_from={init_from!r}: {path!r} is not an orbax "
                      f"checkpoint directory ({error}); {_EXPECTED}.") from error
   if step is not None and step not in complete:
     if any(name.startswith(f"{step}{TMP_MARKER}") for name in half_written):
-      raise ValueError(
+      raise CheckpointError(
           f"config.init_from={init_from!r}: step {step} in {path!r} is half-written "
           f"({TMP_MARKER}*: its run stopped while saving it). Complete steps: {complete}.")
-    raise ValueError(f"config.init_from={init_from!r}: no step {step} in {path!r}; "
+    raise CheckpointError(f"config.init_from={init_from!r}: no step {step} in {path!r}; "
                      f"complete steps: {complete}.")
   if not complete:
     if half_written:
-      raise ValueError(
+      raise CheckpointError(
           f"config.init_from={init_from!r}: {path!r} holds only half-written steps "
           f"{half_written} (the run stopped while saving); {_EXPECTED}, with a complete step.")
-    raise ValueError(f"config.init_from={init_from!r}: no checkpoint steps in {path!r}; "
+    raise CheckpointError(f"config.init_from={init_from!r}: no checkpoint steps in {path!r}; "
                      f"{_EXPECTED}.")
   step = complete[-1] if step is None else step
   try:
     metadata = checkpointing.read_metadata(path, step)
   except Exception as error:
-    raise ValueError(f"config.init_from={init_from!r}: step {step} in {path!r} has no "
+    raise CheckpointError(f"config.init_from={init_from!r}: step {step} in {path!r} has no "
                      f"readable mae_jax metadata ({error}); {_EXPECTED}.") from error
   if "model" not in metadata:
-    raise ValueError(f"config.init_from={init_from!r}: the metadata of step {step} in "
+    raise CheckpointError(f"config.init_from={init_from!r}: the metadata of step {step} in "
                      f"{path!r} does not describe a model; {_EXPECTED}.")
   return InitCheckpoint(directory=path, step=step, metadata=metadata)
 
@@ -141,13 +142,13 @@ def restore_encoder(checkpoint: InitCheckpoint, make_module, config: ModelConfig
     restored = checkpointing.restore_state(checkpoint.directory, wanted,
                                            step=checkpoint.step)["params"]["encoder"]
   except (KeyError, ValueError) as error:
-    raise ValueError(f"the checkpoint in {checkpoint.directory!r} (step {checkpoint.step}) "
+    raise CheckpointError(f"the checkpoint in {checkpoint.directory!r} (step {checkpoint.step}) "
                      f"has no encoder parameters of the expected shapes: {error}") from error
   missing = [jax.tree_util.keystr(path) for path, leaf
              in jax.tree_util.tree_leaves_with_path(restored)
              if isinstance(leaf, jax.ShapeDtypeStruct)]
   if missing:
-    raise ValueError(f"the checkpoint in {checkpoint.directory!r} (step {checkpoint.step}) "
+    raise CheckpointError(f"the checkpoint in {checkpoint.directory!r} (step {checkpoint.step}) "
                      f"lacks encoder parameters {missing[:5]}{' ...' if len(missing) > 5 else ''}"
                      f": expected an MAE encoder with {ENCODER_FIELDS} as in the config.")
   if checkpoint.scanned != config.scan_layers:

@@ -14,6 +14,7 @@ import dataclasses
 import ml_collections
 
 from mae_jax import data as input_pipeline
+from mae_jax.errors import ConfigError
 from mae_jax.evaluate import init_checkpoint
 from mae_jax.model.config import ModelConfig
 from mae_jax.train import plan as plan_lib
@@ -44,7 +45,7 @@ class EvalPlan:
 
 def _require(ok: bool, field: str, value, what: str) -> None:
   if not ok:
-    raise ValueError(f"config.{field}={value!r}: {what}.")
+    raise ConfigError(f"config.{field}={value!r}: {what}.")
 
 
 def check_job_fields(config: ml_collections.ConfigDict) -> None:
@@ -140,7 +141,7 @@ def make_eval_plan(config: ml_collections.ConfigDict, *, num_devices: int,
     # Every micro-batch is spread over all the devices (strided rows, see
     # mae_jax.train.accumulate), so it must split as a whole batch would.
     if micro % devices:
-      raise ValueError(
+      raise ConfigError(
           f"config.global_batch_size={batch} / config.grad_accum_steps={accum} = {micro} "
           f"images per micro-batch do not split over the {data_parallel} data-parallel "
           f"devices and {process_count} hosts: make the global batch a multiple of "
@@ -155,7 +156,7 @@ def make_eval_plan(config: ml_collections.ConfigDict, *, num_devices: int,
 
   splits, dataset_classes = input_pipeline.dataset_info(data)
   if dataset_classes is None:
-    raise ValueError(f"config.data ({data.source}:{data.name or ''}) has no class labels: "
+    raise ConfigError(f"config.data ({data.source}:{data.name or ''}) has no class labels: "
                      "evaluation needs a dataset with a ClassLabel 'label' feature.")
   num_classes = config.num_classes if config.num_classes > 0 else dataset_classes
   _require(num_classes >= dataset_classes, "num_classes", config.num_classes,

@@ -16,6 +16,7 @@ import optax
 
 from mae_jax import checkpointing, sharding
 from mae_jax import data as input_pipeline
+from mae_jax.errors import ConfigError
 from mae_jax.evaluate.plan import make_eval_plan
 from mae_jax.train import optim
 from mae_jax.train.pretrain import check_same_experiment, write_run_info
@@ -30,7 +31,7 @@ def check_labels(labels: np.ndarray, mask: np.ndarray, num_classes: int, where: 
   real = np.asarray(labels)[np.asarray(mask) > 0]
   if real.size and (real.min() < 0 or real.max() >= num_classes):
     outside = sorted({int(label) for label in real[(real < 0) | (real >= num_classes)]})
-    raise ValueError(f"{where}: labels {outside} "
+    raise ConfigError(f"{where}: labels {outside} "
                      f"are outside the head's {num_classes} classes (0..{num_classes - 1}); "
                      "set config.num_classes, or fix the dataset's labels.")
 

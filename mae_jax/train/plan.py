@@ -16,6 +16,7 @@ import ml_collections
 
 from mae_jax import sharding
 from mae_jax import data as input_pipeline
+from mae_jax.errors import ConfigError
 from mae_jax.model.config import ModelConfig
 from mae_jax.train import nonfinite
 
@@ -41,7 +42,7 @@ def model_config_from(config: ml_collections.ConfigDict) -> ModelConfig:
   known = {f.name for f in dataclasses.fields(ModelConfig)}
   unknown = sorted(set(fields) - known)
   if unknown:
-    raise ValueError(f"config.model has unknown fields {unknown}; known: {sorted(known)}.")
+    raise ConfigError(f"config.model has unknown fields {unknown}; known: {sorted(known)}.")
   return ModelConfig(**fields).validate()
 
 
@@ -49,27 +50,27 @@ def _positive(config, name: str, value: Any, *, allow_zero: bool = False) -> Non
   ok = value >= 0 if allow_zero else value > 0
   if not ok:
     bound = ">= 0" if allow_zero else "> 0"
-    raise ValueError(f"config.{name}={value!r}: must be {bound}.")
+    raise ConfigError(f"config.{name}={value!r}: must be {bound}.")
 
 
 def check_training_fields(config: ml_collections.ConfigDict) -> None:
   _positive(config, "global_batch_size", config.global_batch_size)
   _positive(config, "grad_accum_steps", config.grad_accum_steps)
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
-    raise ValueError(
+    raise ConfigError(
         f"config.num_epochs={config.num_epochs} and config.num_train_steps="
         f"{config.num_train_steps}: set one of them > 0.")
   _positive(config, "warmup_epochs", config.warmup_epochs, allow_zero=True)
   opt = config.optimizer
   if opt.name != "adamw":
-    raise ValueError(f"config.optimizer.name={opt.name!r}: pretraining supports 'adamw'.")
+    raise ConfigError(f"config.optimizer.name={opt.name!r}: pretraining supports 'adamw'.")
   _positive(config, "optimizer.base_lr", opt.base_lr)
   _positive(config, "optimizer.min_lr", opt.min_lr, allow_zero=True)
   _positive(config, "optimizer.weight_decay", opt.weight_decay, allow_zero=True)
   _positive(config, "optimizer.grad_clip_norm", opt.grad_clip_norm, allow_zero=True)
   for beta in ("b1", "b2"):
     if not 0.0 <= opt[beta] < 1.0:
-      raise ValueError(f"config.optimizer.{beta}={opt[beta]!r}: must be in [0, 1).")
+      raise ConfigError(f"config.optimizer.{beta}={opt[beta]!r}: must be in [0, 1).")
   for name in ("checkpoint_every_steps", "keep_checkpoints", "log_every_steps",
                "eval_every_steps"):
     _positive(config, name, config[name])
@@ -77,21 +78,21 @@ def check_training_fields(config: ml_collections.ConfigDict) -> None:
   _positive(config, "device_prefetch", config.device_prefetch, allow_zero=True)
   check_nonfinite(config)
   if config.progress_bar not in ("auto", "on", "off"):
-    raise ValueError(f"config.progress_bar={config.progress_bar!r}: auto, on or off.")
+    raise ConfigError(f"config.progress_bar={config.progress_bar!r}: auto, on or off.")
   check_knn_monitor_fields(config)
 
 
 def check_nonfinite(config: ml_collections.ConfigDict) -> None:
   """What a training job does on a non-finite step (mae_jax.train.nonfinite)."""
   if config.nonfinite not in nonfinite.MODES:
-    raise ValueError(f"config.nonfinite={config.nonfinite!r}: 'stop' or 'skip'.")
+    raise ConfigError(f"config.nonfinite={config.nonfinite!r}: 'stop' or 'skip'.")
 
 
 def check_knn_monitor_fields(config: ml_collections.ConfigDict) -> None:
   """The periodic k-NN monitor's settings (configs.common.knn_fields)."""
   every = config.knn_every_steps
   if every < 0:
-    raise ValueError(f"config.knn_every_steps={every!r}: must be >= 0 (0 = no k-NN "
+    raise ConfigError(f"config.knn_every_steps={every!r}: must be >= 0 (0 = no k-NN "
                      "monitor, N = a k-NN evaluation every N steps).")
   if not every:
     return
@@ -102,7 +103,7 @@ def check_knn_monitor_fields(config: ml_collections.ConfigDict) -> None:
              "-1 (the whole train split) or > 0"))
   for name, ok, what in checks:
     if not ok:
-      raise ValueError(f"config.{name}={config[name]!r}: must be {what} (the k-NN monitor "
+      raise ConfigError(f"config.{name}={config[name]!r}: must be {what} (the k-NN monitor "
                        "is on); or set config.knn_every_steps=0.")
 
 
@@ -110,7 +111,7 @@ def check_data_fits_model(data: ml_collections.ConfigDict, model: ModelConfig) -
   """The images the pipeline makes are the images the model expects."""
   for field, expected in (("image_size", model.image_size), ("channels", model.channels)):
     if data[field] != expected:
-      raise ValueError(
+      raise ConfigError(
           f"config.data.{field}={data[field]} but config.model.{field}={expected}: "
           "they must agree.")
 
@@ -145,22 +146,22 @@ def make_plan(config: ml_collections.ConfigDict, *, num_devices: int, process_co
   mesh_shape, rules, data_parallel = mesh_plan(config, num_devices)
   batch, accum = config.global_batch_size, config.grad_accum_steps
   if batch % accum:
-    raise ValueError(
+    raise ConfigError(
         f"config.global_batch_size={batch} is not divisible by "
         f"config.grad_accum_steps={accum}.")
   micro = batch // accum
   if micro % data_parallel:
-    raise ValueError(
+    raise ConfigError(
         f"config.global_batch_size={batch} / config.grad_accum_steps={accum} = {micro} "
         f"images per micro-batch do not split over the {data_parallel} data-parallel "
         f"devices (mesh {dict(zip(sharding.MESH_AXES, mesh_shape))}): make the global "
         f"batch a multiple of {data_parallel * accum}.")
   if batch % process_count:
-    raise ValueError(
+    raise ConfigError(
         f"config.global_batch_size={batch} does not split over {process_count} hosts.")
   splits, num_classes = known_dataset or input_pipeline.dataset_info(data)
   if config.knn_every_steps > 0 and num_classes is None:
-    raise ValueError(
+    raise ConfigError(
         f"config.knn_every_steps={config.knn_every_steps} but config.data "
         f"({data.source}:{data.name or ''}) has no class labels, which the k-NN monitor "
         "needs: set config.knn_every_steps=0, or pretrain on a dataset with a ClassLabel "
@@ -168,7 +169,7 @@ def make_plan(config: ml_collections.ConfigDict, *, num_devices: int, process_co
   num_train, num_eval = splits[data.train_split], splits[data.eval_split]
   steps_per_epoch = num_train // batch
   if steps_per_epoch == 0:
-    raise ValueError(
+    raise ConfigError(
         f"config.global_batch_size={batch} is larger than the {num_train} training "
         f"images of {data.source}:{data.name or ''}{data.train_split}.")
   total = (config.num_train_steps if config.num_train_steps > 0

@@ -30,6 +30,7 @@ from absl import logging
 
 from mae_jax import checkpointing, sharding
 from mae_jax import data as input_pipeline
+from mae_jax.errors import CheckpointError, WorkdirError
 from mae_jax.metrics import MetricsWriter
 from mae_jax.model.mae import MaskedAutoencoder
 from mae_jax.train import optim, plan as plan_lib
@@ -136,7 +137,7 @@ def check_workdir_writable(workdir: str) -> None:
       f.write("ok")
     tf.io.gfile.remove(probe)
   except (OSError, tf.errors.OpError) as error:
-    raise ValueError(f"cannot write to --workdir={workdir!r} ({error}); choose a writable "
+    raise WorkdirError(f"cannot write to --workdir={workdir!r} ({error}); choose a writable "
                      "directory or bucket.") from error
 
 
@@ -144,7 +145,7 @@ def restore_train_state(directory: str, step: int, abstract_state: TrainState) -
   try:
     restored = checkpointing.restore_state(directory, abstract_state.to_checkpoint(), step=step)
   except Exception as error:  # orbax/tensorstore raise many types for a damaged file
-    raise ValueError(
+    raise CheckpointError(
         f"checkpoint step {step} in {directory} could not be read ({type(error).__name__}: "
         f"{error}). It is damaged or was written by another program. Nothing was changed: "
         f"move {os.path.join(directory, str(step))} aside to resume from the previous step, "
@@ -164,7 +165,7 @@ def load_init_from(path: str, model_config, params, param_shardings):
   groups = checkpointing.saved_param_groups(directory) & set(params)
   saved_scanned = metadata.get("param_layout") == "layers"
   if saved_scanned != model_config.scan_layers:
-    raise ValueError(
+    raise CheckpointError(
         f"{directory} stores {'scanned' if saved_scanned else 'per-layer'} parameters but "
         f"config.model.scan_layers={model_config.scan_layers}: set scan_layers to match, or "
         "re-export it with `python -m mae_jax.convert` (--scan_layers).")
@@ -419,7 +420,7 @@ def check_same_experiment(directory, mngr, step, metadata) -> None:
   differences = [f"{key}: workdir {saved_identity.get(key)!r} vs config {current[key]!r}"
                  for key in current if saved_identity.get(key) != current[key]]
   if differences:
-    raise ValueError(
+    raise WorkdirError(
         f"the workdir's checkpoints ({directory}, step {step}) belong to another experiment: "
         + "; ".join(differences)
         + ". Nothing was changed. Use a new --workdir, or the config that wrote it.")
