@@ -36,13 +36,28 @@ from benchmarks import common
 # Nominal dense bfloat16 peaks (FLOP/s per chip), for context only: MFU is
 # reported against the rate measured in step 1.
 NOMINAL_BF16_PEAK = {
-    "H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12,
-    "TPU v5p": 459e12, "TPU v5 lite": 197e12, "TPU v4": 275e12, "TPU v6 lite": 918e12,
+  "H200": 989e12,
+  "H100": 989e12,
+  "A100": 312e12,
+  "L4": 121e12,
+  "A10": 125e12,
+  "TPU v5p": 459e12,
+  "TPU v5 lite": 197e12,
+  "TPU v4": 275e12,
+  "TPU v6 lite": 918e12,
 }
 
 FULL_MODELS = (("B/16", 256), ("L/16", 128))
-TINY_FIELDS = dict(image_size=32, patch_size=8, width=32, depth=2, heads=2, decoder_width=32,
-                   decoder_depth=1, decoder_heads=2)
+TINY_FIELDS = dict(
+  image_size=32,
+  patch_size=8,
+  width=32,
+  depth=2,
+  heads=2,
+  decoder_width=32,
+  decoder_depth=1,
+  decoder_heads=2,
+)
 
 
 def nominal_peak(device_kind: str) -> float | None:
@@ -64,9 +79,20 @@ def allocator_peak(devices) -> float | None:
   return float(max(peaks)) if peaks else None
 
 
-def measure_model(label: str, fields: dict, per_chip_batch: int, *, dtype: str, attention: str,
-                  warmup: int, steps_count: int, matmul_rate: float, peak: float | None) -> dict:
+def measure_model(
+  label: str,
+  fields: dict,
+  per_chip_batch: int,
+  *,
+  dtype: str,
+  attention: str,
+  warmup: int,
+  steps_count: int,
+  matmul_rate: float,
+  peak: float | None,
+) -> dict:
   import jax
+
   from benchmarks import steps
 
   devices = jax.local_devices()
@@ -76,9 +102,12 @@ def measure_model(label: str, fields: dict, per_chip_batch: int, *, dtype: str, 
   tried = []
   step = None
   for impl in candidates.get(attention, [attention]):
-    cfg = steps.model_config(fields.get("preset"), **{k: v for k, v in fields.items()
-                                                      if k != "preset"},
-                             dtype=dtype, attention_impl=impl)
+    cfg = steps.model_config(
+      fields.get("preset"),
+      **{k: v for k, v in fields.items() if k != "preset"},
+      dtype=dtype,
+      attention_impl=impl,
+    )
     try:
       step = steps.MaeStep(cfg, batch, mesh=mesh)
       break
@@ -92,50 +121,59 @@ def measure_model(label: str, fields: dict, per_chip_batch: int, *, dtype: str, 
   achieved = model_flops * images_per_s / len(devices)
   memory = step.memory()
   result = {
-      "model": label, "attention": step.cfg.attention_impl, "attention_fallbacks": tried,
-      "dtype": dtype, "devices": len(devices), "per_chip_batch": per_chip_batch,
-      "compile_s": step.lower_s + step.compile_s, **timing.summary(batch),
-      "model_tflop_per_image": model_flops / 1e12,
-      "model_tflops_per_chip": achieved / 1e12,
-      "mfu_vs_measured_matmul": achieved / matmul_rate,
-      "mfu_vs_nominal_peak": achieved / peak if peak else None,
-      "xla_peak_bytes_per_device": memory.get("peak_bytes"),
-      "allocator_peak_bytes": allocator_peak(devices),
-      "loss": step.last_loss,
+    "model": label,
+    "attention": step.cfg.attention_impl,
+    "attention_fallbacks": tried,
+    "dtype": dtype,
+    "devices": len(devices),
+    "per_chip_batch": per_chip_batch,
+    "compile_s": step.lower_s + step.compile_s,
+    **timing.summary(batch),
+    "model_tflop_per_image": model_flops / 1e12,
+    "model_tflops_per_chip": achieved / 1e12,
+    "mfu_vs_measured_matmul": achieved / matmul_rate,
+    "mfu_vs_nominal_peak": achieved / peak if peak else None,
+    "xla_peak_bytes_per_device": memory.get("peak_bytes"),
+    "allocator_peak_bytes": allocator_peak(devices),
+    "loss": step.last_loss,
   }
   step.close()
   return result
 
 
 def render(report: dict) -> str:
-  lines = [f"device: {report['device']}  backend: {report['backend']}  "
-           f"(x{report['device_count']})",
-           f"matmul ({report['matmul']['dtype']}, {report['matmul']['size']}^3 x"
-           f"{report['matmul']['chain']}): {report['matmul']['flops_per_s'] / 1e12:.1f} TFLOP/s"
-           + (f"  (nominal peak {report['nominal_peak'] / 1e12:.0f})"
-              if report["nominal_peak"] else ""),
-           "| model | batch/chip | attention | img/s | TFLOP/s/chip | MFU (measured matmul) | "
-           "MFU (nominal) | peak memory/device | compile s |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+    f"device: {report['device']}  backend: {report['backend']}  (x{report['device_count']})",
+    f"matmul ({report['matmul']['dtype']}, {report['matmul']['size']}^3 x"
+    f"{report['matmul']['chain']}): {report['matmul']['flops_per_s'] / 1e12:.1f} TFLOP/s"
+    + (f"  (nominal peak {report['nominal_peak'] / 1e12:.0f})" if report["nominal_peak"] else ""),
+    "| model | batch/chip | attention | img/s | TFLOP/s/chip | MFU (measured matmul) | "
+    "MFU (nominal) | peak memory/device | compile s |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
   for row in report["models"]:
     nominal = row["mfu_vs_nominal_peak"]
     lines.append(
-        f"| {row['model']} | {row['per_chip_batch']} | {row['attention']} | "
-        f"{row['images_per_s']:.1f} | {row['model_tflops_per_chip']:.1f} | "
-        f"{100 * row['mfu_vs_measured_matmul']:.0f} % | "
-        f"{'n/a' if nominal is None else f'{100 * nominal:.0f} %'} | "
-        f"{common.gib(row['xla_peak_bytes_per_device'])} | {row['compile_s']:.0f} |")
+      f"| {row['model']} | {row['per_chip_batch']} | {row['attention']} | "
+      f"{row['images_per_s']:.1f} | {row['model_tflops_per_chip']:.1f} | "
+      f"{100 * row['mfu_vs_measured_matmul']:.0f} % | "
+      f"{'n/a' if nominal is None else f'{100 * nominal:.0f} %'} | "
+      f"{common.gib(row['xla_peak_bytes_per_device'])} | {row['compile_s']:.0f} |"
+    )
   return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.accelerator_check",
-                                   description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.accelerator_check",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--tiny", action="store_true", help="toy sizes, for a CPU smoke test")
   parser.add_argument("--dtype", default="bfloat16")
-  parser.add_argument("--models", default="",
-                      help="PRESET:PER_CHIP_BATCH,... (default B/16:256,L/16:128)")
+  parser.add_argument(
+    "--models", default="", help="PRESET:PER_CHIP_BATCH,... (default B/16:256,L/16:128)"
+  )
   parser.add_argument("--attention", default="auto", help="auto | xla | cudnn")
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--steps", type=int, default=20)
@@ -146,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
 
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
   import jax
+
   from benchmarks import steps
 
   start = time.perf_counter()
@@ -165,20 +204,37 @@ def main(argv: list[str] | None = None) -> dict:
   matmul = steps.matmul_rate(args.dtype, args.matmul_size, chain=args.matmul_chain, repeats=5)
   print(f"matmul {args.dtype}: {matmul['flops_per_s'] / 1e12:.2f} TFLOP/s", flush=True)
   report: dict[str, Any] = {
-      "device": device.device_kind, "backend": jax.default_backend(),
-      "device_count": len(jax.local_devices()), "nominal_peak": peak, "matmul": matmul,
-      "versions": common.versions(), "models": []}
+    "device": device.device_kind,
+    "backend": jax.default_backend(),
+    "device_count": len(jax.local_devices()),
+    "nominal_peak": peak,
+    "matmul": matmul,
+    "versions": common.versions(),
+    "models": [],
+  }
   for label, fields, batch in models:
-    row = measure_model(label, fields, batch, dtype=args.dtype, attention=args.attention,
-                        warmup=args.warmup, steps_count=args.steps,
-                        matmul_rate=matmul["flops_per_s"], peak=peak)
-    print(f"{label}: {row['images_per_s']:.1f} img/s, MFU {100 * row['mfu_vs_measured_matmul']:.0f} % "
-          f"of the measured matmul rate ({row['attention']} attention)", flush=True)
+    row = measure_model(
+      label,
+      fields,
+      batch,
+      dtype=args.dtype,
+      attention=args.attention,
+      warmup=args.warmup,
+      steps_count=args.steps,
+      matmul_rate=matmul["flops_per_s"],
+      peak=peak,
+    )
+    print(
+      f"{label}: {row['images_per_s']:.1f} img/s, MFU {100 * row['mfu_vs_measured_matmul']:.0f} % "
+      f"of the measured matmul rate ({row['attention']} attention)",
+      flush=True,
+    )
     report["models"].append(row)
   report["wall_s"] = time.perf_counter() - start
   print(render(report))
-  out = args.out or (os.path.join(os.environ["OUT"], "accelerator_check.json")
-                     if os.environ.get("OUT") else "")
+  out = args.out or (
+    os.path.join(os.environ["OUT"], "accelerator_check.json") if os.environ.get("OUT") else ""
+  )
   if out:
     with open(out, "w") as f:
       json.dump(report, f, indent=1, default=str)

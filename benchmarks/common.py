@@ -15,11 +15,22 @@ import time
 from typing import Callable, Sequence
 
 # Packages whose versions every report names.
-VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "transformers",
-                      "tensorflow-cpu", "tensorflow", "tensorflow-datasets")
+VERSIONED_PACKAGES = (
+  "jax",
+  "jaxlib",
+  "flax",
+  "optax",
+  "numpy",
+  "torch",
+  "transformers",
+  "tensorflow-cpu",
+  "tensorflow",
+  "tensorflow-datasets",
+)
 
 
 # --------------------------------------------------------------- threads --
+
 
 def limit_cpus(count: int | None) -> int:
   """Restricts this process to its first `count` CPUs; returns the CPUs kept.
@@ -38,20 +49,26 @@ def limit_cpus(count: int | None) -> int:
 
 def configure_torch_threads(count: int) -> dict:
   import torch
+
   torch.set_num_threads(count)
-  return {"torch_intra_op_threads": torch.get_num_threads(),
-          "torch_interop_threads": torch.get_num_interop_threads()}
+  return {
+    "torch_intra_op_threads": torch.get_num_threads(),
+    "torch_interop_threads": torch.get_num_interop_threads(),
+  }
 
 
 def thread_report(torch_threads: dict | None = None) -> dict:
-  report = {"cpus_in_affinity_mask": len(os.sched_getaffinity(0)),
-            "xla_cpu_intra_op_threads": len(os.sched_getaffinity(0)),
-            "xla_note": "XLA CPU sizes its intra-op pool to the affinity mask (no separate knob)"}
+  report = {
+    "cpus_in_affinity_mask": len(os.sched_getaffinity(0)),
+    "xla_cpu_intra_op_threads": len(os.sched_getaffinity(0)),
+    "xla_note": "XLA CPU sizes its intra-op pool to the affinity mask (no separate knob)",
+  }
   report.update(torch_threads or {})
   return report
 
 
 # --------------------------------------------------------------- machine --
+
 
 def _cpu_model() -> str:
   try:
@@ -104,22 +121,27 @@ def load_average() -> tuple[float, float, float]:
 
 def machine_report() -> dict:
   import jax
+
   devices = jax.devices()
   return {
-      "cpu": _cpu_model(),
-      "cpu_flags": _cpu_flags(),
-      "logical_cpus": os.cpu_count(),
-      "memory_gib": round(_memory_gib() or 0.0, 1),
-      "os": platform.platform(),
-      "backend": jax.default_backend(),
-      "devices": f"{len(devices)} x {devices[0].device_kind}",
-      "env": {key: value for key, value in sorted(os.environ.items())
-              if key.startswith(("OPENBLAS", "OMP_", "MKL_", "XLA_FLAGS", "TF_ENABLE_ONEDNN"))},
-      "versions": versions(),
+    "cpu": _cpu_model(),
+    "cpu_flags": _cpu_flags(),
+    "logical_cpus": os.cpu_count(),
+    "memory_gib": round(_memory_gib() or 0.0, 1),
+    "os": platform.platform(),
+    "backend": jax.default_backend(),
+    "devices": f"{len(devices)} x {devices[0].device_kind}",
+    "env": {
+      key: value
+      for key, value in sorted(os.environ.items())
+      if key.startswith(("OPENBLAS", "OMP_", "MKL_", "XLA_FLAGS", "TF_ENABLE_ONEDNN"))
+    },
+    "versions": versions(),
   }
 
 
 # ---------------------------------------------------------------- timing --
+
 
 @dataclasses.dataclass
 class Timing:
@@ -136,13 +158,18 @@ class Timing:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
   def summary(self, batch: int) -> dict:
-    return {"steps": len(self.seconds), "median_s": self.median,
-            "p10_s": self.quantile(0.1), "p90_s": self.quantile(0.9),
-            "images_per_s": batch / self.median}
+    return {
+      "steps": len(self.seconds),
+      "median_s": self.median,
+      "p10_s": self.quantile(0.1),
+      "p90_s": self.quantile(0.9),
+      "images_per_s": batch / self.median,
+    }
 
 
-def interleave(contestants: dict[str, Callable[[], float]], *, warmup: int,
-               steps: int) -> dict[str, Timing]:
+def interleave(
+  contestants: dict[str, Callable[[], float]], *, warmup: int, steps: int
+) -> dict[str, Timing]:
   """Runs A, B, A, B, ... (each call one step, returning its seconds).
 
   Warm-up rounds run first and are discarded. Interleaving keeps same-run
@@ -165,6 +192,7 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 # ----------------------------------------------------------------- FLOPs --
+
 
 def _blocks_flops(tokens: int, width: int, depth: int, mlp_ratio: float) -> float:
   """Forward FLOPs (2 per multiply-add) of `depth` pre-norm ViT blocks:
@@ -189,12 +217,13 @@ def forward_flops_per_image(cfg) -> dict[str, float]:
   encoder_tokens = 1 + encoder_patches
   decoder_tokens = 1 + patches
   return {
-      "patch_embed": 2 * encoder_patches * patch_dim * cfg.width,
-      "encoder": _blocks_flops(encoder_tokens, cfg.width, cfg.depth, cfg.mlp_ratio),
-      "decoder_embed": 2 * encoder_tokens * cfg.width * cfg.decoder_width,
-      "decoder": _blocks_flops(decoder_tokens, cfg.decoder_width, cfg.decoder_depth,
-                               cfg.decoder_mlp_ratio),
-      "prediction": 2 * decoder_tokens * cfg.decoder_width * patch_dim,
+    "patch_embed": 2 * encoder_patches * patch_dim * cfg.width,
+    "encoder": _blocks_flops(encoder_tokens, cfg.width, cfg.depth, cfg.mlp_ratio),
+    "decoder_embed": 2 * encoder_tokens * cfg.width * cfg.decoder_width,
+    "decoder": _blocks_flops(
+      decoder_tokens, cfg.decoder_width, cfg.decoder_depth, cfg.decoder_mlp_ratio
+    ),
+    "prediction": 2 * decoder_tokens * cfg.decoder_width * patch_dim,
   }
 
 
@@ -204,6 +233,7 @@ def train_flops_per_image(cfg) -> float:
 
 
 # ----------------------------------------------------------------- misc ---
+
 
 def parse_mesh(text: str | None) -> dict[str, int]:
   """'data=2,fsdp=1' -> {'data': 2, 'fsdp': 1}; empty -> one device."""

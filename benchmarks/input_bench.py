@@ -25,10 +25,12 @@ import numpy as np
 JPEG_SHAPE = (375, 500)
 
 
-def write_jpegs(root: str, count: int, *, shape=JPEG_SHAPE, seed: int = 0,
-                quality: int = 90) -> str:
+def write_jpegs(
+  root: str, count: int, *, shape=JPEG_SHAPE, seed: int = 0, quality: int = 90
+) -> str:
   """root/train/<class>/*.jpg with smooth, photo-like random content."""
   from PIL import Image
+
   rng = np.random.default_rng(seed)
   height, width = shape
   for index in range(count):
@@ -41,27 +43,43 @@ def write_jpegs(root: str, count: int, *, shape=JPEG_SHAPE, seed: int = 0,
     image = image + rng.normal(0, 12, size=image.shape)
     encoded = io.BytesIO()
     Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(
-        encoded, format="JPEG", quality=quality)
+      encoded, format="JPEG", quality=quality
+    )
     with open(os.path.join(folder, f"{index:05d}.jpg"), "wb") as f:
       f.write(encoded.getvalue())
   return root
 
 
-def jpeg_throughput(root: str, *, image_size: int = 224, batch_size: int = 32,
-                    batches: int = 16, threads: int | None = None,
-                    warmup_batches: int = 2) -> dict[str, Any]:
+def jpeg_throughput(
+  root: str,
+  *,
+  image_size: int = 224,
+  batch_size: int = 32,
+  batches: int = 16,
+  threads: int | None = None,
+  warmup_batches: int = 2,
+) -> dict[str, Any]:
   """Images/s of the training pipeline over the JPEG folder at `root`.
 
   `threads=1` confines tf.data (its private pool and intra-op parallelism)
   to one core: that is the images/s per host core.
   """
   import tensorflow as tf
+
   from mae_jax.data import imagenet_data_config, make_dataset
 
-  config = imagenet_data_config(source="image_folder", data_dir=root, image_size=image_size,
-                                shuffle_buffer=256)
-  dataset = make_dataset(config, split="train", global_batch_size=batch_size, train=True,
-                         seed=0, process_index=0, process_count=1)
+  config = imagenet_data_config(
+    source="image_folder", data_dir=root, image_size=image_size, shuffle_buffer=256
+  )
+  dataset = make_dataset(
+    config,
+    split="train",
+    global_batch_size=batch_size,
+    train=True,
+    seed=0,
+    process_index=0,
+    process_count=1,
+  )
   if threads:
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads
@@ -76,12 +94,22 @@ def jpeg_throughput(root: str, *, image_size: int = 224, batch_size: int = 32,
   seconds = time.perf_counter() - start
   assert batch["image"].shape == (batch_size, image_size, image_size, 3)
   images = batches * batch_size
-  return {"threads": threads or len(os.sched_getaffinity(0)), "images": images,
-          "seconds": seconds, "images_per_s": images / seconds}
+  return {
+    "threads": threads or len(os.sched_getaffinity(0)),
+    "images": images,
+    "seconds": seconds,
+    "images_per_s": images / seconds,
+  }
 
 
-def digits_input_wait(workdir: str, *, steps: int = 100, log_every: int = 20,
-                      data_dir: str | None = None, overrides: dict | None = None) -> dict:
+def digits_input_wait(
+  workdir: str,
+  *,
+  steps: int = 100,
+  log_every: int = 20,
+  data_dir: str | None = None,
+  overrides: dict | None = None,
+) -> dict:
   """Runs a short digits pretraining (the bundled preset) and reads its
   `input_wait_fraction`; `overrides` change config fields (tests: tiny)."""
   from configs import pretrain as pretrain_config
@@ -106,8 +134,12 @@ def digits_input_wait(workdir: str, *, steps: int = 100, log_every: int = 20,
   start = time.perf_counter()
   train_and_evaluate(config, workdir)
   result = read_input_wait(os.path.join(workdir, "metrics.jsonl"))
-  result.update(steps=steps, batch=config.global_batch_size,
-                wall_s=time.perf_counter() - start, source="short digits run")
+  result.update(
+    steps=steps,
+    batch=config.global_batch_size,
+    wall_s=time.perf_counter() - start,
+    source="short digits run",
+  )
   return result
 
 
@@ -126,6 +158,10 @@ def read_input_wait(metrics_path: str) -> dict:
   fractions = [line["input_wait_fraction"] for line in intervals]
   weighted = float(np.average(fractions, weights=weights))
   rates = [line["images_per_sec"] for line in intervals if "images_per_sec" in line]
-  return {"input_wait_fraction": weighted, "max_interval_fraction": max(fractions),
-          "intervals": len(intervals), "train_images_per_s": float(np.median(rates)) if rates
-          else None, "metrics": metrics_path}
+  return {
+    "input_wait_fraction": weighted,
+    "max_interval_fraction": max(fractions),
+    "intervals": len(intervals),
+    "train_images_per_s": float(np.median(rates)) if rates else None,
+    "metrics": metrics_path,
+  }

@@ -27,6 +27,7 @@ import tempfile
 
 def summarise(trace_dir: str, hlo_text: str, steps: int, top: int) -> str:
   from jax.profiler import ProfileData
+
   files = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
   if not files:
     raise FileNotFoundError(f"no .xplane.pb under {trace_dir}")
@@ -41,7 +42,7 @@ def summarise(trace_dir: str, hlo_text: str, steps: int, top: int) -> str:
           continue
         durations[event.name] += event.duration_ns
   # Instruction name -> model op_name, from the entry computation.
-  entry = hlo_text[hlo_text.find("\nENTRY"):]
+  entry = hlo_text[hlo_text.find("\nENTRY") :]
   origin = {}
   for line in entry.splitlines():
     match = re.match(r"\s+%(\S+) = \S+ [\w-]+\(", line)
@@ -57,19 +58,28 @@ def summarise(trace_dir: str, hlo_text: str, steps: int, top: int) -> str:
     kind = re.sub(r"\.\d+$", "", name)
     by_kind[kind] += ns
     by_origin[(kind, origin.get(name, "(inside a control-flow op or unnamed)"))] += ns
-  lines = [f"Thread time per step, {total / steps / 1e6:.0f} ms in all "
-           "(summed over threads; shares are what to read)", "", "By kind of operation:"]
+  lines = [
+    f"Thread time per step, {total / steps / 1e6:.0f} ms in all "
+    "(summed over threads; shares are what to read)",
+    "",
+    "By kind of operation:",
+  ]
   for kind, ns in by_kind.most_common(top):
     lines.append(f"  {ns / steps / 1e6:8.1f} ms {100 * ns / total:5.1f} %  {kind}")
   lines += ["", "By model operation (layers merged):"]
   for (kind, name), ns in by_origin.most_common(top):
-    lines.append(f"  {ns / steps / 1e6:8.1f} ms {100 * ns / total:5.1f} %  {kind[:24]:24s} {name[:110]}")
+    lines.append(
+      f"  {ns / steps / 1e6:8.1f} ms {100 * ns / total:5.1f} %  {kind[:24]:24s} {name[:110]}"
+    )
   return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> str:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.profile",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--preset", default="B/16")
   parser.add_argument("--model", default="", help="extra ModelConfig fields, k=v,k=v")
   parser.add_argument("--batch", type=int, default=8)
@@ -81,6 +91,7 @@ def main(argv: list[str] | None = None) -> str:
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
   import jax
+
   from benchmarks import run, steps
 
   fields = {"preset": args.preset, "dtype": args.dtype, **run.parse_fields(args.model)}

@@ -49,14 +49,15 @@ TARGET_INPUT_WAIT = 0.05
 
 # ------------------------------------------------------------ the set ----
 
+
 @dataclasses.dataclass
 class StandardSet:
   """What `standard` measures. `tiny()` keeps every code path at toy sizes."""
 
-  compare: list[tuple[str, dict, int]]        # (label, config fields, batch) vs torch
-  mask_tokens: list[tuple[str, dict, int]]    # visible-only vs w/ [M]
-  memory: list[tuple[str, dict, int]]         # compile-only, for each remat policy
-  variants: list[tuple[str, dict]]            # changes to variants_base, interleaved with it
+  compare: list[tuple[str, dict, int]]  # (label, config fields, batch) vs torch
+  mask_tokens: list[tuple[str, dict, int]]  # visible-only vs w/ [M]
+  memory: list[tuple[str, dict, int]]  # compile-only, for each remat policy
+  variants: list[tuple[str, dict]]  # changes to variants_base, interleaved with it
   variants_base: tuple[str, dict, int] | None = None
   remat_policies: tuple[str, ...] = ("none", "full", "dots")
   compare_warmup: int = 2
@@ -77,38 +78,74 @@ class StandardSet:
   @classmethod
   def full(cls) -> "StandardSet":
     return cls(
-        compare=[("S/16", {"preset": "S/16"}, 8), ("B/16", {"preset": "B/16"}, 8)],
-        mask_tokens=[("B/16", {"preset": "B/16"}, 8), ("L/16", {"preset": "L/16"}, 8)],
-        memory=[("B/16", {"preset": "B/16"}, 64),
-                ("B/16 scan_layers", {"preset": "B/16", "scan_layers": True}, 64)],
-        variants_base=("B/16", {"preset": "B/16"}, 8),
-        variants=[("scan_layers", {"scan_layers": True}),
-                  ("remat=full", {"remat_policy": "full"}),
-                  ("remat=full, scan_layers", {"remat_policy": "full", "scan_layers": True}),
-                  ("bfloat16 compute", {"dtype": "bfloat16"}),
-                  ("jax.nn.dot_product_attention", {"attention_impl": None}),
-                  ("state not donated", {"donate": False})])
+      compare=[("S/16", {"preset": "S/16"}, 8), ("B/16", {"preset": "B/16"}, 8)],
+      mask_tokens=[("B/16", {"preset": "B/16"}, 8), ("L/16", {"preset": "L/16"}, 8)],
+      memory=[
+        ("B/16", {"preset": "B/16"}, 64),
+        ("B/16 scan_layers", {"preset": "B/16", "scan_layers": True}, 64),
+      ],
+      variants_base=("B/16", {"preset": "B/16"}, 8),
+      variants=[
+        ("scan_layers", {"scan_layers": True}),
+        ("remat=full", {"remat_policy": "full"}),
+        ("remat=full, scan_layers", {"remat_policy": "full", "scan_layers": True}),
+        ("bfloat16 compute", {"dtype": "bfloat16"}),
+        ("jax.nn.dot_product_attention", {"attention_impl": None}),
+        ("state not donated", {"donate": False}),
+      ],
+    )
 
   @classmethod
   def tiny(cls) -> "StandardSet":
-    small = dict(image_size=32, patch_size=8, width=32, depth=2, heads=2, decoder_width=32,
-                 decoder_depth=1, decoder_heads=2)
+    small = dict(
+      image_size=32,
+      patch_size=8,
+      width=32,
+      depth=2,
+      heads=2,
+      decoder_width=32,
+      decoder_depth=1,
+      decoder_heads=2,
+    )
     return cls(
-        compare=[("tiny", small, 4)], mask_tokens=[("tiny", small, 4)],
-        memory=[("tiny", small, 8)], remat_policies=("full",),
-        variants_base=("tiny", small, 4), variants=[("state not donated", {"donate": False})],
-        compare_warmup=1, compare_steps=2, mask_warmup=1, mask_steps=2, variant_steps=2,
-        matmul_size=256, jpeg_images=8, jpeg_image_size=32, jpeg_batch=4, jpeg_batches=2,
-        digits_steps=4, digits_log_every=2, tiny_sizes=True,
-        digits_overrides={"model.image_size": 16, "model.patch_size": 4, "model.width": 32,
-                          "model.depth": 1, "model.heads": 2, "model.decoder_width": 32,
-                          "model.decoder_depth": 1, "model.decoder_heads": 2,
-                          "data.image_size": 16, "global_batch_size": 16})
+      compare=[("tiny", small, 4)],
+      mask_tokens=[("tiny", small, 4)],
+      memory=[("tiny", small, 8)],
+      remat_policies=("full",),
+      variants_base=("tiny", small, 4),
+      variants=[("state not donated", {"donate": False})],
+      compare_warmup=1,
+      compare_steps=2,
+      mask_warmup=1,
+      mask_steps=2,
+      variant_steps=2,
+      matmul_size=256,
+      jpeg_images=8,
+      jpeg_image_size=32,
+      jpeg_batch=4,
+      jpeg_batches=2,
+      digits_steps=4,
+      digits_log_every=2,
+      tiny_sizes=True,
+      digits_overrides={
+        "model.image_size": 16,
+        "model.patch_size": 4,
+        "model.width": 32,
+        "model.depth": 1,
+        "model.heads": 2,
+        "model.decoder_width": 32,
+        "model.decoder_depth": 1,
+        "model.decoder_heads": 2,
+        "data.image_size": 16,
+        "global_batch_size": 16,
+      },
+    )
 
 
 def model_config_from(fields: dict, **extra):
   """A ModelConfig from {'preset': 'B/16' (or 'custom'), field: value, ...}."""
   from benchmarks import steps
+
   fields = dict(fields, **extra)
   return steps.model_config(fields.pop("preset", None), **fields)
 
@@ -119,96 +156,136 @@ def log(message: str) -> None:
 
 # ------------------------------------------------------------ measuring --
 
+
 def step_row(label: str, step, timing: common.Timing) -> dict:
   """Throughput, FLOPs and memory of one measured mae_jax step."""
   cfg = step.cfg
   batch = step.batch_size
   model_flops = common.train_flops_per_image(cfg)
   cost = step.cost()
-  xla_per_image = (cost["xla_flops_per_step"] / batch
-                   if cost["xla_flops_per_step"] else None)
-  row = {"label": label, "config": dataclasses.asdict(cfg), "batch": batch,
-         "devices": step.mesh.size, "compile_s": step.lower_s + step.compile_s,
-         "model_gflop_per_image": model_flops / 1e9,
-         "xla_gflop_per_image": None if xla_per_image is None else xla_per_image / 1e9,
-         "params": step.num_params}
+  xla_per_image = cost["xla_flops_per_step"] / batch if cost["xla_flops_per_step"] else None
+  row = {
+    "label": label,
+    "config": dataclasses.asdict(cfg),
+    "batch": batch,
+    "devices": step.mesh.size,
+    "compile_s": step.lower_s + step.compile_s,
+    "model_gflop_per_image": model_flops / 1e9,
+    "xla_gflop_per_image": None if xla_per_image is None else xla_per_image / 1e9,
+    "params": step.num_params,
+  }
   row.update(timing.summary(batch))
   row["model_flops_per_s"] = model_flops * row["images_per_s"]
   row.update(step.memory())
   return row
 
 
-def measure_compare(label: str, fields: dict, batch: int, *, dtype: str, warmup: int,
-                    steps_count: int, attention: str = "sdpa", mesh=None) -> dict:
+def measure_compare(
+  label: str,
+  fields: dict,
+  batch: int,
+  *,
+  dtype: str,
+  warmup: int,
+  steps_count: int,
+  attention: str = "sdpa",
+  mesh=None,
+) -> dict:
   """mae_jax vs transformers' PyTorch ViTMAE, interleaved step by step."""
   from benchmarks import steps
+
   cfg = model_config_from(fields, dtype=dtype)
   log(f"compare {label} batch {batch}: compiling mae_jax")
   mae = steps.MaeStep(cfg, batch, mesh=mesh)
   log(f"  compiled in {mae.lower_s + mae.compile_s:.1f} s; building PyTorch model")
   torch_step = steps.TorchStep(cfg, batch, attention=attention, dtype=dtype)
   if mae.num_params != torch_step.num_params:
-    raise AssertionError(f"not the same model: mae_jax has {mae.num_params} parameters, "
-                         f"transformers {torch_step.num_params}")
-  timings = common.interleave({"mae_jax": mae.run, "torch": torch_step.run},
-                              warmup=warmup, steps=steps_count)
+    raise AssertionError(
+      f"not the same model: mae_jax has {mae.num_params} parameters, "
+      f"transformers {torch_step.num_params}"
+    )
+  timings = common.interleave(
+    {"mae_jax": mae.run, "torch": torch_step.run}, warmup=warmup, steps=steps_count
+  )
   row = step_row(label, mae, timings["mae_jax"])
   row["torch"] = timings["torch"].summary(batch)
   row["torch"]["attention"] = torch_step.attention
   row["ratio"] = row["images_per_s"] / row["torch"]["images_per_s"]
   row["losses"] = {"mae_jax": mae.last_loss, "torch": torch_step.last_loss}
-  log(f"  mae_jax {row['images_per_s']:.2f} img/s, torch {row['torch']['images_per_s']:.2f} "
-      f"img/s: ratio {row['ratio']:.3f}")
+  log(
+    f"  mae_jax {row['images_per_s']:.2f} img/s, torch {row['torch']['images_per_s']:.2f} "
+    f"img/s: ratio {row['ratio']:.3f}"
+  )
   mae.close()
   torch_step.close()
   return row
 
 
-def measure_mask_tokens(label: str, fields: dict, batch: int, *, dtype: str, warmup: int,
-                        steps_count: int) -> dict:
+def measure_mask_tokens(
+  label: str, fields: dict, batch: int, *, dtype: str, warmup: int, steps_count: int
+) -> dict:
   """Visible-only encoder vs the paper's "w/ [M]" encoder, interleaved."""
   from benchmarks import steps
+
   log(f"mask tokens {label} batch {batch}: compiling both variants")
   visible = steps.MaeStep(model_config_from(fields, dtype=dtype), batch)
   with_mask = steps.MaeStep(model_config_from(fields, dtype=dtype, encoder_mask_tokens=True), batch)
-  timings = common.interleave({"visible": visible.run, "mask_tokens": with_mask.run},
-                              warmup=warmup, steps=steps_count)
-  rows = {"visible": step_row(label, visible, timings["visible"]),
-          "mask_tokens": step_row(label + " w/ [M]", with_mask, timings["mask_tokens"])}
+  timings = common.interleave(
+    {"visible": visible.run, "mask_tokens": with_mask.run}, warmup=warmup, steps=steps_count
+  )
+  rows = {
+    "visible": step_row(label, visible, timings["visible"]),
+    "mask_tokens": step_row(label + " w/ [M]", with_mask, timings["mask_tokens"]),
+  }
   speedup = rows["visible"]["images_per_s"] / rows["mask_tokens"]["images_per_s"]
-  flop_ratio = rows["mask_tokens"]["model_gflop_per_image"] / rows["visible"]["model_gflop_per_image"]
-  log(f"  visible {rows['visible']['images_per_s']:.2f} img/s, w/ [M] "
-      f"{rows['mask_tokens']['images_per_s']:.2f} img/s: {speedup:.2f}x (FLOPs {flop_ratio:.2f}x)")
+  flop_ratio = (
+    rows["mask_tokens"]["model_gflop_per_image"] / rows["visible"]["model_gflop_per_image"]
+  )
+  log(
+    f"  visible {rows['visible']['images_per_s']:.2f} img/s, w/ [M] "
+    f"{rows['mask_tokens']['images_per_s']:.2f} img/s: {speedup:.2f}x (FLOPs {flop_ratio:.2f}x)"
+  )
   visible.close()
   with_mask.close()
   return {"label": label, "batch": batch, "speedup": speedup, "flop_ratio": flop_ratio, **rows}
 
 
-def measure_memory(label: str, fields: dict, batch: int, *, dtype: str,
-                   policies: tuple[str, ...]) -> list[dict]:
+def measure_memory(
+  label: str, fields: dict, batch: int, *, dtype: str, policies: tuple[str, ...]
+) -> list[dict]:
   from benchmarks import steps
+
   rows = []
   for policy in policies:
     log(f"memory {label} batch {batch} remat={policy}: compiling")
-    step = steps.MaeStep(model_config_from(fields, dtype=dtype, remat_policy=policy), batch,
-                         execute=False)
+    step = steps.MaeStep(
+      model_config_from(fields, dtype=dtype, remat_policy=policy), batch, execute=False
+    )
     cost = step.cost()
-    rows.append({"label": label, "batch": batch, "remat": policy,
-                 "config": dataclasses.asdict(step.cfg),
-                 "compile_s": step.lower_s + step.compile_s,
-                 "model_gflop_per_image": common.train_flops_per_image(step.cfg) / 1e9,
-                 "xla_gflop_per_image": (cost["xla_flops_per_step"] or 0) / batch / 1e9,
-                 **step.memory()})
+    rows.append(
+      {
+        "label": label,
+        "batch": batch,
+        "remat": policy,
+        "config": dataclasses.asdict(step.cfg),
+        "compile_s": step.lower_s + step.compile_s,
+        "model_gflop_per_image": common.train_flops_per_image(step.cfg) / 1e9,
+        "xla_gflop_per_image": (cost["xla_flops_per_step"] or 0) / batch / 1e9,
+        **step.memory(),
+      }
+    )
     step.close()
   return rows
 
 
-def measure_variants(base: tuple[str, dict, int], variants: list[tuple[str, dict]], *,
-                     dtype: str, steps_count: int) -> list[dict]:
+def measure_variants(
+  base: tuple[str, dict, int], variants: list[tuple[str, dict]], *, dtype: str, steps_count: int
+) -> list[dict]:
   """mae_jax variants (remat, scan, dtype, attention path, donation) of one
   configuration, each step interleaved with the unchanged configuration, so
   that each row's ratio to it is a same-run ratio."""
   from benchmarks import steps
+
   label, base_fields, batch = base
   contestants = {}
   for name, changes in [("baseline", {})] + list(variants):
@@ -216,14 +293,17 @@ def measure_variants(base: tuple[str, dict, int], variants: list[tuple[str, dict
     donate = fields.pop("donate", True)
     log(f"variant {label} {name}, batch {batch}: compiling")
     contestants[name] = steps.MaeStep(model_config_from(fields), batch, donate=donate)
-  timings = common.interleave({name: step.run for name, step in contestants.items()},
-                              warmup=1, steps=steps_count)
+  timings = common.interleave(
+    {name: step.run for name, step in contestants.items()}, warmup=1, steps=steps_count
+  )
   rows = []
   for name, step in contestants.items():
     row = step_row(f"{label} {name}", step, timings[name])
     row["vs_baseline"] = timings["baseline"].median / timings[name].median
-    log(f"  {name}: {row['images_per_s']:.2f} img/s ({row['vs_baseline']:.2f}x the baseline), "
-        f"compile {row['compile_s']:.1f} s")
+    log(
+      f"  {name}: {row['images_per_s']:.2f} img/s ({row['vs_baseline']:.2f}x the baseline), "
+      f"compile {row['compile_s']:.1f} s"
+    )
     rows.append(row)
     step.close()
   return rows
@@ -231,6 +311,7 @@ def measure_variants(base: tuple[str, dict, int], variants: list[tuple[str, dict
 
 def measure_matmul(dtype: str, size: int) -> dict:
   from benchmarks import steps
+
   result = steps.matmul_rate(dtype, size, repeats=7)
   log(f"matmul {dtype} {size}^3: {result['flops_per_s'] / 1e9:.1f} GFLOP/s")
   return result
@@ -238,13 +319,18 @@ def measure_matmul(dtype: str, size: int) -> dict:
 
 def measure_input(jpeg_dir: str, spec: StandardSet) -> dict:
   from benchmarks import input_bench
+
   if not os.path.isdir(os.path.join(jpeg_dir, "train")):
     input_bench.write_jpegs(jpeg_dir, spec.jpeg_images)
   out = {}
   for threads in (1, None):
-    result = input_bench.jpeg_throughput(jpeg_dir, image_size=spec.jpeg_image_size,
-                                         batch_size=spec.jpeg_batch,
-                                         batches=spec.jpeg_batches, threads=threads)
+    result = input_bench.jpeg_throughput(
+      jpeg_dir,
+      image_size=spec.jpeg_image_size,
+      batch_size=spec.jpeg_batch,
+      batches=spec.jpeg_batches,
+      threads=threads,
+    )
     out["one_core" if threads == 1 else "all_cores"] = result
     log(f"input pipeline, {result['threads']} thread(s): {result['images_per_s']:.1f} img/s")
   return out
@@ -252,8 +338,10 @@ def measure_input(jpeg_dir: str, spec: StandardSet) -> dict:
 
 # ------------------------------------------------------------- standard --
 
+
 def run_standard(args, spec: StandardSet) -> dict:
   import torch
+
   previous_threads = torch.get_num_threads()
   try:
     return _run_standard(args, spec)
@@ -266,40 +354,57 @@ def _run_standard(args, spec: StandardSet) -> dict:
   torch_threads = 1 if spec.tiny_sizes else args.cpus
   threads = common.thread_report(common.configure_torch_threads(torch_threads))
   results: dict[str, Any] = {
-      "command": args.command_line, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-      "load_before": common.load_average(), "threads": threads,
-      "machine": common.machine_report(), "tiny": spec.tiny_sizes}
+    "command": args.command_line,
+    "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    "load_before": common.load_average(),
+    "threads": threads,
+    "machine": common.machine_report(),
+    "tiny": spec.tiny_sizes,
+  }
   start = time.perf_counter()
   dtype = args.dtype
   results["matmul_before"] = measure_matmul(dtype, spec.matmul_size)
   results["compare"] = [
-      measure_compare(label, fields, batch, dtype=dtype, warmup=spec.compare_warmup,
-                      steps_count=spec.compare_steps)
-      for label, fields, batch in spec.compare]
+    measure_compare(
+      label, fields, batch, dtype=dtype, warmup=spec.compare_warmup, steps_count=spec.compare_steps
+    )
+    for label, fields, batch in spec.compare
+  ]
   results["mask_tokens"] = [
-      measure_mask_tokens(label, fields, batch, dtype=dtype, warmup=spec.mask_warmup,
-                          steps_count=spec.mask_steps)
-      for label, fields, batch in spec.mask_tokens]
+    measure_mask_tokens(
+      label, fields, batch, dtype=dtype, warmup=spec.mask_warmup, steps_count=spec.mask_steps
+    )
+    for label, fields, batch in spec.mask_tokens
+  ]
   results["variants"] = (
-      measure_variants(spec.variants_base, spec.variants, dtype=dtype,
-                       steps_count=spec.variant_steps) if spec.variants else [])
-  results["memory"] = [row for label, fields, batch in spec.memory
-                       for row in measure_memory(label, fields, batch, dtype=dtype,
-                                                 policies=spec.remat_policies)]
+    measure_variants(spec.variants_base, spec.variants, dtype=dtype, steps_count=spec.variant_steps)
+    if spec.variants
+    else []
+  )
+  results["memory"] = [
+    row
+    for label, fields, batch in spec.memory
+    for row in measure_memory(label, fields, batch, dtype=dtype, policies=spec.remat_policies)
+  ]
   results["matmul_after"] = measure_matmul(dtype, spec.matmul_size)
   with tempfile.TemporaryDirectory() as scratch:
     results["input"] = measure_input(os.path.join(scratch, "jpegs"), spec)
     if args.digits_metrics:
       from benchmarks import input_bench
+
       results["digits"] = input_bench.read_input_wait(args.digits_metrics)
       results["digits"]["source"] = f"existing run {portable_path(args.digits_metrics)}"
     else:
       from benchmarks import input_bench
+
       log(f"digits pretraining, {spec.digits_steps} steps")
       results["digits"] = input_bench.digits_input_wait(
-          os.path.join(scratch, "digits"), steps=spec.digits_steps,
-          log_every=spec.digits_log_every, data_dir=args.digits_data_dir,
-          overrides=spec.digits_overrides)
+        os.path.join(scratch, "digits"),
+        steps=spec.digits_steps,
+        log_every=spec.digits_log_every,
+        data_dir=args.digits_data_dir,
+        overrides=spec.digits_overrides,
+      )
     log(f"  input wait {100 * results['digits']['input_wait_fraction']:.2f} %")
   results["aot"] = aot_reference(args.aot_json)
   results["load_after"] = common.load_average()
@@ -316,44 +421,59 @@ def aot_reference(path: str = "") -> dict:
       report = json.load(f)
     report["source"] = portable_path(path)
     return report
-  return {"pointer": "see mae_jax.aot: `python -m mae_jax.aot --config=configs/pretrain.py:"
-                     "vit_large --topology=v5p:4x4x4 --config.model.dtype=bfloat16 --json=PATH` "
-                     "(compile-only, needs libtpu), then `--aot-json PATH` here"}
+  return {
+    "pointer": "see mae_jax.aot: `python -m mae_jax.aot --config=configs/pretrain.py:"
+    "vit_large --topology=v5p:4x4x4 --config.model.dtype=bfloat16 --json=PATH` "
+    "(compile-only, needs libtpu), then `--aot-json PATH` here"
+  }
 
 
 # ------------------------------------------------------------- markdown --
 
+
 def render(results: dict) -> str:
   from benchmarks import report
+
   return report.render(results)
 
 
 # ------------------------------------------------------------------ CLI --
 
+
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.run",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   shared = argparse.ArgumentParser(add_help=False)
-  shared.add_argument("--threads", type=int, default=0,
-                      help="CPUs for XLA and torch (0 = all in the affinity mask)")
+  shared.add_argument(
+    "--threads", type=int, default=0, help="CPUs for XLA and torch (0 = all in the affinity mask)"
+  )
   shared.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before JAX starts")
   sub = parser.add_subparsers(dest="command", required=True)
 
-  standard = sub.add_parser("standard", parents=[shared],
-                            help="the standard set -> BENCHMARKS.md")
+  standard = sub.add_parser("standard", parents=[shared], help="the standard set -> BENCHMARKS.md")
   standard.add_argument("--out", default="BENCHMARKS.md")
   standard.add_argument("--json", default="", help="also write the raw results here")
   standard.add_argument("--tiny", action="store_true", help="toy sizes (tests)")
   standard.add_argument("--dtype", default="float32")
-  standard.add_argument("--digits-metrics", default="",
-                        help="read input_wait_fraction from this metrics.jsonl instead of "
-                             "running a short digits pretraining")
+  standard.add_argument(
+    "--digits-metrics",
+    default="",
+    help="read input_wait_fraction from this metrics.jsonl instead of "
+    "running a short digits pretraining",
+  )
   standard.add_argument("--digits-data-dir", default=None, help="TFDS dir for the digits")
-  standard.add_argument("--aot-json", default="",
-                        help="a `python -m mae_jax.aot --json` report to quote (predicted MFU)")
+  standard.add_argument(
+    "--aot-json",
+    default="",
+    help="a `python -m mae_jax.aot --json` report to quote (predicted MFU)",
+  )
 
-  render_cmd = sub.add_parser("render", parents=[shared],
-                              help="re-render BENCHMARKS.md from a standard set's --json")
+  render_cmd = sub.add_parser(
+    "render", parents=[shared], help="re-render BENCHMARKS.md from a standard set's --json"
+  )
   render_cmd.add_argument("--json", required=True, help="results written by `standard --json`")
   render_cmd.add_argument("--out", default="BENCHMARKS.md")
   render_cmd.add_argument("--aot-json", default="", help="replace the quoted AOT report")
@@ -372,14 +492,14 @@ def build_parser() -> argparse.ArgumentParser:
   step.add_argument("--grad-accum", type=int, default=1)
   step.add_argument("--warmup", type=int, default=2)
   step.add_argument("--steps", type=int, default=10)
-  step.add_argument("--torch", action="store_true",
-                    help="interleave with transformers' PyTorch ViTMAE (same sizes)")
+  step.add_argument(
+    "--torch", action="store_true", help="interleave with transformers' PyTorch ViTMAE (same sizes)"
+  )
   step.add_argument("--torch-attention", default="sdpa")
   step.add_argument("--compile-only", action="store_true", help="memory and FLOPs only")
   step.add_argument("--matmul", action="store_true", help="also measure the matmul peak")
 
-  matmul = sub.add_parser("matmul", parents=[shared],
-                          help="the machine's matmul rate through XLA")
+  matmul = sub.add_parser("matmul", parents=[shared], help="the machine's matmul rate through XLA")
   matmul.add_argument("--dtype", default="float32")
   matmul.add_argument("--size", type=int, default=2048)
   matmul.add_argument("--chain", type=int, default=1)
@@ -407,29 +527,56 @@ def parse_fields(text: str) -> dict:
 
 def run_step(args) -> dict:
   from benchmarks import steps
+
   common.configure_torch_threads(args.cpus) if args.torch else None
-  fields = {"preset": args.preset, "dtype": args.dtype, "remat_policy": args.remat,
-            "scan_layers": args.scan, "encoder_mask_tokens": args.mask_tokens,
-            "attention_impl": args.attention or None, **parse_fields(args.model)}
+  fields = {
+    "preset": args.preset,
+    "dtype": args.dtype,
+    "remat_policy": args.remat,
+    "scan_layers": args.scan,
+    "encoder_mask_tokens": args.mask_tokens,
+    "attention_impl": args.attention or None,
+    **parse_fields(args.model),
+  }
   if args.image_size:
     fields["image_size"] = args.image_size
   label = f"{args.preset} batch {args.batch}"
-  result: dict[str, Any] = {"load_before": common.load_average(),
-                            "threads": common.thread_report()}
+  result: dict[str, Any] = {"load_before": common.load_average(), "threads": common.thread_report()}
   if args.matmul:
     result["matmul"] = measure_matmul(args.dtype, 2048)
   mesh = common.parse_mesh(args.mesh)
   if args.compile_only:
-    step = steps.MaeStep(model_config_from(fields), args.batch, mesh=mesh, execute=False,
-                         grad_accum_steps=args.grad_accum)
-    result.update(label=label, compile_s=step.lower_s + step.compile_s, **step.cost(),
-                  **step.memory(), model_gflop_per_image=common.train_flops_per_image(step.cfg) / 1e9)
+    step = steps.MaeStep(
+      model_config_from(fields),
+      args.batch,
+      mesh=mesh,
+      execute=False,
+      grad_accum_steps=args.grad_accum,
+    )
+    result.update(
+      label=label,
+      compile_s=step.lower_s + step.compile_s,
+      **step.cost(),
+      **step.memory(),
+      model_gflop_per_image=common.train_flops_per_image(step.cfg) / 1e9,
+    )
   elif args.torch:
-    result.update(measure_compare(label, fields, args.batch, dtype=args.dtype,
-                                  warmup=args.warmup, steps_count=args.steps,
-                                  attention=args.torch_attention, mesh=mesh))
+    result.update(
+      measure_compare(
+        label,
+        fields,
+        args.batch,
+        dtype=args.dtype,
+        warmup=args.warmup,
+        steps_count=args.steps,
+        attention=args.torch_attention,
+        mesh=mesh,
+      )
+    )
   else:
-    step = steps.MaeStep(model_config_from(fields), args.batch, mesh=mesh, grad_accum_steps=args.grad_accum)
+    step = steps.MaeStep(
+      model_config_from(fields), args.batch, mesh=mesh, grad_accum_steps=args.grad_accum
+    )
     timing = common.interleave({"mae_jax": step.run}, warmup=args.warmup, steps=args.steps)
     result.update(step_row(label, step, timing["mae_jax"]))
   result["load_after"] = common.load_average()
@@ -449,7 +596,8 @@ def main(argv: list[str] | None = None) -> dict:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's start-up chatter
   args = build_parser().parse_args(argv)
   args.command_line = "python -m benchmarks.run " + " ".join(
-      shlex.quote(portable_path(a)) for a in argv)
+    shlex.quote(portable_path(a)) for a in argv
+  )
   if args.xla_flags:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
   args.cpus = common.limit_cpus(args.threads)
@@ -470,8 +618,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.aot_json:
       results["aot"] = aot_reference(args.aot_json)
     # Results written before reports shortened paths still carry them.
-    results["command"] = " ".join(shlex.quote(portable_path(a))
-                                  for a in shlex.split(results["command"]))
+    results["command"] = " ".join(
+      shlex.quote(portable_path(a)) for a in shlex.split(results["command"])
+    )
     results.setdefault("rendered_with", args.command_line)
     with open(args.out, "w") as f:
       f.write(render(results))
@@ -481,14 +630,20 @@ def main(argv: list[str] | None = None) -> dict:
     result = run_step(args)
   elif args.command == "matmul":
     from benchmarks import steps
+
     result = steps.matmul_rate(args.dtype, args.size, chain=args.chain)
   else:
     with tempfile.TemporaryDirectory() as scratch:
-      spec = dataclasses.replace(StandardSet.full(), jpeg_images=args.images,
-                                 jpeg_image_size=args.image_size, jpeg_batches=args.batches)
+      spec = dataclasses.replace(
+        StandardSet.full(),
+        jpeg_images=args.images,
+        jpeg_image_size=args.image_size,
+        jpeg_batches=args.batches,
+      )
       result = measure_input(os.path.join(scratch, "jpegs"), spec)
     if args.digits_metrics:
       from benchmarks import input_bench
+
       result["digits"] = input_bench.read_input_wait(args.digits_metrics)
   print(json.dumps(result, indent=1, default=str))
   return result

@@ -36,6 +36,7 @@ def random_images(cfg: ModelConfig, batch: int, seed: int = 0) -> np.ndarray:
 
 # ----------------------------------------------------------- mae_jax step --
 
+
 class MaeStep:
   """The real pretraining step (`make_train_step`, AdamW, donated state),
   sharded over `mesh` exactly as `mae_jax.train.pretrain` does it.
@@ -47,9 +48,18 @@ class MaeStep:
   (the input pipeline has its own benchmark).
   """
 
-  def __init__(self, cfg: ModelConfig, batch: int, *, mesh: dict[str, int] | None = None,
-               grad_accum_steps: int = 1, donate: bool = True, seed: int = 0,
-               execute: bool = True, compiler_options: dict[str, Any] | None = None):
+  def __init__(
+    self,
+    cfg: ModelConfig,
+    batch: int,
+    *,
+    mesh: dict[str, int] | None = None,
+    grad_accum_steps: int = 1,
+    donate: bool = True,
+    seed: int = 0,
+    execute: bool = True,
+    compiler_options: dict[str, Any] | None = None,
+  ):
     self.cfg, self.batch_size = cfg.validate(), batch
     mesh_shape = mesh or {"data": 1, "fsdp": 1, "tensor": 1}
     count = math.prod(mesh_shape.values())
@@ -66,17 +76,23 @@ class MaeStep:
     init_key, seed_key = jax.random.split(jax.random.key(seed))
     with mesh_context(self.mesh, rules):
       step = jax.jit(
-          make_train_step(model, tx, schedule, grad_accum_steps=grad_accum_steps,
-                          seed_key=seed_key),
-          in_shardings=(state_shardings, batch_sharding),
-          out_shardings=(state_shardings, replicated),
-          donate_argnums=(0,) if donate else ())
-      abstract_batch = {"image": jax.ShapeDtypeStruct(
-          (batch, cfg.image_size, cfg.image_size, cfg.channels), jnp.float32,
-          sharding=batch_sharding)}
+        make_train_step(model, tx, schedule, grad_accum_steps=grad_accum_steps, seed_key=seed_key),
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,) if donate else (),
+      )
+      abstract_batch = {
+        "image": jax.ShapeDtypeStruct(
+          (batch, cfg.image_size, cfg.image_size, cfg.channels),
+          jnp.float32,
+          sharding=batch_sharding,
+        )
+      }
       abstract = jax.tree.map(
-          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-          abstract_state, state_shardings)
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        abstract_state,
+        state_shardings,
+      )
       start = time.perf_counter()
       lowered = step.lower(abstract, abstract_batch)
       self.lower_s = time.perf_counter() - start
@@ -85,8 +101,9 @@ class MaeStep:
       self.compile_s = time.perf_counter() - start
       self.state = None
       if execute:
-        self.state = jax.jit(lambda k: create_state(model, tx, k),
-                             out_shardings=state_shardings)(init_key)
+        self.state = jax.jit(lambda k: create_state(model, tx, k), out_shardings=state_shardings)(
+          init_key
+        )
         self.batch = {"image": jax.device_put(random_images(cfg, batch, seed), batch_sharding)}
         jax.block_until_ready((self.state, self.batch))
     self.num_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(abstract_state.params))
@@ -107,9 +124,12 @@ class MaeStep:
     flops = analysis.get("flops")
     # The SPMD program is per device: scale to the whole step.
     devices = self.mesh.size
-    return {"xla_flops_per_step": None if flops is None else float(flops) * devices,
-            "xla_bytes_accessed_per_step": (float(analysis["bytes accessed"]) * devices
-                                            if "bytes accessed" in analysis else None)}
+    return {
+      "xla_flops_per_step": None if flops is None else float(flops) * devices,
+      "xla_bytes_accessed_per_step": (
+        float(analysis["bytes accessed"]) * devices if "bytes accessed" in analysis else None
+      ),
+    }
 
   def memory(self) -> dict[str, float | None]:
     """Per-device bytes from XLA's memory analysis of the compiled step."""
@@ -124,10 +144,14 @@ class MaeStep:
     # Live at once: inputs (the donated state is reused for the outputs),
     # outputs not aliased to an input, and the temporaries.
     derived = arguments + outputs - aliased + temporaries
-    return {"peak_bytes": float(max(reported, derived)),
-            "xla_peak_memory_in_bytes": float(reported) or None,
-            "argument_bytes": float(arguments), "output_bytes": float(outputs),
-            "alias_bytes": float(aliased), "temp_bytes": float(temporaries)}
+    return {
+      "peak_bytes": float(max(reported, derived)),
+      "xla_peak_memory_in_bytes": float(reported) or None,
+      "argument_bytes": float(arguments),
+      "output_bytes": float(outputs),
+      "alias_bytes": float(aliased),
+      "temp_bytes": float(temporaries),
+    }
 
   def close(self) -> None:
     self.state = self.batch = self.compiled = None
@@ -135,18 +159,31 @@ class MaeStep:
 
 # ------------------------------------------------------------ torch step --
 
+
 def transformers_config(cfg: ModelConfig, attention: str):
   from transformers import ViTMAEConfig
+
   return ViTMAEConfig(
-      hidden_size=cfg.width, num_hidden_layers=cfg.depth, num_attention_heads=cfg.heads,
-      intermediate_size=int(cfg.width * cfg.mlp_ratio),
-      decoder_hidden_size=cfg.decoder_width, decoder_num_hidden_layers=cfg.decoder_depth,
-      decoder_num_attention_heads=cfg.decoder_heads,
-      decoder_intermediate_size=int(cfg.decoder_width * cfg.decoder_mlp_ratio),
-      image_size=cfg.image_size, patch_size=cfg.patch_size, num_channels=cfg.channels,
-      mask_ratio=cfg.mask_ratio, norm_pix_loss=cfg.norm_pix_loss, layer_norm_eps=1e-6,
-      hidden_act="gelu", qkv_bias=True, hidden_dropout_prob=0.0,
-      attention_probs_dropout_prob=0.0, attn_implementation=attention)
+    hidden_size=cfg.width,
+    num_hidden_layers=cfg.depth,
+    num_attention_heads=cfg.heads,
+    intermediate_size=int(cfg.width * cfg.mlp_ratio),
+    decoder_hidden_size=cfg.decoder_width,
+    decoder_num_hidden_layers=cfg.decoder_depth,
+    decoder_num_attention_heads=cfg.decoder_heads,
+    decoder_intermediate_size=int(cfg.decoder_width * cfg.decoder_mlp_ratio),
+    image_size=cfg.image_size,
+    patch_size=cfg.patch_size,
+    num_channels=cfg.channels,
+    mask_ratio=cfg.mask_ratio,
+    norm_pix_loss=cfg.norm_pix_loss,
+    layer_norm_eps=1e-6,
+    hidden_act="gelu",
+    qkv_bias=True,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+    attn_implementation=attention,
+  )
 
 
 class TorchStep:
@@ -159,10 +196,18 @@ class TorchStep:
   CPU/GPU autocast with float32 weights.
   """
 
-  def __init__(self, cfg: ModelConfig, batch: int, *, attention: str = "sdpa",
-               dtype: str = "float32", seed: int = 0):
+  def __init__(
+    self,
+    cfg: ModelConfig,
+    batch: int,
+    *,
+    attention: str = "sdpa",
+    dtype: str = "float32",
+    seed: int = 0,
+  ):
     import torch
     from transformers import ViTMAEForPreTraining
+
     if cfg.encoder_mask_tokens:
       raise ValueError("transformers' ViTMAE has no mask-token encoder variant")
     self.torch = torch
@@ -174,9 +219,14 @@ class TorchStep:
         continue
       (no_decay if parameter.ndim <= 1 or name.endswith(".bias") else decay).append(parameter)
     self.optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": ADAMW["weight_decay"]},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=LEARNING_RATE, betas=(ADAMW["b1"], ADAMW["b2"]), eps=1e-8)
+      [
+        {"params": decay, "weight_decay": ADAMW["weight_decay"]},
+        {"params": no_decay, "weight_decay": 0.0},
+      ],
+      lr=LEARNING_RATE,
+      betas=(ADAMW["b1"], ADAMW["b2"]),
+      eps=1e-8,
+    )
     self.images = torch.from_numpy(random_images(cfg, batch, seed).transpose(0, 3, 1, 2).copy())
     self.autocast = dtype in ("bfloat16", "float16")
     self.dtype = getattr(torch, dtype)
@@ -200,8 +250,10 @@ class TorchStep:
 
 # ---------------------------------------------------------------- matmul --
 
-def matmul_rate(dtype: str = "float32", size: int = 2048, *, chain: int = 1,
-                repeats: int = 7, seed: int = 0) -> dict[str, float]:
+
+def matmul_rate(
+  dtype: str = "float32", size: int = 2048, *, chain: int = 1, repeats: int = 7, seed: int = 0
+) -> dict[str, float]:
   """FLOP/s of (size x size) @ (size x size) through XLA on the default device.
 
   `chain` products run inside one jitted loop (so that dispatch does not
@@ -224,18 +276,27 @@ def matmul_rate(dtype: str = "float32", size: int = 2048, *, chain: int = 1,
   times = [common.timed(lambda: jax.block_until_ready(product(a, b))) for _ in range(repeats)]
   seconds = common.median(times)
   flops = 2.0 * size**3 * chain
-  return {"dtype": str(dtype), "size": size, "chain": chain, "median_s": seconds,
-          "flops_per_s": flops / seconds, "best_flops_per_s": flops / min(times)}
+  return {
+    "dtype": str(dtype),
+    "size": size,
+    "chain": chain,
+    "median_s": seconds,
+    "flops_per_s": flops / seconds,
+    "best_flops_per_s": flops / min(times),
+  }
 
 
 def describe(cfg: ModelConfig) -> str:
   extra = ", w/ [M]" if cfg.encoder_mask_tokens else ""
-  return (f"D{cfg.width}x{cfg.depth} p{cfg.patch_size} {cfg.image_size}px "
-          f"{cfg.dtype} remat={cfg.remat_policy}{' scan' if cfg.scan_layers else ''}{extra}")
+  return (
+    f"D{cfg.width}x{cfg.depth} p{cfg.patch_size} {cfg.image_size}px "
+    f"{cfg.dtype} remat={cfg.remat_policy}{' scan' if cfg.scan_layers else ''}{extra}"
+  )
 
 
 def model_config(preset: str | None, **overrides: Any) -> ModelConfig:
   from mae_jax.model.config import preset as make_preset
+
   if preset in (None, "", "custom"):
     return ModelConfig(**overrides).validate()
   return make_preset(preset, **overrides)

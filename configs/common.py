@@ -16,8 +16,9 @@ import ml_collections
 from mae_jax.model.config import ModelConfig, preset
 
 
-def parse_arg(arg: str | None, *, default_preset: str, presets: tuple[str, ...],
-              known_options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def parse_arg(
+  arg: str | None, *, default_preset: str, presets: tuple[str, ...], known_options: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
   """'vit_base,runlocal,epochs=1600' -> ('vit_base', {'runlocal': True, 'epochs': 1600})."""
   items = [item.strip() for item in (arg or "").split(",") if item.strip()]
   name = default_preset
@@ -30,7 +31,8 @@ def parse_arg(arg: str | None, *, default_preset: str, presets: tuple[str, ...],
     key, _, value = item.partition("=")
     if key not in known_options:
       raise ValueError(
-          f"config option {key!r} is unknown: known options are {sorted(known_options)}.")
+        f"config option {key!r} is unknown: known options are {sorted(known_options)}."
+      )
     default = known_options[key]
     if not value:
       options[key] = True
@@ -60,25 +62,33 @@ def base_training_config() -> ml_collections.ConfigDict:
   c.global_batch_size = 4096
   c.grad_accum_steps = 1
   c.num_epochs = 800.0
-  c.num_train_steps = -1          # > 0 overrides num_epochs
+  c.num_train_steps = -1  # > 0 overrides num_epochs
   c.warmup_epochs = 40.0
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=1.5e-4, min_lr=0.0, b1=0.9, b2=0.95, weight_decay=0.05,
-      grad_clip_norm=0.0))        # 0 = no clipping (the reference clips nothing)
+  c.optimizer = ml_collections.ConfigDict(
+    dict(
+      name="adamw",
+      base_lr=1.5e-4,
+      min_lr=0.0,
+      b1=0.9,
+      b2=0.95,
+      weight_decay=0.05,
+      grad_clip_norm=0.0,
+    )
+  )  # 0 = no clipping (the reference clips nothing)
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  c.logical_axis_rules = []       # empty = mae_jax.sharding.DEFAULT_RULES
+  c.logical_axis_rules = []  # empty = mae_jax.sharding.DEFAULT_RULES
   c.checkpoint_every_steps = 1000
-  c.keep_checkpoints = 3          # newest checkpoints kept
-  c.keep_every_steps = 0          # > 0: also keep every such step forever
+  c.keep_checkpoints = 3  # newest checkpoints kept
+  c.keep_every_steps = 0  # > 0: also keep every such step forever
   c.async_checkpointing = True
   c.log_every_steps = 100
   c.eval_every_steps = 1000
-  c.eval_batches = -1             # -1 = the whole held-out split
-  c.num_reconstructions = 8       # held-out images in reconstructions.png
-  c.progress_bar = "auto"         # auto (only on a terminal) | on | off
-  c.init_from = ""                # checkpoint dir to start from (fine-tuning chains)
-  c.device_prefetch = 2           # batches transferred to the devices ahead of the step
-  c.nonfinite = "stop"            # non-finite loss/gradient: "stop" the run, or "skip" the step
+  c.eval_batches = -1  # -1 = the whole held-out split
+  c.num_reconstructions = 8  # held-out images in reconstructions.png
+  c.progress_bar = "auto"  # auto (only on a terminal) | on | off
+  c.init_from = ""  # checkpoint dir to start from (fine-tuning chains)
+  c.device_prefetch = 2  # batches transferred to the devices ahead of the step
+  c.nonfinite = "stop"  # non-finite loss/gradient: "stop" the run, or "skip" the step
   knn_fields(c)
   return c
 
@@ -90,9 +100,9 @@ def knn_fields(config: ml_collections.ConfigDict) -> None:
   dataset needs class labels. The knn job itself reads `config.feature`."""
   config.knn_k = 20
   config.knn_temperature = 0.07
-  config.knn_feature = "cls"       # cls | pool, after the encoder's final norm
-  config.knn_train_batches = -1    # train-split batches in the bank; -1 = all
-  config.knn_every_steps = 0       # pretraining: > 0 logs knn_top1/top5 every N steps
+  config.knn_feature = "cls"  # cls | pool, after the encoder's final norm
+  config.knn_train_batches = -1  # train-split batches in the bank; -1 = all
+  config.knn_every_steps = 0  # pretraining: > 0 logs knn_top1/top5 every N steps
 
 
 def base_eval_config(job: str) -> ml_collections.ConfigDict:
@@ -100,17 +110,17 @@ def base_eval_config(job: str) -> ml_collections.ConfigDict:
   the training fields; the config files set the recipe values."""
   c = base_training_config()
   c.job = job
-  c.init_from = ""                # pretraining workdir, checkpoints dir or converted checkpoint
-  c.init_step = -1                # -1 = the newest complete step of init_from
-  c.baseline = ""                 # "" | random_init | raw_pixels (then init_from stays empty)
-  c.feature = "cls"               # cls | pool
-  c.num_classes = -1              # -1 = the dataset's
-  c.eval_batch_size = -1          # -1 = the micro-batch, global_batch_size / grad_accum_steps
+  c.init_from = ""  # pretraining workdir, checkpoints dir or converted checkpoint
+  c.init_step = -1  # -1 = the newest complete step of init_from
+  c.baseline = ""  # "" | random_init | raw_pixels (then init_from stays empty)
+  c.feature = "cls"  # cls | pool
+  c.num_classes = -1  # -1 = the dataset's
+  c.eval_batch_size = -1  # -1 = the micro-batch, global_batch_size / grad_accum_steps
   c.head_init_std = 0.01
-  c.cache_features = False        # linprobe: features once, if the train transform is fixed
-  c.mixup = 0.0                   # finetune: Mixup alpha (0 = off)
-  c.cutmix = 0.0                  # finetune: CutMix alpha (0 = off)
-  c.mixup_switch_prob = 0.5       # finetune: P(CutMix) when both are on
+  c.cache_features = False  # linprobe: features once, if the train transform is fixed
+  c.mixup = 0.0  # finetune: Mixup alpha (0 = off)
+  c.cutmix = 0.0  # finetune: CutMix alpha (0 = off)
+  c.mixup_switch_prob = 0.5  # finetune: P(CutMix) when both are on
   c.label_smoothing = 0.0
   c.num_reconstructions = 0
   return c

@@ -45,23 +45,35 @@ from mae_jax.data import default_data_config, imagenet_data_config
 PRESETS = ("digits", "vit_base", "vit_large", "vit_huge")
 OPTIONS = {"runlocal": False, "epochs": -1.0, "batch": -1, "scratch": False}
 # preset: (epochs, base lr, layer decay, drop path)
-RECIPES = {"vit_base": (100.0, 5e-4, 0.65, 0.1), "vit_large": (50.0, 1e-3, 0.75, 0.2),
-           "vit_huge": (50.0, 1e-3, 0.75, 0.3), "digits": (15.0, 5e-3, 0.65, 0.1)}
-FINETUNE_AUGMENTATION = dict(randaugment_ops=2, randaugment_magnitude=9.0,
-                             randaugment_magnitude_std=0.5, random_erasing=0.25)
+RECIPES = {
+  "vit_base": (100.0, 5e-4, 0.65, 0.1),
+  "vit_large": (50.0, 1e-3, 0.75, 0.2),
+  "vit_huge": (50.0, 1e-3, 0.75, 0.3),
+  "digits": (15.0, 5e-3, 0.65, 0.1),
+}
+FINETUNE_AUGMENTATION = dict(
+  randaugment_ops=2, randaugment_magnitude=9.0, randaugment_magnitude_std=0.5, random_erasing=0.25
+)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  name, options = parse_arg(arg, default_preset="digits", presets=PRESETS,
-                            known_options=OPTIONS)
+  name, options = parse_arg(arg, default_preset="digits", presets=PRESETS, known_options=OPTIONS)
   epochs, base_lr, layer_decay, drop_path = RECIPES[name]
   config = base_eval_config("finetune")
   config.preset = name
   config.feature = "pool"
   config.head_init_std = 2e-5
-  config.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=base_lr, min_lr=1e-6, b1=0.9, b2=0.999, weight_decay=0.05,
-      layer_decay=layer_decay))
+  config.optimizer = ml_collections.ConfigDict(
+    dict(
+      name="adamw",
+      base_lr=base_lr,
+      min_lr=1e-6,
+      b1=0.9,
+      b2=0.999,
+      weight_decay=0.05,
+      layer_decay=layer_decay,
+    )
+  )
   config.num_epochs = epochs
   config.warmup_epochs = 5.0
   config.mixup, config.cutmix, config.mixup_switch_prob = 0.8, 1.0, 0.5
@@ -81,7 +93,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.global_batch_size = 1024
     config.eval_batch_size = 1024
     config.log_every_steps = 100
-    config.eval_every_steps = 1250     # one epoch
+    config.eval_every_steps = 1250  # one epoch
     config.checkpoint_every_steps = 1250
     if options["runlocal"]:
       runlocal(config)

@@ -22,8 +22,7 @@ OPTIONS = {"runlocal": False}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  name, options = parse_arg(arg, default_preset="digits", presets=PRESETS,
-                            known_options=OPTIONS)
+  name, options = parse_arg(arg, default_preset="digits", presets=PRESETS, known_options=OPTIONS)
   config = base_eval_config("knn")
   config.preset = name
   config.feature = "cls"

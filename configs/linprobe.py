@@ -37,14 +37,20 @@ EPOCHS = {"vit_base": 90.0, "vit_large": 50.0, "vit_huge": 50.0}
 
 
 def lars_optimizer(base_lr: float) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      name="lars", base_lr=base_lr, min_lr=0.0, momentum=0.9, trust_coefficient=0.001,
-      weight_decay=0.0))
+  return ml_collections.ConfigDict(
+    dict(
+      name="lars",
+      base_lr=base_lr,
+      min_lr=0.0,
+      momentum=0.9,
+      trust_coefficient=0.001,
+      weight_decay=0.0,
+    )
+  )
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  name, options = parse_arg(arg, default_preset="digits", presets=PRESETS,
-                            known_options=OPTIONS)
+  name, options = parse_arg(arg, default_preset="digits", presets=PRESETS, known_options=OPTIONS)
   config = base_eval_config("linprobe")
   config.preset = name
   config.head_init_std = 0.01
@@ -69,7 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.num_epochs = EPOCHS[name]
     config.optimizer = lars_optimizer(base_lr=0.1)
     config.log_every_steps = 20
-    config.eval_every_steps = 780      # about 10 epochs of 78 steps
+    config.eval_every_steps = 780  # about 10 epochs of 78 steps
     config.checkpoint_every_steps = 200
     if options["runlocal"]:
       runlocal(config)
@@ -82,8 +88,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def runlocal(config: ml_collections.ConfigDict) -> None:
   """The preset's architecture on the bundled digits, for a laptop smoke test."""
-  config.data = default_data_config(image_size=config.model.image_size, channels=3,
-                                    mean=DIGITS_MEAN * 3, std=DIGITS_STD * 3)
+  config.data = default_data_config(
+    image_size=config.model.image_size, channels=3, mean=DIGITS_MEAN * 3, std=DIGITS_STD * 3
+  )
   config.global_batch_size = 8
   config.eval_batch_size = 8
   config.num_train_steps = 10

@@ -43,8 +43,7 @@ OPTIONS = {"runlocal": False, "epochs": -1.0, "batch": -1}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  name, options = parse_arg(arg, default_preset="digits", presets=PRESETS,
-                            known_options=OPTIONS)
+  name, options = parse_arg(arg, default_preset="digits", presets=PRESETS, known_options=OPTIONS)
   config = base_training_config()
   config.preset = name
   if name == "digits":
@@ -62,14 +61,24 @@ def _digits(config: ml_collections.ConfigDict) -> None:
   # A small ViT that learns something visible in a few CPU minutes: 8x8
   # scans upscaled to 32x32, patch 4 -> 64 patches, 16 visible at ratio 0.75.
   config.model = model_config_dict(
-      "custom", image_size=32, patch_size=4, channels=1, width=192, depth=6, heads=3,
-      decoder_width=128, decoder_depth=2, decoder_heads=4, mask_ratio=0.75,
-      norm_pix_loss=True)
+    "custom",
+    image_size=32,
+    patch_size=4,
+    channels=1,
+    width=192,
+    depth=6,
+    heads=3,
+    decoder_width=128,
+    decoder_depth=2,
+    decoder_heads=4,
+    mask_ratio=0.75,
+    norm_pix_loss=True,
+  )
   config.data = default_data_config(image_size=32, channels=1)
   config.global_batch_size = 128
-  config.num_epochs = 40.0          # 1,497 training images: 11 steps an epoch
+  config.num_epochs = 40.0  # 1,497 training images: 11 steps an epoch
   config.warmup_epochs = 5.0
-  config.optimizer.base_lr = 1.5e-3 # small data, short schedule: a higher lr
+  config.optimizer.base_lr = 1.5e-3  # small data, short schedule: a higher lr
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 2
   config.log_every_steps = 20
@@ -83,8 +92,8 @@ def _imagenet(config: ml_collections.ConfigDict, name: str, *, runlocal: bool) -
   config.data = imagenet_data_config()
   if runlocal:
     config.data = default_data_config(
-        image_size=config.model.image_size, channels=3,
-        mean=DIGITS_MEAN * 3, std=DIGITS_STD * 3)
+      image_size=config.model.image_size, channels=3, mean=DIGITS_MEAN * 3, std=DIGITS_STD * 3
+    )
     config.global_batch_size = 8
     config.num_train_steps = 10
     config.warmup_epochs = 0.0

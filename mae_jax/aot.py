@@ -69,19 +69,19 @@ class Report:
   chips: int
   hosts: int
   mesh: dict
-  slices_per_axis: dict           # how many TPU slices each mesh axis spans
+  slices_per_axis: dict  # how many TPU slices each mesh axis spans
   model: str
   params: int
   global_batch: int
-  batch_per_chip: float           # per micro-batch
+  batch_per_chip: float  # per micro-batch
   grad_accum_steps: int
   dtype: str
   remat_policy: str
-  hbm_bytes: int | None           # None: no limit known (cpu)
-  state_bytes: int                # per chip, from the state's shardings
-  memory: dict | None = None      # per chip, from the compiler
+  hbm_bytes: int | None  # None: no limit known (cpu)
+  state_bytes: int  # per chip, from the state's shardings
+  memory: dict | None = None  # per chip, from the compiler
   compiler_flops: float | None = None
-  model_flops: float = 0.0        # whole step, all chips
+  model_flops: float = 0.0  # whole step, all chips
   bytes_accessed: float | None = None
   step_seconds: float | None = None
   step_time_source: str = ""
@@ -91,8 +91,9 @@ class Report:
   suggestions: list = dataclasses.field(default_factory=list)
 
 
-def check_plan(config: ml_collections.ConfigDict, topology: topologies.Topology, *,
-               hbm_bytes: int | None = None) -> Report:
+def check_plan(
+  config: ml_collections.ConfigDict, topology: topologies.Topology, *, hbm_bytes: int | None = None
+) -> Report:
   """Builds, lowers and compiles the train step; ValueError for bad input."""
   devices = topologies.devices(topology)
   plan = plan_without_data(config, devices)
@@ -100,18 +101,23 @@ def check_plan(config: ml_collections.ConfigDict, topology: topologies.Topology,
   lowered, abstract, shardings = lower_train_step(config, plan, mesh)
   cfg, chip = plan.model, topology.chip
   report = Report(
-      topology=topology.name, accelerator_type=topology.accelerator_type,
-      chips=len(devices), hosts=len({d.process_index for d in devices}),
-      mesh=dict(mesh.shape), slices_per_axis=slices_per_axis(mesh),
-      model=describe_model(cfg),
-      params=sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params)),
-      global_batch=config.global_batch_size,
-      batch_per_chip=plan.micro_batch_size / plan.data_parallel,
-      grad_accum_steps=config.grad_accum_steps, dtype=cfg.dtype,
-      remat_policy=cfg.remat_policy,
-      hbm_bytes=hbm_bytes or (chip.hbm_bytes if chip else None),
-      state_bytes=per_device_bytes(abstract, shardings),
-      model_flops=config.global_batch_size * model_flops_per_image(cfg))
+    topology=topology.name,
+    accelerator_type=topology.accelerator_type,
+    chips=len(devices),
+    hosts=len({d.process_index for d in devices}),
+    mesh=dict(mesh.shape),
+    slices_per_axis=slices_per_axis(mesh),
+    model=describe_model(cfg),
+    params=sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params)),
+    global_batch=config.global_batch_size,
+    batch_per_chip=plan.micro_batch_size / plan.data_parallel,
+    grad_accum_steps=config.grad_accum_steps,
+    dtype=cfg.dtype,
+    remat_policy=cfg.remat_policy,
+    hbm_bytes=hbm_bytes or (chip.hbm_bytes if chip else None),
+    state_bytes=per_device_bytes(abstract, shardings),
+    model_flops=config.global_batch_size * model_flops_per_image(cfg),
+  )
   try:
     compiled = lowered.compile()
   except Exception as error:  # XLA reports "out of memory" as a runtime error
@@ -129,23 +135,29 @@ def lower_train_step(config, plan, mesh):
   """The train step of `pretrain.train_and_evaluate`, lowered for `mesh` with
   abstract (shape, dtype, sharding) arguments: nothing is allocated."""
   model = MaskedAutoencoder(plan.model)
-  schedule, tx = optim.from_config(config, warmup_steps=plan.warmup_steps,
-                                    total_steps=plan.total_steps)
+  schedule, tx = optim.from_config(
+    config, warmup_steps=plan.warmup_steps, total_steps=plan.total_steps
+  )
   shardings, abstract = pretrain.state_layout(model, tx, mesh, plan.rules)
   batch_sharding = sharding.batch_sharding(mesh, plan.rules)
   cfg = plan.model
   image = (config.global_batch_size, cfg.image_size, cfg.image_size, cfg.channels)
-  batch = {"image": jax.ShapeDtypeStruct(image, jnp.float32, sharding=batch_sharding),
-           "mask": jax.ShapeDtypeStruct(image[:1], jnp.float32, sharding=batch_sharding)}
+  batch = {
+    "image": jax.ShapeDtypeStruct(image, jnp.float32, sharding=batch_sharding),
+    "mask": jax.ShapeDtypeStruct(image[:1], jnp.float32, sharding=batch_sharding),
+  }
   # Made outside the mesh context: under it, jax would place the key on the
   # compile-only devices, which cannot hold data.
   seed_key = jax.random.key(config.seed)
   with pretrain.mesh_context(mesh, plan.rules):
     step = jax.jit(
-        make_train_step(model, tx, schedule, grad_accum_steps=config.grad_accum_steps,
-                        seed_key=seed_key),
-        in_shardings=(shardings, batch_sharding),
-        out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+      make_train_step(
+        model, tx, schedule, grad_accum_steps=config.grad_accum_steps, seed_key=seed_key
+      ),
+      in_shardings=(shardings, batch_sharding),
+      out_shardings=(shardings, sharding.replicated(mesh)),
+      donate_argnums=(0,),
+    )
     lowered = step.lower(pretrain.with_shardings(abstract, shardings), batch)
   return lowered, abstract, shardings
 
@@ -156,10 +168,13 @@ def plan_without_data(config, devices):
   key = (config.data.source, config.data.name or "")
   if key not in KNOWN_TRAIN_SIZES and config.num_train_steps <= 0:
     raise ValueError(
-        f"the AOT check does not read data, and the size of {key[0]}:{key[1]} is not "
-        f"known to it ({sorted(KNOWN_TRAIN_SIZES)}): set --config.num_train_steps.")
-  sizes = {config.data.train_split: KNOWN_TRAIN_SIZES.get(key, config.global_batch_size),
-           config.data.eval_split: 0}
+      f"the AOT check does not read data, and the size of {key[0]}:{key[1]} is not "
+      f"known to it ({sorted(KNOWN_TRAIN_SIZES)}): set --config.num_train_steps."
+    )
+  sizes = {
+    config.data.train_split: KNOWN_TRAIN_SIZES.get(key, config.global_batch_size),
+    config.data.eval_split: 0,
+  }
   hosts = len({device.process_index for device in devices})
   # The k-NN monitor needs the dataset's labels, which are not read here; it
   # runs outside the train step, so the check does without it (a negative
@@ -167,21 +182,26 @@ def plan_without_data(config, devices):
   config = config.copy_and_resolve_references()
   config.knn_every_steps = min(config.knn_every_steps, 0)
   # Everything else make_plan checks (model, batch split, mesh) applies here.
-  return plan_lib.make_plan(config, num_devices=len(devices), process_count=hosts,
-                            known_dataset=(sizes, None))
+  return plan_lib.make_plan(
+    config, num_devices=len(devices), process_count=hosts, known_dataset=(sizes, None)
+  )
 
 
 def slices_per_axis(mesh) -> dict:
   """How many TPU slices one walks through along each mesh axis, read off the
   device grid (so it shows where the data-centre network is crossed)."""
   grid = np.vectorize(lambda d: getattr(d, "slice_index", 0), otypes=[int])(mesh.devices)
-  return {axis: len(set(np.moveaxis(grid, i, 0).reshape(grid.shape[i], -1)[:, 0]))
-          for i, axis in enumerate(mesh.axis_names)}
+  return {
+    axis: len(set(np.moveaxis(grid, i, 0).reshape(grid.shape[i], -1)[:, 0]))
+    for i, axis in enumerate(mesh.axis_names)
+  }
 
 
 def describe_model(cfg) -> str:
-  return (f"ViT width {cfg.width} depth {cfg.depth} patch {cfg.patch_size} at "
-          f"{cfg.image_size} px, decoder {cfg.decoder_width}x{cfg.decoder_depth}")
+  return (
+    f"ViT width {cfg.width} depth {cfg.depth} patch {cfg.patch_size} at "
+    f"{cfg.image_size} px, decoder {cfg.decoder_width}x{cfg.decoder_depth}"
+  )
 
 
 def per_device_bytes(abstract, shardings) -> int:
@@ -201,27 +221,33 @@ def model_flops_per_image(cfg) -> float:
   and the pixel prediction. A block over L tokens of width D with MLP
   width M does 2L(4D^2 + 2DM) for its projections and 4L^2 D for attention.
   """
+
   def blocks(tokens, width, depth, mlp_ratio):
     mlp = width * mlp_ratio
     return depth * (2 * tokens * (4 * width**2 + 2 * width * mlp) + 4 * tokens**2 * width)
 
   patches = cfg.num_patches
   encoded = (patches if cfg.encoder_mask_tokens else cfg.num_visible) + 1
-  forward = (2 * patches * cfg.patch_dim * cfg.width
-             + blocks(encoded, cfg.width, cfg.depth, cfg.mlp_ratio)
-             + 2 * encoded * cfg.width * cfg.decoder_width
-             + blocks(patches + 1, cfg.decoder_width, cfg.decoder_depth, cfg.decoder_mlp_ratio)
-             + 2 * (patches + 1) * cfg.decoder_width * cfg.patch_dim)
+  forward = (
+    2 * patches * cfg.patch_dim * cfg.width
+    + blocks(encoded, cfg.width, cfg.depth, cfg.mlp_ratio)
+    + 2 * encoded * cfg.width * cfg.decoder_width
+    + blocks(patches + 1, cfg.decoder_width, cfg.decoder_depth, cfg.decoder_mlp_ratio)
+    + 2 * (patches + 1) * cfg.decoder_width * cfg.patch_dim
+  )
   return 3.0 * forward
 
 
 def read_compiled(report: Report, compiled, chip) -> None:
   memory = compiled.memory_analysis()
-  parts = {name: int(getattr(memory, f"{name}_size_in_bytes", 0) or 0)
-           for name in ("argument", "output", "alias", "temp", "generated_code")}
+  parts = {
+    name: int(getattr(memory, f"{name}_size_in_bytes", 0) or 0)
+    for name in ("argument", "output", "alias", "temp", "generated_code")
+  }
   # Donated state: its outputs reuse the argument buffers ("alias").
-  parts["total"] = (parts["argument"] + parts["output"] - parts["alias"] + parts["temp"]
-                    + parts["generated_code"])
+  parts["total"] = (
+    parts["argument"] + parts["output"] - parts["alias"] + parts["temp"] + parts["generated_code"]
+  )
   report.memory = parts
   cost = compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
@@ -243,11 +269,11 @@ def read_compiled(report: Report, compiled, chip) -> None:
     report.step_seconds = max(compute, memory_time)
     bound = "HBM traffic" if memory_time > compute else "compute"
     report.step_time_source = (
-        f"a roofline, {bound}-bound: max(compiled FLOPs / peak, bytes accessed / HBM "
-        "bandwidth) per chip; communication and overlap not modelled")
+      f"a roofline, {bound}-bound: max(compiled FLOPs / peak, bytes accessed / HBM "
+      "bandwidth) per chip; communication and overlap not modelled"
+    )
   if report.step_seconds:
-    report.mfu = report.model_flops / (report.chips * chip.peak_bf16_flops
-                                       * report.step_seconds)
+    report.mfu = report.model_flops / (report.chips * chip.peak_bf16_flops * report.step_seconds)
 
 
 def is_out_of_memory(error: Exception) -> bool:
@@ -266,18 +292,19 @@ def suggestions(report: Report, plan) -> list[str]:
   sharded_over = mesh["fsdp"] * mesh["tensor"]
   if sharded_over < report.chips and report.state_bytes > hbm / 8:
     tips.append(
-        f"shard parameters and AdamW state over all chips (they take "
-        f"{gib(report.state_bytes)} per chip now): --config.mesh.data=1 "
-        f"--config.mesh.fsdp=-1")
+      f"shard parameters and AdamW state over all chips (they take "
+      f"{gib(report.state_bytes)} per chip now): --config.mesh.data=1 "
+      f"--config.mesh.fsdp=-1"
+    )
   if report.remat_policy != "full":
-    tips.append("recompute activations in the backward pass: "
-                "--config.model.remat_policy=full")
+    tips.append("recompute activations in the backward pass: --config.model.remat_policy=full")
   if report.batch_per_chip > 1:
     accum = report.grad_accum_steps * 2
     if report.global_batch % (accum * plan.data_parallel) == 0:
       tips.append(
-          f"halve the per-chip batch ({report.batch_per_chip:g} images) with the same "
-          f"update: --config.grad_accum_steps={accum}")
+        f"halve the per-chip batch ({report.batch_per_chip:g} images) with the same "
+        f"update: --config.grad_accum_steps={accum}"
+      )
   if report.dtype == "float32":
     tips.append("compute in bfloat16 (weights stay float32): --config.model.dtype=bfloat16")
   if not tips:
@@ -305,35 +332,43 @@ def format_report(r: Report) -> str:
     mesh += " (across slices: " + " ".join(f"{a}={n}" for a, n in across.items()) + ")"
   hbm = gib(r.hbm_bytes) if r.hbm_bytes else "no limit known"
   lines = [
-      f"AOT plan on {r.topology} ({r.accelerator_type}: {r.chips} chips, {r.hosts} hosts)",
-      f"  model            {r.model}, {r.params / 1e6:.1f}M parameters, {r.dtype}, "
-      f"remat {r.remat_policy}",
-      f"  mesh             {mesh}",
-      f"  batch            {r.global_batch} global, {r.batch_per_chip:g} per chip per "
-      f"micro-batch, grad_accum_steps {r.grad_accum_steps}",
-      f"  state per chip   {gib(r.state_bytes)} (parameters + AdamW moments)",
+    f"AOT plan on {r.topology} ({r.accelerator_type}: {r.chips} chips, {r.hosts} hosts)",
+    f"  model            {r.model}, {r.params / 1e6:.1f}M parameters, {r.dtype}, "
+    f"remat {r.remat_policy}",
+    f"  mesh             {mesh}",
+    f"  batch            {r.global_batch} global, {r.batch_per_chip:g} per chip per "
+    f"micro-batch, grad_accum_steps {r.grad_accum_steps}",
+    f"  state per chip   {gib(r.state_bytes)} (parameters + AdamW moments)",
   ]
   if r.memory:
     m = r.memory
     lines.append(
-        f"  memory per chip  {gib(m['total'])} of {hbm} HBM: arguments {gib(m['argument'])}, "
-        f"temporaries {gib(m['temp'])}, outputs {gib(m['output'] - m['alias'])}, "
-        f"code {gib(m['generated_code'])}")
+      f"  memory per chip  {gib(m['total'])} of {hbm} HBM: arguments {gib(m['argument'])}, "
+      f"temporaries {gib(m['temp'])}, outputs {gib(m['output'] - m['alias'])}, "
+      f"code {gib(m['generated_code'])}"
+    )
   if r.compile_error:
     lines.append(f"  compiler         {r.compile_error}")
   if r.compiler_flops:
-    lines.append(f"  FLOPs per step   {r.compiler_flops * r.chips:.3e} compiled "
-                 f"({r.compiler_flops:.3e} per chip, recomputation included), "
-                 f"{r.model_flops:.3e} model")
+    lines.append(
+      f"  FLOPs per step   {r.compiler_flops * r.chips:.3e} compiled "
+      f"({r.compiler_flops:.3e} per chip, recomputation included), "
+      f"{r.model_flops:.3e} model"
+    )
   if r.step_seconds:
-    lines.append(f"  step time        {r.step_seconds * 1e3:.1f} ms estimated by "
-                 f"{r.step_time_source}")
-    lines.append(f"  implied MFU      {100 * r.mfu:.1f} % (model FLOPs / (chips x peak bf16 "
-                 f"x estimated step time))")
+    lines.append(
+      f"  step time        {r.step_seconds * 1e3:.1f} ms estimated by {r.step_time_source}"
+    )
+    lines.append(
+      f"  implied MFU      {100 * r.mfu:.1f} % (model FLOPs / (chips x peak bf16 "
+      f"x estimated step time))"
+    )
   extra = recomputed_fraction(r)
   if extra > 0.05:
-    lines.append(f"  note             the compiled step does {100 * extra:.0f} % more FLOPs than "
-                 "the model: XLA recomputes activations to fit, little headroom is left")
+    lines.append(
+      f"  note             the compiled step does {100 * extra:.0f} % more FLOPs than "
+      "the model: XLA recomputes activations to fit, little headroom is left"
+    )
   lines.append("  verdict          " + ("fits" if r.fits else "DOES NOT FIT"))
   lines.extend(f"  try: {tip}" for tip in r.suggestions)
   return "\n".join(lines)
@@ -350,8 +385,9 @@ def main(argv, config, options) -> None:
   try:
     topology = topologies.parse(options["topology"].value, options["num_slices"].value)
     hbm_gib = options["hbm_gib"].value
-    report = check_plan(config.value, topology,
-                        hbm_bytes=int(hbm_gib * 1024**3) if hbm_gib else None)
+    report = check_plan(
+      config.value, topology, hbm_bytes=int(hbm_gib * 1024**3) if hbm_gib else None
+    )
   except ValueError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(EXIT_BAD_INPUT)
@@ -367,15 +403,20 @@ def run_cli() -> None:
   # Flags are defined here, not at import: tests import this module next to
   # mae_jax.main, which defines --config too.
   config = config_flags.DEFINE_config_file(
-      "config", None, "Config file, e.g. configs/pretrain.py:vit_huge.", lock_config=True)
+    "config", None, "Config file, e.g. configs/pretrain.py:vit_huge.", lock_config=True
+  )
   options = {
-      "topology": flags.DEFINE_string(
-          "topology", None, "TPU slice as CHIP:SHAPE (v4:4x4x4, v5e:8x8, v5p:4x4x8, "
-          "v6e:8x16), or 'cpu' / 'cpu:N' for this machine's devices."),
-      "num_slices": flags.DEFINE_integer("num_slices", 1, "Slices of that shape."),
-      "hbm_gib": flags.DEFINE_float(
-          "hbm_gib", None, "Memory per chip to check against, instead of the chip's HBM."),
-      "json": flags.DEFINE_string("json", None, "Also write the report as JSON here."),
+    "topology": flags.DEFINE_string(
+      "topology",
+      None,
+      "TPU slice as CHIP:SHAPE (v4:4x4x4, v5e:8x8, v5p:4x4x8, "
+      "v6e:8x16), or 'cpu' / 'cpu:N' for this machine's devices.",
+    ),
+    "num_slices": flags.DEFINE_integer("num_slices", 1, "Slices of that shape."),
+    "hbm_gib": flags.DEFINE_float(
+      "hbm_gib", None, "Memory per chip to check against, instead of the chip's HBM."
+    ),
+    "json": flags.DEFINE_string("json", None, "Also write the report as JSON here."),
   }
   app.run(lambda argv: main(argv, config, options))
 

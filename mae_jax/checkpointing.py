@@ -22,9 +22,9 @@ import errno
 import os
 from typing import Any, Mapping
 
-from absl import logging
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 from mae_jax.errors import CheckpointError
 from mae_jax.model.config import ModelConfig
@@ -34,20 +34,39 @@ METADATA = "metadata"
 
 # Fields that change the parameter shapes; the rest (dtype, remat, mask
 # ratio, image size...) can differ between the writer and the reader.
-ARCHITECTURE_FIELDS = ("patch_size", "channels", "width", "depth", "heads", "mlp_ratio",
-                       "decoder_width", "decoder_depth", "decoder_heads", "decoder_mlp_ratio",
-                       "encoder_mask_tokens")
+ARCHITECTURE_FIELDS = (
+  "patch_size",
+  "channels",
+  "width",
+  "depth",
+  "heads",
+  "mlp_ratio",
+  "decoder_width",
+  "decoder_depth",
+  "decoder_heads",
+  "decoder_mlp_ratio",
+  "encoder_mask_tokens",
+)
 
 
-def manager(directory: str, *, max_to_keep: int | None = None, keep_period: int | None = None,
-            save_interval_steps: int = 1, enable_async: bool = True,
-            read_only: bool = False) -> ocp.CheckpointManager:
+def manager(
+  directory: str,
+  *,
+  max_to_keep: int | None = None,
+  keep_period: int | None = None,
+  save_interval_steps: int = 1,
+  enable_async: bool = True,
+  read_only: bool = False,
+) -> ocp.CheckpointManager:
   """`max_to_keep` newest checkpoints, plus every `keep_period`-th step forever."""
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, keep_period=keep_period or None,
-      save_interval_steps=save_interval_steps,
-      create=not read_only, read_only=read_only,
-      enable_async_checkpointing=enable_async)
+    max_to_keep=max_to_keep,
+    keep_period=keep_period or None,
+    save_interval_steps=save_interval_steps,
+    create=not read_only,
+    read_only=read_only,
+    enable_async_checkpointing=enable_async,
+  )
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
@@ -56,14 +75,19 @@ class CheckpointSaveError(RuntimeError):
   checkpoints saved before it are intact; the message says what to do."""
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: Any, metadata: Mapping,
-         *, force: bool = False) -> bool:
+def save(
+  mngr: ocp.CheckpointManager, step: int, state: Any, metadata: Mapping, *, force: bool = False
+) -> bool:
   """Starts an (asynchronous) save of `step`. A failure of this save or of
   the previous one still in flight raises CheckpointSaveError."""
   try:
-    return mngr.save(step, args=ocp.args.Composite(
-        **{STATE: ocp.args.PyTreeSave(state), METADATA: ocp.args.JsonSave(dict(metadata))}),
-        force=force)
+    return mngr.save(
+      step,
+      args=ocp.args.Composite(
+        **{STATE: ocp.args.PyTreeSave(state), METADATA: ocp.args.JsonSave(dict(metadata))}
+      ),
+      force=force,
+    )
   except Exception as error:
     raise save_failure(str(mngr.directory), error) from error
 
@@ -76,8 +100,7 @@ def wait_for_saves(mngr: ocp.CheckpointManager) -> None:
     raise save_failure(str(mngr.directory), error) from error
 
 
-def finish(mngr: ocp.CheckpointManager, *, after_error: bool = False,
-           quiet: bool = False) -> None:
+def finish(mngr: ocp.CheckpointManager, *, after_error: bool = False, quiet: bool = False) -> None:
   """Waits for the save in flight to complete, then closes the manager.
 
   After another error (`after_error`) a failing save is logged instead of
@@ -126,19 +149,29 @@ def complete_steps(directory: str) -> list[int]:
 def save_failure(directory: str, error: BaseException) -> CheckpointSaveError:
   """A CheckpointSaveError that says what failed, what is safe and what to do."""
   text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-  disk_full = (getattr(error, "errno", None) == errno.ENOSPC or "No space left" in text
-               or "os_error_code='28'" in text)
+  disk_full = (
+    getattr(error, "errno", None) == errno.ENOSPC
+    or "No space left" in text
+    or "os_error_code='28'" in text
+  )
   steps = complete_steps(directory)
-  safe = (f"The complete checkpoints already there are untouched: steps {steps}; the "
-          "unfinished one (a *.orbax-checkpoint-tmp directory) is never resumed from."
-          if steps else "No complete checkpoint had been written there yet.")
-  resume = (f"it resumes from step {steps[-1]}" if steps else "it starts from scratch")
-  cause = ("The disk (or bucket quota) is full: free space" if disk_full else
-           "Fix the cause (space, permissions, quota, the bucket's reachability)")
+  safe = (
+    f"The complete checkpoints already there are untouched: steps {steps}; the "
+    "unfinished one (a *.orbax-checkpoint-tmp directory) is never resumed from."
+    if steps
+    else "No complete checkpoint had been written there yet."
+  )
+  resume = f"it resumes from step {steps[-1]}" if steps else "it starts from scratch"
+  cause = (
+    "The disk (or bucket quota) is full: free space"
+    if disk_full
+    else "Fix the cause (space, permissions, quota, the bucket's reachability)"
+  )
   return CheckpointSaveError(
-      f"Writing a checkpoint to {directory} failed: {type(error).__name__}: {text}\n"
-      f"{safe}\n{cause}, or copy the workdir somewhere with room and point --workdir at "
-      f"the copy, then rerun the same command: {resume}.")
+    f"Writing a checkpoint to {directory} failed: {type(error).__name__}: {text}\n"
+    f"{safe}\n{cause}, or copy the workdir somewhere with room and point --workdir at "
+    f"the copy, then rerun the same command: {resume}."
+  )
 
 
 def _latest_step(mngr: ocp.CheckpointManager, directory: str, step: int | None) -> int:
@@ -146,19 +179,21 @@ def _latest_step(mngr: ocp.CheckpointManager, directory: str, step: int | None) 
     step = mngr.latest_step()
   if step is None:
     raise CheckpointError(
-        f"no complete checkpoint in {directory!r}: expected an orbax checkpoint "
-        "directory (e.g. a run's workdir/checkpoints, or the output of "
-        "`python -m mae_jax.convert`).")
+      f"no complete checkpoint in {directory!r}: expected an orbax checkpoint "
+      "directory (e.g. a run's workdir/checkpoints, or the output of "
+      "`python -m mae_jax.convert`)."
+    )
   if step not in mngr.all_steps():
-    raise CheckpointError(f"checkpoint step {step} not in {directory!r}; steps: {mngr.all_steps()}.")
+    raise CheckpointError(
+      f"checkpoint step {step} not in {directory!r}; steps: {mngr.all_steps()}."
+    )
   return step
 
 
 def read_metadata(directory: str, step: int | None = None) -> dict:
   mngr = manager(directory, read_only=True)
   step = _latest_step(mngr, directory, step)
-  return mngr.restore(step, args=ocp.args.Composite(
-      **{METADATA: ocp.args.JsonRestore()}))[METADATA]
+  return mngr.restore(step, args=ocp.args.Composite(**{METADATA: ocp.args.JsonRestore()}))[METADATA]
 
 
 def restore_state(directory: str, abstract_state: Any, step: int | None = None) -> Any:
@@ -177,8 +212,10 @@ def restore_state(directory: str, abstract_state: Any, step: int | None = None) 
     return ocp.ArrayRestoreArgs(dtype=leaf.dtype, sharding=sharding, global_shape=leaf.shape)
 
   args = ocp.args.PyTreeRestore(
-      item=abstract_state, restore_args=jax.tree.map(restore_args, abstract_state),
-      partial_restore=True)
+    item=abstract_state,
+    restore_args=jax.tree.map(restore_args, abstract_state),
+    partial_restore=True,
+  )
   return mngr.restore(step, args=ocp.args.Composite(**{STATE: args}))[STATE]
 
 
@@ -190,6 +227,7 @@ def resolve_checkpoint_dir(path: str) -> str:
   (including when only half-written `*.orbax-checkpoint-tmp*` steps exist).
   """
   import tensorflow as tf
+
   for candidate in (os.path.join(path, "checkpoints"), path):
     if not tf.io.gfile.isdir(candidate):
       continue
@@ -200,11 +238,16 @@ def resolve_checkpoint_dir(path: str) -> str:
   for candidate in (os.path.join(path, "checkpoints"), path):
     if tf.io.gfile.isdir(candidate):
       partial += [name for name in tf.io.gfile.listdir(candidate) if "orbax-checkpoint-tmp" in name]
-  hint = (f" Only half-written steps are there ({', '.join(sorted(partial))}): the run "
-          "that wrote them died before finishing a save." if partial else "")
+  hint = (
+    f" Only half-written steps are there ({', '.join(sorted(partial))}): the run "
+    "that wrote them died before finishing a save."
+    if partial
+    else ""
+  )
   raise CheckpointError(
-      f"no complete checkpoint at {path!r}: expected a pretraining workdir, its "
-      "checkpoints/ directory, or the output of `python -m mae_jax.convert`." + hint)
+    f"no complete checkpoint at {path!r}: expected a pretraining workdir, its "
+    "checkpoints/ directory, or the output of `python -m mae_jax.convert`." + hint
+  )
 
 
 def saved_param_groups(directory: str, step: int | None = None) -> set[str]:
@@ -223,30 +266,34 @@ def model_metadata(config: ModelConfig) -> dict:
 def architecture_differences(saved: Mapping, config: ModelConfig) -> list[str]:
   """Human-readable list of architecture fields where `saved` differs."""
   current = dataclasses.asdict(config)
-  return [f"{name}: checkpoint {saved.get(name)!r} vs config {current[name]!r}"
-          for name in ARCHITECTURE_FIELDS
-          if name in saved and saved[name] != current[name]]
+  return [
+    f"{name}: checkpoint {saved.get(name)!r} vs config {current[name]!r}"
+    for name in ARCHITECTURE_FIELDS
+    if name in saved and saved[name] != current[name]
+  ]
 
 
 def check_architecture(directory: str, metadata: Mapping, config: ModelConfig) -> None:
   differences = architecture_differences(metadata.get("model", {}), config)
   if differences:
     raise CheckpointError(
-        f"the checkpoint in {directory!r} is of another architecture: "
-        + "; ".join(differences)
-        + ". Use a config with the checkpoint's sizes, or another checkpoint.")
+      f"the checkpoint in {directory!r} is of another architecture: "
+      + "; ".join(differences)
+      + ". Use a config with the checkpoint's sizes, or another checkpoint."
+    )
 
 
-def write_params(directory: str, params: Any, config: ModelConfig, *, source: str,
-                 param_layout: str = "layer_i") -> str:
+def write_params(
+  directory: str, params: Any, config: ModelConfig, *, source: str, param_layout: str = "layer_i"
+) -> str:
   """Writes converted weights as a one-step (step 0) checkpoint; returns its path."""
   mngr = manager(directory, enable_async=False)
   if mngr.all_steps():
     raise CheckpointError(
-        f"{directory!r} already holds checkpoints {mngr.all_steps()}: refusing to "
-        "overwrite; choose an empty output directory.")
-  metadata = {"model": model_metadata(config), "source": source,
-              "param_layout": param_layout}
+      f"{directory!r} already holds checkpoints {mngr.all_steps()}: refusing to "
+      "overwrite; choose an empty output directory."
+    )
+  metadata = {"model": model_metadata(config), "source": source, "param_layout": param_layout}
   save(mngr, 0, {"params": params, "step": 0}, metadata, force=True)
   mngr.wait_until_finished()
   mngr.close()

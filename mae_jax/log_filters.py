@@ -14,8 +14,9 @@ class LibraryInfoFilter:
   NOISY = ("/orbax/", "/tensorflow_datasets/")
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return (record.levelno >= std_logging.WARNING
-            or not any(part in record.pathname for part in self.NOISY))
+    return record.levelno >= std_logging.WARNING or not any(
+      part in record.pathname for part in self.NOISY
+    )
 
 
 def quiet_library_info() -> None:

@@ -32,15 +32,20 @@ from mae_jax.errors import USAGE_EXIT_CODE, ConfigError, UserError
 SAVE_FAILED_EXIT_CODE = 74  # sysexits' EX_IOERR
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/pretrain.py:digits.", lock_config=True)
+  "config", None, "Config file, e.g. configs/pretrain.py:digits.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local path or gs://).")
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0, for multi-process runs.")
+  "coordinator_address", None, "host:port of process 0, for multi-process runs."
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process.")
 _DISTRIBUTED = flags.DEFINE_enum(
-    "distributed", "auto", ["auto", "on", "off"],
-    "auto: initialise jax.distributed when a TPU pod or a SLURM job is detected.")
+  "distributed",
+  "auto",
+  ["auto", "on", "off"],
+  "auto: initialise jax.distributed when a TPU pod or a SLURM job is detected.",
+)
 
 
 def cluster_detected(environ=os.environ) -> bool:
@@ -56,15 +61,19 @@ def cluster_detected(environ=os.environ) -> bool:
 
 def initialize_distributed() -> None:
   import jax
+
   explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if any(value is not None for value in explicit) and None in explicit:
     raise app.UsageError(
-        "--coordinator_address, --num_processes and --process_id go together: "
-        "set all three (the same address and count on every process), or none.")
+      "--coordinator_address, --num_processes and --process_id go together: "
+      "set all three (the same address and count on every process), or none."
+    )
   if _COORDINATOR.value:
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
+    jax.distributed.initialize(
+      coordinator_address=_COORDINATOR.value,
+      num_processes=_NUM_PROCESSES.value,
+      process_id=_PROCESS_ID.value,
+    )
   elif _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and cluster_detected()):
     jax.distributed.initialize()
 
@@ -73,18 +82,21 @@ def run_job(config, workdir: str):
   job = config.get("job", "pretrain")
   if job == "pretrain":
     from mae_jax.train.pretrain import train_and_evaluate
+
     return train_and_evaluate(config, workdir)
   if job == "linprobe":
     from mae_jax.evaluate.linprobe import run_linear_probe
+
     return run_linear_probe(config, workdir)
   if job == "finetune":
     from mae_jax.evaluate.finetune import run_finetune
+
     return run_finetune(config, workdir)
   if job == "knn":
     from mae_jax.evaluate.knn_job import run_knn
+
     return run_knn(config, workdir)
-  raise ConfigError(f"config.job={job!r} is unknown: 'pretrain', 'linprobe', 'finetune' "
-                   "or 'knn'.")
+  raise ConfigError(f"config.job={job!r} is unknown: 'pretrain', 'linprobe', 'finetune' or 'knn'.")
 
 
 def main(argv):
@@ -93,15 +105,23 @@ def main(argv):
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError("--config and --workdir are required.")
   from mae_jax.log_filters import quiet_library_info
+
   quiet_library_info()
   initialize_distributed()
   import jax
+
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)
-  logging.info("JAX %s: %d processes, %d devices (%s).", jax.__version__,
-               jax.process_count(), jax.device_count(), jax.devices()[0].device_kind)
+  logging.info(
+    "JAX %s: %d processes, %d devices (%s).",
+    jax.__version__,
+    jax.process_count(),
+    jax.device_count(),
+    jax.devices()[0].device_kind,
+  )
   from mae_jax.checkpointing import CheckpointSaveError
   from mae_jax.train.preemption import PREEMPTED_EXIT_CODE, Preempted
+
   try:
     run_job(_CONFIG.value, _WORKDIR.value)
   except Preempted as preempted:
@@ -155,15 +175,18 @@ def unknown_override(argv: list[str]) -> str | None:
   for arg in argv:
     if not arg.startswith("--config."):
       continue
-    key = arg[len("--config."):].split("=", 1)[0]
+    key = arg[len("--config.") :].split("=", 1)[0]
     if key in known:
       continue
     leaf = key.rsplit(".", 1)[-1]
     by_leaf = {p.rsplit(".", 1)[-1]: p for p in known}
     close = [by_leaf[m] for m in difflib.get_close_matches(leaf, by_leaf, n=3)]
     close += [p for p in difflib.get_close_matches(key, known, n=3) if p not in close]
-    hint = f"did you mean {' or '.join(repr(c) for c in close[:3])}?" if close else (
-        "see the config file for the fields it has.")
+    hint = (
+      f"did you mean {' or '.join(repr(c) for c in close[:3])}?"
+      if close
+      else ("see the config file for the fields it has.")
+    )
     return f"{arg}: the config {spec} has no field {key!r}; {hint}"
   return None
 

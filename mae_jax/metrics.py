@@ -17,7 +17,6 @@ import numpy as np
 
 
 class MetricsWriter:
-
   def __init__(self, workdir: str, *, start_step: int = 0, enabled: bool = True):
     self.enabled = enabled
     self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
@@ -25,6 +24,7 @@ class MetricsWriter:
     self._summary_writer = None
     if enabled:
       import tensorflow as tf  # the input pipeline imports it anyway
+
       self._tf = tf
       self._drop_lines_after(start_step)
       self._summary_writer = tf.summary.create_file_writer(self.tensorboard_dir)

@@ -26,21 +26,21 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical name -> mesh axes. Names absent here are replicated.
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    ("activation_batch", ("data", "fsdp")),
-    ("activation_length", None),
-    ("activation_embed", None),
-    ("activation_mlp", "tensor"),
-    ("activation_heads", "tensor"),
-    ("activation_kv", None),
-    ("embed", "fsdp"),
-    ("decoder_embed", "tensor"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv", None),
-    ("qkv", None),
-    ("patch", None),
-    ("norm", None),
-    ("layers", None),
+  ("activation_batch", ("data", "fsdp")),
+  ("activation_length", None),
+  ("activation_embed", None),
+  ("activation_mlp", "tensor"),
+  ("activation_heads", "tensor"),
+  ("activation_kv", None),
+  ("embed", "fsdp"),
+  ("decoder_embed", "tensor"),
+  ("mlp", "tensor"),
+  ("heads", "tensor"),
+  ("kv", None),
+  ("qkv", None),
+  ("patch", None),
+  ("norm", None),
+  ("layers", None),
 )
 
 
@@ -54,20 +54,23 @@ def mesh_shape(requested: dict[str, int], num_devices: int) -> tuple[int, ...]:
   unknown = [i for i, size in enumerate(sizes) if size == -1]
   if len(unknown) > 1 or any(size == 0 or size < -1 for size in sizes):
     raise ValueError(
-        f"config.mesh={dict(zip(MESH_AXES, sizes))}: sizes must be positive, "
-        "with at most one -1 (= use the remaining devices).")
+      f"config.mesh={dict(zip(MESH_AXES, sizes))}: sizes must be positive, "
+      "with at most one -1 (= use the remaining devices)."
+    )
   known = math.prod(size for size in sizes if size != -1)
   if unknown:
     if num_devices % known:
       raise ValueError(
-          f"config.mesh={dict(zip(MESH_AXES, sizes))}: the fixed axes use {known} "
-          f"devices, which does not divide the {num_devices} devices present.")
+        f"config.mesh={dict(zip(MESH_AXES, sizes))}: the fixed axes use {known} "
+        f"devices, which does not divide the {num_devices} devices present."
+      )
     sizes[unknown[0]] = num_devices // known
   if math.prod(sizes) != num_devices:
     raise ValueError(
-        f"config.mesh={dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices "
-        f"but {num_devices} are present: make the product of the mesh sizes equal "
-        "the device count (or set one axis to -1).")
+      f"config.mesh={dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices "
+      f"but {num_devices} are present: make the product of the mesh sizes equal "
+      "the device count (or set one axis to -1)."
+    )
   return tuple(sizes)
 
 
@@ -108,17 +111,17 @@ def dcn_shape(shape: Sequence[int], slices: int) -> tuple[int, ...]:
   across_fsdp = slices // across_data
   if sizes["fsdp"] % across_fsdp:
     raise ValueError(
-        f"mesh {sizes} cannot span {slices} slices: make config.mesh.data (or "
-        f"data x fsdp) a multiple of {slices}, so that only data/fsdp traffic "
-        "crosses the network between slices.")
+      f"mesh {sizes} cannot span {slices} slices: make config.mesh.data (or "
+      f"data x fsdp) a multiple of {slices}, so that only data/fsdp traffic "
+      "crosses the network between slices."
+    )
   return (across_data, across_fsdp, 1)
 
 
 def rules_from_config(rules: Sequence[Sequence[Any]] | None) -> tuple[tuple[str, Any], ...]:
   if not rules:
     return DEFAULT_RULES
-  return tuple((str(name), tuple(axes) if isinstance(axes, list) else axes)
-               for name, axes in rules)
+  return tuple((str(name), tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
 
 
 def batch_axes(rules: Sequence[tuple[str, Any]]) -> Any:

@@ -29,31 +29,32 @@ GB = 1000**3
 class Chip:
   name: str
   hbm_bytes: int
-  peak_bf16_flops: float    # per chip, per second
+  peak_bf16_flops: float  # per chip, per second
   hbm_bytes_per_second: float
-  dims: int                 # 3: v4/v5p 3-D torus; 2: v5e/v6e 2-D torus
-  cores_per_chip: int       # how accelerator types count (v5p-8 = 4 chips)
-  chip_config: str          # libtpu's name for one JAX device per chip
+  dims: int  # 3: v4/v5p 3-D torus; 2: v5e/v6e 2-D torus
+  cores_per_chip: int  # how accelerator types count (v5p-8 = 4 chips)
+  chip_config: str  # libtpu's name for one JAX device per chip
 
 
 CHIPS = {
-    # v4: 275 TFLOP/s bf16, 32 GiB HBM2 at 1200 GB/s.
-    "v4": Chip("v4", 32 * GiB, 275e12, 1200 * GB, 3, 2, "megacore"),
-    # v5e: 197 TFLOP/s bf16, "16 GB" HBM2 at 819 GB/s (16 GiB: XLA itself
-    # reports 15.75 GiB usable).
-    "v5e": Chip("v5e", 16 * GiB, 197e12, 819 * GB, 2, 1, "default"),
-    # v5p: 459 TFLOP/s bf16, 95 GB HBM2e at 2765 GB/s.
-    "v5p": Chip("v5p", 95 * GB, 459e12, 2765 * GB, 3, 2, "megacore"),
-    # v6e (Trillium): 918 TFLOP/s bf16, 32 GB HBM at 1638 GB/s.
-    "v6e": Chip("v6e", 32 * GB, 918e12, 1638 * GB, 2, 1, "default"),
+  # v4: 275 TFLOP/s bf16, 32 GiB HBM2 at 1200 GB/s.
+  "v4": Chip("v4", 32 * GiB, 275e12, 1200 * GB, 3, 2, "megacore"),
+  # v5e: 197 TFLOP/s bf16, "16 GB" HBM2 at 819 GB/s (16 GiB: XLA itself
+  # reports 15.75 GiB usable).
+  "v5e": Chip("v5e", 16 * GiB, 197e12, 819 * GB, 2, 1, "default"),
+  # v5p: 459 TFLOP/s bf16, 95 GB HBM2e at 2765 GB/s.
+  "v5p": Chip("v5p", 95 * GB, 459e12, 2765 * GB, 3, 2, "megacore"),
+  # v6e (Trillium): 918 TFLOP/s bf16, 32 GB HBM at 1638 GB/s.
+  "v6e": Chip("v6e", 32 * GB, 918e12, 1638 * GB, 2, 1, "default"),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Topology:
   """A TPU slice shape (times `num_slices`), or this machine's CPU devices."""
-  chip: Chip | None         # None: local CPU devices
-  shape: tuple[int, ...]    # chips per slice along each torus axis
+
+  chip: Chip | None  # None: local CPU devices
+  shape: tuple[int, ...]  # chips per slice along each torus axis
   num_slices: int = 1
 
   @property
@@ -92,14 +93,16 @@ def parse(text: str, num_slices: int = 1) -> Topology:
     return Topology(None, (count or _local_device_count(),))
   if name not in CHIPS:
     raise ValueError(
-        f"--topology={text!r}: unknown chip {name!r}; use one of {sorted(CHIPS)} "
-        "followed by the slice shape in chips, e.g. v5p:4x4x4, v5e:8x8, or 'cpu'.")
+      f"--topology={text!r}: unknown chip {name!r}; use one of {sorted(CHIPS)} "
+      "followed by the slice shape in chips, e.g. v5p:4x4x4, v5e:8x8, or 'cpu'."
+    )
   chip = CHIPS[name]
   parts = shape_text.split("x") if shape_text else []
   if len(parts) != chip.dims:
     raise ValueError(
-        f"--topology={text!r}: {name} slices have {chip.dims} axes, e.g. "
-        f"{name}:{'x'.join(['4'] * chip.dims)}.")
+      f"--topology={text!r}: {name} slices have {chip.dims} axes, e.g. "
+      f"{name}:{'x'.join(['4'] * chip.dims)}."
+    )
   return Topology(chip, tuple(_positive_int(p, text) for p in parts), num_slices)
 
 
@@ -111,20 +114,24 @@ def _positive_int(part: str, text: str) -> int:
 
 def _local_device_count() -> int:
   import jax
+
   return jax.device_count()
 
 
 def devices(topology: Topology) -> list:
   """Devices to build the mesh from and compile for."""
   import jax
+
   if topology.chip is None:
     local = jax.devices()
     if topology.shape[0] > len(local):
       raise ValueError(
-          f"--topology=cpu:{topology.shape[0]}: only {len(local)} CPU devices here "
-          "(set XLA_FLAGS=--xla_force_host_platform_device_count=N for more).")
-    return local[:topology.shape[0]]
+        f"--topology=cpu:{topology.shape[0]}: only {len(local)} CPU devices here "
+        "(set XLA_FLAGS=--xla_force_host_platform_device_count=N for more)."
+      )
+    return local[: topology.shape[0]]
   from jax.experimental import topologies as jax_topologies
+
   _point_jax_at_libtpu(topology)
   chip = topology.chip
   shape = topology.shape + (1,) * (3 - len(topology.shape))
@@ -133,18 +140,23 @@ def devices(topology: Topology) -> list:
   host_bounds = shape if one_host else tuple(min(s, b) for s, b in zip(shape, (2, 2, 1)))
   try:
     description = jax_topologies.get_topology_desc(
-        f"{chip.name}:{'x'.join(map(str, topology.shape))}", "tpu",
-        chip_config_name=chip.chip_config, chips_per_host_bounds=host_bounds,
-        num_slices=topology.num_slices)
+      f"{chip.name}:{'x'.join(map(str, topology.shape))}",
+      "tpu",
+      chip_config_name=chip.chip_config,
+      chips_per_host_bounds=host_bounds,
+      num_slices=topology.num_slices,
+    )
   except Exception as error:  # libtpu's errors are JaxRuntimeError strings
     raise ValueError(f"libtpu cannot make topology {topology.name}: {error}") from error
   return list(description.devices)
 
 
-LIBTPU_HINT = (".venv/bin/pip install --no-deps --target .venv/libtpu-aot -r "
-               "requirements-tpu-aot.txt (kept out of site-packages: an importable "
-               "libtpu makes every JAX program probe for TPUs), or set "
-               "TPU_LIBRARY_PATH=/path/to/libtpu.so")
+LIBTPU_HINT = (
+  ".venv/bin/pip install --no-deps --target .venv/libtpu-aot -r "
+  "requirements-tpu-aot.txt (kept out of site-packages: an importable "
+  "libtpu makes every JAX program probe for TPUs), or set "
+  "TPU_LIBRARY_PATH=/path/to/libtpu.so"
+)
 
 
 def libtpu_path() -> str | None:
@@ -154,6 +166,7 @@ def libtpu_path() -> str | None:
     return from_env if os.path.isfile(from_env) else None
   try:
     import libtpu  # installed with jax[tpu], e.g. on a TPU VM
+
     return libtpu.get_library_path()
   except ImportError:
     pass

@@ -17,8 +17,16 @@ from mae_jax.model.loss import NORM_PIX_EPS
 from mae_jax.model.patches import patchify, unpatchify  # einops: numpy works too
 
 
-def reconstruction_panels(images: np.ndarray, pred: np.ndarray, mask: np.ndarray, *,
-                          patch_size: int, norm_pix_loss: bool, mean, std) -> np.ndarray:
+def reconstruction_panels(
+  images: np.ndarray,
+  pred: np.ndarray,
+  mask: np.ndarray,
+  *,
+  patch_size: int,
+  norm_pix_loss: bool,
+  mean,
+  std,
+) -> np.ndarray:
   """Returns (N, 4, H, W, C) panels in [0, 1] display space."""
   images = np.asarray(images, np.float32)
   pred = np.asarray(pred, np.float32)
@@ -44,8 +52,9 @@ def save_reconstructions(path: str, panels: np.ndarray, *, caption: str, scale: 
   n, cols, h, w, c = panels.shape
   pad, header = 2, 28
   tile_h, tile_w = h * scale, w * scale
-  canvas = Image.new("RGB", (cols * (tile_w + pad) + pad, header + n * (tile_h + pad) + pad),
-                     "white")
+  canvas = Image.new(
+    "RGB", (cols * (tile_w + pad) + pad, header + n * (tile_h + pad) + pad), "white"
+  )
   draw = ImageDraw.Draw(canvas)
   draw.text((pad, 2), "original | masked | reconstruction | reconstruction + visible", fill="black")
   draw.text((pad, 14), caption, fill="black")
@@ -56,5 +65,6 @@ def save_reconstructions(path: str, panels: np.ndarray, *, caption: str, scale: 
       image = Image.fromarray(tile).resize((tile_w, tile_h), Image.NEAREST)
       canvas.paste(image, (pad + col * (tile_w + pad), header + pad + row * (tile_h + pad)))
   import tensorflow as tf  # gfile: the workdir may be a bucket
+
   with tf.io.gfile.GFile(path, "wb") as f:
     canvas.save(f, format="PNG")

@@ -18,10 +18,18 @@ from configs import pretrain as pretrain_config
 from mae_jax import aot, sharding, topologies
 from tests.test_main_cli import REPO, environment
 
-TINY_MODEL = {"model.image_size": 16, "model.patch_size": 4, "model.width": 32,
-              "model.depth": 1, "model.heads": 2, "model.decoder_width": 32,
-              "model.decoder_depth": 1, "model.decoder_heads": 2, "data.image_size": 16,
-              "global_batch_size": 16}
+TINY_MODEL = {
+  "model.image_size": 16,
+  "model.patch_size": 4,
+  "model.width": 32,
+  "model.depth": 1,
+  "model.heads": 2,
+  "model.decoder_width": 32,
+  "model.decoder_depth": 1,
+  "model.decoder_heads": 2,
+  "data.image_size": 16,
+  "global_batch_size": 16,
+}
 
 
 def tiny_config(**overrides):
@@ -34,10 +42,18 @@ def tiny_config(**overrides):
 
 def run_aot(tmp_path, topology: str, *flags: str) -> tuple[subprocess.CompletedProcess, dict]:
   out = tmp_path / "report.json"
-  cmd = [sys.executable, "-m", "mae_jax.aot", "--config=configs/pretrain.py:digits",
-         f"--topology={topology}", f"--json={out}", *flags]
-  result = subprocess.run(cmd, cwd=REPO, env=environment(1), capture_output=True, text=True,
-                          timeout=600)
+  cmd = [
+    sys.executable,
+    "-m",
+    "mae_jax.aot",
+    "--config=configs/pretrain.py:digits",
+    f"--topology={topology}",
+    f"--json={out}",
+    *flags,
+  ]
+  result = subprocess.run(
+    cmd, cwd=REPO, env=environment(1), capture_output=True, text=True, timeout=600
+  )
   return result, (json.loads(out.read_text()) if out.exists() else {})
 
 
@@ -47,8 +63,15 @@ def test_libtpu_is_installed_for_the_aot_tests():
 
 def test_aot_plan_for_two_tpu_slices(tmp_path):
   flags = [f"--config.{k}={v}" for k, v in TINY_MODEL.items()]
-  result, report = run_aot(tmp_path, "v5e:2x2", "--num_slices=2", "--config.mesh.data=2",
-                           "--config.mesh.fsdp=-1", "--config.model.dtype=bfloat16", *flags)
+  result, report = run_aot(
+    tmp_path,
+    "v5e:2x2",
+    "--num_slices=2",
+    "--config.mesh.data=2",
+    "--config.mesh.fsdp=-1",
+    "--config.model.dtype=bfloat16",
+    *flags,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert report["chips"] == 8 and report["hosts"] == 2
   assert report["accelerator_type"] == "v5litepod-4"
@@ -65,9 +88,16 @@ def test_aot_plan_for_two_tpu_slices(tmp_path):
 def test_aot_plan_that_does_not_fit_exits_1_and_names_the_knobs(tmp_path):
   # 1.6B parameters: with AdamW, 18 GiB of state on every v5e chip (16 GiB)
   # when replicated; XLA:TPU refuses to compile (in seconds).
-  big = ["--config.model.width=8192", "--config.model.heads=32", "--config.model.depth=2",
-         *(f"--config.{k}={v}" for k, v in TINY_MODEL.items()
-           if k not in ("model.width", "model.heads", "model.depth"))]
+  big = [
+    "--config.model.width=8192",
+    "--config.model.heads=32",
+    "--config.model.depth=2",
+    *(
+      f"--config.{k}={v}"
+      for k, v in TINY_MODEL.items()
+      if k not in ("model.width", "model.heads", "model.depth")
+    ),
+  ]
   result, report = run_aot(tmp_path, "v5e:2x2", *big)
   assert result.returncode == aot.EXIT_DOES_NOT_FIT, result.stderr[-3000:]
   assert not report["fits"] and "DOES NOT FIT" in result.stdout
@@ -77,8 +107,9 @@ def test_aot_plan_that_does_not_fit_exits_1_and_names_the_knobs(tmp_path):
 
 
 def test_aot_on_local_cpu_devices_reports_memory_and_flops():
-  report = aot.check_plan(tiny_config(**{"mesh.data": 2, "mesh.fsdp": -1}),
-                          topologies.parse("cpu:8"))
+  report = aot.check_plan(
+    tiny_config(**{"mesh.data": 2, "mesh.fsdp": -1}), topologies.parse("cpu:8")
+  )
   assert report.fits and report.chips == 8 and report.mesh == {"data": 2, "fsdp": 4, "tensor": 1}
   assert report.memory["total"] > 0 and report.compiler_flops > 0
   assert report.hbm_bytes is None and report.step_seconds is None  # no chip figures
@@ -95,35 +126,46 @@ def test_a_plan_over_the_memory_limit_names_the_knobs():
   report = aot.check_plan(config, topologies.parse("cpu:8"), hbm_bytes=1024)
   assert not report.fits
   tips = " ".join(report.suggestions)
-  for knob in ("--config.mesh.fsdp=-1", "--config.model.remat_policy=full",
-               "--config.grad_accum_steps=2", "--config.model.dtype=bfloat16"):
+  for knob in (
+    "--config.mesh.fsdp=-1",
+    "--config.model.remat_policy=full",
+    "--config.grad_accum_steps=2",
+    "--config.model.dtype=bfloat16",
+  ):
     assert knob in tips
 
 
 def test_model_flops_count_matches_the_reference_sizes():
   # ViT-B/16 MAE: encoder on 49+1 tokens, decoder on 196+1: about 3 x 19.6 GFLOPs.
   from mae_jax.model.config import preset
+
   flops = aot.model_flops_per_image(preset("B/16"))
   assert 55e9 < flops < 62e9
 
 
-@pytest.mark.parametrize("text, slices, message", [
+@pytest.mark.parametrize(
+  "text, slices, message",
+  [
     ("v9:4x4", 1, "unknown chip 'v9'"),
     ("v5p:4x4", 1, "3 axes"),
     ("v5e:0x4", 1, "not a positive integer"),
     ("v5e:4x4", 0, "num_slices"),
     ("cpu:99", 1, "only 8 CPU devices"),
-])
+  ],
+)
 def test_bad_topologies_are_refused(text, slices, message):
   with pytest.raises(ValueError, match=message):
     topologies.devices(topologies.parse(text, slices))
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     ({"mesh.data": 16}, "needs 16 devices"),
     ({"global_batch_size": 12}, "multiple of 8"),
     ({"data.source": "tfds", "data.name": "my_images"}, "set --config.num_train_steps"),
-])
+  ],
+)
 def test_bad_plans_are_refused_before_compiling(overrides, message):
   with pytest.raises(ValueError, match=message):
     aot.check_plan(tiny_config(**overrides), topologies.parse("cpu:8"))
@@ -135,12 +177,15 @@ def test_cli_rejects_bad_input_with_exit_2(tmp_path):
   assert "error: --topology='v5p:4x4': v5p slices have 3 axes" in result.stderr
 
 
-@pytest.mark.parametrize("shape, slices, expected", [
-    ((4, 2, 1), 2, (2, 1, 1)),    # data spans the slices
-    ((1, 8, 1), 2, (1, 2, 1)),    # no data axis: fsdp does
-    ((2, 4, 1), 4, (2, 2, 1)),    # both
-    ((8, 1, 2), 1, (1, 1, 1)),    # one slice: no DCN
-])
+@pytest.mark.parametrize(
+  "shape, slices, expected",
+  [
+    ((4, 2, 1), 2, (2, 1, 1)),  # data spans the slices
+    ((1, 8, 1), 2, (1, 2, 1)),  # no data axis: fsdp does
+    ((2, 4, 1), 4, (2, 2, 1)),  # both
+    ((8, 1, 2), 1, (1, 1, 1)),  # one slice: no DCN
+  ],
+)
 def test_slices_go_on_data_then_fsdp(shape, slices, expected):
   assert sharding.dcn_shape(shape, slices) == expected
 
@@ -152,12 +197,24 @@ def test_tensor_never_spans_slices():
 
 def test_the_report_notes_recomputation():
   report = aot.Report(
-      topology="v5e:8x8", accelerator_type="v5litepod-64", chips=64, hosts=16,
-      mesh={"data": 64, "fsdp": 1, "tensor": 1}, slices_per_axis={"data": 1, "fsdp": 1,
-                                                                  "tensor": 1},
-      model="ViT-H", params=656_613_964, global_batch=4096, batch_per_chip=64,
-      grad_accum_steps=1, dtype="float32", remat_policy="none", hbm_bytes=16 * 1024**3,
-      state_bytes=7 * 1024**3, compiler_flops=1.365e15 / 64, model_flops=1.193e15)
+    topology="v5e:8x8",
+    accelerator_type="v5litepod-64",
+    chips=64,
+    hosts=16,
+    mesh={"data": 64, "fsdp": 1, "tensor": 1},
+    slices_per_axis={"data": 1, "fsdp": 1, "tensor": 1},
+    model="ViT-H",
+    params=656_613_964,
+    global_batch=4096,
+    batch_per_chip=64,
+    grad_accum_steps=1,
+    dtype="float32",
+    remat_policy="none",
+    hbm_bytes=16 * 1024**3,
+    state_bytes=7 * 1024**3,
+    compiler_flops=1.365e15 / 64,
+    model_flops=1.193e15,
+  )
   assert "14 % more FLOPs than the model" in aot.format_report(report)
   report.compiler_flops = 1.2e15 / 64
   assert "more FLOPs" not in aot.format_report(report)

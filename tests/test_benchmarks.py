@@ -11,8 +11,10 @@ import pytest
 from benchmarks import accelerator_check, common, input_bench, profile, run, steps
 from mae_jax.model.config import ModelConfig, preset
 
-TINY_MODEL = ("image_size=32,patch_size=8,width=32,depth=1,heads=2,decoder_width=32,"
-              "decoder_depth=1,decoder_heads=2")
+TINY_MODEL = (
+  "image_size=32,patch_size=8,width=32,depth=1,heads=2,decoder_width=32,"
+  "decoder_depth=1,decoder_heads=2"
+)
 
 
 def write_metrics(path, lines):
@@ -34,8 +36,16 @@ def test_analytic_flops_by_hand_for_vit_base():
 
 def test_analytic_flops_agree_with_xla_cost_analysis():
   # Large enough that matmuls dominate, small enough to compile in seconds.
-  cfg = ModelConfig(image_size=64, patch_size=8, width=128, depth=2, heads=4,
-                    decoder_width=128, decoder_depth=2, decoder_heads=4)
+  cfg = ModelConfig(
+    image_size=64,
+    patch_size=8,
+    width=128,
+    depth=2,
+    heads=4,
+    decoder_width=128,
+    decoder_depth=2,
+    decoder_heads=4,
+  )
   step = steps.MaeStep(cfg, 4, execute=False)
   xla = step.cost()["xla_flops_per_step"] / 4
   assert 0.9 < xla / common.train_flops_per_image(cfg) < 1.3
@@ -44,11 +54,15 @@ def test_analytic_flops_agree_with_xla_cost_analysis():
 
 
 def test_input_wait_is_weighted_by_interval_length(tmp_path):
-  path = write_metrics(tmp_path / "metrics.jsonl", [
+  path = write_metrics(
+    tmp_path / "metrics.jsonl",
+    [
       {"step": 1, "compile_seconds": 3.0},
       {"step": 11, "loss": 1.0, "input_wait_fraction": 0.10, "images_per_sec": 100.0},
       {"step": 21, "loss": 1.0, "input_wait_fraction": 0.0, "images_per_sec": 120.0},
-      {"step": 21, "eval_loss": 0.5}])
+      {"step": 21, "eval_loss": 0.5},
+    ],
+  )
   result = input_bench.read_input_wait(path)
   assert math.isclose(result["input_wait_fraction"], 0.05)
   assert result["max_interval_fraction"] == 0.10 and result["intervals"] == 2
@@ -57,15 +71,26 @@ def test_input_wait_is_weighted_by_interval_length(tmp_path):
 def test_standard_set_runs_at_tiny_sizes(tmp_path):
   # The digits run's input wait is read from a metrics file here (a real
   # run takes a minute; `test_pretrain.py` covers the loop that logs it).
-  metrics = write_metrics(tmp_path / "metrics.jsonl", [
-      {"step": 5, "loss": 1.0, "input_wait_fraction": 0.02, "images_per_sec": 300.0}])
+  metrics = write_metrics(
+    tmp_path / "metrics.jsonl",
+    [{"step": 5, "loss": 1.0, "input_wait_fraction": 0.02, "images_per_sec": 300.0}],
+  )
   out, raw = tmp_path / "BENCHMARKS.md", tmp_path / "results.json"
-  results = run.main(["standard", "--tiny", "--out", str(out), "--json", str(raw),
-                      "--digits-metrics", metrics])
+  results = run.main(
+    ["standard", "--tiny", "--out", str(out), "--json", str(raw), "--digits-metrics", metrics]
+  )
   text = out.read_text()
-  for heading in ("## Machine", "## Targets", "mae_jax vs transformers' PyTorch ViTMAE",
-                  "## Train step throughput", "w/ [M]", "## Memory", "## Input pipeline",
-                  "## Accelerators", "Tiny sizes"):
+  for heading in (
+    "## Machine",
+    "## Targets",
+    "mae_jax vs transformers' PyTorch ViTMAE",
+    "## Train step throughput",
+    "w/ [M]",
+    "## Memory",
+    "## Input pipeline",
+    "## Accelerators",
+    "Tiny sizes",
+  ):
     assert heading in text, heading
   (compare,) = results["compare"]
   assert compare["ratio"] > 0 and compare["torch"]["images_per_s"] > 0
@@ -78,13 +103,29 @@ def test_standard_set_runs_at_tiny_sizes(tmp_path):
   assert json.loads(raw.read_text())["command"].startswith("python -m benchmarks.run standard")
   # Re-rendered with a pod-plan report (`python -m mae_jax.aot --json`) quoted.
   aot = tmp_path / "aot.json"
-  aot.write_text(json.dumps({
-      "topology": "v5p:4x4x4", "accelerator_type": "v5p-128", "chips": 64,
-      "mesh": {"data": 64}, "model": "ViT width 1024 depth 24 patch 16 at 224 px",
-      "params": 329239296, "global_batch": 4096, "batch_per_chip": 64.0, "dtype": "bfloat16",
-      "remat_policy": "none", "hbm_bytes": 95e9, "memory": {"total": 12.6e9},
-      "compiler_flops": 8.0e12, "model_flops": 5.1e14, "step_seconds": 0.056,
-      "step_time_source": "the compiler's cost model", "mfu": 0.31}))
+  aot.write_text(
+    json.dumps(
+      {
+        "topology": "v5p:4x4x4",
+        "accelerator_type": "v5p-128",
+        "chips": 64,
+        "mesh": {"data": 64},
+        "model": "ViT width 1024 depth 24 patch 16 at 224 px",
+        "params": 329239296,
+        "global_batch": 4096,
+        "batch_per_chip": 64.0,
+        "dtype": "bfloat16",
+        "remat_policy": "none",
+        "hbm_bytes": 95e9,
+        "memory": {"total": 12.6e9},
+        "compiler_flops": 8.0e12,
+        "model_flops": 5.1e14,
+        "step_seconds": 0.056,
+        "step_time_source": "the compiler's cost model",
+        "mfu": 0.31,
+      }
+    )
+  )
   rendered = tmp_path / "rendered.md"
   run.main(["render", "--json", str(raw), "--out", str(rendered), "--aot-json", str(aot)])
   assert "ViT-L/16 step on v5p-128 (64 chips): predicted MFU" in rendered.read_text()
@@ -92,16 +133,34 @@ def test_standard_set_runs_at_tiny_sizes(tmp_path):
 
 
 def test_step_subcommand_any_configuration():
-  result = run.main(["step", "--preset", "custom", "--model", TINY_MODEL, "--batch", "4",
-                     "--remat", "dots", "--scan",
-                     "--mesh", "data=2", "--warmup", "1", "--steps", "2"])
+  result = run.main(
+    [
+      "step",
+      "--preset",
+      "custom",
+      "--model",
+      TINY_MODEL,
+      "--batch",
+      "4",
+      "--remat",
+      "dots",
+      "--scan",
+      "--mesh",
+      "data=2",
+      "--warmup",
+      "1",
+      "--steps",
+      "2",
+    ]
+  )
   assert result["devices"] == 2 and result["images_per_s"] > 0
   assert result["config"]["remat_policy"] == "dots" and result["config"]["scan_layers"]
 
 
 def test_profile_summarises_a_trace():
-  text = profile.main(["--preset", "custom", "--model", TINY_MODEL, "--batch", "2", "--top", "5",
-                       "--steps", "1"])
+  text = profile.main(
+    ["--preset", "custom", "--model", TINY_MODEL, "--batch", "2", "--top", "5", "--steps", "1"]
+  )
   assert "By kind of operation:" in text and "By model operation" in text
 
 

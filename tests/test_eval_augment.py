@@ -21,9 +21,16 @@ def test_mixup_and_cutmix_keep_label_mass_one(mixup, cutmix):
   images = jnp.asarray(rng.normal(size=(8, 12, 12, 1)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, 10, size=8))
   for seed in range(6):
-    mixed, targets = mix_batch(jax.random.key(seed), images, labels, num_classes=10,
-                               mixup_alpha=mixup, cutmix_alpha=cutmix, switch_prob=0.5,
-                               smoothing=0.1)
+    mixed, targets = mix_batch(
+      jax.random.key(seed),
+      images,
+      labels,
+      num_classes=10,
+      mixup_alpha=mixup,
+      cutmix_alpha=cutmix,
+      switch_prob=0.5,
+      smoothing=0.1,
+    )
     np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-6)
     assert mixed.shape == images.shape and (targets >= 0).all()
     # Each target is lam * own + (1 - lam) * partner's (reversed batch).
@@ -37,9 +44,16 @@ def test_mixup_and_cutmix_keep_label_mass_one(mixup, cutmix):
 def test_no_mixing_gives_smoothed_one_hot():
   labels = jnp.asarray([3, 1])
   images = jnp.zeros((2, 4, 4, 1))
-  mixed, targets = mix_batch(jax.random.key(0), images, labels, num_classes=4,
-                             mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5,
-                             smoothing=0.1)
+  mixed, targets = mix_batch(
+    jax.random.key(0),
+    images,
+    labels,
+    num_classes=4,
+    mixup_alpha=0.0,
+    cutmix_alpha=0.0,
+    switch_prob=0.5,
+    smoothing=0.1,
+  )
   np.testing.assert_allclose(targets[0], [0.025, 0.025, 0.025, 0.925], rtol=1e-6)
   assert mixed is images
 
@@ -47,11 +61,15 @@ def test_no_mixing_gives_smoothed_one_hot():
 def test_randaugment_is_deterministic_in_range_and_changes_images():
   rng = np.random.default_rng(0)
   image = tf.constant(rng.integers(0, 256, (16, 16, 3)).astype(np.float32))
-  outs = [randaugment.rand_augment(image, tf.constant([s, 0]), num_ops=2, magnitude=9.0,
-                                   magnitude_std=0.5, fill=[128, 128, 128]).numpy()
-          for s in range(12)]
-  again = randaugment.rand_augment(image, tf.constant([0, 0]), num_ops=2, magnitude=9.0,
-                                   magnitude_std=0.5, fill=[128, 128, 128]).numpy()
+  outs = [
+    randaugment.rand_augment(
+      image, tf.constant([s, 0]), num_ops=2, magnitude=9.0, magnitude_std=0.5, fill=[128, 128, 128]
+    ).numpy()
+    for s in range(12)
+  ]
+  again = randaugment.rand_augment(
+    image, tf.constant([0, 0]), num_ops=2, magnitude=9.0, magnitude_std=0.5, fill=[128, 128, 128]
+  ).numpy()
   np.testing.assert_array_equal(outs[0], again)
   assert all(o.shape == (16, 16, 3) and o.min() >= 0 and o.max() <= 255 for o in outs)
   assert sum(not np.array_equal(o, np.round(image.numpy())) for o in outs) >= 6

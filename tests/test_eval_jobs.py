@@ -32,20 +32,37 @@ from mae_jax.main import run_job
 from mae_jax.model.config import ModelConfig
 from mae_jax.model.layout import stack_layers
 from mae_jax.model.mae import Encoder, MaskedAutoencoder
-from mae_jax.train.pretrain import create_state, mesh_context, state_layout
 from mae_jax.train.nonfinite import NonFiniteError
-from tests.test_pretrain import (_nan_batch_at, _without_key_bias, apply_changes, final_params,
-                                 tiny_config)
+from mae_jax.train.pretrain import create_state, mesh_context, state_layout
+from tests.test_pretrain import (
+  _nan_batch_at,
+  _without_key_bias,
+  apply_changes,
+  final_params,
+  tiny_config,
+)
 
-TINY_MODEL = dict(image_size=16, patch_size=4, width=32, depth=1, heads=2, decoder_width=32,
-                  decoder_depth=1, decoder_heads=2)
+TINY_MODEL = dict(
+  image_size=16,
+  patch_size=4,
+  width=32,
+  depth=1,
+  heads=2,
+  decoder_width=32,
+  decoder_depth=1,
+  decoder_heads=2,
+)
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory, digits_data_dir) -> str:
   workdir = str(tmp_path_factory.mktemp("eval") / "pretrain")
-  run_job(tiny_config(digits_data_dir, num_train_steps=4, checkpoint_every_steps=4,
-                      num_reconstructions=0), workdir)
+  run_job(
+    tiny_config(
+      digits_data_dir, num_train_steps=4, checkpoint_every_steps=4, num_reconstructions=0
+    ),
+    workdir,
+  )
   return workdir
 
 
@@ -80,14 +97,16 @@ def test_restored_encoder_is_bit_identical(pretrained):
   located = init_checkpoint.locate(pretrained)
   assert located.step == 4 and located.directory.endswith("checkpoints")
   with mesh_context(mesh, sharding.DEFAULT_RULES):
-    encoder = init_checkpoint.restore_encoder(located, Encoder, model.config, mesh,
-                                              sharding.DEFAULT_RULES)
+    encoder = init_checkpoint.restore_encoder(
+      located, Encoder, model.config, mesh, sharding.DEFAULT_RULES
+    )
   # Restored onto an 8-device (data x fsdp) mesh; gathered, it is bit-identical,
   # and so is what the encoder computes with it.
   encoder = jax.device_get(encoder)
   jax.tree.map(np.testing.assert_array_equal, encoder, jax.device_get(params["encoder"]))
-  np.testing.assert_array_equal(Encoder(model.config).apply({"params": encoder}, images()),
-                                expected)
+  np.testing.assert_array_equal(
+    Encoder(model.config).apply({"params": encoder}, images()), expected
+  )
 
 
 def test_scanned_encoder_only_checkpoint_restores_unscanned(pretrained, tmp_path):
@@ -95,14 +114,19 @@ def test_scanned_encoder_only_checkpoint_restores_unscanned(pretrained, tmp_path
   params = final_params(pretrained, 4)
   config = ModelConfig(channels=1, **TINY_MODEL)
   step_dir = checkpointing.write_params(
-      str(tmp_path / "converted"), stack_layers({"encoder": jax.device_get(params["encoder"])}),
-      config.replace(scan_layers=True), source="test", param_layout="layers")
+    str(tmp_path / "converted"),
+    stack_layers({"encoder": jax.device_get(params["encoder"])}),
+    config.replace(scan_layers=True),
+    source="test",
+    param_layout="layers",
+  )
   located = init_checkpoint.locate(step_dir)
   assert located.scanned and located.step == 0
   mesh = sharding.make_mesh({"data": 8})
   with mesh_context(mesh, sharding.DEFAULT_RULES):
-    encoder = init_checkpoint.restore_encoder(located, Encoder, config, mesh,
-                                              sharding.DEFAULT_RULES)
+    encoder = init_checkpoint.restore_encoder(
+      located, Encoder, config, mesh, sharding.DEFAULT_RULES
+    )
   jax.tree.map(np.testing.assert_array_equal, encoder, jax.device_get(params["encoder"]))
 
 
@@ -127,7 +151,7 @@ def test_frozen_encoder_is_not_differentiated():
 
   forward = dots(str(jax.make_jaxpr(features_fn)(encoder_params, batch["image"])))
   whole = dots(str(jax.make_jaxpr(step)(state, encoder_params, batch)))
-  assert whole <= forward + 3, (whole, forward)   # head: forward, two for its gradient
+  assert whole <= forward + 3, (whole, forward)  # head: forward, two for its gradient
 
 
 def test_probe_separates_linearly_separable_features():
@@ -139,24 +163,33 @@ def test_probe_separates_linearly_separable_features():
   head = ProbeHead(4)
   schedule = optax.warmup_cosine_decay_schedule(0.0, 6.4, 5, 100)
   from mae_jax.evaluate.lars import lars
+
   tx = lars(schedule)
   mesh = sharding.make_mesh({"data": 8})
   batch_sharding = sharding.batch_sharding(mesh, sharding.DEFAULT_RULES)
   replicated = sharding.replicated(mesh)
   # As in the job: one sharding for the state throughout, so one executable.
-  state = jax.jit(lambda k: linprobe.create_probe_state(head, tx, k, 16),
-                  out_shardings=replicated)(jax.random.key(0))
-  step = jax.jit(linprobe.make_probe_step(head, tx, schedule, None),
-                 out_shardings=(replicated, replicated), donate_argnums=(0,))
-  stream = runtime.epoch_batches({"features": features, "label": labels}, 32, batch_sharding,
-                                 seed=0, start_step=0)
+  state = jax.jit(lambda k: linprobe.create_probe_state(head, tx, k, 16), out_shardings=replicated)(
+    jax.random.key(0)
+  )
+  step = jax.jit(
+    linprobe.make_probe_step(head, tx, schedule, None),
+    out_shardings=(replicated, replicated),
+    donate_argnums=(0,),
+  )
+  stream = runtime.epoch_batches(
+    {"features": features, "label": labels}, 32, batch_sharding, seed=0, start_step=0
+  )
   for _ in range(100):
     state, metrics = step(state, None, next(stream))
     jax.block_until_ready(metrics)  # see loop.train_loop: one tiny step in flight at a time
   eval_step = jax.jit(linprobe.make_probe_eval_step(head, None), out_shardings=replicated)
-  result = runtime.evaluate(lambda s, b: eval_step(s, None, b), state,
-                            runtime.array_batches({"features": features, "label": labels}, 48,
-                                                  batch_sharding), num_classes=4)
+  result = runtime.evaluate(
+    lambda s, b: eval_step(s, None, b),
+    state,
+    runtime.array_batches({"features": features, "label": labels}, 48, batch_sharding),
+    num_classes=4,
+  )
   assert result["eval_top1"] == 100.0
 
 
@@ -169,9 +202,11 @@ def test_probe_step_keeps_its_state_on_non_finite_features():
   features[3, 1] = np.nan
   new_state, metrics = step(state, None, {"features": features, "label": np.arange(8) % 4})
   assert float(metrics["nonfinite"]) == 1.0 and int(new_state.step) == 1
-  jax.tree.map(np.testing.assert_array_equal,
-               (new_state.params, new_state.batch_stats, new_state.opt_state),
-               (state.params, state.batch_stats, state.opt_state))
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    (new_state.params, new_state.batch_stats, new_state.opt_state),
+    (state.params, state.batch_stats, state.opt_state),
+  )
 
 
 def test_knn_classifies_separated_clusters():
@@ -201,33 +236,40 @@ def test_linear_probe_job_outputs_and_resume(pretrained, tmp_path, digits_data_d
 
 
 def test_knn_job_and_baselines(pretrained, tmp_path, digits_data_dir):
-  mae = run_job(eval_config(knn_config, digits_data_dir, init_from=pretrained),
-                str(tmp_path / "knn"))
-  pixels = run_job(eval_config(knn_config, digits_data_dir, baseline="raw_pixels"),
-                   str(tmp_path / "knn_pixels"))
+  mae = run_job(
+    eval_config(knn_config, digits_data_dir, init_from=pretrained), str(tmp_path / "knn")
+  )
+  pixels = run_job(
+    eval_config(knn_config, digits_data_dir, baseline="raw_pixels"), str(tmp_path / "knn_pixels")
+  )
   assert mae["protocol"] == "knn" and mae["k"] == 20 and mae["step"] == 4
   assert pixels["checkpoint"] == {"baseline": "raw_pixels"} and pixels["top1"] > 80
 
 
 def test_finetune_job_from_a_pretrained_encoder(pretrained, tmp_path, digits_data_dir):
   workdir = str(tmp_path / "finetune")
-  config = eval_config(finetune_config, digits_data_dir, init_from=pretrained,
-                       mesh={"data": 2, "fsdp": 4, "tensor": 1})
+  config = eval_config(
+    finetune_config, digits_data_dir, init_from=pretrained, mesh={"data": 2, "fsdp": 4, "tensor": 1}
+  )
   results = run_job(config, workdir)
   assert results["protocol"] == "finetune" and results["feature"] == "pool"
   restored = checkpointing.restore_state(
-      os.path.join(workdir, "checkpoints"),
-      {"params": {"head": {"kernel": jax.ShapeDtypeStruct((32, 10), jnp.float32)}}}, step=4)
+    os.path.join(workdir, "checkpoints"),
+    {"params": {"head": {"kernel": jax.ShapeDtypeStruct((32, 10), jnp.float32)}}},
+    step=4,
+  )
   assert np.isfinite(np.asarray(restored["params"]["head"]["kernel"])).all()
 
 
 def _checkpoint_steps(workdir: str) -> list[int]:
-  return sorted(checkpointing.manager(os.path.join(workdir, "checkpoints"),
-                                      read_only=True).all_steps())
+  return sorted(
+    checkpointing.manager(os.path.join(workdir, "checkpoints"), read_only=True).all_steps()
+  )
 
 
-def test_nan_batch_stops_fine_tuning_before_any_bad_checkpoint(tmp_path, digits_data_dir,
-                                                              monkeypatch):
+def test_nan_batch_stops_fine_tuning_before_any_bad_checkpoint(
+  tmp_path, digits_data_dir, monkeypatch
+):
   _nan_batch_at(monkeypatch, bad_batch_index=2)  # the 3rd step; checkpoints every 2
   workdir = str(tmp_path / "finetune_nan")
   config = eval_config(finetune_config, digits_data_dir, baseline="random_init")
@@ -236,18 +278,20 @@ def test_nan_batch_stops_fine_tuning_before_any_bad_checkpoint(tmp_path, digits_
   assert _checkpoint_steps(workdir) == [2]
 
 
-def test_nan_batch_in_fine_tuning_is_skipped_and_counted_when_asked(tmp_path, digits_data_dir,
-                                                                   monkeypatch):
+def test_nan_batch_in_fine_tuning_is_skipped_and_counted_when_asked(
+  tmp_path, digits_data_dir, monkeypatch
+):
   _nan_batch_at(monkeypatch, bad_batch_index=2)
   workdir = str(tmp_path / "finetune_skip")
-  config = eval_config(finetune_config, digits_data_dir, baseline="random_init",
-                       nonfinite="skip")
+  config = eval_config(finetune_config, digits_data_dir, baseline="random_init", nonfinite="skip")
   assert run_job(config, workdir)["step"] == 4 and _checkpoint_steps(workdir) == [4]
   lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert {l["step"]: l["skipped_steps"] for l in lines if "skipped_steps" in l} == {2: 0, 4: 1}
   restored = checkpointing.restore_state(
-      os.path.join(workdir, "checkpoints"),
-      {"params": {"head": {"kernel": jax.ShapeDtypeStruct((32, 10), jnp.float32)}}}, step=4)
+    os.path.join(workdir, "checkpoints"),
+    {"params": {"head": {"kernel": jax.ShapeDtypeStruct((32, 10), jnp.float32)}}},
+    step=4,
+  )
   assert np.isfinite(np.asarray(restored["params"]["head"]["kernel"])).all()
 
 
@@ -257,8 +301,10 @@ def test_sigterm_during_fine_tuning_saves_and_resumes(tmp_path, digits_data_dir,
   resumes there and ends where an uninterrupted run ends."""
   from mae_jax.train import pretrain
   from mae_jax.train.preemption import Preempted
-  config = eval_config(finetune_config, digits_data_dir, baseline="random_init",
-                       checkpoint_every_steps=4)
+
+  config = eval_config(
+    finetune_config, digits_data_dir, baseline="random_init", checkpoint_every_steps=4
+  )
   uninterrupted = str(tmp_path / "uninterrupted")
   run_job(config, uninterrupted)
 
@@ -266,11 +312,13 @@ def test_sigterm_during_fine_tuning_saves_and_resumes(tmp_path, digits_data_dir,
 
   def make_iterator(*args, train, start_step=0, **kwargs):
     iterator = original(*args, train=train, start_step=start_step, **kwargs)
+
     def signalling():
       for index, batch in enumerate(iterator, start=start_step):
         if train and index == 1:
           os.kill(os.getpid(), signal.SIGTERM)
         yield batch
+
     return signalling()
 
   monkeypatch.setattr(pretrain.input_pipeline, "make_iterator", make_iterator)
@@ -281,37 +329,43 @@ def test_sigterm_during_fine_tuning_saves_and_resumes(tmp_path, digits_data_dir,
   monkeypatch.undo()
   assert run_job(config, workdir)["step"] == 4
   abstract = {"params": {"head": {"kernel": jax.ShapeDtypeStruct((32, 10), jnp.float32)}}}
-  resumed, reference = (checkpointing.restore_state(os.path.join(w, "checkpoints"), abstract,
-                                                    step=4)
-                        for w in (workdir, uninterrupted))
-  np.testing.assert_array_equal(resumed["params"]["head"]["kernel"],
-                                reference["params"]["head"]["kernel"])
+  resumed, reference = (
+    checkpointing.restore_state(os.path.join(w, "checkpoints"), abstract, step=4)
+    for w in (workdir, uninterrupted)
+  )
+  np.testing.assert_array_equal(
+    resumed["params"]["head"]["kernel"], reference["params"]["head"]["kernel"]
+  )
 
 
 def _finetune_step(accum: int):
   """One fine-tuning step on 16 images over an 8-device data mesh, Mixup /
   CutMix and label smoothing on (the digits preset's), drop path off."""
-  model = ViTClassifier(ModelConfig(channels=1, **TINY_MODEL), num_classes=10,
-                        head_init_std=0.02)
+  model = ViTClassifier(ModelConfig(channels=1, **TINY_MODEL), num_classes=10, head_init_std=0.02)
   config = finetune_config.get_config("digits")
   config.grad_accum_steps = accum
   schedule = optax.constant_schedule(1e-3)
-  abstract = jax.eval_shape(lambda k: create_state(model, optax.identity(), k).params,
-                            jax.random.key(0))
+  abstract = jax.eval_shape(
+    lambda k: create_state(model, optax.identity(), k).params, jax.random.key(0)
+  )
   tx = finetune_adamw(schedule, abstract, depth=1, layer_decay=0.65, weight_decay=0.05)
   mesh, rules = sharding.make_mesh({"data": 8}), sharding.DEFAULT_RULES
   shardings, _ = state_layout(model, tx, mesh, rules)
   batch_sharding = sharding.batch_sharding(mesh, rules)
   rng = np.random.default_rng(0)
-  batch = {"image": rng.normal(size=(16, 16, 16, 1)).astype(np.float32),
-           "label": rng.integers(0, 10, size=16).astype(np.int32)}
+  batch = {
+    "image": rng.normal(size=(16, 16, 16, 1)).astype(np.float32),
+    "label": rng.integers(0, 10, size=16).astype(np.int32),
+  }
   with mesh_context(mesh, rules):
     state = jax.jit(lambda k: create_state(model, tx, k), out_shardings=shardings)(
-        jax.random.key(0))
-    step = jax.jit(finetune.make_finetune_step(model, tx, schedule, seed_key=jax.random.key(1),
-                                               config=config),
-                   in_shardings=(shardings, batch_sharding),
-                   out_shardings=(shardings, sharding.replicated(mesh)))
+      jax.random.key(0)
+    )
+    step = jax.jit(
+      finetune.make_finetune_step(model, tx, schedule, seed_key=jax.random.key(1), config=config),
+      in_shardings=(shardings, batch_sharding),
+      out_shardings=(shardings, sharding.replicated(mesh)),
+    )
     state, metrics = step(state, jax.device_put(batch, batch_sharding))
   return jax.device_get(state.params), jax.device_get(metrics)
 
@@ -321,33 +375,42 @@ def test_finetune_gradient_accumulation_equals_the_full_batch_step():
   per device each) make the update of the whole batch."""
   (full, full_metrics), (accumulated, metrics) = _finetune_step(1), _finetune_step(2)
   assert float(metrics["loss"]) == pytest.approx(float(full_metrics["loss"]), rel=1e-6)
-  assert float(metrics["grad_norm"]) == pytest.approx(float(full_metrics["grad_norm"]),
-                                                      rel=1e-5)
+  assert float(metrics["grad_norm"]) == pytest.approx(float(full_metrics["grad_norm"]), rel=1e-5)
   jax.tree_util.tree_map_with_path(
-      lambda path, a, b: np.testing.assert_allclose(*_without_key_bias(path, a, b), atol=1e-6,
-                                                    rtol=1e-5, err_msg=str(path)),
-      full, accumulated)
+    lambda path, a, b: np.testing.assert_allclose(
+      *_without_key_bias(path, a, b), atol=1e-6, rtol=1e-5, err_msg=str(path)
+    ),
+    full,
+    accumulated,
+  )
 
 
-@pytest.mark.parametrize("module, accum, message", [
+@pytest.mark.parametrize(
+  "module, accum, message",
+  [
     (finetune_config, 0, r"grad_accum_steps=0: an integer >= 1"),
     (finetune_config, True, r"grad_accum_steps=True: an integer >= 1"),
     (finetune_config, 3, r"global_batch_size=16: not divisible by config.grad_accum_steps=3"),
-    (finetune_config, 4, r"= 4 images per micro-batch do not split over the 8 data-parallel"
-                         r".*multiple of 32"),
+    (
+      finetune_config,
+      4,
+      r"= 4 images per micro-batch do not split over the 8 data-parallel"
+      r".*multiple of 32",
+    ),
     (linprobe_config, 2, r"grad_accum_steps=2: .*fine-tuning only, not 'linprobe'"),
     (knn_config, 2, r"grad_accum_steps=2: .*fine-tuning only, not 'knn'"),
-])
-def test_bad_gradient_accumulation_fails_before_compiling(module, accum, message,
-                                                          digits_data_dir):
+  ],
+)
+def test_bad_gradient_accumulation_fails_before_compiling(module, accum, message, digits_data_dir):
   config = eval_config(module, digits_data_dir, baseline="random_init", grad_accum_steps=accum)
   with pytest.raises(ValueError, match=message):
     make_eval_plan(config, num_devices=8, process_count=1)
 
 
 def test_finetune_plan_with_gradient_accumulation(digits_data_dir):
-  config = eval_config(finetune_config, digits_data_dir, baseline="random_init",
-                       grad_accum_steps=2, eval_batch_size=-1)
+  config = eval_config(
+    finetune_config, digits_data_dir, baseline="random_init", grad_accum_steps=2, eval_batch_size=-1
+  )
   plan = make_eval_plan(config, num_devices=8, process_count=1)
   # The schedule (steps per epoch) follows the global batch; only the micro-batch shrinks.
   assert plan.micro_batch_size == 8 and plan.steps_per_epoch == 1497 // 16
@@ -355,7 +418,9 @@ def test_finetune_plan_with_gradient_accumulation(digits_data_dir):
   assert plan.eval_batch_size == 8
 
 
-@pytest.mark.parametrize("change, message", [
+@pytest.mark.parametrize(
+  "change, message",
+  [
     (dict(init_from="/no/such/dir"), "nothing there"),
     (dict(init_from=""), "init_from"),
     (dict(baseline="random_init"), "must be empty"),
@@ -366,11 +431,12 @@ def test_finetune_plan_with_gradient_accumulation(digits_data_dir):
     (dict(optimizer={"name": "sgd"}), "lars"),
     (dict(cache_features=True, data={"random_resized_crop": True}), "cache_features"),
     (dict(nonfinite="ignore"), "nonfinite='ignore': 'stop' or 'skip'"),
-])
-def test_bad_evaluation_configs_fail_before_compiling(change, message, pretrained,
-                                                      digits_data_dir):
-  config = apply_changes(eval_config(linprobe_config, digits_data_dir, init_from=pretrained),
-                         change)
+  ],
+)
+def test_bad_evaluation_configs_fail_before_compiling(change, message, pretrained, digits_data_dir):
+  config = apply_changes(
+    eval_config(linprobe_config, digits_data_dir, init_from=pretrained), change
+  )
   with pytest.raises(ValueError, match=message):
     make_eval_plan(config, num_devices=8, process_count=1)
 
@@ -401,15 +467,21 @@ def test_presets_follow_the_reference_recipes():
   assert base.optimizer.weight_decay == 0 and base.warmup_epochs == 10
   assert base.head_init_std == 0.01 and base.data.eval_crop_fraction == 0.875
   assert linprobe_config.get_config("vit_large").num_epochs == 50
-  for name, epochs, lr, decay, drop in [("vit_base", 100, 5e-4, 0.65, 0.1),
-                                        ("vit_large", 50, 1e-3, 0.75, 0.2),
-                                        ("vit_huge", 50, 1e-3, 0.75, 0.3)]:
+  for name, epochs, lr, decay, drop in [
+    ("vit_base", 100, 5e-4, 0.65, 0.1),
+    ("vit_large", 50, 1e-3, 0.75, 0.2),
+    ("vit_huge", 50, 1e-3, 0.75, 0.3),
+  ]:
     ft = finetune_config.get_config(name)
     assert (ft.num_epochs, ft.optimizer.base_lr, ft.optimizer.layer_decay) == (epochs, lr, decay)
     assert ft.model.drop_path_rate == drop and ft.global_batch_size == 1024
     assert (ft.mixup, ft.cutmix, ft.mixup_switch_prob, ft.label_smoothing) == (0.8, 1.0, 0.5, 0.1)
-    assert (ft.data.randaugment_ops, ft.data.randaugment_magnitude,
-            ft.data.randaugment_magnitude_std, ft.data.random_erasing) == (2, 9.0, 0.5, 0.25)
+    assert (
+      ft.data.randaugment_ops,
+      ft.data.randaugment_magnitude,
+      ft.data.randaugment_magnitude_std,
+      ft.data.random_erasing,
+    ) == (2, 9.0, 0.5, 0.25)
     assert (ft.optimizer.b1, ft.optimizer.b2, ft.optimizer.weight_decay) == (0.9, 0.999, 0.05)
     assert ft.optimizer.min_lr == 1e-6 and ft.warmup_epochs == 5 and ft.head_init_std == 2e-5
   scratch = finetune_config.get_config("digits,scratch")
@@ -424,8 +496,14 @@ def test_knn_monitor_runs_on_pretraining_parameters(pretrained, digits_data_dir)
   batch_sharding = sharding.batch_sharding(mesh, sharding.DEFAULT_RULES)
   # In pretraining the parameters live on the run's mesh.
   params = jax.device_put(final_params(pretrained, 4), sharding.replicated(mesh))
-  monitor = knn.make_knn_monitor(config, ModelConfig(channels=1, **TINY_MODEL), mesh,
-                                 batch_sharding, batch_size=64, num_classes=10)
+  monitor = knn.make_knn_monitor(
+    config,
+    ModelConfig(channels=1, **TINY_MODEL),
+    mesh,
+    batch_sharding,
+    batch_size=64,
+    num_classes=10,
+  )
   with mesh_context(mesh, sharding.DEFAULT_RULES):
     metrics = monitor(params["encoder"])
   assert set(metrics) == {"knn_top1", "knn_top5"} and 0 <= metrics["knn_top1"] <= 100
@@ -439,28 +517,52 @@ def test_fine_tuning_encoder_without_final_norm_keeps_the_names():
   no_norm = nn.unbox(Encoder(config, final_norm=False).init(jax.random.key(0), images()))
   assert set(no_norm["params"]) == set(params) - {"norm"}
   tokens = Encoder(config, final_norm=False).apply(
-      {"params": {k: v for k, v in params.items() if k != "norm"}}, images())
+    {"params": {k: v for k, v in params.items() if k != "norm"}}, images()
+  )
   normed = nn.LayerNorm(epsilon=1e-6).apply({"params": params["norm"]}, tokens)
-  np.testing.assert_allclose(normed, Encoder(config).apply({"params": params}, images()),
-                             atol=1e-6)
+  np.testing.assert_allclose(normed, Encoder(config).apply({"params": params}, images()), atol=1e-6)
 
 
 def test_linear_probe_command_line(pretrained, tmp_path, digits_data_dir):
   """The documented entry point: python -m mae_jax.main --config=configs/linprobe.py:digits."""
-  from tests.test_main_cli import REPO, environment
   import subprocess
   import sys
+
+  from tests.test_main_cli import REPO, environment
+
   workdir = str(tmp_path / "probe_cli")
-  flags = dict(model__image_size=16, model__patch_size=4, model__width=32, model__depth=1,
-               model__heads=2, model__decoder_width=32, model__decoder_depth=1,
-               model__decoder_heads=2, data__image_size=16, data__data_dir=digits_data_dir,
-               global_batch_size=16, num_train_steps=2, eval_batch_size=64,
-               progress_bar="off", init_from=pretrained)
+  flags = dict(
+    model__image_size=16,
+    model__patch_size=4,
+    model__width=32,
+    model__depth=1,
+    model__heads=2,
+    model__decoder_width=32,
+    model__decoder_depth=1,
+    model__decoder_heads=2,
+    data__image_size=16,
+    data__data_dir=digits_data_dir,
+    global_batch_size=16,
+    num_train_steps=2,
+    eval_batch_size=64,
+    progress_bar="off",
+    init_from=pretrained,
+  )
   result = subprocess.run(
-      [sys.executable, "-m", "mae_jax.main", "--config=configs/linprobe.py:digits",
-       f"--workdir={workdir}",
-       *[f"--config.{key.replace('__', '.')}={value}" for key, value in flags.items()]],
-      cwd=REPO, env=environment(1), capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "mae_jax.main",
+      "--config=configs/linprobe.py:digits",
+      f"--workdir={workdir}",
+      *[f"--config.{key.replace('__', '.')}={value}" for key, value in flags.items()],
+    ],
+    cwd=REPO,
+    env=environment(1),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Linear probe (cls features" in result.stdout
   assert json.load(open(os.path.join(workdir, "results.json")))["step"] == 2

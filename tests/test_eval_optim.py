@@ -31,12 +31,16 @@ def reference_lars_step(p, g, mu, lr, *, momentum, trust, weight_decay):
 
 def test_lars_matches_the_reference_update():
   rng = np.random.default_rng(0)
-  params = {"kernel": rng.normal(size=(4, 3)), "bias": rng.normal(size=(3,)),
-            "zero_kernel": np.zeros((2, 2))}
+  params = {
+    "kernel": rng.normal(size=(4, 3)),
+    "bias": rng.normal(size=(3,)),
+    "zero_kernel": np.zeros((2, 2)),
+  }
   params = jax.tree.map(lambda x: x.astype(np.float32), params)
   lrs = [0.5, 2.0, 1.0]
-  tx = lars(lambda step: jnp.asarray(lrs)[step], momentum=0.9, trust_coefficient=0.001,
-            weight_decay=0.1)
+  tx = lars(
+    lambda step: jnp.asarray(lrs)[step], momentum=0.9, trust_coefficient=0.001, weight_decay=0.1
+  )
   state = tx.init(params)
   expected = jax.tree.map(np.asarray, params)
   momenta = jax.tree.map(np.zeros_like, expected)
@@ -47,21 +51,37 @@ def test_lars_matches_the_reference_update():
     current = optax.apply_updates(current, updates)
     for name in params:
       expected[name], momenta[name] = reference_lars_step(
-          expected[name], np.asarray(grads[name]), momenta[name], lr, momentum=0.9,
-          trust=0.001, weight_decay=0.1)
+        expected[name],
+        np.asarray(grads[name]),
+        momenta[name],
+        lr,
+        momentum=0.9,
+        trust=0.001,
+        weight_decay=0.1,
+      )
   for name in params:
-    np.testing.assert_allclose(current[name], expected[name], rtol=1e-5, atol=1e-7,
-                               err_msg=name)
+    np.testing.assert_allclose(current[name], expected[name], rtol=1e-5, atol=1e-7, err_msg=name)
   # A zero matrix has no trust ratio (1) and moves by the raw gradient step.
   assert np.abs(np.asarray(current["zero_kernel"])).max() > 0
 
 
 def tiny_classifier_params(scan: bool):
-  config = ModelConfig(image_size=8, patch_size=4, channels=1, width=8, depth=3, heads=2,
-                       decoder_width=8, decoder_depth=1, decoder_heads=2, scan_layers=scan)
+  config = ModelConfig(
+    image_size=8,
+    patch_size=4,
+    channels=1,
+    width=8,
+    depth=3,
+    heads=2,
+    decoder_width=8,
+    decoder_depth=1,
+    decoder_heads=2,
+    scan_layers=scan,
+  )
   model = ViTClassifier(config, num_classes=5)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1))))
   import flax.linen as nn
+
   return nn.unbox(variables["params"])
 
 
@@ -75,7 +95,7 @@ def test_layer_decay_assigns_the_reference_scales():
   assert float(enc["cls_token"]) == np.float32(d**4)
   for i in range(3):
     for leaf in jax.tree.leaves(enc["blocks"][f"layer_{i}"]):
-      assert float(leaf) == np.float32(d**(3 - i))
+      assert float(leaf) == np.float32(d ** (3 - i))
   for leaf in jax.tree.leaves({"fc_norm": scales["fc_norm"], "head": scales["head"]}):
     assert float(leaf) == 1.0
   # Scanned layers: one scale per layer along the stacked axis.
@@ -96,15 +116,18 @@ def test_finetune_weight_decay_only_on_kernels():
 
 def test_finetune_adamw_is_adamw_at_the_scaled_rate():
   """Each parameter moves as torch AdamW would at lr * its layer scale."""
-  params = jax.tree.map(lambda s: jnp.full(s.shape, 0.3, s.dtype),
-                        tiny_classifier_params(scan=False))
+  params = jax.tree.map(
+    lambda s: jnp.full(s.shape, 0.3, s.dtype), tiny_classifier_params(scan=False)
+  )
   grads = jax.tree.map(lambda p: jnp.full(p.shape, 0.01, p.dtype), params)
   d, lr, wd = 0.5, 1e-3, 0.05
   tx = finetune_adamw(lr, params, depth=3, layer_decay=d, weight_decay=wd)
   updates, _ = tx.update(grads, tx.init(params), params)
-  for path, scale, decayed in [(("encoder", "patch_embed", "kernel"), d**4, True),
-                               (("encoder", "cls_token"), d**4, False),
-                               (("head", "bias"), 1.0, False)]:
+  for path, scale, decayed in [
+    (("encoder", "patch_embed", "kernel"), d**4, True),
+    (("encoder", "cls_token"), d**4, False),
+    (("head", "bias"), 1.0, False),
+  ]:
     leaf = updates
     for key in path:
       leaf = leaf[key]

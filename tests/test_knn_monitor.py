@@ -26,9 +26,16 @@ from tests.test_pretrain import final_params, tiny_config
 
 def monitored_run(workdir: str, data_dir: str, knn_every_steps: int) -> tuple[dict, list]:
   # FSDP: the monitor must gather sharded parameters itself.
-  config = tiny_config(data_dir, num_train_steps=5, log_every_steps=1, eval_every_steps=5,
-                       checkpoint_every_steps=5, num_reconstructions=0,
-                       knn_every_steps=knn_every_steps, knn_train_batches=4)
+  config = tiny_config(
+    data_dir,
+    num_train_steps=5,
+    log_every_steps=1,
+    eval_every_steps=5,
+    checkpoint_every_steps=5,
+    num_reconstructions=0,
+    knn_every_steps=knn_every_steps,
+    knn_train_batches=4,
+  )
   config.mesh.update(data=2, fsdp=4)
   final = train_and_evaluate(config, workdir)
   return final, [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
@@ -49,22 +56,29 @@ def test_monitor_runs_at_its_steps_and_leaves_training_unchanged(tmp_path, digit
   # Bit-identical trajectory: the monitor draws no random numbers from the train stream.
   def trace(lines):
     return [(line["step"], line["loss"], line["grad_norm"]) for line in lines if "loss" in line]
+
   assert trace(monitored) == trace(plain) and len(trace(plain)) == 5
-  jax.tree.map(np.testing.assert_array_equal, final_params(str(tmp_path / "off"), 5),
-               final_params(str(tmp_path / "on"), 5))
+  jax.tree.map(
+    np.testing.assert_array_equal,
+    final_params(str(tmp_path / "off"), 5),
+    final_params(str(tmp_path / "on"), 5),
+  )
 
   events = glob.glob(str(tmp_path / "on" / "tensorboard" / "events.out.tfevents.*"))
   records = b"".join(bytes(r.numpy()) for r in tf.data.TFRecordDataset(events))
   assert b"knn_top1" in records and b"knn_top5" in records
 
 
-@pytest.mark.parametrize("change, message", [
+@pytest.mark.parametrize(
+  "change, message",
+  [
     (dict(knn_every_steps=-1), "knn_every_steps=-1: must be >= 0"),
     (dict(knn_every_steps=10, knn_k=0), "knn_k=0"),
     (dict(knn_every_steps=10, knn_temperature=0.0), "knn_temperature"),
     (dict(knn_every_steps=10, knn_feature="mean"), "knn_feature"),
     (dict(knn_every_steps=10, knn_train_batches=0), "knn_train_batches"),
-])
+  ],
+)
 def test_bad_monitor_settings_fail_before_compiling(change, message, digits_data_dir):
   config = tiny_config(digits_data_dir, **change)
   with pytest.raises(ValueError, match=message):
@@ -74,11 +88,11 @@ def test_bad_monitor_settings_fail_before_compiling(change, message, digits_data
 def test_monitor_on_a_dataset_without_labels_is_refused(digits_data_dir, monkeypatch):
   sizes, _ = plan_lib.input_pipeline.dataset_info(tiny_config(digits_data_dir).data)
   monkeypatch.setattr(plan_lib.input_pipeline, "dataset_info", lambda data: (sizes, None))
-  assert make_plan(tiny_config(digits_data_dir), num_devices=8,
-                   process_count=1).num_classes is None  # fine with the monitor off
+  assert (
+    make_plan(tiny_config(digits_data_dir), num_devices=8, process_count=1).num_classes is None
+  )  # fine with the monitor off
   with pytest.raises(ValueError, match="no class labels.*knn_every_steps=0"):
-    make_plan(tiny_config(digits_data_dir, knn_every_steps=10), num_devices=8,
-              process_count=1)
+    make_plan(tiny_config(digits_data_dir, knn_every_steps=10), num_devices=8, process_count=1)
 
 
 def test_monitor_defaults_and_aot_plans():

@@ -14,15 +14,31 @@ import pytest
 
 from tests.test_main_cli import REPO
 
-SCRIPTS = sorted(glob.glob(os.path.join(REPO, "launch", "*.sh"))
-                 + glob.glob(os.path.join(REPO, "launch", "*.sbatch")))
+SCRIPTS = sorted(
+  glob.glob(os.path.join(REPO, "launch", "*.sh"))
+  + glob.glob(os.path.join(REPO, "launch", "*.sbatch"))
+)
 STUBBED = ("gcloud", "xpk", "srun", "scontrol")
-TPU = {"PROJECT": "my-project", "ZONE": "us-east5-a", "TPU_NAME": "mae",
-       "ACCELERATOR_TYPE": "v5p-128", "BUCKET": "gs://bkt"}
-XPK = {"PROJECT": "my-project", "ZONE": "us-east5-a", "CLUSTER": "c1",
-       "ACCELERATOR_TYPE": "v5p-128", "NUM_SLICES": "2", "BUCKET": "gs://bkt"}
-GPU = {"CONFIG": "configs/pretrain.py:vit_large", "WORKDIR": "/shared/runs/l",
-       "DATA_DIR": "/shared/tfds"}
+TPU = {
+  "PROJECT": "my-project",
+  "ZONE": "us-east5-a",
+  "TPU_NAME": "mae",
+  "ACCELERATOR_TYPE": "v5p-128",
+  "BUCKET": "gs://bkt",
+}
+XPK = {
+  "PROJECT": "my-project",
+  "ZONE": "us-east5-a",
+  "CLUSTER": "c1",
+  "ACCELERATOR_TYPE": "v5p-128",
+  "NUM_SLICES": "2",
+  "BUCKET": "gs://bkt",
+}
+GPU = {
+  "CONFIG": "configs/pretrain.py:vit_large",
+  "WORKDIR": "/shared/runs/l",
+  "DATA_DIR": "/shared/tfds",
+}
 
 
 def shellcheck() -> str:
@@ -41,17 +57,30 @@ def stubs(tmp_path):
   directory.mkdir()
   for name in STUBBED:
     stub = directory / name
-    stub.write_text(f'#!/usr/bin/env bash\necho "{name} $*" >> "$STUB_LOG"\n'
-                    f'exit "${{STUB_EXIT_{name.upper()}:-0}}"\n')
+    stub.write_text(
+      f'#!/usr/bin/env bash\necho "{name} $*" >> "$STUB_LOG"\n'
+      f'exit "${{STUB_EXIT_{name.upper()}:-0}}"\n'
+    )
     stub.chmod(0o755)
   return directory
 
 
 def launch(stubs, script: str, *args: str, **variables: str) -> subprocess.CompletedProcess:
-  env = {"PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}", "HOME": str(stubs.parent),
-         "TMPDIR": str(stubs.parent), "STUB_LOG": str(stubs.parent / "calls.log"), **variables}
-  return subprocess.run(["bash", os.path.join(REPO, "launch", script), *args], cwd=REPO,
-                        env=env, capture_output=True, text=True, timeout=60)
+  env = {
+    "PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}",
+    "HOME": str(stubs.parent),
+    "TMPDIR": str(stubs.parent),
+    "STUB_LOG": str(stubs.parent / "calls.log"),
+    **variables,
+  }
+  return subprocess.run(
+    ["bash", os.path.join(REPO, "launch", script), *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
 
 
 def calls(stubs) -> list[str]:
@@ -61,41 +90,96 @@ def calls(stubs) -> list[str]:
 
 def test_every_script_passes_shellcheck():
   assert len(SCRIPTS) >= 5, SCRIPTS
-  result = subprocess.run([shellcheck(), "-x", *SCRIPTS], cwd=REPO, capture_output=True,
-                          text=True)
+  result = subprocess.run([shellcheck(), "-x", *SCRIPTS], cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 0, result.stdout
 
 
-@pytest.mark.parametrize("script, args, variables, expected", [
-    ("tpu_vm.sh", ["create"], {**TPU, "QUEUED": "1", "SPOT": "1"},
-     ["gcloud compute tpus queued-resources create mae --node-id=mae",
-      "--accelerator-type=v5p-128", "--runtime-version=v2-alpha-tpuv5", "--spot"]),
-    ("tpu_vm.sh", ["create"], {**TPU, "ACCELERATOR_TYPE": "v5litepod-64"},
-     ["gcloud compute tpus tpu-vm create mae", "--version=v2-alpha-tpuv5-lite"]),
-    ("tpu_vm.sh", ["install"], TPU,
-     ["tpu-vm scp", "--worker=all", "PYTHON=python3.11 bash setup.sh", "jax[tpu]==0.10.2"]),
-    ("tpu_vm.sh", ["run", "--", "--config.mesh.fsdp=8"], TPU,
-     ["tpu-vm ssh mae --zone=us-east5-a --project=my-project --worker=all",
-      "python -m mae_jax.main --config=configs/pretrain.py:vit_large",
-      "--workdir=gs://bkt/mae/mae --config.data.data_dir=gs://bkt/tensorflow_datasets",
-      "--distributed=on --config.mesh.fsdp=8"]),
+@pytest.mark.parametrize(
+  "script, args, variables, expected",
+  [
+    (
+      "tpu_vm.sh",
+      ["create"],
+      {**TPU, "QUEUED": "1", "SPOT": "1"},
+      [
+        "gcloud compute tpus queued-resources create mae --node-id=mae",
+        "--accelerator-type=v5p-128",
+        "--runtime-version=v2-alpha-tpuv5",
+        "--spot",
+      ],
+    ),
+    (
+      "tpu_vm.sh",
+      ["create"],
+      {**TPU, "ACCELERATOR_TYPE": "v5litepod-64"},
+      ["gcloud compute tpus tpu-vm create mae", "--version=v2-alpha-tpuv5-lite"],
+    ),
+    (
+      "tpu_vm.sh",
+      ["install"],
+      TPU,
+      ["tpu-vm scp", "--worker=all", "PYTHON=python3.11 bash setup.sh", "jax[tpu]==0.10.2"],
+    ),
+    (
+      "tpu_vm.sh",
+      ["run", "--", "--config.mesh.fsdp=8"],
+      TPU,
+      [
+        "tpu-vm ssh mae --zone=us-east5-a --project=my-project --worker=all",
+        "python -m mae_jax.main --config=configs/pretrain.py:vit_large",
+        "--workdir=gs://bkt/mae/mae --config.data.data_dir=gs://bkt/tensorflow_datasets",
+        "--distributed=on --config.mesh.fsdp=8",
+      ],
+    ),
     ("tpu_vm.sh", ["stop"], TPU, ["--worker=all", "kill -TERM"]),
-    ("tpu_vm.sh", ["delete"], {**TPU, "QUEUED": "1"},
-     ["gcloud compute tpus queued-resources delete mae", "--force"]),
-    ("xpk_multislice.sh", ["cluster"], {**XPK, "SPOT": "1"},
-     ["xpk cluster create --cluster=c1", "--tpu-type=v5p-128 --num-slices=2 --spot"]),
-    ("xpk_multislice.sh", ["run", "--", "--config.mesh.data=2"], XPK,
-     ["xpk workload create --cluster=c1", "--workload=mae-c1", "--num-slices=2",
-      "jax[tpu]==0.10.2", "--distributed=on --config.mesh.data=2"]),
-    ("gpu_local.sh", ["run"], {**GPU, "GPUS": "0"},
-     ["env CUDA_VISIBLE_DEVICES=0 .venv/bin/python -m mae_jax.main",
-      "--config.data.data_dir=/shared/tfds"]),
+    (
+      "tpu_vm.sh",
+      ["delete"],
+      {**TPU, "QUEUED": "1"},
+      ["gcloud compute tpus queued-resources delete mae", "--force"],
+    ),
+    (
+      "xpk_multislice.sh",
+      ["cluster"],
+      {**XPK, "SPOT": "1"},
+      ["xpk cluster create --cluster=c1", "--tpu-type=v5p-128 --num-slices=2 --spot"],
+    ),
+    (
+      "xpk_multislice.sh",
+      ["run", "--", "--config.mesh.data=2"],
+      XPK,
+      [
+        "xpk workload create --cluster=c1",
+        "--workload=mae-c1",
+        "--num-slices=2",
+        "jax[tpu]==0.10.2",
+        "--distributed=on --config.mesh.data=2",
+      ],
+    ),
+    (
+      "gpu_local.sh",
+      ["run"],
+      {**GPU, "GPUS": "0"},
+      [
+        "env CUDA_VISIBLE_DEVICES=0 .venv/bin/python -m mae_jax.main",
+        "--config.data.data_dir=/shared/tfds",
+      ],
+    ),
     ("gpu_local.sh", ["install"], {}, ["bash setup.sh", "jax[cuda12]==0.10.2"]),
-    ("slurm_gpu.sbatch", [], GPU,
-     ["srun --kill-on-bad-exit=1 .venv/bin/python -m mae_jax.main", "--distributed=on"]),
-    ("slurm_gpu.sbatch", [], {**GPU, "SLURM_NTASKS_PER_NODE": "1", "SLURM_GPUS_ON_NODE": "4"},
-     ["JAX_LOCAL_DEVICE_IDS=0,1,2,3", "srun"]),
-])
+    (
+      "slurm_gpu.sbatch",
+      [],
+      GPU,
+      ["srun --kill-on-bad-exit=1 .venv/bin/python -m mae_jax.main", "--distributed=on"],
+    ),
+    (
+      "slurm_gpu.sbatch",
+      [],
+      {**GPU, "SLURM_NTASKS_PER_NODE": "1", "SLURM_GPUS_ON_NODE": "4"},
+      ["JAX_LOCAL_DEVICE_IDS=0,1,2,3", "srun"],
+    ),
+  ],
+)
 def test_dry_run_prints_every_command_and_runs_none(stubs, script, args, variables, expected):
   result = launch(stubs, script, "--dry-run", *args, **variables)
   assert result.returncode == 0, result.stderr
@@ -104,14 +188,21 @@ def test_dry_run_prints_every_command_and_runs_none(stubs, script, args, variabl
   assert calls(stubs) == []
 
 
-@pytest.mark.parametrize("script, args, variables, missing", [
+@pytest.mark.parametrize(
+  "script, args, variables, missing",
+  [
     ("tpu_vm.sh", ["create"], {}, ["PROJECT", "ZONE", "TPU_NAME", "ACCELERATOR_TYPE"]),
     ("tpu_vm.sh", ["run"], {"PROJECT": "p", "ZONE": "z", "TPU_NAME": "t"}, ["BUCKET"]),
-    ("xpk_multislice.sh", ["run"], {"PROJECT": "p"},
-     ["ZONE", "CLUSTER", "ACCELERATOR_TYPE", "NUM_SLICES", "BUCKET"]),
+    (
+      "xpk_multislice.sh",
+      ["run"],
+      {"PROJECT": "p"},
+      ["ZONE", "CLUSTER", "ACCELERATOR_TYPE", "NUM_SLICES", "BUCKET"],
+    ),
     ("gpu_local.sh", ["run"], {}, ["WORKDIR", "DATA_DIR"]),
     ("slurm_gpu.sbatch", [], {"CONFIG": "c"}, ["WORKDIR", "DATA_DIR"]),
-])
+  ],
+)
 def test_missing_variables_are_refused_by_name(stubs, script, args, variables, missing):
   for dry_run in ([], ["--dry-run"]):
     result = launch(stubs, script, *dry_run, *args, **variables)

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 from mae_jax.train.preemption import PREEMPTED_EXIT_CODE
-
 from tests.test_pretrain import final_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,14 +27,34 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def command(workdir: str, data_dir: str, *overrides: str) -> list[str]:
   tiny = dict(
-      model__image_size=16, model__patch_size=4, model__width=32, model__depth=1,
-      model__heads=2, model__decoder_width=32, model__decoder_depth=1, model__decoder_heads=2,
-      data__image_size=16, data__data_dir=data_dir, global_batch_size=16,
-      warmup_epochs=0.5, log_every_steps=5, eval_batches=1, num_reconstructions=2,
-      progress_bar="off", knn_every_steps=0)
+    model__image_size=16,
+    model__patch_size=4,
+    model__width=32,
+    model__depth=1,
+    model__heads=2,
+    model__decoder_width=32,
+    model__decoder_depth=1,
+    model__decoder_heads=2,
+    data__image_size=16,
+    data__data_dir=data_dir,
+    global_batch_size=16,
+    warmup_epochs=0.5,
+    log_every_steps=5,
+    eval_batches=1,
+    num_reconstructions=2,
+    progress_bar="off",
+    knn_every_steps=0,
+  )
   flags = [f"--config.{key.replace('__', '.')}={value}" for key, value in tiny.items()]
-  return [sys.executable, "-m", "mae_jax.main", "--config=configs/pretrain.py:digits",
-          f"--workdir={workdir}", *flags, *overrides]
+  return [
+    sys.executable,
+    "-m",
+    "mae_jax.main",
+    "--config=configs/pretrain.py:digits",
+    f"--workdir={workdir}",
+    *flags,
+    *overrides,
+  ]
 
 
 def environment(devices: int) -> dict:
@@ -46,8 +65,9 @@ def environment(devices: int) -> dict:
 
 
 def run(cmd: list[str], devices: int = 1) -> subprocess.CompletedProcess:
-  result = subprocess.run(cmd, cwd=REPO, env=environment(devices), capture_output=True,
-                          text=True, timeout=600)
+  result = subprocess.run(
+    cmd, cwd=REPO, env=environment(devices), capture_output=True, text=True, timeout=600
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return result
 
@@ -59,8 +79,12 @@ def committed_steps(workdir: str) -> list[int]:
   return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
 
 
-STEPS = ["--config.num_train_steps=120", "--config.checkpoint_every_steps=20",
-         "--config.eval_every_steps=60", "--config.keep_checkpoints=10"]
+STEPS = [
+  "--config.num_train_steps=120",
+  "--config.checkpoint_every_steps=20",
+  "--config.eval_every_steps=60",
+  "--config.keep_checkpoints=10",
+]
 
 
 @pytest.fixture(scope="module")
@@ -77,15 +101,24 @@ def saves_in_flight(workdir: str) -> list[str]:
   return [name for name in os.listdir(directory) if "orbax-checkpoint-tmp" in name]
 
 
-def start_and_signal(workdir: str, data_dir: str, sig: int, *,
-                     during_save: bool = False) -> tuple[int, list[int], str]:
+def start_and_signal(
+  workdir: str, data_dir: str, sig: int, *, during_save: bool = False
+) -> tuple[int, list[int], str]:
   """Starts the run, sends `sig` once its first checkpoint is complete (or,
   with `during_save`, while a later save is half written)."""
-  process = subprocess.Popen(command(workdir, data_dir, *STEPS), cwd=REPO,
-                             env=environment(1), stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True)
-  ready = ((lambda: committed_steps(workdir) and saves_in_flight(workdir)) if during_save
-           else (lambda: committed_steps(workdir)))
+  process = subprocess.Popen(
+    command(workdir, data_dir, *STEPS),
+    cwd=REPO,
+    env=environment(1),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.DEVNULL,
+    text=True,
+  )
+  ready = (
+    (lambda: committed_steps(workdir) and saves_in_flight(workdir))
+    if during_save
+    else (lambda: committed_steps(workdir))
+  )
   try:
     deadline = time.time() + 300
     while not ready() and time.time() < deadline:
@@ -101,15 +134,14 @@ def start_and_signal(workdir: str, data_dir: str, sig: int, *,
 
 
 def assert_same_run(resumed: str, uninterrupted: str) -> None:
-  jax.tree.map(np.testing.assert_array_equal, final_params(uninterrupted, 120),
-               final_params(resumed, 120))
-  losses = lambda w: [l["loss"] for l in map(json.loads, open(f"{w}/metrics.jsonl"))
-                      if "loss" in l]
+  jax.tree.map(
+    np.testing.assert_array_equal, final_params(uninterrupted, 120), final_params(resumed, 120)
+  )
+  losses = lambda w: [l["loss"] for l in map(json.loads, open(f"{w}/metrics.jsonl")) if "loss" in l]
   assert losses(resumed) == losses(uninterrupted)
 
 
-def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, digits_data_dir,
-                                                         uninterrupted):
+def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, digits_data_dir, uninterrupted):
   interrupted = str(tmp_path / "interrupted")
   returncode, _, _ = start_and_signal(interrupted, digits_data_dir, signal.SIGKILL)
   assert returncode == -signal.SIGKILL
@@ -123,13 +155,15 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, digits_data_d
 
 
 def test_sigkill_during_a_save_never_resumes_from_the_half_written_step(
-    tmp_path, digits_data_dir, uninterrupted):
+  tmp_path, digits_data_dir, uninterrupted
+):
   # The kill follows the sight of a half-written step within milliseconds; in
   # the rare case the save finished in between, try again on a fresh workdir.
   for attempt in range(3):
     interrupted = str(tmp_path / f"interrupted_{attempt}")
-    returncode, _, _ = start_and_signal(interrupted, digits_data_dir, signal.SIGKILL,
-                                        during_save=True)
+    returncode, _, _ = start_and_signal(
+      interrupted, digits_data_dir, signal.SIGKILL, during_save=True
+    )
     assert returncode == -signal.SIGKILL
     if saves_in_flight(interrupted):
       break
@@ -142,11 +176,11 @@ def test_sigkill_during_a_save_never_resumes_from_the_half_written_step(
   assert_same_run(interrupted, uninterrupted)
 
 
-def test_sigterm_saves_exits_resumable_and_resumes_exactly(tmp_path, digits_data_dir,
-                                                           uninterrupted):
+def test_sigterm_saves_exits_resumable_and_resumes_exactly(
+  tmp_path, digits_data_dir, uninterrupted
+):
   preempted = str(tmp_path / "preempted")
-  returncode, steps_at_signal, stdout = start_and_signal(preempted, digits_data_dir,
-                                                         signal.SIGTERM)
+  returncode, steps_at_signal, stdout = start_and_signal(preempted, digits_data_dir, signal.SIGTERM)
   assert returncode == PREEMPTED_EXIT_CODE, stdout[-2000:]
   saved = committed_steps(preempted)[-1]
   assert steps_at_signal[-1] <= saved < 120
@@ -159,9 +193,17 @@ def test_sigterm_saves_exits_resumable_and_resumes_exactly(tmp_path, digits_data
 
 def test_checkpoint_from_8_devices_resumes_on_1(tmp_path, digits_data_dir):
   workdir = str(tmp_path / "run")
-  run(command(workdir, digits_data_dir, "--config.num_train_steps=4",
-              "--config.checkpoint_every_steps=2", "--config.mesh.data=1",
-              "--config.mesh.fsdp=8"), devices=8)
+  run(
+    command(
+      workdir,
+      digits_data_dir,
+      "--config.num_train_steps=4",
+      "--config.checkpoint_every_steps=2",
+      "--config.mesh.data=1",
+      "--config.mesh.fsdp=8",
+    ),
+    devices=8,
+  )
   assert json.load(open(f"{workdir}/run_info.json"))["mesh"]["fsdp"] == 8
   result = run(command(workdir, digits_data_dir, "--config.num_train_steps=6"), devices=1)
   assert "Pretraining finished at step 6" in result.stdout
@@ -172,22 +214,36 @@ def test_checkpoint_from_8_devices_resumes_on_1(tmp_path, digits_data_dir):
 
 def test_cli_rejects_a_bad_override_before_compiling(tmp_path, digits_data_dir):
   result = subprocess.run(
-      command(str(tmp_path / "run"), digits_data_dir, "--config.global_batch_size=12"),
-      cwd=REPO, env=environment(8), capture_output=True, text=True, timeout=300)
+    command(str(tmp_path / "run"), digits_data_dir, "--config.global_batch_size=12"),
+    cwd=REPO,
+    env=environment(8),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode != 0
   assert "multiple of 8" in result.stderr
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("--config.global_batch_sise=16", "global_batch_sise"),     # unknown key
+@pytest.mark.parametrize(
+  "override, message",
+  [
+    ("--config.global_batch_sise=16", "global_batch_sise"),  # unknown key
     ("--config.global_batch_size=sixteen", "global_batch_size"),  # wrong type
-    ("--config.model.mask_ratio=1.0", "mask_ratio"),              # impossible value
-])
-def test_cli_rejects_unknown_keys_wrong_types_and_bad_values(tmp_path, digits_data_dir,
-                                                             override, message):
-  result = subprocess.run(command(str(tmp_path / "run"), digits_data_dir, override),
-                          cwd=REPO, env=environment(1), capture_output=True, text=True,
-                          timeout=300)
+    ("--config.model.mask_ratio=1.0", "mask_ratio"),  # impossible value
+  ],
+)
+def test_cli_rejects_unknown_keys_wrong_types_and_bad_values(
+  tmp_path, digits_data_dir, override, message
+):
+  result = subprocess.run(
+    command(str(tmp_path / "run"), digits_data_dir, override),
+    cwd=REPO,
+    env=environment(1),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
   assert not os.path.exists(tmp_path / "run" / "checkpoints")

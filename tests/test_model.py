@@ -23,8 +23,17 @@ from mae_jax.model.masking import gather_tokens, num_kept, random_masking, unshu
 from mae_jax.model.patches import patchify, unpatchify
 from mae_jax.model.pos_embed import sincos_2d
 
-TINY = ModelConfig(image_size=32, patch_size=4, channels=3, width=64, depth=2, heads=4,
-                   decoder_width=32, decoder_depth=1, decoder_heads=4)
+TINY = ModelConfig(
+  image_size=32,
+  patch_size=4,
+  channels=3,
+  width=64,
+  depth=2,
+  heads=4,
+  decoder_width=32,
+  decoder_depth=1,
+  decoder_heads=4,
+)
 
 
 # Everything runs under jit: linen's eager op-by-op dispatch is many times
@@ -40,20 +49,25 @@ def init_params(config: ModelConfig, seed: int = 0):
 @functools.lru_cache(maxsize=None)
 def jitted_apply(config: ModelConfig):
   """(params, images, masking key) -> MAEOutput, compiled once per config."""
-  return jax.jit(lambda params, images, key: MaskedAutoencoder(config).apply(
-      {"params": params}, images, rngs={"masking": key}))
+  return jax.jit(
+    lambda params, images, key: MaskedAutoencoder(config).apply(
+      {"params": params}, images, rngs={"masking": key}
+    )
+  )
 
 
 @functools.lru_cache(maxsize=None)
 def jitted_loss_and_grads(config: ModelConfig):
   def loss_fn(params, images):
     return jitted_apply(config)(params, images, jax.random.key(42)).loss
+
   return jax.jit(jax.value_and_grad(loss_fn))
 
 
 def random_images(config: ModelConfig, batch: int = 4, seed: int = 0) -> jax.Array:
-  return jax.random.normal(jax.random.key(seed),
-                           (batch, config.image_size, config.image_size, config.channels))
+  return jax.random.normal(
+    jax.random.key(seed), (batch, config.image_size, config.image_size, config.channels)
+  )
 
 
 def count(tree) -> int:
@@ -61,6 +75,7 @@ def count(tree) -> int:
 
 
 # --- masking -------------------------------------------------------------------
+
 
 def test_masking_keeps_exactly_len_keep_per_sample():
   noise = jax.random.uniform(jax.random.key(0), (8, 196))
@@ -93,15 +108,17 @@ def test_unshuffle_of_shuffle_is_identity():
 
 def test_masks_differ_across_batch_and_keys():
   params, images = init_params(TINY), random_images(TINY, batch=4)
-  masks = [np.asarray(jitted_apply(TINY)(params, images, jax.random.key(seed)).mask)
-           for seed in (10, 11)]
+  masks = [
+    np.asarray(jitted_apply(TINY)(params, images, jax.random.key(seed)).mask) for seed in (10, 11)
+  ]
   for mask in masks:
     assert len({row.tobytes() for row in mask}) == 4, "samples share a mask"
   assert not np.array_equal(masks[0], masks[1]), "the key does not change the mask"
 
 
-@pytest.mark.parametrize("name,kept,patches", [("B/16", 49, 196), ("L/16", 49, 196),
-                                              ("H/14", 64, 256)])
+@pytest.mark.parametrize(
+  "name,kept,patches", [("B/16", 49, 196), ("L/16", 49, 196), ("H/14", 64, 256)]
+)
 def test_reference_mask_ratio_keeps_the_reference_count(name, kept, patches):
   config = preset(name)
   assert (config.num_visible, config.num_patches) == (kept, patches)
@@ -123,6 +140,7 @@ def test_masking_under_jit():
 
 # --- the loss --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("norm_pix_loss", [True, False])
 def test_loss_ignores_visible_patches(norm_pix_loss):
   """With fixed predictions, only removed patches' pixels enter the loss."""
@@ -131,8 +149,8 @@ def test_loss_ignores_visible_patches(norm_pix_loss):
   pred = jax.random.normal(jax.random.key(7), (2, grid * grid, p * p * 3))
   mask = random_masking(jax.random.uniform(jax.random.key(8), (2, grid * grid)), 4).mask
   loss = lambda x: reconstruction_loss(x, pred, mask, patch_size=p, norm_pix_loss=norm_pix_loss)
-  visible = int(np.argmin(np.asarray(mask[0])))   # a patch with mask 0
-  removed = int(np.argmax(np.asarray(mask[0])))   # a patch with mask 1
+  visible = int(np.argmin(np.asarray(mask[0])))  # a patch with mask 0
+  removed = int(np.argmax(np.asarray(mask[0])))  # a patch with mask 1
 
   def perturb(patch_index):
     patches = patchify(images, p)
@@ -152,6 +170,7 @@ def test_constant_patch_under_norm_pix_gives_finite_loss_and_gradient():
 
 
 # --- positional embedding and patch order -------------------------------------------
+
 
 def test_sincos_table_order_by_hand():
   width, grid = 8, 3
@@ -186,6 +205,7 @@ def test_patchify_round_trip():
 
 # --- initialisation ----------------------------------------------------------------
 
+
 def assert_xavier_uniform(kernel, fan_in: int, fan_out: int, name: str):
   bound = math.sqrt(6.0 / (fan_in + fan_out))
   values = np.asarray(kernel).ravel()
@@ -196,8 +216,16 @@ def assert_xavier_uniform(kernel, fan_in: int, fan_out: int, name: str):
 
 
 def test_initialisation_matches_reference():
-  config = ModelConfig(image_size=64, patch_size=8, width=256, depth=2, heads=8,
-                       decoder_width=128, decoder_depth=1, decoder_heads=4)
+  config = ModelConfig(
+    image_size=64,
+    patch_size=8,
+    width=256,
+    depth=2,
+    heads=8,
+    decoder_width=128,
+    decoder_depth=1,
+    decoder_heads=4,
+  )
   params = init_params(config, seed=3)
   d, dd, patch_dim = config.width, config.decoder_width, config.patch_dim
   enc, dec = params["encoder"], params["decoder"]
@@ -205,8 +233,7 @@ def test_initialisation_matches_reference():
   for stack, width in ((enc, d), (dec, dd)):
     for layer_name, block in stack["blocks"].items():
       # The fused qkv Linear is (3D, D): bound sqrt(6 / 4D).
-      assert_xavier_uniform(block["attn"]["qkv"]["kernel"], width, 3 * width,
-                            f"{layer_name}/qkv")
+      assert_xavier_uniform(block["attn"]["qkv"]["kernel"], width, 3 * width, f"{layer_name}/qkv")
       assert_xavier_uniform(block["attn"]["out"]["kernel"], width, width, f"{layer_name}/out")
       assert_xavier_uniform(block["mlp"]["fc1"]["kernel"], width, 4 * width, f"{layer_name}/fc1")
       assert_xavier_uniform(block["mlp"]["fc2"]["kernel"], 4 * width, width, f"{layer_name}/fc2")
@@ -226,34 +253,44 @@ def test_initialisation_matches_reference():
 
 # --- sizes -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name,total,encoder", [("B/16", 111_655_680, 85_647_360),
-                                                ("L/16", 329_239_296, None),
-                                                ("H/14", 656_613_964, None)])
+
+@pytest.mark.parametrize(
+  "name,total,encoder",
+  [("B/16", 111_655_680, 85_647_360), ("L/16", 329_239_296, None), ("H/14", 656_613_964, None)],
+)
 def test_preset_parameter_counts(name, total, encoder):
   # Scanned layers trace one block per stack: same counts, faster.
   config = preset(name, scan_layers=True)
-  images = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, config.channels),
-                                jnp.float32)
+  images = jax.ShapeDtypeStruct(
+    (1, config.image_size, config.image_size, config.channels), jnp.float32
+  )
   shapes = jax.eval_shape(
-      lambda x: MaskedAutoencoder(config).init(
-          {"params": jax.random.key(0), "masking": jax.random.key(1)}, x), images)
+    lambda x: MaskedAutoencoder(config).init(
+      {"params": jax.random.key(0), "masking": jax.random.key(1)}, x
+    ),
+    images,
+  )
   params = nn.unbox(shapes["params"])
   assert count(params) == total
   if encoder is not None:
     assert count(params["encoder"]) == encoder
 
 
-@pytest.mark.parametrize("changes,field", [
+@pytest.mark.parametrize(
+  "changes,field",
+  [
     (dict(image_size=225), "image_size"),
     (dict(mask_ratio=1.0), "mask_ratio"),
     (dict(mask_ratio=-0.1), "mask_ratio"),
     (dict(image_size=32, patch_size=16, mask_ratio=0.9), "mask_ratio"),  # 4 patches, keeps 0
     (dict(heads=5), "heads"),
     (dict(decoder_heads=7), "decoder_heads"),
-])
+  ],
+)
 def test_bad_config_fails_at_construction(changes, field):
-  config = ModelConfig(**dict(dict(width=64, heads=4, decoder_width=32, decoder_heads=4),
-                              **changes))
+  config = ModelConfig(
+    **dict(dict(width=64, heads=4, decoder_width=32, decoder_heads=4), **changes)
+  )
   with pytest.raises(ValueError, match=rf"model\.{field}"):
     MaskedAutoencoder(config)
   with pytest.raises(ValueError, match=rf"model\.{field}"):
@@ -269,11 +306,13 @@ def test_unknown_preset():
 def test_wrong_image_shape(shape):
   params = init_params(TINY)
   with pytest.raises(ValueError, match=r"model\.image_size, model\.channels"):
-    MaskedAutoencoder(TINY).apply({"params": params}, jnp.zeros(shape),
-                                  rngs={"masking": jax.random.key(0)})
+    MaskedAutoencoder(TINY).apply(
+      {"params": params}, jnp.zeros(shape), rngs={"masking": jax.random.key(0)}
+    )
 
 
 # --- numerics and memory switches -----------------------------------------------------
+
 
 def loss_and_grads(config: ModelConfig, params, images):
   return jitted_loss_and_grads(config)(params, images)
@@ -288,9 +327,10 @@ def test_bfloat16_activations_give_a_close_loss():
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads16))
 
 
-@pytest.mark.parametrize("remat_policy,scan", [("full", False), ("dots", False),
-                                               ("dots_no_batch", False), ("none", True),
-                                               ("dots", True)])
+@pytest.mark.parametrize(
+  "remat_policy,scan",
+  [("full", False), ("dots", False), ("dots_no_batch", False), ("none", True), ("dots", True)],
+)
 def test_remat_and_scan_change_nothing(remat_policy, scan):
   params, images = init_params(TINY), random_images(TINY)
   plain_loss, plain_grads = loss_and_grads(TINY, params, images)
@@ -299,7 +339,7 @@ def test_remat_and_scan_change_nothing(remat_policy, scan):
   if scan:
     grads = unstack_layers(grads)
   np.testing.assert_allclose(float(loss), float(plain_loss), rtol=1e-6)
-  for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(grads),
-                               jax.tree.leaves(plain_grads)):
-    np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-5,
-                               err_msg=jax.tree_util.keystr(path))
+  for (path, got), want in zip(
+    jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(plain_grads)
+  ):
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-5, err_msg=jax.tree_util.keystr(path))

@@ -31,22 +31,39 @@ from tests.test_pretrain import _without_key_bias, final_params
 
 PROCESSES, DEVICES_PER_PROCESS = 2, 2
 TINY = {
-    "model.image_size": 16, "model.patch_size": 4, "model.width": 32, "model.depth": 1,
-    "model.heads": 2, "model.decoder_width": 32, "model.decoder_depth": 1,
-    "model.decoder_heads": 2, "data.image_size": 16, "global_batch_size": 16,
-    # Evaluation (2 batches) at the end of each phase only.
-    "warmup_epochs": 0.5, "log_every_steps": 1, "eval_every_steps": 100, "eval_batches": 2,
-    "checkpoint_every_steps": 2, "progress_bar": "off", "knn_every_steps": 0,
-    # Parameters and optimizer state sharded over every device of both hosts.
-    "mesh.data": 1, "mesh.fsdp": -1,
+  "model.image_size": 16,
+  "model.patch_size": 4,
+  "model.width": 32,
+  "model.depth": 1,
+  "model.heads": 2,
+  "model.decoder_width": 32,
+  "model.decoder_depth": 1,
+  "model.decoder_heads": 2,
+  "data.image_size": 16,
+  "global_batch_size": 16,
+  # Evaluation (2 batches) at the end of each phase only.
+  "warmup_epochs": 0.5,
+  "log_every_steps": 1,
+  "eval_every_steps": 100,
+  "eval_batches": 2,
+  "checkpoint_every_steps": 2,
+  "progress_bar": "off",
+  "knn_every_steps": 0,
+  # Parameters and optimizer state sharded over every device of both hosts.
+  "mesh.data": 1,
+  "mesh.fsdp": -1,
 }
 PHASES = (4, 6)  # train to step 4, then restart and resume to step 6
 
 
 def phase_overrides(data_dir: str, steps: int) -> dict:
   # The reconstruction picture only at the end (it costs a compilation).
-  return {**TINY, "data.data_dir": data_dir, "num_train_steps": steps,
-          "num_reconstructions": 2 if steps == PHASES[-1] else 0}
+  return {
+    **TINY,
+    "data.data_dir": data_dir,
+    "num_train_steps": steps,
+    "num_reconstructions": 2 if steps == PHASES[-1] else 0,
+  }
 
 
 def free_port() -> int:
@@ -64,17 +81,33 @@ def run_processes(workdir: str, data_dir: str, steps: int) -> list[str]:
   processes, logs = [], []
   try:
     for index in range(PROCESSES):
-      cmd = [sys.executable, "-m", "mae_jax.main", "--config=configs/pretrain.py:digits",
-             f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in overrides.items()),
-             f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={PROCESSES}",
-             f"--process_id={index}"]
-      logs.append(open(os.path.join(os.path.dirname(workdir), f"process{index}-{steps}.log"),
-                       "w+"))
-      processes.append(subprocess.Popen(cmd, cwd=REPO, env=environment(DEVICES_PER_PROCESS),
-                                        stdout=logs[-1], stderr=subprocess.STDOUT))
+      cmd = [
+        sys.executable,
+        "-m",
+        "mae_jax.main",
+        "--config=configs/pretrain.py:digits",
+        f"--workdir={workdir}",
+        *(f"--config.{k}={v}" for k, v in overrides.items()),
+        f"--coordinator_address=127.0.0.1:{port}",
+        f"--num_processes={PROCESSES}",
+        f"--process_id={index}",
+      ]
+      logs.append(open(os.path.join(os.path.dirname(workdir), f"process{index}-{steps}.log"), "w+"))
+      processes.append(
+        subprocess.Popen(
+          cmd,
+          cwd=REPO,
+          env=environment(DEVICES_PER_PROCESS),
+          stdout=logs[-1],
+          stderr=subprocess.STDOUT,
+        )
+      )
     deadline = time.monotonic() + 300
-    while (any(p.poll() is None for p in processes) and time.monotonic() < deadline
-           and not any(p.poll() for p in processes)):
+    while (
+      any(p.poll() is None for p in processes)
+      and time.monotonic() < deadline
+      and not any(p.poll() for p in processes)
+    ):
       time.sleep(0.2)
   finally:
     for process in processes:
@@ -87,20 +120,27 @@ def run_processes(workdir: str, data_dir: str, steps: int) -> list[str]:
     outputs.append(log.read())
     log.close()
   for index, (process, output) in enumerate(zip(processes, outputs)):
-    assert process.returncode == 0, f"process {index}: status {process.returncode}\n{output[-4000:]}"
+    assert process.returncode == 0, (
+      f"process {index}: status {process.returncode}\n{output[-4000:]}"
+    )
   return outputs
 
 
 def two_host_batches(data_config, *, global_batch_size, **kwargs):
   """What the two processes read, concatenated in process order: the global
   batch the 2-process run lays over its mesh (process 0 owns the first rows)."""
-  hosts = [input_pipeline.make_iterator(data_config, global_batch_size=global_batch_size,
-                                        process_index=index, process_count=PROCESSES,
-                                        **kwargs)
-           for index in range(PROCESSES)]
+  hosts = [
+    input_pipeline.make_iterator(
+      data_config,
+      global_batch_size=global_batch_size,
+      process_index=index,
+      process_count=PROCESSES,
+      **kwargs,
+    )
+    for index in range(PROCESSES)
+  ]
   for local_batches in zip(*hosts):
-    yield {key: np.concatenate([batch[key] for batch in local_batches])
-           for key in local_batches[0]}
+    yield {key: np.concatenate([batch[key] for batch in local_batches]) for key in local_batches[0]}
 
 
 def logged(workdir: str, key: str) -> dict[int, float]:
@@ -122,8 +162,9 @@ def test_multiprocess_pretraining_matches_one_process(tmp_path, digits_data_dir,
   assert os.path.getsize(os.path.join(multi, "reconstructions.png")) > 0
 
   # One process, 8 devices, fed the very batches the two hosts read.
-  monkeypatch.setattr(pretrain, "input_pipeline", types.SimpleNamespace(
-      make_iterator=two_host_batches))
+  monkeypatch.setattr(
+    pretrain, "input_pipeline", types.SimpleNamespace(make_iterator=two_host_batches)
+  )
   single = str(tmp_path / "single")
   for steps in PHASES:
     config = pretrain_config.get_config("digits")
@@ -139,27 +180,47 @@ def test_multiprocess_pretraining_matches_one_process(tmp_path, digits_data_dir,
   assert sorted(logged(multi, "eval_loss")) == list(PHASES)
   assert logged(multi, "eval_loss") == pytest.approx(logged(single, "eval_loss"), rel=1e-5)
   jax.tree_util.tree_map_with_path(
-      lambda path, a, b: np.testing.assert_allclose(
-          *_without_key_bias(path, a, b), atol=2e-5, rtol=1e-4, err_msg=str(path)),
-      final_params(single, PHASES[-1]), final_params(multi, PHASES[-1]))
+    lambda path, a, b: np.testing.assert_allclose(
+      *_without_key_bias(path, a, b), atol=2e-5, rtol=1e-4, err_msg=str(path)
+    ),
+    final_params(single, PHASES[-1]),
+    final_params(multi, PHASES[-1]),
+  )
 
 
 def test_multiprocess_flags_go_together(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "mae_jax.main", "--config=configs/pretrain.py:digits",
-       f"--workdir={tmp_path}", "--coordinator_address=127.0.0.1:1234"],
-      cwd=REPO, env=environment(1), capture_output=True, text=True, timeout=120)
+    [
+      sys.executable,
+      "-m",
+      "mae_jax.main",
+      "--config=configs/pretrain.py:digits",
+      f"--workdir={tmp_path}",
+      "--coordinator_address=127.0.0.1:1234",
+    ],
+    cwd=REPO,
+    env=environment(1),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode != 0
   assert "--num_processes and --process_id go together" in result.stderr
 
 
-@pytest.mark.parametrize("environ, detected", [
-    ({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"}, True),   # multi-host TPU slice
-    ({"TPU_WORKER_HOSTNAMES": "10.0.0.2"}, False),           # one TPU host
-    ({"MEGASCALE_NUM_SLICES": "2"}, True),                    # multi-slice on GKE
-    ({"SLURM_NTASKS": "16"}, True), ({"SLURM_NTASKS": "1"}, False),
-    ({"OMPI_COMM_WORLD_SIZE": "4"}, True), ({}, False),
-])
+@pytest.mark.parametrize(
+  "environ, detected",
+  [
+    ({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"}, True),  # multi-host TPU slice
+    ({"TPU_WORKER_HOSTNAMES": "10.0.0.2"}, False),  # one TPU host
+    ({"MEGASCALE_NUM_SLICES": "2"}, True),  # multi-slice on GKE
+    ({"SLURM_NTASKS": "16"}, True),
+    ({"SLURM_NTASKS": "1"}, False),
+    ({"OMPI_COMM_WORLD_SIZE": "4"}, True),
+    ({}, False),
+  ],
+)
 def test_multiprocess_cluster_detection(environ, detected):
   from mae_jax.main import cluster_detected
+
   assert cluster_detected(environ) is detected

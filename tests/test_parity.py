@@ -37,9 +37,16 @@ from transformers import ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel
 from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
 
 from mae_jax import checkpointing
-from mae_jax.convert import (authors_from_params, export_checkpoint, import_to_checkpoint,
-                             load_state_dict, params_from_authors, params_from_state_dict,
-                             read_checkpoint_params, save_state_dict)
+from mae_jax.convert import (
+  authors_from_params,
+  export_checkpoint,
+  import_to_checkpoint,
+  load_state_dict,
+  params_from_authors,
+  params_from_state_dict,
+  read_checkpoint_params,
+  save_state_dict,
+)
 from mae_jax.convert.__main__ import main as convert_main
 from mae_jax.model.config import ModelConfig
 from mae_jax.model.layout import stack_layers
@@ -51,27 +58,56 @@ LOSS_RTOL = 1e-5
 SCAN_ATOL = 1e-6
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-SMALL = ModelConfig(image_size=32, patch_size=4, channels=3, width=64, depth=2, heads=4,
-                    decoder_width=32, decoder_depth=1, decoder_heads=4)
+SMALL = ModelConfig(
+  image_size=32,
+  patch_size=4,
+  channels=3,
+  width=64,
+  depth=2,
+  heads=4,
+  decoder_width=32,
+  decoder_depth=1,
+  decoder_heads=4,
+)
 # Patch 16 at 224 px (the reference grid, 196 patches), narrow to stay fast.
-PATCH16 = ModelConfig(image_size=224, patch_size=16, channels=3, width=32, depth=1, heads=2,
-                      decoder_width=32, decoder_depth=1, decoder_heads=2)
+PATCH16 = ModelConfig(
+  image_size=224,
+  patch_size=16,
+  channels=3,
+  width=32,
+  depth=1,
+  heads=2,
+  decoder_width=32,
+  decoder_depth=1,
+  decoder_heads=2,
+)
 
 
 # --- building the reference -------------------------------------------------
 
+
 def hf_config(config: ModelConfig) -> ViTMAEConfig:
   return ViTMAEConfig(
-      hidden_size=config.width, num_hidden_layers=config.depth,
-      num_attention_heads=config.heads, intermediate_size=int(config.width * config.mlp_ratio),
-      decoder_hidden_size=config.decoder_width, decoder_num_hidden_layers=config.decoder_depth,
-      decoder_num_attention_heads=config.decoder_heads,
-      decoder_intermediate_size=int(config.decoder_width * config.decoder_mlp_ratio),
-      image_size=config.image_size, patch_size=config.patch_size,
-      num_channels=config.channels, mask_ratio=config.mask_ratio,
-      norm_pix_loss=config.norm_pix_loss, layer_norm_eps=1e-6, hidden_act="gelu",
-      qkv_bias=True, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-      attn_implementation="eager")
+    hidden_size=config.width,
+    num_hidden_layers=config.depth,
+    num_attention_heads=config.heads,
+    intermediate_size=int(config.width * config.mlp_ratio),
+    decoder_hidden_size=config.decoder_width,
+    decoder_num_hidden_layers=config.decoder_depth,
+    decoder_num_attention_heads=config.decoder_heads,
+    decoder_intermediate_size=int(config.decoder_width * config.decoder_mlp_ratio),
+    image_size=config.image_size,
+    patch_size=config.patch_size,
+    num_channels=config.channels,
+    mask_ratio=config.mask_ratio,
+    norm_pix_loss=config.norm_pix_loss,
+    layer_norm_eps=1e-6,
+    hidden_act="gelu",
+    qkv_bias=True,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+    attn_implementation="eager",
+  )
 
 
 def transformers_sincos(width: int, grid: int) -> torch.Tensor:
@@ -117,8 +153,9 @@ def numpy_state(model: torch.nn.Module) -> dict[str, np.ndarray]:
 
 def images_and_noise(config: ModelConfig, batch: int = 3, seed: int = 1):
   rng = np.random.default_rng(seed)
-  nhwc = rng.normal(size=(batch, config.image_size, config.image_size,
-                          config.channels)).astype(np.float32)
+  nhwc = rng.normal(size=(batch, config.image_size, config.image_size, config.channels)).astype(
+    np.float32
+  )
   noise = rng.random((batch, config.num_patches), dtype=np.float32)
   return nhwc, noise
 
@@ -135,17 +172,26 @@ def assert_trees_equal(a, b):
 
 # --- independent renamings, written out here (not taken from the converter) --
 
+
 def authors_from_transformers(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """The facebookresearch/mae layout of a transformers state dict."""
-  block_names = {"layernorm_before": "norm1", "layernorm_after": "norm2",
-                 "attention.o_proj": "attn.proj", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
-  top_names = {"vit.embeddings.cls_token": "cls_token",
-               "vit.embeddings.position_embeddings": "pos_embed",
-               "vit.embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
-               "vit.embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
-               "vit.layernorm.weight": "norm.weight", "vit.layernorm.bias": "norm.bias",
-               "decoder.mask_token": "mask_token",
-               "decoder.decoder_pos_embed": "decoder_pos_embed"}
+  block_names = {
+    "layernorm_before": "norm1",
+    "layernorm_after": "norm2",
+    "attention.o_proj": "attn.proj",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+  }
+  top_names = {
+    "vit.embeddings.cls_token": "cls_token",
+    "vit.embeddings.position_embeddings": "pos_embed",
+    "vit.embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+    "vit.embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+    "vit.layernorm.weight": "norm.weight",
+    "vit.layernorm.bias": "norm.bias",
+    "decoder.mask_token": "mask_token",
+    "decoder.decoder_pos_embed": "decoder_pos_embed",
+  }
   out = {}
   for key, value in state.items():
     if key in top_names:
@@ -163,18 +209,20 @@ def authors_from_transformers(state: dict[str, np.ndarray]) -> dict[str, np.ndar
       out[f"{prefix}.{index}.{block_names[module]}.{kind}"] = value
       continue
     assert key.startswith("decoder.decoder_"), key  # embed, norm, pred
-    out[key[len("decoder."):]] = value
+    out[key[len("decoder.") :]] = value
   return out
 
 
 def old_transformers_from_current(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """The key names older transformers versions (and hub checkpoints) use."""
-  renames = [(".attention.q_proj.", ".attention.attention.query."),
-             (".attention.k_proj.", ".attention.attention.key."),
-             (".attention.v_proj.", ".attention.attention.value."),
-             (".attention.o_proj.", ".attention.output.dense."),
-             (".mlp.fc1.", ".intermediate.dense."),
-             (".mlp.fc2.", ".output.dense.")]
+  renames = [
+    (".attention.q_proj.", ".attention.attention.query."),
+    (".attention.k_proj.", ".attention.attention.key."),
+    (".attention.v_proj.", ".attention.attention.value."),
+    (".attention.o_proj.", ".attention.output.dense."),
+    (".mlp.fc1.", ".intermediate.dense."),
+    (".mlp.fc2.", ".output.dense."),
+  ]
   out = {}
   for key, value in state.items():
     key = key.replace("vit.layers.", "vit.encoder.layer.")
@@ -186,15 +234,18 @@ def old_transformers_from_current(state: dict[str, np.ndarray]) -> dict[str, np.
 
 # --- forward parity -----------------------------------------------------------
 
+
 def run_both(config: ModelConfig, seed: int = 0):
   reference = reference_model(config, seed)
   params = params_from_state_dict(numpy_state(reference), config)
   nhwc, noise = images_and_noise(config)
   with torch.no_grad():
-    expected = reference(pixel_values=torch.from_numpy(nhwc.transpose(0, 3, 1, 2)),
-                         noise=torch.from_numpy(noise))
-  got = MaskedAutoencoder(config).apply({"params": params}, jnp.asarray(nhwc),
-                                        noise=jnp.asarray(noise), train=False)
+    expected = reference(
+      pixel_values=torch.from_numpy(nhwc.transpose(0, 3, 1, 2)), noise=torch.from_numpy(noise)
+    )
+  got = MaskedAutoencoder(config).apply(
+    {"params": params}, jnp.asarray(nhwc), noise=jnp.asarray(noise), train=False
+  )
   return expected, got
 
 
@@ -202,11 +253,17 @@ def assert_same_output(expected, got):
   np.testing.assert_array_equal(np.asarray(got.mask), expected.mask.numpy())
   np.testing.assert_array_equal(np.asarray(got.ids_restore), expected.ids_restore.numpy())
   pred_diff = max_difference(got.pred, expected.logits.numpy())
-  np.testing.assert_allclose(np.asarray(got.pred), expected.logits.numpy(), atol=ATOL, rtol=RTOL,
-                             err_msg=f"max |pred diff| {pred_diff:.2e}")
+  np.testing.assert_allclose(
+    np.asarray(got.pred),
+    expected.logits.numpy(),
+    atol=ATOL,
+    rtol=RTOL,
+    err_msg=f"max |pred diff| {pred_diff:.2e}",
+  )
   loss_diff = abs(float(got.loss) - float(expected.loss))
-  np.testing.assert_allclose(float(got.loss), float(expected.loss), rtol=LOSS_RTOL,
-                             err_msg=f"|loss diff| {loss_diff:.2e}")
+  np.testing.assert_allclose(
+    float(got.loss), float(expected.loss), rtol=LOSS_RTOL, err_msg=f"|loss diff| {loss_diff:.2e}"
+  )
   print(f"max |pred diff| {pred_diff:.2e}, |loss diff| {loss_diff:.2e}")
 
 
@@ -230,10 +287,11 @@ def test_parity_scanned_layout_gives_same_loss():
   # the per-layer model rounds differently from compiled code (~1e-6), which
   # would measure eager-vs-jit rounding rather than the layout.
   plain = jax.jit(functools.partial(MaskedAutoencoder(SMALL).apply, train=False))(
-      {"params": params}, nhwc, noise=noise)
-  scanned = jax.jit(functools.partial(
-      MaskedAutoencoder(SMALL.replace(scan_layers=True)).apply, train=False))(
-          {"params": stack_layers(params)}, nhwc, noise=noise)
+    {"params": params}, nhwc, noise=noise
+  )
+  scanned = jax.jit(
+    functools.partial(MaskedAutoencoder(SMALL.replace(scan_layers=True)).apply, train=False)
+  )({"params": stack_layers(params)}, nhwc, noise=noise)
   np.testing.assert_allclose(float(scanned.loss), float(plain.loss), atol=SCAN_ATOL)
   np.testing.assert_allclose(np.asarray(scanned.pred), np.asarray(plain.pred), atol=SCAN_ATOL)
 
@@ -248,19 +306,28 @@ def test_parity_encoder_features_match_vitmae_model():
   assert set(params) == {"encoder"}
   nhwc, _ = images_and_noise(config)
   # Increasing noise keeps the patches in their own order.
-  in_order = np.broadcast_to(np.arange(config.num_patches, dtype=np.float32),
-                             (nhwc.shape[0], config.num_patches))
+  in_order = np.broadcast_to(
+    np.arange(config.num_patches, dtype=np.float32), (nhwc.shape[0], config.num_patches)
+  )
   with torch.no_grad():
-    expected = reference(pixel_values=torch.from_numpy(nhwc.transpose(0, 3, 1, 2)),
-                         noise=torch.from_numpy(np.ascontiguousarray(in_order)))
+    expected = reference(
+      pixel_values=torch.from_numpy(nhwc.transpose(0, 3, 1, 2)),
+      noise=torch.from_numpy(np.ascontiguousarray(in_order)),
+    )
   features = MaskedAutoencoder(config).apply({"params": params}, nhwc, method="encode")
   tokens = expected.last_hidden_state.numpy()
-  np.testing.assert_allclose(np.asarray(features.tokens), tokens, atol=ATOL, rtol=RTOL,
-                             err_msg=f"max diff {max_difference(features.tokens, tokens):.2e}")
+  np.testing.assert_allclose(
+    np.asarray(features.tokens),
+    tokens,
+    atol=ATOL,
+    rtol=RTOL,
+    err_msg=f"max diff {max_difference(features.tokens, tokens):.2e}",
+  )
   np.testing.assert_allclose(np.asarray(features.cls), tokens[:, 0], atol=ATOL, rtol=RTOL)
 
 
 # --- the three layouts convert to the same parameters ----------------------------
+
 
 def test_parity_authors_layout_converts_to_same_params():
   state = numpy_state(reference_model(SMALL))
@@ -293,6 +360,7 @@ def test_parity_export_matches_authors_layout_exactly():
 
 # --- round trips ----------------------------------------------------------------
 
+
 def test_parity_round_trip_through_authors_layout_and_files(tmp_path):
   params = params_from_state_dict(numpy_state(reference_model(SMALL)), SMALL)
   authors = authors_from_params(params, SMALL)
@@ -315,10 +383,23 @@ def test_parity_cli_round_trip_through_orbax_checkpoint(tmp_path):
   source = str(tmp_path / "authors.pth")
   save_state_dict(authors, source)
   checkpoint = str(tmp_path / "checkpoint")
-  command = [sys.executable, "-m", "mae_jax.convert", f"--input={source}",
-             f"--output={checkpoint}", "--patch_size=4", "--width=64", "--depth=2",
-             "--heads=4", "--decoder_width=32", "--decoder_depth=1", "--decoder_heads=4",
-             "--image_size=32", "--channels=1", "--scan_layers"]
+  command = [
+    sys.executable,
+    "-m",
+    "mae_jax.convert",
+    f"--input={source}",
+    f"--output={checkpoint}",
+    "--patch_size=4",
+    "--width=64",
+    "--depth=2",
+    "--heads=4",
+    "--decoder_width=32",
+    "--decoder_depth=1",
+    "--decoder_heads=4",
+    "--image_size=32",
+    "--channels=1",
+    "--scan_layers",
+  ]
   env = dict(os.environ, PYTHONPATH=REPO_ROOT, JAX_PLATFORMS="cpu")
   result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -338,8 +419,7 @@ def test_parity_cli_round_trip_through_orbax_checkpoint(tmp_path):
 def test_parity_encoder_only_file_round_trip(tmp_path):
   """Like mae_pretrain_vit_*.pth: no decoder keys -> encoder-only everything."""
   authors = authors_from_transformers(numpy_state(reference_model(SMALL)))
-  encoder_only = {k: v for k, v in authors.items()
-                  if not k.startswith(("decoder_", "mask_token"))}
+  encoder_only = {k: v for k, v in authors.items() if not k.startswith(("decoder_", "mask_token"))}
   source = str(tmp_path / "encoder.pth")
   save_state_dict(encoder_only, source)
   checkpoint = str(tmp_path / "checkpoint")
@@ -354,14 +434,16 @@ def test_parity_encoder_only_file_round_trip(tmp_path):
 def test_parity_bfloat16_files_convert(tmp_path):
   """Half-precision files: values widen exactly; sin-cos checked at their precision."""
   from safetensors.torch import save_file as save_torch_safetensors
+
   reference = reference_model(SMALL).to(torch.bfloat16)
   state = reference.state_dict()
   # (Buffers left out: bfloat16-rounded sin-cos is too far off for a float32 file.)
   widened = {k: v.to(torch.float32).numpy() for k, v in state.items() if "pos" not in k}
   expected = params_from_state_dict(widened, SMALL)
   torch.save(state, str(tmp_path / "bf16.pth"))
-  save_torch_safetensors({k: v.contiguous() for k, v in state.items()},
-                         str(tmp_path / "bf16.safetensors"))
+  save_torch_safetensors(
+    {k: v.contiguous() for k, v in state.items()}, str(tmp_path / "bf16.safetensors")
+  )
   for name in ("bf16.pth", "bf16.safetensors"):
     loaded = load_state_dict(str(tmp_path / name))
     assert loaded["vit.layernorm.bias"].dtype.name == "bfloat16"
@@ -372,6 +454,7 @@ def test_parity_bfloat16_files_convert(tmp_path):
 
 # --- what the converter refuses ------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def authors_state():
   return authors_from_transformers(numpy_state(reference_model(SMALL)))
@@ -380,8 +463,11 @@ def authors_state():
 def test_parity_converter_names_wrong_shape(authors_state):
   state = dict(authors_state)
   state["blocks.1.mlp.fc1.weight"] = np.zeros((128, 64), np.float32)
-  with pytest.raises(ValueError, match=r"blocks\.1\.mlp\.fc1\.weight: expected shape "
-                     r"\(256, 64\), found \(128, 64\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"blocks\.1\.mlp\.fc1\.weight: expected shape "
+    r"\(256, 64\), found \(128, 64\)",
+  ):
     params_from_state_dict(state, SMALL)
 
 
@@ -394,8 +480,11 @@ def test_parity_converter_names_wrong_shape_with_file_key():
 
 
 def test_parity_converter_other_width_is_a_shape_error(authors_state):
-  with pytest.raises(ValueError, match=r"blocks\.0\.attn\.qkv\.weight: expected shape "
-                     r"\(96, 32\), found \(192, 64\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"blocks\.0\.attn\.qkv\.weight: expected shape "
+    r"\(96, 32\), found \(192, 64\)",
+  ):
     params_from_state_dict(authors_state, SMALL.replace(width=32, heads=2))
 
 
@@ -407,8 +496,11 @@ def test_parity_converter_names_missing_key(authors_state):
   # In transformers' layouts the message also gives the file's own name.
   current = numpy_state(reference_model(SMALL))
   del current["vit.layernorm.weight"]
-  with pytest.raises(ValueError, match=r"missing key norm\.weight \(vit\.layernorm\.weight in "
-                     r"the file\): expected shape \(64,\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"missing key norm\.weight \(vit\.layernorm\.weight in "
+    r"the file\): expected shape \(64,\)",
+  ):
     params_from_state_dict(current, SMALL)
   old = old_transformers_from_current(numpy_state(reference_model(SMALL)))
   del old["vit.encoder.layer.1.intermediate.dense.weight"]
@@ -417,18 +509,23 @@ def test_parity_converter_names_missing_key(authors_state):
   # One of q, k, v missing: named as in the file.
   current = numpy_state(reference_model(SMALL))
   del current["vit.layers.1.attention.k_proj.bias"]
-  with pytest.raises(ValueError,
-                     match=r"missing key\(s\) \['vit\.layers\.1\.attention\.k_proj\.bias'\]"):
+  with pytest.raises(
+    ValueError, match=r"missing key\(s\) \['vit\.layers\.1\.attention\.k_proj\.bias'\]"
+  ):
     params_from_state_dict(current, SMALL)
 
 
 def test_parity_converter_unexpected_keys_need_allow_unused(authors_state):
-  state = dict(authors_state, **{"head.weight": np.zeros((10, 64), np.float32),
-                                 "head.bias": np.zeros((10,), np.float32)})
+  state = dict(
+    authors_state,
+    **{"head.weight": np.zeros((10, 64), np.float32), "head.bias": np.zeros((10,), np.float32)},
+  )
   with pytest.raises(ValueError, match=r"unexpected keys.*'head\.bias', 'head\.weight'"):
     params_from_state_dict(state, SMALL)
-  assert_trees_equal(params_from_state_dict(state, SMALL, allow_unused=True),
-                     params_from_state_dict(authors_state, SMALL))
+  assert_trees_equal(
+    params_from_state_dict(state, SMALL, allow_unused=True),
+    params_from_state_dict(authors_state, SMALL),
+  )
 
 
 def test_parity_converter_refuses_learned_positional_embeddings(authors_state):
@@ -436,8 +533,11 @@ def test_parity_converter_refuses_learned_positional_embeddings(authors_state):
   state["pos_embed"] = state["pos_embed"] + 0.01
   with pytest.raises(ValueError, match=r"pos_embed differs from the fixed 2-D sin-cos table"):
     params_from_state_dict(state, SMALL)
-  with pytest.raises(ValueError, match=r"pos_embed: expected shape \(1, 65, 64\), "
-                     r"found \(1, 17, 64\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"pos_embed: expected shape \(1, 65, 64\), "
+    r"found \(1, 17, 64\)",
+  ):
     params_from_state_dict(dict(authors_state, pos_embed=sincos_2d(64, 4)[None]), SMALL)
 
 
@@ -460,8 +560,9 @@ def test_parity_pth_with_code_is_refused(tmp_path):
   for writer in ("torch.save", "pickle.dump"):
     marker = tmp_path / f"marker_{writer}"
     path = str(tmp_path / f"evil_{writer}.pth")
-    payload = {"model": {"cls_token": torch.zeros(1, 1, 64),
-                         "x": _MakesDirectoryWhenUnpickled(str(marker))}}
+    payload = {
+      "model": {"cls_token": torch.zeros(1, 1, 64), "x": _MakesDirectoryWhenUnpickled(str(marker))}
+    }
     if writer == "torch.save":
       torch.save(payload, path)
     else:
@@ -477,8 +578,10 @@ def test_parity_pth_with_code_is_refused(tmp_path):
 
 
 def test_parity_torch_is_imported_only_for_pth_files():
-  code = ("import sys, mae_jax.convert, mae_jax.convert.__main__; "
-          "assert 'torch' not in sys.modules, 'torch imported eagerly'")
+  code = (
+    "import sys, mae_jax.convert, mae_jax.convert.__main__; "
+    "assert 'torch' not in sys.modules, 'torch imported eagerly'"
+  )
   env = dict(os.environ, PYTHONPATH=REPO_ROOT, JAX_PLATFORMS="cpu")
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
   assert result.returncode == 0, result.stderr[-2000:]

@@ -23,15 +23,28 @@ from mae_jax.model.config import ModelConfig
 from mae_jax.model.mae import MaskedAutoencoder
 from mae_jax.train import optim
 from mae_jax.train.plan import make_plan
-from mae_jax.train.pretrain import (create_state, mesh_context, state_layout, to_global,
-                                    train_and_evaluate)
+from mae_jax.train.pretrain import (
+  create_state,
+  mesh_context,
+  state_layout,
+  to_global,
+  train_and_evaluate,
+)
 from mae_jax.train.step import make_train_step
 
 
 def tiny_config(data_dir: str, **overrides):
   config = pretrain_config.get_config("digits")
-  config.model.update(image_size=16, patch_size=4, width=32, depth=1, heads=2,
-                      decoder_width=32, decoder_depth=1, decoder_heads=2)
+  config.model.update(
+    image_size=16,
+    patch_size=4,
+    width=32,
+    depth=1,
+    heads=2,
+    decoder_width=32,
+    decoder_depth=1,
+    decoder_heads=2,
+  )
   config.data.image_size = 16
   config.data.data_dir = data_dir
   config.global_batch_size = 16
@@ -63,10 +76,12 @@ def apply_changes(config, change: dict):
 def final_params(workdir: str, step: int):
   metadata = checkpointing.read_metadata(os.path.join(workdir, "checkpoints"), step)
   model = MaskedAutoencoder(ModelConfig(**metadata["model"]))
-  abstract = jax.eval_shape(lambda k: create_state(model, optax.identity(), k),
-                            jax.random.key(0)).params
-  restored = checkpointing.restore_state(os.path.join(workdir, "checkpoints"),
-                                         {"params": abstract}, step=step)
+  abstract = jax.eval_shape(
+    lambda k: create_state(model, optax.identity(), k), jax.random.key(0)
+  ).params
+  restored = checkpointing.restore_state(
+    os.path.join(workdir, "checkpoints"), {"params": abstract}, step=step
+  )
   return restored["params"]
 
 
@@ -95,8 +110,9 @@ def test_pretraining_writes_every_output(tmp_path, digits_data_dir):
   workdir = str(tmp_path / "run")
   final = train_and_evaluate(tiny_config(digits_data_dir), workdir)
   assert final["step"] == 6 and np.isfinite(final["eval_loss"])
-  assert sorted(checkpointing.manager(os.path.join(workdir, "checkpoints"),
-                                      read_only=True).all_steps()) == [3, 6]
+  assert sorted(
+    checkpointing.manager(os.path.join(workdir, "checkpoints"), read_only=True).all_steps()
+  ) == [3, 6]
   lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   train_lines = [l for l in lines if "loss" in l]
   assert [l["step"] for l in train_lines] == [2, 4, 6]
@@ -118,8 +134,9 @@ def test_resume_after_a_crash_is_exact(tmp_path, digits_data_dir):
   workdir = str(tmp_path / "run")
   train_and_evaluate(config, workdir)
   uninterrupted = final_params(workdir, 6)
-  losses = {l["step"]: l["loss"] for l in map(json.loads, open(f"{workdir}/metrics.jsonl"))
-            if "loss" in l}
+  losses = {
+    l["step"]: l["loss"] for l in map(json.loads, open(f"{workdir}/metrics.jsonl")) if "loss" in l
+  }
   shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))
   train_and_evaluate(config, workdir)
   resumed = final_params(workdir, 6)
@@ -140,7 +157,9 @@ def test_workdir_of_another_experiment_is_refused(tmp_path, digits_data_dir):
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 
 
-@pytest.mark.parametrize("change, message", [
+@pytest.mark.parametrize(
+  "change, message",
+  [
     (dict(global_batch_size=12), "multiple of 8"),
     (dict(grad_accum_steps=3), "not divisible by config.grad_accum_steps"),
     (dict(mesh={"data": 16, "fsdp": 1, "tensor": 1}), "needs 16 devices"),
@@ -150,7 +169,8 @@ def test_workdir_of_another_experiment_is_refused(tmp_path, digits_data_dir):
     (dict(model={"mask_ratio": 1.0}), "mask_ratio"),
     (dict(data={"image_size": 32}), "must agree"),
     (dict(global_batch_size=4096), "larger than the 1497 training images"),
-])
+  ],
+)
 def test_bad_configs_fail_before_compiling(change, message, digits_data_dir):
   config = apply_changes(tiny_config(digits_data_dir), change)
   with pytest.raises(ValueError, match=message):
@@ -158,9 +178,19 @@ def test_bad_configs_fail_before_compiling(change, message, digits_data_dir):
 
 
 def _steps_on_mesh(mesh, batch, steps=2):
-  model = MaskedAutoencoder(ModelConfig(
-      image_size=16, patch_size=4, channels=1, width=32, depth=2, heads=2,
-      decoder_width=32, decoder_depth=1, decoder_heads=2))
+  model = MaskedAutoencoder(
+    ModelConfig(
+      image_size=16,
+      patch_size=4,
+      channels=1,
+      width=32,
+      depth=2,
+      heads=2,
+      decoder_width=32,
+      decoder_depth=1,
+      decoder_heads=2,
+    )
+  )
   schedule = optax.constant_schedule(1e-3)
   tx = optim.adamw(schedule, b1=0.9, b2=0.95, weight_decay=0.05)
   rules = sharding.DEFAULT_RULES
@@ -168,11 +198,14 @@ def _steps_on_mesh(mesh, batch, steps=2):
   batch_sharding = sharding.batch_sharding(mesh, rules)
   with mesh_context(mesh, rules):
     state = jax.jit(lambda k: create_state(model, tx, k), out_shardings=shardings)(
-        jax.random.key(0))
-    step = jax.jit(make_train_step(model, tx, schedule, grad_accum_steps=2,
-                                   seed_key=jax.random.key(1)),
-                   in_shardings=(shardings, batch_sharding),
-                   out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+      jax.random.key(0)
+    )
+    step = jax.jit(
+      make_train_step(model, tx, schedule, grad_accum_steps=2, seed_key=jax.random.key(1)),
+      in_shardings=(shardings, batch_sharding),
+      out_shardings=(shardings, sharding.replicated(mesh)),
+      donate_argnums=(0,),
+    )
     for _ in range(steps):
       state, metrics = step(state, to_global(batch, batch_sharding))
   return jax.device_get(state.params), float(metrics["loss"])
@@ -182,18 +215,24 @@ def test_train_step_is_the_same_on_every_mesh():
   """data-only, fsdp-only and data x fsdp meshes over 8 devices reproduce one device."""
   assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
   rng = np.random.default_rng(0)
-  batch = {"image": rng.normal(size=(16, 16, 16, 1)).astype(np.float32),
-           "mask": np.ones((16,), np.float32)}
+  batch = {
+    "image": rng.normal(size=(16, 16, 16, 1)).astype(np.float32),
+    "mask": np.ones((16,), np.float32),
+  }
   devices = jax.devices()
   reference, reference_loss = _steps_on_mesh(
-      sharding.make_mesh({"data": 1}, devices=devices[:1]), batch)
+    sharding.make_mesh({"data": 1}, devices=devices[:1]), batch
+  )
   for layout in ({"data": 8}, {"fsdp": 8}, {"data": 2, "fsdp": 4}, {"data": 4, "tensor": 2}):
     params, loss = _steps_on_mesh(sharding.make_mesh(layout, devices=devices), batch)
     assert abs(loss - reference_loss) < 1e-5, layout
     jax.tree_util.tree_map_with_path(
-        lambda path, a, b: np.testing.assert_allclose(
-            *_without_key_bias(path, a, b), atol=2e-5, rtol=1e-4, err_msg=f"{layout} {path}"),
-        reference, params)
+      lambda path, a, b: np.testing.assert_allclose(
+        *_without_key_bias(path, a, b), atol=2e-5, rtol=1e-4, err_msg=f"{layout} {path}"
+      ),
+      reference,
+      params,
+    )
 
 
 def _without_key_bias(path, a, b):
@@ -207,9 +246,19 @@ def _without_key_bias(path, a, b):
 
 def test_fsdp_shards_parameters_and_optimizer_state():
   mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
-  model = MaskedAutoencoder(ModelConfig(
-      image_size=16, patch_size=4, channels=1, width=32, depth=1, heads=2,
-      decoder_width=32, decoder_depth=1, decoder_heads=2))
+  model = MaskedAutoencoder(
+    ModelConfig(
+      image_size=16,
+      patch_size=4,
+      channels=1,
+      width=32,
+      depth=1,
+      heads=2,
+      decoder_width=32,
+      decoder_depth=1,
+      decoder_heads=2,
+    )
+  )
   tx = optim.adamw(optax.constant_schedule(1e-3), b1=0.9, b2=0.95, weight_decay=0.05)
   shardings, _ = state_layout(model, tx, mesh, sharding.DEFAULT_RULES)
   fc1 = shardings.params["encoder"]["blocks"]["layer_0"]["mlp"]["fc1"]["kernel"]
@@ -219,11 +268,22 @@ def test_fsdp_shards_parameters_and_optimizer_state():
 
 
 def test_weight_decay_mask_follows_the_reference():
-  model = MaskedAutoencoder(ModelConfig(
-      image_size=16, patch_size=4, channels=1, width=32, depth=1, heads=2,
-      decoder_width=32, decoder_depth=1, decoder_heads=2))
-  params = jax.eval_shape(lambda k: create_state(model, optax.identity(), k),
-                          jax.random.key(0)).params
+  model = MaskedAutoencoder(
+    ModelConfig(
+      image_size=16,
+      patch_size=4,
+      channels=1,
+      width=32,
+      depth=1,
+      heads=2,
+      decoder_width=32,
+      decoder_depth=1,
+      decoder_heads=2,
+    )
+  )
+  params = jax.eval_shape(
+    lambda k: create_state(model, optax.identity(), k), jax.random.key(0)
+  ).params
   mask = optim.decay_mask(params)
   assert mask["encoder"]["cls_token"] and mask["decoder"]["mask_token"]
   assert mask["encoder"]["patch_embed"]["kernel"]
@@ -234,6 +294,7 @@ def test_weight_decay_mask_follows_the_reference():
 
 def test_learning_rate_schedule_matches_the_reference_formula():
   import math
+
   peak = optim.peak_learning_rate(1.5e-4, 4096)
   assert peak == pytest.approx(2.4e-3)
   schedule = optim.learning_rate_schedule(peak_lr=peak, warmup_steps=40, total_steps=800)
@@ -247,47 +308,72 @@ def test_learning_rate_schedule_matches_the_reference_formula():
 
 
 def test_gradient_accumulation_equals_the_full_batch_step():
-  model = MaskedAutoencoder(ModelConfig(
-      image_size=16, patch_size=4, channels=1, width=32, depth=1, heads=2,
-      decoder_width=32, decoder_depth=1, decoder_heads=2))
+  model = MaskedAutoencoder(
+    ModelConfig(
+      image_size=16,
+      patch_size=4,
+      channels=1,
+      width=32,
+      depth=1,
+      heads=2,
+      decoder_width=32,
+      decoder_depth=1,
+      decoder_heads=2,
+    )
+  )
   schedule = optax.constant_schedule(1e-3)
   tx = optim.adamw(schedule, b1=0.9, b2=0.95, weight_decay=0.05)
   state = create_state(model, tx, jax.random.key(0))
-  batch = {"image": jnp.asarray(np.random.default_rng(0).normal(size=(16, 16, 16, 1)),
-                                jnp.float32)}
+  batch = {"image": jnp.asarray(np.random.default_rng(0).normal(size=(16, 16, 16, 1)), jnp.float32)}
   results = {}
   for accum in (1, 4):
-    step = jax.jit(make_train_step(model, tx, schedule, grad_accum_steps=accum,
-                                   seed_key=jax.random.key(1)))
+    step = jax.jit(
+      make_train_step(model, tx, schedule, grad_accum_steps=accum, seed_key=jax.random.key(1))
+    )
     results[accum] = step(state, batch)
   (full, full_metrics), (accumulated, accumulated_metrics) = results[1], results[4]
-  assert float(full_metrics["loss"]) == pytest.approx(float(accumulated_metrics["loss"]),
-                                                      rel=1e-6)
+  assert float(full_metrics["loss"]) == pytest.approx(float(accumulated_metrics["loss"]), rel=1e-6)
   assert float(full_metrics["grad_norm"]) == pytest.approx(
-      float(accumulated_metrics["grad_norm"]), rel=1e-5)
+    float(accumulated_metrics["grad_norm"]), rel=1e-5
+  )
   jax.tree_util.tree_map_with_path(
-      lambda path, a, b: np.testing.assert_allclose(*_without_key_bias(path, a, b),
-                                                    atol=1e-6, rtol=1e-5),
-      full.params, accumulated.params)
+    lambda path, a, b: np.testing.assert_allclose(
+      *_without_key_bias(path, a, b), atol=1e-6, rtol=1e-5
+    ),
+    full.params,
+    accumulated.params,
+  )
 
 
 def test_bfloat16_compute_keeps_float32_master_weights():
-  config = ModelConfig(image_size=16, patch_size=4, channels=1, width=32, depth=1, heads=2,
-                       decoder_width=32, decoder_depth=1, decoder_heads=2)
-  batch = {"image": jnp.asarray(np.random.default_rng(0).normal(size=(8, 16, 16, 1)),
-                                jnp.float32)}
+  config = ModelConfig(
+    image_size=16,
+    patch_size=4,
+    channels=1,
+    width=32,
+    depth=1,
+    heads=2,
+    decoder_width=32,
+    decoder_depth=1,
+    decoder_heads=2,
+  )
+  batch = {"image": jnp.asarray(np.random.default_rng(0).normal(size=(8, 16, 16, 1)), jnp.float32)}
   losses = {}
   for dtype in ("float32", "bfloat16"):
     model = MaskedAutoencoder(config.replace(dtype=dtype))
     schedule = optax.constant_schedule(1e-3)
     tx = optim.adamw(schedule, b1=0.9, b2=0.95, weight_decay=0.05)
     state = create_state(model, tx, jax.random.key(0))
-    step = jax.jit(make_train_step(model, tx, schedule, grad_accum_steps=1,
-                                   seed_key=jax.random.key(1)))
+    step = jax.jit(
+      make_train_step(model, tx, schedule, grad_accum_steps=1, seed_key=jax.random.key(1))
+    )
     state, metrics = step(state, batch)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
-    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.opt_state)
-               if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating))
+    assert all(
+      x.dtype == jnp.float32
+      for x in jax.tree.leaves(state.opt_state)
+      if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
+    )
     losses[dtype] = float(metrics["loss"])
   assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=2e-2)
 
@@ -295,31 +381,35 @@ def test_bfloat16_compute_keeps_float32_master_weights():
 def _nan_batch_at(monkeypatch, bad_batch_index: int):
   """Makes the training iterator yield NaN images for one batch."""
   from mae_jax.train import pretrain
+
   original = pretrain.input_pipeline.make_iterator
 
   def make_iterator(*args, train, start_step=0, **kwargs):
     iterator = original(*args, train=train, start_step=start_step, **kwargs)
     if not train:
       return iterator
+
     def poisoned():
       for index, batch in enumerate(iterator, start=start_step):
         if index == bad_batch_index:
           batch = dict(batch, image=np.full_like(batch["image"], np.nan))
         yield batch
+
     return poisoned()
 
   monkeypatch.setattr(pretrain.input_pipeline, "make_iterator", make_iterator)
 
 
-def test_nan_batch_stops_the_run_before_any_bad_checkpoint(tmp_path, digits_data_dir,
-                                                           monkeypatch):
+def test_nan_batch_stops_the_run_before_any_bad_checkpoint(tmp_path, digits_data_dir, monkeypatch):
   from mae_jax.train.nonfinite import NonFiniteError
+
   _nan_batch_at(monkeypatch, bad_batch_index=3)  # the 4th step
   workdir = str(tmp_path / "run")
   with pytest.raises(NonFiniteError, match="step 4 .*Last good checkpoint: step 3"):
     train_and_evaluate(tiny_config(digits_data_dir), workdir)
-  assert sorted(checkpointing.manager(os.path.join(workdir, "checkpoints"),
-                                      read_only=True).all_steps()) == [3]
+  assert sorted(
+    checkpointing.manager(os.path.join(workdir, "checkpoints"), read_only=True).all_steps()
+  ) == [3]
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(final_params(workdir, 3)))
 
 
@@ -341,35 +431,46 @@ def test_init_from_a_run_and_from_an_encoder_only_checkpoint(tmp_path, digits_da
   config = tiny_config(digits_data_dir, num_train_steps=1, seed=7, init_from=source)
   config.optimizer.base_lr = 1e-12  # so step 1 leaves the restored values in place
   train_and_evaluate(config, workdir)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
-               source_params, final_params(workdir, 1))
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+    source_params,
+    final_params(workdir, 1),
+  )
 
   # From an encoder-only checkpoint (as converted from mae_pretrain_vit_*.pth):
   # the encoder is restored, the decoder keeps its fresh initialisation.
   encoder_only = str(tmp_path / "encoder_only")
-  model_config = MaskedAutoencoder(ModelConfig(**checkpointing.read_metadata(
-      os.path.join(source, "checkpoints"))["model"])).config
-  checkpointing.write_params(encoder_only, {"encoder": source_params["encoder"]},
-                             model_config, source="test")
+  model_config = MaskedAutoencoder(
+    ModelConfig(**checkpointing.read_metadata(os.path.join(source, "checkpoints"))["model"])
+  ).config
+  checkpointing.write_params(
+    encoder_only, {"encoder": source_params["encoder"]}, model_config, source="test"
+  )
   workdir = str(tmp_path / "from_encoder")
   config.init_from = encoder_only
   train_and_evaluate(config, workdir)
   restored = final_params(workdir, 1)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
-               source_params["encoder"], restored["encoder"])
-  assert not np.allclose(source_params["decoder"]["pred"]["kernel"],
-                         restored["decoder"]["pred"]["kernel"])
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+    source_params["encoder"],
+    restored["encoder"],
+  )
+  assert not np.allclose(
+    source_params["decoder"]["pred"]["kernel"], restored["decoder"]["pred"]["kernel"]
+  )
 
 
 def test_bad_init_from_is_a_clear_error(tmp_path, digits_data_dir):
   with pytest.raises(ValueError, match="no complete checkpoint at"):
-    train_and_evaluate(tiny_config(digits_data_dir, init_from=str(tmp_path / "nothing")),
-                       str(tmp_path / "a"))
+    train_and_evaluate(
+      tiny_config(digits_data_dir, init_from=str(tmp_path / "nothing")), str(tmp_path / "a")
+    )
   half_written = tmp_path / "half" / "checkpoints" / "5.orbax-checkpoint-tmp-123"
   half_written.mkdir(parents=True)
   with pytest.raises(ValueError, match="half-written"):
-    train_and_evaluate(tiny_config(digits_data_dir, init_from=str(tmp_path / "half")),
-                       str(tmp_path / "b"))
+    train_and_evaluate(
+      tiny_config(digits_data_dir, init_from=str(tmp_path / "half")), str(tmp_path / "b")
+    )
   source = str(tmp_path / "source")
   train_and_evaluate(tiny_config(digits_data_dir, num_train_steps=3), source)
   other = tiny_config(digits_data_dir, init_from=source)

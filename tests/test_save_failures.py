@@ -25,7 +25,6 @@ import pytest
 from mae_jax import checkpointing
 from mae_jax.main import SAVE_FAILED_EXIT_CODE
 from mae_jax.train.pretrain import train_and_evaluate
-
 from tests.test_main_cli import REPO, command, committed_steps, environment
 from tests.test_pretrain import final_params, tiny_config
 
@@ -51,9 +50,11 @@ def _fail_saves_from(monkeypatch, first_failing_step: int) -> None:
 
 
 def test_failed_save_is_a_clear_error_and_keeps_earlier_checkpoints(
-    tmp_path, digits_data_dir, monkeypatch):
-  config = tiny_config(digits_data_dir, num_train_steps=9, checkpoint_every_steps=3,
-                       log_every_steps=3)
+  tmp_path, digits_data_dir, monkeypatch
+):
+  config = tiny_config(
+    digits_data_dir, num_train_steps=9, checkpoint_every_steps=3, log_every_steps=3
+  )
   workdir = str(tmp_path / "run")
   _fail_saves_from(monkeypatch, 6)
   with pytest.raises(checkpointing.CheckpointSaveError) as failure:
@@ -83,11 +84,14 @@ def test_failure_message_without_any_complete_checkpoint(tmp_path):
 
 def _mount_tmpfs(path: str, size: str) -> None:
   os.makedirs(path, exist_ok=True)
-  result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
-                          capture_output=True, text=True)
+  result = subprocess.run(
+    ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], capture_output=True, text=True
+  )
   if result.returncode != 0:
-    pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()}); the injected "
-                "failure test covers the same path")
+    pytest.skip(
+      f"cannot mount a tmpfs here ({result.stderr.strip()}); the injected "
+      "failure test covers the same path"
+    )
 
 
 def _fill(directory: str) -> str:
@@ -115,11 +119,19 @@ def test_real_full_disk_under_the_command(tmp_path, digits_data_dir):
   _mount_tmpfs(mount_point, "64M")
   try:
     workdir = os.path.join(mount_point, "run")
-    steps = ["--config.num_train_steps=400", "--config.checkpoint_every_steps=20",
-             "--config.eval_every_steps=1000"]
-    process = subprocess.Popen(command(workdir, digits_data_dir, *steps), cwd=REPO,
-                               env=environment(1), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    steps = [
+      "--config.num_train_steps=400",
+      "--config.checkpoint_every_steps=20",
+      "--config.eval_every_steps=1000",
+    ]
+    process = subprocess.Popen(
+      command(workdir, digits_data_dir, *steps),
+      cwd=REPO,
+      env=environment(1),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
     try:
       deadline = time.time() + 300
       while not committed_steps(workdir) and time.time() < deadline:
@@ -143,8 +155,14 @@ def test_real_full_disk_under_the_command(tmp_path, digits_data_dir):
 
     # Free the space; the same command resumes from the newest complete step.
     os.remove(os.path.join(mount_point, "filler"))
-    rerun = subprocess.run(command(workdir, digits_data_dir, *steps), cwd=REPO,
-                           env=environment(1), capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(
+      command(workdir, digits_data_dir, *steps),
+      cwd=REPO,
+      env=environment(1),
+      capture_output=True,
+      text=True,
+      timeout=600,
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "Pretraining finished at step 400" in rerun.stdout
     info = json.load(open(os.path.join(workdir, "run_info.json")))

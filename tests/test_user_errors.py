@@ -11,18 +11,23 @@ import sys
 import pytest
 
 from mae_jax import errors, main
-from mae_jax.data import DataConfigError
 from mae_jax.checkpointing import CheckpointSaveError
+from mae_jax.data import DataConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_main(tmp_path, *overrides):
-  command = [sys.executable, "-m", "mae_jax.main", "--config=configs/pretrain.py:digits",
-             f"--workdir={tmp_path / 'run'}", *overrides]
+  command = [
+    sys.executable,
+    "-m",
+    "mae_jax.main",
+    "--config=configs/pretrain.py:digits",
+    f"--workdir={tmp_path / 'run'}",
+    *overrides,
+  ]
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=300)
+  return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_user_errors_are_value_errors_and_save_failures_are_not():
@@ -36,6 +41,7 @@ def test_unknown_job_is_a_config_error():
   class Config(dict):
     def get(self, key, default=None):
       return dict.get(self, key, default)
+
   with pytest.raises(errors.ConfigError, match="config.job='probe' is unknown"):
     main.run_job(Config(job="probe"), "/unused")
 
@@ -43,11 +49,11 @@ def test_unknown_job_is_a_config_error():
 def test_did_you_mean_names_the_full_path(tmp_path):
   config = tmp_path / "tiny.py"
   config.write_text(
-      "import ml_collections\n"
-      "def get_config(arg=None):\n"
-      "  return ml_collections.ConfigDict({'seed': 0, 'model': {'mask_ratio': 0.75}})\n")
-  argv = ["prog", f"--config={config}", "--config.model.mask_ratio=0.5",
-          "--config.mask_ratoi=0.5"]
+    "import ml_collections\n"
+    "def get_config(arg=None):\n"
+    "  return ml_collections.ConfigDict({'seed': 0, 'model': {'mask_ratio': 0.75}})\n"
+  )
+  argv = ["prog", f"--config={config}", "--config.model.mask_ratio=0.5", "--config.mask_ratoi=0.5"]
   message = main.unknown_override(argv)
   assert message.startswith("--config.mask_ratoi=0.5: the config")
   assert "did you mean 'model.mask_ratio'" in message
@@ -58,15 +64,18 @@ def test_mistyped_override_is_one_line_and_exit_2(tmp_path):
   result = run_main(tmp_path, "--config.mask_ratoi=0.5")
   assert result.returncode == errors.USAGE_EXIT_CODE, result.stderr[-2000:]
   assert "Traceback" not in result.stderr
-  assert ("error: --config.mask_ratoi=0.5: the config configs/pretrain.py:digits has no "
-          "field 'mask_ratoi'; did you mean 'model.mask_ratio'") in result.stderr
+  assert (
+    "error: --config.mask_ratoi=0.5: the config configs/pretrain.py:digits has no "
+    "field 'mask_ratoi'; did you mean 'model.mask_ratio'"
+  ) in result.stderr
   assert not (tmp_path / "run").exists()  # Refused before anything was written.
 
 
 def test_data_mistake_is_one_line_and_exit_2(tmp_path):
   missing = tmp_path / "no_such_folder"
-  result = run_main(tmp_path, "--config.data.source=image_folder",
-                    f"--config.data.data_dir={missing}")
+  result = run_main(
+    tmp_path, "--config.data.source=image_folder", f"--config.data.data_dir={missing}"
+  )
   assert result.returncode == errors.USAGE_EXIT_CODE, result.stderr[-2000:]
   assert "Traceback" not in result.stderr
   assert f"error: DataConfigError: data.data_dir='{missing}' does not exist" in result.stderr

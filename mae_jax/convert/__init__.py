@@ -1,22 +1,37 @@
 """Weight conversion between PyTorch MAE checkpoints and mae_jax.
 
-  files.py     read/write .pth (torch.load weights_only) and .safetensors
-  layouts.py   detect authors' / transformers' layouts; rename to the authors'
-  authors.py   the authors' state dict <-> mae_jax params, one table of tensors
-  pipeline.py  whole conversions, to and from orbax checkpoints
-  __main__.py  the command line: `python -m mae_jax.convert --help`
+files.py     read/write .pth (torch.load weights_only) and .safetensors
+layouts.py   detect authors' / transformers' layouts; rename to the authors'
+authors.py   the authors' state dict <-> mae_jax params, one table of tensors
+pipeline.py  whole conversions, to and from orbax checkpoints
+__main__.py  the command line: `python -m mae_jax.convert --help`
 """
 
 from mae_jax.convert.authors import authors_from_params, params_from_authors, tensor_specs
 from mae_jax.convert.files import load_state_dict, save_state_dict
 from mae_jax.convert.layouts import LAYOUTS, detect_layout, to_authors_layout
-from mae_jax.convert.pipeline import (export_checkpoint, import_to_checkpoint, load_params,
-                                      params_from_state_dict, read_checkpoint_params,
-                                      save_params)
+from mae_jax.convert.pipeline import (
+  export_checkpoint,
+  import_to_checkpoint,
+  load_params,
+  params_from_state_dict,
+  read_checkpoint_params,
+  save_params,
+)
 
 __all__ = [
-    "LAYOUTS", "authors_from_params", "detect_layout", "export_checkpoint",
-    "import_to_checkpoint", "load_params", "load_state_dict", "params_from_authors",
-    "params_from_state_dict", "read_checkpoint_params", "save_params", "save_state_dict",
-    "tensor_specs", "to_authors_layout",
+  "LAYOUTS",
+  "authors_from_params",
+  "detect_layout",
+  "export_checkpoint",
+  "import_to_checkpoint",
+  "load_params",
+  "load_state_dict",
+  "params_from_authors",
+  "params_from_state_dict",
+  "read_checkpoint_params",
+  "save_params",
+  "save_state_dict",
+  "tensor_specs",
+  "to_authors_layout",
 ]

@@ -55,41 +55,65 @@ examples:
 
 # Size flags that override the preset; without --model the four encoder
 # sizes are required (the decoder defaults to the reference 512/8/16).
-SIZE_FLAGS = {"patch_size": int, "width": int, "depth": int, "heads": int, "mlp_ratio": float,
-              "decoder_width": int, "decoder_depth": int, "decoder_heads": int,
-              "decoder_mlp_ratio": float, "image_size": int, "channels": int}
+SIZE_FLAGS = {
+  "patch_size": int,
+  "width": int,
+  "depth": int,
+  "heads": int,
+  "mlp_ratio": float,
+  "decoder_width": int,
+  "decoder_depth": int,
+  "decoder_heads": int,
+  "decoder_mlp_ratio": float,
+  "image_size": int,
+  "channels": int,
+}
 REQUIRED_WITHOUT_PRESET = ("patch_size", "width", "depth", "heads")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      prog="python -m mae_jax.convert", description=DESCRIPTION, epilog=EXAMPLES,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--input", required=True,
-                      help="weight file (import) or orbax checkpoint directory (export)")
-  parser.add_argument("--output", required=True,
-                      help="new checkpoint directory (import) or .pth/.safetensors file (export)")
-  parser.add_argument("--export", action="store_true",
-                      help="export a checkpoint (implied when --input is a directory)")
+    prog="python -m mae_jax.convert",
+    description=DESCRIPTION,
+    epilog=EXAMPLES,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument(
+    "--input", required=True, help="weight file (import) or orbax checkpoint directory (export)"
+  )
+  parser.add_argument(
+    "--output",
+    required=True,
+    help="new checkpoint directory (import) or .pth/.safetensors file (export)",
+  )
+  parser.add_argument(
+    "--export",
+    action="store_true",
+    help="export a checkpoint (implied when --input is a directory)",
+  )
   parser.add_argument("--model", help=f"preset: one of {list(PRESETS)} (import only)")
   for name, kind in SIZE_FLAGS.items():
     parser.add_argument(f"--{name}", type=kind, help="overrides the preset (import only)")
-  parser.add_argument("--scan_layers", action="store_true",
-                      help="store blocks stacked for nn.scan (import only)")
-  parser.add_argument("--allow_unused", action="store_true",
-                      help="ignore keys the model has no place for, e.g. a classifier head")
+  parser.add_argument(
+    "--scan_layers", action="store_true", help="store blocks stacked for nn.scan (import only)"
+  )
+  parser.add_argument(
+    "--allow_unused",
+    action="store_true",
+    help="ignore keys the model has no place for, e.g. a classifier head",
+  )
   return parser.parse_args(argv)
 
 
 def config_from_args(args: argparse.Namespace) -> ModelConfig:
-  overrides = {name: getattr(args, name) for name in SIZE_FLAGS
-               if getattr(args, name) is not None}
+  overrides = {name: getattr(args, name) for name in SIZE_FLAGS if getattr(args, name) is not None}
   if args.model:
     return preset(args.model, **overrides)
   missing = [f"--{name}" for name in REQUIRED_WITHOUT_PRESET if name not in overrides]
   if missing:
     raise ValueError(
-        f"give --model (one of {list(PRESETS)}) or the sizes explicitly; missing {missing}.")
+      f"give --model (one of {list(PRESETS)}) or the sizes explicitly; missing {missing}."
+    )
   return ModelConfig(**overrides).validate()
 
 
@@ -99,14 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isdir(args.input):
       raise ValueError(f"--export: {args.input!r} is not a checkpoint directory.")
     config = export_checkpoint(args.input, args.output)
-    print(f"wrote {args.output} (authors' layout; width {config.width}, depth "
-          f"{config.depth}, patch {config.patch_size}, image {config.image_size})")
+    print(
+      f"wrote {args.output} (authors' layout; width {config.width}, depth "
+      f"{config.depth}, patch {config.patch_size}, image {config.image_size})"
+    )
     return 0
   config = config_from_args(args)
-  imported = import_to_checkpoint(args.input, args.output, config, scan_layers=args.scan_layers,
-                                  allow_unused=args.allow_unused)
-  print(f"wrote {imported.path} (from the {imported.layout} layout; "
-        f"{'scanned' if args.scan_layers else 'per-layer'} blocks)")
+  imported = import_to_checkpoint(
+    args.input, args.output, config, scan_layers=args.scan_layers, allow_unused=args.allow_unused
+  )
+  print(
+    f"wrote {imported.path} (from the {imported.layout} layout; "
+    f"{'scanned' if args.scan_layers else 'per-layer'} blocks)"
+  )
   return 0
 
 

@@ -49,31 +49,36 @@ RESHAPE, LINEAR, CONV = "reshape", "linear", "conv"
 
 @dataclasses.dataclass(frozen=True)
 class TensorSpec:
-  key: str                       # the authors' state-dict key
-  torch_shape: tuple[int, ...]   # its shape in the authors' file
-  path: tuple[str, ...]          # where it lives in the mae_jax params tree
-  param_shape: tuple[int, ...]   # its shape there
-  kind: str = RESHAPE            # RESHAPE, LINEAR (transpose) or CONV
+  key: str  # the authors' state-dict key
+  torch_shape: tuple[int, ...]  # its shape in the authors' file
+  path: tuple[str, ...]  # where it lives in the mae_jax params tree
+  param_shape: tuple[int, ...]  # its shape there
+  kind: str = RESHAPE  # RESHAPE, LINEAR (transpose) or CONV
 
 
-def _linear(key: str, path: tuple[str, ...], in_shape: tuple[int, ...],
-            out_shape: tuple[int, ...]) -> list[TensorSpec]:
+def _linear(
+  key: str, path: tuple[str, ...], in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+) -> list[TensorSpec]:
   """A torch Linear -> a flax Dense/DenseGeneral with (possibly split) axes."""
   fan_in, fan_out = math.prod(in_shape), math.prod(out_shape)
   return [
-      TensorSpec(f"{key}.weight", (fan_out, fan_in), path + ("kernel",),
-                 in_shape + out_shape, LINEAR),
-      TensorSpec(f"{key}.bias", (fan_out,), path + ("bias",), out_shape),
+    TensorSpec(
+      f"{key}.weight", (fan_out, fan_in), path + ("kernel",), in_shape + out_shape, LINEAR
+    ),
+    TensorSpec(f"{key}.bias", (fan_out,), path + ("bias",), out_shape),
   ]
 
 
 def _layer_norm(key: str, path: tuple[str, ...], width: int) -> list[TensorSpec]:
-  return [TensorSpec(f"{key}.weight", (width,), path + ("scale",), (width,)),
-          TensorSpec(f"{key}.bias", (width,), path + ("bias",), (width,))]
+  return [
+    TensorSpec(f"{key}.weight", (width,), path + ("scale",), (width,)),
+    TensorSpec(f"{key}.bias", (width,), path + ("bias",), (width,)),
+  ]
 
 
-def _blocks(key: str, path: tuple[str, ...], depth: int, width: int, heads: int,
-            mlp_ratio: float) -> list[TensorSpec]:
+def _blocks(
+  key: str, path: tuple[str, ...], depth: int, width: int, heads: int, mlp_ratio: float
+) -> list[TensorSpec]:
   head_dim, hidden = width // heads, int(width * mlp_ratio)
   specs = []
   for i in range(depth):
@@ -93,10 +98,15 @@ def tensor_specs(config: ModelConfig, with_decoder: bool = True) -> list[TensorS
   d, p, c = config.width, config.patch_size, config.channels
   enc = ("encoder",)
   specs = [
-      TensorSpec("cls_token", (1, 1, d), enc + ("cls_token",), (1, 1, d)),
-      TensorSpec("patch_embed.proj.weight", (d, c, p, p), enc + ("patch_embed", "kernel"),
-                 (config.patch_dim, d), CONV),
-      TensorSpec("patch_embed.proj.bias", (d,), enc + ("patch_embed", "bias"), (d,)),
+    TensorSpec("cls_token", (1, 1, d), enc + ("cls_token",), (1, 1, d)),
+    TensorSpec(
+      "patch_embed.proj.weight",
+      (d, c, p, p),
+      enc + ("patch_embed", "kernel"),
+      (config.patch_dim, d),
+      CONV,
+    ),
+    TensorSpec("patch_embed.proj.bias", (d,), enc + ("patch_embed", "bias"), (d,)),
   ]
   specs += _blocks("blocks", enc + ("blocks",), config.depth, d, config.heads, config.mlp_ratio)
   specs += _layer_norm("norm", enc + ("norm",), d)
@@ -105,8 +115,14 @@ def tensor_specs(config: ModelConfig, with_decoder: bool = True) -> list[TensorS
   dd, dec = config.decoder_width, ("decoder",)
   specs += _linear("decoder_embed", dec + ("embed",), (d,), (dd,))
   specs.append(TensorSpec("mask_token", (1, 1, dd), dec + ("mask_token",), (1, 1, dd)))
-  specs += _blocks("decoder_blocks", dec + ("blocks",), config.decoder_depth, dd,
-                   config.decoder_heads, config.decoder_mlp_ratio)
+  specs += _blocks(
+    "decoder_blocks",
+    dec + ("blocks",),
+    config.decoder_depth,
+    dd,
+    config.decoder_heads,
+    config.decoder_mlp_ratio,
+  )
   specs += _layer_norm("decoder_norm", dec + ("norm",), dd)
   specs += _linear("decoder_pred", dec + ("pred",), (dd,), (config.patch_dim,))
   return specs
@@ -124,9 +140,10 @@ def _check_representable(config: ModelConfig) -> None:
   config.validate()
   if config.encoder_mask_tokens:
     raise ValueError(
-        "model.encoder_mask_tokens=True (the paper's 'w/ [M]' ablation) has no "
-        "counterpart in the authors' models_mae.py layout: convert a model "
-        "with encoder_mask_tokens=False.")
+      "model.encoder_mask_tokens=True (the paper's 'w/ [M]' ablation) has no "
+      "counterpart in the authors' models_mae.py layout: convert a model "
+      "with encoder_mask_tokens=False."
+    )
 
 
 def _to_param(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
@@ -150,9 +167,13 @@ def has_decoder(authors_keys) -> bool:
   return any(k.startswith(DECODER_KEY_PREFIXES) for k in authors_keys)
 
 
-def params_from_authors(state: Mapping[str, np.ndarray], config: ModelConfig, *,
-                        allow_unused: bool = False,
-                        file_key: Callable[[str], str] | None = None) -> dict:
+def params_from_authors(
+  state: Mapping[str, np.ndarray],
+  config: ModelConfig,
+  *,
+  allow_unused: bool = False,
+  file_key: Callable[[str], str] | None = None,
+) -> dict:
   """Authors' state dict -> mae_jax params (unscanned, `layer_{i}`).
 
   Without any decoder key the result is encoder-only: {"encoder": ...}.
@@ -178,8 +199,9 @@ def params_from_authors(state: Mapping[str, np.ndarray], config: ModelConfig, *,
     if found != spec.torch_shape:
       problems.append(f"{name(spec.key)}: expected shape {spec.torch_shape}, found {found}")
       continue
-    array = np.asarray(_to_param(np.asarray(state[spec.key]), spec),
-                       dtype=jnp.dtype(config.param_dtype))
+    array = np.asarray(
+      _to_param(np.asarray(state[spec.key]), spec), dtype=jnp.dtype(config.param_dtype)
+    )
     _set(params, spec.path, array)
 
   buffers = pos_embed_buffers(config, with_decoder)
@@ -190,31 +212,42 @@ def params_from_authors(state: Mapping[str, np.ndarray], config: ModelConfig, *,
   unexpected = sorted(set(state) - {s.key for s in specs} - set(buffers))
   if unexpected and not allow_unused:
     problems.append(
-        f"unexpected keys (pass allow_unused / --allow_unused to ignore them, "
-        f"e.g. a fine-tuned classifier head): {[file_key(k) for k in unexpected]}")
+      f"unexpected keys (pass allow_unused / --allow_unused to ignore them, "
+      f"e.g. a fine-tuned classifier head): {[file_key(k) for k in unexpected]}"
+    )
   if problems:
     raise ValueError(
-        f"the state dict does not fit the model (patch {config.patch_size}, "
-        f"width {config.width}, depth {config.depth}, heads {config.heads}, image "
-        f"{config.image_size}, channels {config.channels}"
-        + (f", decoder {config.decoder_width}/{config.decoder_depth}/"
-           f"{config.decoder_heads}" if with_decoder else ", encoder only")
-        + "):\n  " + _listing(problems))
+      f"the state dict does not fit the model (patch {config.patch_size}, "
+      f"width {config.width}, depth {config.depth}, heads {config.heads}, image "
+      f"{config.image_size}, channels {config.channels}"
+      + (
+        f", decoder {config.decoder_width}/{config.decoder_depth}/{config.decoder_heads}"
+        if with_decoder
+        else ", encoder only"
+      )
+      + "):\n  "
+      + _listing(problems)
+    )
   return params
 
 
-def _check_buffer(key: str, found: np.ndarray, expected: np.ndarray,
-                  config: ModelConfig) -> list[str]:
+def _check_buffer(
+  key: str, found: np.ndarray, expected: np.ndarray, config: ModelConfig
+) -> list[str]:
   if found.shape != expected.shape:
-    return [f"{key}: expected shape {expected.shape}, found {found.shape} "
-            f"(is --image_size={config.image_size} the size the file was made for?)"]
+    return [
+      f"{key}: expected shape {expected.shape}, found {found.shape} "
+      f"(is --image_size={config.image_size} the size the file was made for?)"
+    ]
   difference = float(np.max(np.abs(found.astype(np.float64) - expected)))
   is_float = jnp.issubdtype(found.dtype, jnp.floating)
   tolerance = max(POS_EMBED_ATOL, float(jnp.finfo(found.dtype).eps) if is_float else 0.0)
   if not difference <= tolerance:
-    return [f"{key} differs from the fixed 2-D sin-cos table by up to {difference:.3g} "
-            f"(> {tolerance:.3g}): this file was not made with fixed sin-cos "
-            "positional embeddings, which is all mae_jax supports"]
+    return [
+      f"{key} differs from the fixed 2-D sin-cos table by up to {difference:.3g} "
+      f"(> {tolerance:.3g}): this file was not made with fixed sin-cos "
+      "positional embeddings, which is all mae_jax supports"
+    ]
   return []
 
 
@@ -232,19 +265,20 @@ def authors_from_params(params: Mapping, config: ModelConfig) -> dict[str, np.nd
     try:
       leaf = _get(params, spec.path)
     except (KeyError, TypeError):
-      problems.append(f"missing parameter {'/'.join(spec.path)}: expected shape "
-                      f"{spec.param_shape}")
+      problems.append(f"missing parameter {'/'.join(spec.path)}: expected shape {spec.param_shape}")
       continue
     used.add(spec.path)
     if tuple(leaf.shape) != spec.param_shape:
-      problems.append(f"{'/'.join(spec.path)}: expected shape {spec.param_shape}, "
-                      f"found {tuple(leaf.shape)}")
+      problems.append(
+        f"{'/'.join(spec.path)}: expected shape {spec.param_shape}, found {tuple(leaf.shape)}"
+      )
       continue
-    state[spec.key] = np.ascontiguousarray(
-        _to_torch(np.asarray(leaf, dtype=np.float32), spec))
-  unexpected = sorted("/".join(str(k.key) for k in path)
-                      for path, _ in jax.tree_util.tree_leaves_with_path(params)
-                      if tuple(str(k.key) for k in path) not in used)
+    state[spec.key] = np.ascontiguousarray(_to_torch(np.asarray(leaf, dtype=np.float32), spec))
+  unexpected = sorted(
+    "/".join(str(k.key) for k in path)
+    for path, _ in jax.tree_util.tree_leaves_with_path(params)
+    if tuple(str(k.key) for k in path) not in used
+  )
   if unexpected:
     problems.append(f"parameters the authors' layout has no place for: {unexpected}")
   if problems:

@@ -29,18 +29,20 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
   if path.endswith(TORCH_SUFFIXES):
     return _load_torch(path)
   raise ValueError(
-      f"{path!r}: unknown weight-file type; expected one of "
-      f"{TORCH_SUFFIXES + (SAFETENSORS_SUFFIX,)}.")
+    f"{path!r}: unknown weight-file type; expected one of {TORCH_SUFFIXES + (SAFETENSORS_SUFFIX,)}."
+  )
 
 
 def _load_safetensors(path: str) -> dict[str, np.ndarray]:
   from safetensors.numpy import load_file
+
   try:
     return dict(load_file(path))
   except TypeError as error:  # numpy cannot hold bfloat16 tensors
     if "bfloat16" not in str(error):
       raise
   from safetensors.torch import load_file as load_torch_file  # needs torch
+
   return {name: _to_numpy(tensor) for name, tensor in load_torch_file(path).items()}
 
 
@@ -52,17 +54,19 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
   except pickle.UnpicklingError as error:
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
     raise ValueError(
-        f"refusing to load {path!r}: it contains pickled Python objects other "
-        "than tensors and plain containers, and unpickling them could run "
-        "arbitrary code. (A full training checkpoint also stores e.g. "
-        "argparse `args`: re-save only its model state dict.) torch said: "
-        f"{first_line}") from None
+      f"refusing to load {path!r}: it contains pickled Python objects other "
+      "than tensors and plain containers, and unpickling them could run "
+      "arbitrary code. (A full training checkpoint also stores e.g. "
+      "argparse `args`: re-save only its model state dict.) torch said: "
+      f"{first_line}"
+    ) from None
   if isinstance(contents, Mapping) and isinstance(contents.get("model"), Mapping):
     contents = contents["model"]
   if not isinstance(contents, Mapping):
     raise ValueError(
-        f"{path!r} holds a {type(contents).__name__}, not a state dict "
-        "(a mapping of names to tensors, possibly under 'model').")
+      f"{path!r} holds a {type(contents).__name__}, not a state dict "
+      "(a mapping of names to tensors, possibly under 'model')."
+    )
   not_tensors = sorted(k for k, v in contents.items() if not isinstance(v, torch.Tensor))
   if not_tensors:
     raise ValueError(f"{path!r}: entries that are not tensors: {not_tensors}.")
@@ -87,14 +91,18 @@ def save_state_dict(state: Mapping[str, np.ndarray], path: str) -> None:
   os.makedirs(directory, exist_ok=True)
   if path.endswith(SAFETENSORS_SUFFIX):
     from safetensors.numpy import save_file
+
     save_file(arrays, path)
   elif path.endswith(TORCH_SUFFIXES):
     import torch
+
     # torch.from_numpy shares memory and wants a writeable array.
-    tensors = {name: torch.from_numpy(a if a.flags.writeable else a.copy())
-               for name, a in arrays.items()}
+    tensors = {
+      name: torch.from_numpy(a if a.flags.writeable else a.copy()) for name, a in arrays.items()
+    }
     torch.save({"model": tensors}, path)
   else:
     raise ValueError(
-        f"{path!r}: unknown weight-file type; expected a name ending in "
-        f"{TORCH_SUFFIXES + (SAFETENSORS_SUFFIX,)}.")
+      f"{path!r}: unknown weight-file type; expected a name ending in "
+      f"{TORCH_SUFFIXES + (SAFETENSORS_SUFFIX,)}."
+    )

@@ -35,8 +35,8 @@ _TRANSFORMERS_MARKER = "embeddings.patch_embeddings.projection.weight"
 
 class Renamed(NamedTuple):
   state: dict[str, np.ndarray]  # in the authors' layout
-  origin: dict[str, str]        # authors' key -> the key(s) it came from in the file
-  layout: str                   # the file's layout
+  origin: dict[str, str]  # authors' key -> the key(s) it came from in the file
+  layout: str  # the file's layout
 
   def file_key(self, key: str) -> str:
     """The file's name for an authors' key, present or not (for messages)."""
@@ -44,7 +44,7 @@ class Renamed(NamedTuple):
 
 
 def _strip_vit_prefix(key: str) -> str:
-  return key[len("vit."):] if key.startswith("vit.") else key
+  return key[len("vit.") :] if key.startswith("vit.") else key
 
 
 def detect_layout(keys) -> str:
@@ -57,38 +57,38 @@ def detect_layout(keys) -> str:
     old = any(k.startswith("encoder.layer.") or ".attention.attention." in k for k in stripped)
     return TRANSFORMERS_OLD if old else TRANSFORMERS
   raise ValueError(
-      "cannot tell which layout this state dict is in: expected the key "
-      f"{_AUTHORS_MARKER!r} (facebookresearch/mae) or 'vit.{_TRANSFORMERS_MARKER}' "
-      f"(transformers ViTMAE). First keys found: {sorted(keys)[:8]}.")
+    "cannot tell which layout this state dict is in: expected the key "
+    f"{_AUTHORS_MARKER!r} (facebookresearch/mae) or 'vit.{_TRANSFORMERS_MARKER}' "
+    f"(transformers ViTMAE). First keys found: {sorted(keys)[:8]}."
+  )
 
 
 # Older transformers -> current transformers, applied in order (the
 # attention output must be renamed before the generic `output.dense`).
 _OLD_TO_CURRENT = (
-    (r"^encoder\.layer\.", "layers."),
-    (r"\.attention\.attention\.query\.", ".attention.q_proj."),
-    (r"\.attention\.attention\.key\.", ".attention.k_proj."),
-    (r"\.attention\.attention\.value\.", ".attention.v_proj."),
-    (r"\.attention\.output\.dense\.", ".attention.o_proj."),
-    (r"\.intermediate\.dense\.", ".mlp.fc1."),
-    (r"\.output\.dense\.", ".mlp.fc2."),
+  (r"^encoder\.layer\.", "layers."),
+  (r"\.attention\.attention\.query\.", ".attention.q_proj."),
+  (r"\.attention\.attention\.key\.", ".attention.k_proj."),
+  (r"\.attention\.attention\.value\.", ".attention.v_proj."),
+  (r"\.attention\.output\.dense\.", ".attention.o_proj."),
+  (r"\.intermediate\.dense\.", ".mlp.fc1."),
+  (r"\.output\.dense\.", ".mlp.fc2."),
 )
 
 # Current transformers (without `vit.`) -> authors. q/k/v land in a
 # temporary `attn.qkv.{q,k,v}` and are fused afterwards.
 _CURRENT_TO_AUTHORS = (
-    (r"^embeddings\.cls_token$", "cls_token"),
-    (r"^embeddings\.position_embeddings$", "pos_embed"),
-    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-    (r"^layers\.(\d+)\.", r"blocks.\1."),
-    (r"^layernorm\.", "norm."),
-    (r"^decoder\.decoder_layers\.(\d+)\.", r"decoder_blocks.\1."),
-    (r"^decoder\.(decoder_embed|mask_token|decoder_pos_embed|decoder_norm|decoder_pred)",
-     r"\1"),
-    (r"\.layernorm_before\.", ".norm1."),
-    (r"\.layernorm_after\.", ".norm2."),
-    (r"\.attention\.o_proj\.", ".attn.proj."),
-    (r"\.attention\.([qkv])_proj\.", r".attn.qkv.\1."),
+  (r"^embeddings\.cls_token$", "cls_token"),
+  (r"^embeddings\.position_embeddings$", "pos_embed"),
+  (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+  (r"^layers\.(\d+)\.", r"blocks.\1."),
+  (r"^layernorm\.", "norm."),
+  (r"^decoder\.decoder_layers\.(\d+)\.", r"decoder_blocks.\1."),
+  (r"^decoder\.(decoder_embed|mask_token|decoder_pos_embed|decoder_norm|decoder_pred)", r"\1"),
+  (r"\.layernorm_before\.", ".norm1."),
+  (r"\.layernorm_after\.", ".norm2."),
+  (r"\.attention\.o_proj\.", ".attn.proj."),
+  (r"\.attention\.([qkv])_proj\.", r".attn.qkv.\1."),
 )
 
 _SPLIT_QKV = re.compile(r"^(.*\.attn\.qkv)\.([qkv])\.(weight|bias)$")
@@ -135,13 +135,16 @@ def to_authors_layout(state: Mapping[str, np.ndarray], layout: str | None = None
     if missing:
       found = sorted(file_key for file_key, _ in parts.values())
       raise ValueError(
-          f"missing key(s) {missing}: q, k and v are fused into the authors' "
-          f"{key!r} and all three are needed (found {found}).")
+        f"missing key(s) {missing}: q, k and v are fused into the authors' "
+        f"{key!r} and all three are needed (found {found})."
+      )
     shapes = {part: tuple(np.shape(parts[part][1])) for part in "qkv"}
     if len(set(shapes.values())) != 1:
       raise ValueError(
-          f"{key!r}: q, k and v have different shapes "
-          + ", ".join(f"{parts[p][0]} {shapes[p]}" for p in "qkv") + ".")
+        f"{key!r}: q, k and v have different shapes "
+        + ", ".join(f"{parts[p][0]} {shapes[p]}" for p in "qkv")
+        + "."
+      )
     # The fused Linear's output features are [q (all heads), k, v].
     renamed[key] = np.concatenate([np.asarray(parts[p][1]) for p in "qkv"], axis=0)
     origin[key] = " + ".join(parts[p][0] for p in "qkv")
@@ -150,24 +153,24 @@ def to_authors_layout(state: Mapping[str, np.ndarray], layout: str | None = None
 
 # Authors -> current transformers, only to name a missing key in messages.
 _AUTHORS_TO_CURRENT = (
-    (r"^cls_token$", "vit.embeddings.cls_token"),
-    (r"^pos_embed$", "vit.embeddings.position_embeddings"),
-    (r"^patch_embed\.proj\.", "vit.embeddings.patch_embeddings.projection."),
-    (r"^blocks\.(\d+)\.", r"vit.layers.\1."),
-    (r"^norm\.", "vit.layernorm."),
-    (r"^decoder_blocks\.(\d+)\.", r"decoder.decoder_layers.\1."),
-    (r"^(decoder_embed|mask_token|decoder_pos_embed|decoder_norm|decoder_pred)", r"decoder.\1"),
-    (r"\.norm1\.", ".layernorm_before."),
-    (r"\.norm2\.", ".layernorm_after."),
-    (r"\.attn\.proj\.", ".attention.o_proj."),
-    (r"\.attn\.qkv\.", ".attention.{q,k,v}_proj."),
+  (r"^cls_token$", "vit.embeddings.cls_token"),
+  (r"^pos_embed$", "vit.embeddings.position_embeddings"),
+  (r"^patch_embed\.proj\.", "vit.embeddings.patch_embeddings.projection."),
+  (r"^blocks\.(\d+)\.", r"vit.layers.\1."),
+  (r"^norm\.", "vit.layernorm."),
+  (r"^decoder_blocks\.(\d+)\.", r"decoder.decoder_layers.\1."),
+  (r"^(decoder_embed|mask_token|decoder_pos_embed|decoder_norm|decoder_pred)", r"decoder.\1"),
+  (r"\.norm1\.", ".layernorm_before."),
+  (r"\.norm2\.", ".layernorm_after."),
+  (r"\.attn\.proj\.", ".attention.o_proj."),
+  (r"\.attn\.qkv\.", ".attention.{q,k,v}_proj."),
 )
 _CURRENT_TO_OLD = (
-    (r"^vit\.layers\.", "vit.encoder.layer."),
-    (r"\.attention\.\{q,k,v\}_proj\.", ".attention.attention.{query,key,value}."),
-    (r"\.attention\.o_proj\.", ".attention.output.dense."),
-    (r"\.mlp\.fc1\.", ".intermediate.dense."),
-    (r"\.mlp\.fc2\.", ".output.dense."),
+  (r"^vit\.layers\.", "vit.encoder.layer."),
+  (r"\.attention\.\{q,k,v\}_proj\.", ".attention.attention.{query,key,value}."),
+  (r"\.attention\.o_proj\.", ".attention.output.dense."),
+  (r"\.mlp\.fc1\.", ".intermediate.dense."),
+  (r"\.mlp\.fc2\.", ".output.dense."),
 )
 
 
@@ -181,8 +184,8 @@ def file_key_for(key: str, layout: str) -> str:
 
 # How each of q/k/v is spelled in a file of either transformers layout.
 _PART_NAMES = {
-    TRANSFORMERS: {"q": "q_proj", "k": "k_proj", "v": "v_proj"},
-    TRANSFORMERS_OLD: {"q": "query", "k": "key", "v": "value"},
+  TRANSFORMERS: {"q": "q_proj", "k": "k_proj", "v": "v_proj"},
+  TRANSFORMERS_OLD: {"q": "query", "k": "key", "v": "value"},
 }
 
 

@@ -26,12 +26,14 @@ from mae_jax.model.mae import MaskedAutoencoder
 LAYER_I, LAYERS = "layer_i", "layers"  # checkpoint metadata "param_layout"
 
 
-def params_from_state_dict(state: Mapping[str, np.ndarray], config: ModelConfig, *,
-                           allow_unused: bool = False) -> dict:
+def params_from_state_dict(
+  state: Mapping[str, np.ndarray], config: ModelConfig, *, allow_unused: bool = False
+) -> dict:
   """A state dict in any known layout -> unscanned mae_jax params (numpy)."""
   renamed = to_authors_layout(state, detect_layout(state))
-  return params_from_authors(renamed.state, config, allow_unused=allow_unused,
-                             file_key=renamed.file_key)
+  return params_from_authors(
+    renamed.state, config, allow_unused=allow_unused, file_key=renamed.file_key
+  )
 
 
 def load_params(path: str, config: ModelConfig, *, allow_unused: bool = False) -> dict:
@@ -45,12 +47,18 @@ def save_params(params: Mapping, config: ModelConfig, path: str) -> None:
 
 
 class Imported(NamedTuple):
-  path: str    # the checkpoint step directory written
+  path: str  # the checkpoint step directory written
   layout: str  # the layout detected in the input file
 
 
-def import_to_checkpoint(input_path: str, output_dir: str, config: ModelConfig, *,
-                         scan_layers: bool = False, allow_unused: bool = False) -> Imported:
+def import_to_checkpoint(
+  input_path: str,
+  output_dir: str,
+  config: ModelConfig,
+  *,
+  scan_layers: bool = False,
+  allow_unused: bool = False,
+) -> Imported:
   """Converts a weight file into an orbax checkpoint (step 0)."""
   state = load_state_dict(input_path)
   layout = detect_layout(state)
@@ -62,9 +70,12 @@ def import_to_checkpoint(input_path: str, output_dir: str, config: ModelConfig, 
   # The metadata must describe the layout the params are stored in.
   config = config.replace(scan_layers=scan_layers)
   path = checkpointing.write_params(
-      output_dir, params, config,
-      source=f"{layout} state dict {os.path.abspath(input_path)}",
-      param_layout=param_layout)
+    output_dir,
+    params,
+    config,
+    source=f"{layout} state dict {os.path.abspath(input_path)}",
+    param_layout=param_layout,
+  )
   return Imported(path, layout)
 
 
@@ -73,7 +84,8 @@ def abstract_params(config: ModelConfig) -> dict:
   model = MaskedAutoencoder(config)
   images = jnp.zeros((1, config.image_size, config.image_size, config.channels))
   variables = jax.eval_shape(
-      lambda: model.init({"params": jax.random.key(0), "masking": jax.random.key(1)}, images))
+    lambda: model.init({"params": jax.random.key(0), "masking": jax.random.key(1)}, images)
+  )
   return nn.unbox(variables["params"])
 
 
@@ -93,8 +105,9 @@ def read_checkpoint_params(directory: str) -> tuple[dict, ModelConfig]:
       restored = {"encoder": restored["encoder"]}
     elif missing:
       raise ValueError(
-          f"the checkpoint in {directory!r} lacks {missing} of the {total} {part} "
-          "parameters its metadata describes.")
+        f"the checkpoint in {directory!r} lacks {missing} of the {total} {part} "
+        "parameters its metadata describes."
+      )
   return unstack_layers(jax.tree.map(np.asarray, restored)), config
 
 

@@ -11,16 +11,27 @@ Typical use:
 
 from mae_jax.data.digits import MEAN as DIGITS_MEAN
 from mae_jax.data.digits import STD as DIGITS_STD
-from mae_jax.data.input_pipeline import (IMAGENET_MEAN, IMAGENET_STD,
-                                         default_data_config,
-                                         imagenet_data_config, make_dataset,
-                                         make_iterator)
-from mae_jax.data.sources import (SOURCES, DataConfigError, dataset_info,
-                                  validate_data_config)
+from mae_jax.data.input_pipeline import (
+  IMAGENET_MEAN,
+  IMAGENET_STD,
+  default_data_config,
+  imagenet_data_config,
+  make_dataset,
+  make_iterator,
+)
+from mae_jax.data.sources import SOURCES, DataConfigError, dataset_info, validate_data_config
 
 __all__ = [
-    "DIGITS_MEAN", "DIGITS_STD", "IMAGENET_MEAN", "IMAGENET_STD", "SOURCES",
-    "DataConfigError", "dataset_info", "default_data_config",
-    "imagenet_data_config", "make_dataset", "make_iterator",
-    "validate_data_config",
+  "DIGITS_MEAN",
+  "DIGITS_STD",
+  "IMAGENET_MEAN",
+  "IMAGENET_STD",
+  "SOURCES",
+  "DataConfigError",
+  "dataset_info",
+  "default_data_config",
+  "imagenet_data_config",
+  "make_dataset",
+  "make_iterator",
+  "validate_data_config",
 ]

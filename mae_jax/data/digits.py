@@ -45,27 +45,30 @@ class MaeDigits(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=(
-            "The UCI optical handwritten digits (8x8, 16 grey levels) as "
-            "bundled with scikit-learn, rescaled to 0..255."),
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(8, 8, 1)),
-            "label": tfds.features.ClassLabel(num_classes=10),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html",
-        # Keep generator order: the split order is then fixed by our
-        # permutation alone, not by TFDS's key hashing.
-        disable_shuffling=True,
+      builder=self,
+      description=(
+        "The UCI optical handwritten digits (8x8, 16 grey levels) as "
+        "bundled with scikit-learn, rescaled to 0..255."
+      ),
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=(8, 8, 1)),
+          "label": tfds.features.ClassLabel(num_classes=10),
+        }
+      ),
+      supervised_keys=("image", "label"),
+      homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html",
+      # Keep generator order: the split order is then fixed by our
+      # permutation alone, not by TFDS's key hashing.
+      disable_shuffling=True,
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download: the data ships with scikit-learn.
     order = np.random.RandomState(_SPLIT_SEED).permutation(NUM_EXAMPLES)
     return {
-        "train": self._generate_examples(order[NUM_TEST:]),
-        "test": self._generate_examples(order[:NUM_TEST]),
+      "train": self._generate_examples(order[NUM_TEST:]),
+      "test": self._generate_examples(order[:NUM_TEST]),
     }
 
   def _generate_examples(self, indices):
@@ -76,10 +79,13 @@ class MaeDigits(tfds.core.GeneratorBasedBuilder):
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
     for position, index in enumerate(indices):
       # Keys are positions so that the written order is the permutation order.
-      yield position, {
+      yield (
+        position,
+        {
           "image": images[index][..., None],
           "label": int(digits.target[index]),
-      }
+        },
+      )
 
 
 def load_builder(data_dir: str | None = None) -> MaeDigits:

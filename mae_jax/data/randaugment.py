@@ -25,7 +25,7 @@ from typing import Sequence
 import tensorflow as tf
 
 MAX_MAGNITUDE = 10.0
-APPLY_PROBABILITY = 0.5   # each chosen operation, as timm's RandAugment
+APPLY_PROBABILITY = 0.5  # each chosen operation, as timm's RandAugment
 _ERASE_ATTEMPTS = 10
 
 
@@ -78,7 +78,7 @@ def invert(image, magnitude, sign, fill):
 
 
 def posterize(image, magnitude, sign, fill):
-  bits = 4 - tf.cast(magnitude / MAX_MAGNITUDE * 4, tf.int32)   # keep 4..0 bits
+  bits = 4 - tf.cast(magnitude / MAX_MAGNITUDE * 4, tf.int32)  # keep 4..0 bits
   step = tf.cast(tf.bitwise.left_shift(1, 8 - bits), tf.float32)
   return tf.floor(image / step) * step
 
@@ -108,7 +108,7 @@ def brightness(image, magnitude, sign, fill):
 
 def sharpness(image, magnitude, sign, fill):
   """Blend with PIL's SMOOTH kernel; the one-pixel border stays as is."""
-  kernel = tf.constant([[1., 1., 1.], [1., 5., 1.], [1., 1., 1.]]) / 13.0
+  kernel = tf.constant([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
   channels = image.shape[-1]
   kernel = tf.tile(kernel[:, :, None, None], [1, 1, channels, 1])
   smooth = tf.nn.depthwise_conv2d(image[None], kernel, [1, 1, 1, 1], "VALID")[0]
@@ -129,8 +129,13 @@ def _affine(image, transform, fill):
 
   def warp(x):
     return tf.raw_ops.ImageProjectiveTransformV3(
-        images=x[None], transforms=transform, output_shape=[height, width],
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")[0]
+      images=x[None],
+      transforms=transform,
+      output_shape=[height, width],
+      fill_value=0.0,
+      interpolation="BILINEAR",
+      fill_mode="CONSTANT",
+    )[0]
 
   inside = warp(tf.ones_like(image[..., :1]))
   return warp(image) + (1.0 - inside) * fill
@@ -142,8 +147,7 @@ def rotate(image, magnitude, sign, fill):
   width = tf.cast(tf.shape(image)[1], tf.float32)
   cx, cy = width / 2.0, height / 2.0
   cos, sin = tf.cos(angle), tf.sin(angle)
-  transform = tf.stack([cos, -sin, cx - cos * cx + sin * cy,
-                        sin, cos, cy - sin * cx - cos * cy])
+  transform = tf.stack([cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy])
   return _affine(image, transform, fill)
 
 
@@ -168,13 +172,34 @@ def translate_y(image, magnitude, sign, fill):
 
 
 # timm's _RAND_INCREASING_TRANSFORMS, in its order.
-OPERATIONS = (auto_contrast, equalize, invert, rotate, posterize, solarize, solarize_add,
-              color, contrast, brightness, sharpness, shear_x, shear_y, translate_x,
-              translate_y)
+OPERATIONS = (
+  auto_contrast,
+  equalize,
+  invert,
+  rotate,
+  posterize,
+  solarize,
+  solarize_add,
+  color,
+  contrast,
+  brightness,
+  sharpness,
+  shear_x,
+  shear_y,
+  translate_x,
+  translate_y,
+)
 
 
-def rand_augment(image: tf.Tensor, seed: tf.Tensor, *, num_ops: int, magnitude: float,
-                 magnitude_std: float, fill: Sequence[float]) -> tf.Tensor:
+def rand_augment(
+  image: tf.Tensor,
+  seed: tf.Tensor,
+  *,
+  num_ops: int,
+  magnitude: float,
+  magnitude_std: float,
+  fill: Sequence[float],
+) -> tf.Tensor:
   """`num_ops` distinct random operations, each applied with probability 0.5.
 
   Args:
@@ -192,28 +217,36 @@ def rand_augment(image: tf.Tensor, seed: tf.Tensor, *, num_ops: int, magnitude: 
   image = tf.round(tf.clip_by_value(image, 0.0, 255.0))  # operations act on 8-bit pixels
   for index in range(num_ops):
     apply_draw, sign_draw = tf.unstack(tf.random.stateless_uniform([2], op_seeds[index]))
-    noise = tf.random.stateless_normal([], tf.random.experimental.stateless_fold_in(
-        op_seeds[index], 1))
+    noise = tf.random.stateless_normal(
+      [], tf.random.experimental.stateless_fold_in(op_seeds[index], 1)
+    )
     level = tf.clip_by_value(magnitude + magnitude_std * noise, 0.0, MAX_MAGNITUDE)
     sign = tf.where(sign_draw < 0.5, -1.0, 1.0)
-    branches = [lambda op=op: tf.round(tf.clip_by_value(op(image, level, sign, fill), 0., 255.))
-                for op in OPERATIONS]
+    branches = [
+      lambda op=op: tf.round(tf.clip_by_value(op(image, level, sign, fill), 0.0, 255.0))
+      for op in OPERATIONS
+    ]
     augmented = tf.switch_case(chosen[index], branches)
     image = tf.where(apply_draw < APPLY_PROBABILITY, augmented, image)
   return image
 
 
-def random_erasing(image: tf.Tensor, seed: tf.Tensor, *, probability: float,
-                   area: tuple[float, float] = (0.02, 1 / 3),
-                   log_ratio: tuple[float, float] = (math.log(0.3), math.log(1 / 0.3))
-                   ) -> tf.Tensor:
+def random_erasing(
+  image: tf.Tensor,
+  seed: tf.Tensor,
+  *,
+  probability: float,
+  area: tuple[float, float] = (0.02, 1 / 3),
+  log_ratio: tuple[float, float] = (math.log(0.3), math.log(1 / 0.3)),
+) -> tf.Tensor:
   """timm's RandomErasing(mode="pixel", count 1) on a normalised image.
 
   With `probability`, the first of 10 (area, aspect ratio) draws that fits
   strictly inside the image is filled with N(0, 1) noise per pixel.
   """
   apply_seed, area_seed, ratio_seed, place_seed, noise_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, 5))
+    tf.random.experimental.stateless_split(seed, 5)
+  )
   height, width = tf.shape(image)[0], tf.shape(image)[1]
   image_area = tf.cast(height * width, tf.float32)
   target = image_area * tf.random.stateless_uniform([_ERASE_ATTEMPTS], area_seed, *area)
@@ -227,14 +260,18 @@ def random_erasing(image: tf.Tensor, seed: tf.Tensor, *, probability: float,
   erase_height, erase_width = heights[first], widths[first]
   place = tf.random.stateless_uniform([2], place_seed)
   # Inclusive ranges, as random.randint(0, size - extent).
-  top = tf.minimum(tf.cast(place[0] * tf.cast(height - erase_height + 1, tf.float32),
-                           tf.int32), height - erase_height)
-  left = tf.minimum(tf.cast(place[1] * tf.cast(width - erase_width + 1, tf.float32),
-                            tf.int32), width - erase_width)
+  top = tf.minimum(
+    tf.cast(place[0] * tf.cast(height - erase_height + 1, tf.float32), tf.int32),
+    height - erase_height,
+  )
+  left = tf.minimum(
+    tf.cast(place[1] * tf.cast(width - erase_width + 1, tf.float32), tf.int32), width - erase_width
+  )
   rows = tf.range(height)[:, None, None]
   cols = tf.range(width)[None, :, None]
-  inside = ((rows >= top) & (rows < top + erase_height)
-            & (cols >= left) & (cols < left + erase_width))
+  inside = (
+    (rows >= top) & (rows < top + erase_height) & (cols >= left) & (cols < left + erase_width)
+  )
   erase = inside & found & (tf.random.stateless_uniform([], apply_seed) < probability)
   noise = tf.random.stateless_normal(tf.shape(image), noise_seed)
   return tf.where(erase, noise, image)

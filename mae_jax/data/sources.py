@@ -45,11 +45,28 @@ CHECK_IMAGES_UP_TO = 50_000
 # them all. A config missing one is rejected rather than silently defaulted:
 # e.g. a missing `mean` has no value that is right for every dataset.
 REQUIRED_FIELDS = (
-    "source", "name", "data_dir", "train_split", "eval_split", "image_size",
-    "channels", "mean", "std", "random_resized_crop", "crop_scale",
-    "crop_ratio", "horizontal_flip", "randaugment_ops", "randaugment_magnitude",
-    "randaugment_magnitude_std", "random_erasing", "eval_crop_fraction",
-    "shuffle_buffer", "prefetch", "cache")
+  "source",
+  "name",
+  "data_dir",
+  "train_split",
+  "eval_split",
+  "image_size",
+  "channels",
+  "mean",
+  "std",
+  "random_resized_crop",
+  "crop_scale",
+  "crop_ratio",
+  "horizontal_flip",
+  "randaugment_ops",
+  "randaugment_magnitude",
+  "randaugment_magnitude_std",
+  "random_erasing",
+  "eval_crop_fraction",
+  "shuffle_buffer",
+  "prefetch",
+  "cache",
+)
 
 
 class DataConfigError(UserError):
@@ -77,8 +94,7 @@ class HostShard:
   stored_channels: int | None
 
 
-def validate_data_config(data_config: Any,
-                         splits: Iterable[str] | None = None) -> None:
+def validate_data_config(data_config: Any, splits: Iterable[str] | None = None) -> None:
   """Raises `DataConfigError` unless the config can be read as asked.
 
   Checks the fields, then opens the dataset's metadata (building the small
@@ -123,9 +139,15 @@ def dataset_info(data_config: Any) -> tuple[dict[str, int], int | None]:
   return sizes, _num_classes(builder)
 
 
-def read_host_shard(data_config: Any, split: str, *, process_index: int,
-                    process_count: int, shuffle_files: bool,
-                    seed: int) -> HostShard:
+def read_host_shard(
+  data_config: Any,
+  split: str,
+  *,
+  process_index: int,
+  process_count: int,
+  shuffle_files: bool,
+  seed: int,
+) -> HostShard:
   """Reads this host's disjoint part of `split` (images still encoded).
 
   Hosts get contiguous, near-equal parts (sizes differ by at most one), via
@@ -147,32 +169,35 @@ def read_host_shard(data_config: Any, split: str, *, process_index: int,
     # ourselves rather than through `ImageFolder.as_dataset`, which reads
     # every file of the split on every host and shuffles without a seed.
     paths, labels = _readable_images(builder, data_config, split)
-    paths, labels = (paths[process_index::process_count],
-                     labels[process_index::process_count])
+    paths, labels = (paths[process_index::process_count], labels[process_index::process_count])
     num_examples = len(paths)
-    dataset = tf.data.Dataset.from_tensor_slices({
+    dataset = tf.data.Dataset.from_tensor_slices(
+      {
         "image": tf.constant(paths, tf.string),
         "label": tf.constant(labels, tf.int64),
-    }).map(lambda example: {**example,
-                            "image": tf.io.read_file(example["image"])},
-           num_parallel_calls=tf.data.AUTOTUNE)
+      }
+    ).map(
+      lambda example: {**example, "image": tf.io.read_file(example["image"])},
+      num_parallel_calls=tf.data.AUTOTUNE,
+    )
   else:
     host_split = tfds.split_for_jax_process(
-        split, process_index=process_index, process_count=process_count)
+      split, process_index=process_index, process_count=process_count
+    )
     num_examples = builder.info.splits[host_split].num_examples
     read_config = tfds.ReadConfig(
-        shuffle_seed=seed,
-        shuffle_reshuffle_each_iteration=True,
-        # We cache (or not) ourselves, after decoding; see input_pipeline.
-        try_autocache=False,
-        skip_prefetch=True,
+      shuffle_seed=seed,
+      shuffle_reshuffle_each_iteration=True,
+      # We cache (or not) ourselves, after decoding; see input_pipeline.
+      try_autocache=False,
+      skip_prefetch=True,
     )
     # Ordered datasets (digits) refuse file shuffling; the example shuffle
     # in the pipeline still applies.
     shuffle_files = shuffle_files and not builder.info.disable_shuffling
     dataset = builder.as_dataset(
-        split=host_split, shuffle_files=shuffle_files, decoders=decoders,
-        read_config=read_config)
+      split=host_split, shuffle_files=shuffle_files, decoders=decoders, read_config=read_config
+    )
   has_label = _num_classes(builder) is not None
 
   def keep_image_and_label(example):
@@ -180,10 +205,10 @@ def read_host_shard(data_config: Any, split: str, *, process_index: int,
     return {"image": example["image"], "label": tf.cast(label, tf.int32)}
 
   return HostShard(
-      dataset=dataset.map(keep_image_and_label),
-      num_examples=num_examples,
-      max_examples_per_host=math.ceil(total / process_count),
-      stored_channels=stored_channels,
+    dataset=dataset.map(keep_image_and_label),
+    num_examples=num_examples,
+    max_examples_per_host=math.ceil(total / process_count),
+    stored_channels=stored_channels,
   )
 
 
@@ -204,8 +229,12 @@ def _is_int(value: Any) -> bool:
 
 def _number_pair(config: Any, field: str) -> tuple[float, float]:
   value = getattr(config, field)
-  if (isinstance(value, (str, bytes)) or not hasattr(value, "__len__")
-      or len(value) != 2 or not all(_is_number(v) for v in value)):
+  if (
+    isinstance(value, (str, bytes))
+    or not hasattr(value, "__len__")
+    or len(value) != 2
+    or not all(_is_number(v) for v in value)
+  ):
     raise _invalid(field, value, "expected two numbers (low, high)")
   return float(value[0]), float(value[1])
 
@@ -215,8 +244,9 @@ def _check_fields(config: Any) -> None:
   missing = [f for f in REQUIRED_FIELDS if not hasattr(config, f)]
   if missing:
     raise DataConfigError(
-        f"data config is missing field(s) {missing}; start from "
-        "input_pipeline.default_data_config(...) which sets them all.")
+      f"data config is missing field(s) {missing}; start from "
+      "input_pipeline.default_data_config(...) which sets them all."
+    )
   if config.source not in SOURCES:
     raise _invalid("source", config.source, f"expected one of {SOURCES}")
   if config.data_dir is not None and not isinstance(config.data_dir, str):
@@ -228,61 +258,81 @@ def _check_fields(config: Any) -> None:
   if not _is_int(config.image_size) or config.image_size <= 0:
     raise _invalid("image_size", config.image_size, "expected an integer > 0")
   if config.channels not in (1, 3) or isinstance(config.channels, bool):
-    raise _invalid("channels", config.channels,
-                   "expected 1 (grayscale) or 3 (RGB)")
+    raise _invalid("channels", config.channels, "expected 1 (grayscale) or 3 (RGB)")
   for field in ("mean", "std"):
     value = getattr(config, field)
-    if (isinstance(value, (str, bytes)) or not hasattr(value, "__len__")
-        or not all(_is_number(v) for v in value)
-        or len(value) != config.channels):
-      raise _invalid(field, value, f"expected {config.channels} numbers, one "
-                     f"per channel (data.channels={config.channels})")
+    if (
+      isinstance(value, (str, bytes))
+      or not hasattr(value, "__len__")
+      or not all(_is_number(v) for v in value)
+      or len(value) != config.channels
+    ):
+      raise _invalid(
+        field,
+        value,
+        f"expected {config.channels} numbers, one per channel (data.channels={config.channels})",
+      )
   if not all(s > 0 for s in config.std):
     raise _invalid("std", config.std, "every std must be > 0")
   low, high = _number_pair(config, "crop_scale")
   if not 0 < low <= high <= 1:
-    raise _invalid("crop_scale", config.crop_scale,
-                   "expected 0 < low <= high <= 1 (fractions of the image area)")
+    raise _invalid(
+      "crop_scale", config.crop_scale, "expected 0 < low <= high <= 1 (fractions of the image area)"
+    )
   low, high = _number_pair(config, "crop_ratio")
   if not 0 < low <= high:
-    raise _invalid("crop_ratio", config.crop_ratio,
-                   "expected 0 < low <= high (width / height)")
+    raise _invalid("crop_ratio", config.crop_ratio, "expected 0 < low <= high (width / height)")
   check = getattr(config, "check_images_up_to", CHECK_IMAGES_UP_TO)
   if not _is_int(check) or check < -1:
-    raise _invalid("check_images_up_to", check,
-                   "expected a number of files >= 0, or -1 for any number")
+    raise _invalid(
+      "check_images_up_to", check, "expected a number of files >= 0, or -1 for any number"
+    )
   for field in ("random_resized_crop", "horizontal_flip", "cache"):
     if not isinstance(getattr(config, field), (bool, np.bool_)):
       raise _invalid(field, getattr(config, field), "expected True or False")
   if not _is_int(config.randaugment_ops) or not 0 <= config.randaugment_ops <= 15:
-    raise _invalid("randaugment_ops", config.randaugment_ops,
-                   "expected an integer in 0..15 (0 = off; the reference uses 2)")
+    raise _invalid(
+      "randaugment_ops",
+      config.randaugment_ops,
+      "expected an integer in 0..15 (0 = off; the reference uses 2)",
+    )
   if not _is_number(config.randaugment_magnitude) or not 0 <= config.randaugment_magnitude <= 10:
-    raise _invalid("randaugment_magnitude", config.randaugment_magnitude,
-                   "expected a number in [0, 10] (the reference uses 9)")
+    raise _invalid(
+      "randaugment_magnitude",
+      config.randaugment_magnitude,
+      "expected a number in [0, 10] (the reference uses 9)",
+    )
   if not _is_number(config.randaugment_magnitude_std) or config.randaugment_magnitude_std < 0:
-    raise _invalid("randaugment_magnitude_std", config.randaugment_magnitude_std,
-                   "expected a number >= 0 (the reference uses 0.5)")
+    raise _invalid(
+      "randaugment_magnitude_std",
+      config.randaugment_magnitude_std,
+      "expected a number >= 0 (the reference uses 0.5)",
+    )
   if not _is_number(config.random_erasing) or not 0 <= config.random_erasing <= 1:
-    raise _invalid("random_erasing", config.random_erasing,
-                   "expected a probability in [0, 1] (the reference uses 0.25)")
+    raise _invalid(
+      "random_erasing",
+      config.random_erasing,
+      "expected a probability in [0, 1] (the reference uses 0.25)",
+    )
   fraction = config.eval_crop_fraction
   if not _is_number(fraction) or not 0 < fraction <= 1:
     raise _invalid("eval_crop_fraction", fraction, "expected 0 < fraction <= 1")
   if not _is_int(config.shuffle_buffer) or config.shuffle_buffer < 1:
-    raise _invalid("shuffle_buffer", config.shuffle_buffer,
-                   "expected an integer >= 1")
+    raise _invalid("shuffle_buffer", config.shuffle_buffer, "expected an integer >= 1")
   if not _is_int(config.prefetch) or config.prefetch < 0:
-    raise _invalid("prefetch", config.prefetch,
-                   "expected an integer >= 0 (batches to prefetch; 0 = none)")
-  if config.source == "tfds" and (not isinstance(config.name, str)
-                                  or not config.name):
-    raise _invalid("name", config.name,
-                   'source="tfds" needs a TFDS dataset name, e.g. "imagenet2012"')
+    raise _invalid(
+      "prefetch", config.prefetch, "expected an integer >= 0 (batches to prefetch; 0 = none)"
+    )
+  if config.source == "tfds" and (not isinstance(config.name, str) or not config.name):
+    raise _invalid(
+      "name", config.name, 'source="tfds" needs a TFDS dataset name, e.g. "imagenet2012"'
+    )
   if config.source == "image_folder" and not config.data_dir:
-    raise _invalid("data_dir", config.data_dir,
-                   'source="image_folder" needs the folder root '
-                   "(root/<split>/<class>/*.jpg)")
+    raise _invalid(
+      "data_dir",
+      config.data_dir,
+      'source="image_folder" needs the folder root (root/<split>/<class>/*.jpg)',
+    )
 
 
 # ---------------------------------------------------------------- sources --
@@ -295,9 +345,10 @@ def _open_builder(config: Any) -> tfds.core.DatasetBuilder:
       return digits.load_builder(config.data_dir)
     except (OSError, tf.errors.OpError) as error:
       raise DataConfigError(
-          f"data.data_dir={config.data_dir!r}: cannot build or read the "
-          f"bundled digits there ({_first_line(error)}). "
-          f"{_access_hint(config.data_dir)}") from error
+        f"data.data_dir={config.data_dir!r}: cannot build or read the "
+        f"bundled digits there ({_first_line(error)}). "
+        f"{_access_hint(config.data_dir)}"
+      ) from error
   if config.source == "image_folder":
     return _open_image_folder(config.data_dir)
   return _open_tfds(config.name, config.data_dir)
@@ -311,11 +362,13 @@ def _first_line(error: BaseException) -> str:
 
 def _access_hint(path: str | None) -> str:
   if path and path.startswith("gs://"):
-    return ("Check the bucket and path spelling, that this machine can reach "
-            "Cloud Storage, and that its credentials may read the bucket "
-            "(`gcloud auth application-default login`, or the VM service "
-            "account's storage role); `gcloud storage ls PATH` shows what "
-            "this machine sees.")
+    return (
+      "Check the bucket and path spelling, that this machine can reach "
+      "Cloud Storage, and that its credentials may read the bucket "
+      "(`gcloud auth application-default login`, or the VM service "
+      "account's storage role); `gcloud storage ls PATH` shows what "
+      "this machine sees."
+    )
   return "Check the spelling, and that this user may read the directory."
 
 
@@ -334,8 +387,9 @@ def _check_readable_dir(path: str, what: str) -> None:
     cause, reason = error, "does not exist, is not a directory, or cannot be reached"
   except (tf.errors.OpError, OSError) as error:
     cause, reason = error, f"cannot be read ({_first_line(error)})"
-  raise DataConfigError(f"data.data_dir={path!r} {reason}; expected {what}. "
-                        f"{_access_hint(path)}") from cause
+  raise DataConfigError(
+    f"data.data_dir={path!r} {reason}; expected {what}. {_access_hint(path)}"
+  ) from cause
 
 
 def _open_tfds(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
@@ -346,24 +400,26 @@ def _open_tfds(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     builder = tfds.builder(name, data_dir=data_dir)
   except ValueError as error:  # Includes tfds' DatasetNotFoundError.
     raise DataConfigError(
-        f"data.name={name!r}: no such TFDS dataset in code or in "
-        f"data.data_dir={where} ({_first_line(error)}). Check the name (e.g. "
-        '"imagenet2012", "cifar10", "mnist:3.0.1") and data.data_dir.'
+      f"data.name={name!r}: no such TFDS dataset in code or in "
+      f"data.data_dir={where} ({_first_line(error)}). Check the name (e.g. "
+      '"imagenet2012", "cifar10", "mnist:3.0.1") and data.data_dir.'
     ) from error
   except (RuntimeError, OSError, tf.errors.OpError) as error:
     # TFDS wraps file system errors into a RuntimeError.
     raise DataConfigError(
-        f"data.name={name!r}: cannot read its metadata from "
-        f"data.data_dir={where} ({_first_line(error)}). "
-        f"{_access_hint(data_dir)}") from error
+      f"data.name={name!r}: cannot read its metadata from "
+      f"data.data_dir={where} ({_first_line(error)}). "
+      f"{_access_hint(data_dir)}"
+    ) from error
   if not builder.is_prepared():
     raise DataConfigError(
-        f"data.name={name!r}: TFDS dataset is not prepared in "
-        f"data.data_dir={where} (looked for {builder.data_dir}). Nothing is "
-        f"downloaded during training: build it once with `tfds build {name} "
-        "--data_dir=<dir>` (ImageNet needs its archives in "
-        "<dir>/downloads/manual), or point data.data_dir at the directory or "
-        "gs:// bucket that already holds it.")
+      f"data.name={name!r}: TFDS dataset is not prepared in "
+      f"data.data_dir={where} (looked for {builder.data_dir}). Nothing is "
+      f"downloaded during training: build it once with `tfds build {name} "
+      "--data_dir=<dir>` (ImageNet needs its archives in "
+      "<dir>/downloads/manual), or point data.data_dir at the directory or "
+      "gs:// bucket that already holds it."
+    )
   return builder
 
 
@@ -374,8 +430,8 @@ def _open_image_folder(root: str) -> tfds.core.DatasetBuilder:
     return tfds.folder_dataset.ImageFolder(root)
   except (OSError, tf.errors.OpError) as error:  # An unreadable sub-folder.
     raise DataConfigError(
-        f"data.data_dir={root!r}: cannot list {layout} "
-        f"({_first_line(error)}). {_access_hint(root)}") from error
+      f"data.data_dir={root!r}: cannot list {layout} ({_first_line(error)}). {_access_hint(root)}"
+    ) from error
 
 
 # Image-folder checks done in this process: (root, split, channels, paths)
@@ -383,8 +439,9 @@ def _open_image_folder(root: str) -> tfds.core.DatasetBuilder:
 _readable_cache: dict[tuple, tuple[list[str], list[int]]] = {}
 
 
-def _readable_images(builder: tfds.core.DatasetBuilder, config: Any,
-                     split: str) -> tuple[list[str], list[int]]:
+def _readable_images(
+  builder: tfds.core.DatasetBuilder, config: Any, split: str
+) -> tuple[list[str], list[int]]:
   """The files of an image-folder split that decode, and their labels.
 
   Folders are hand-made, so a corrupt, truncated or non-image file is
@@ -409,10 +466,14 @@ def _readable_images(builder: tfds.core.DatasetBuilder, config: Any,
   if limit >= 0 and len(paths) > limit:
     # An ImageNet-sized folder: a decode pass per host would cost minutes to
     # hours. The stream still drops what does not decode (with a warning).
-    logging.info("Image folder %r: not decoding its %d files up front (more than "
-                 "data.check_images_up_to=%d); undecodable files are dropped in the "
-                 "stream, with a warning each.", os.path.join(config.data_dir, split),
-                 len(paths), limit)
+    logging.info(
+      "Image folder %r: not decoding its %d files up front (more than "
+      "data.check_images_up_to=%d); undecodable files are dropped in the "
+      "stream, with a warning each.",
+      os.path.join(config.data_dir, split),
+      len(paths),
+      limit,
+    )
     result = (paths, [label_feature.str2int(example.label) for example in examples])
     _readable_cache[key] = result
     return result
@@ -424,9 +485,11 @@ def _readable_images(builder: tfds.core.DatasetBuilder, config: Any,
     except (tf.errors.OpError, OSError) as error:
       return _first_line(error)
 
-  logging.info("Checking that the %d files of image folder %r decode "
-               "(once per process).", len(paths),
-               os.path.join(config.data_dir, split))
+  logging.info(
+    "Checking that the %d files of image folder %r decode (once per process).",
+    len(paths),
+    os.path.join(config.data_dir, split),
+  )
   # Eager TF ops release the GIL, so threads decode in parallel.
   with concurrent.futures.ThreadPoolExecutor(min(32, os.cpu_count() or 1)) as pool:
     failures = list(pool.map(failure, paths))
@@ -434,16 +497,26 @@ def _readable_images(builder: tfds.core.DatasetBuilder, config: Any,
   where = f"image folder {os.path.join(config.data_dir, split)!r}"
   if bad and len(bad) == len(paths):
     raise DataConfigError(
-        f"{_split_field(config, split)} is invalid: none of the {len(paths)} "
-        f"files in {where} can be read as an image (first: {bad[0][0]}: "
-        f"{bad[0][1]}). Expected JPEG or PNG files.")
+      f"{_split_field(config, split)} is invalid: none of the {len(paths)} "
+      f"files in {where} can be read as an image (first: {bad[0][0]}: "
+      f"{bad[0][1]}). Expected JPEG or PNG files."
+    )
   if bad:
     logging.warning(
-        "%s: skipped %d of %d files: unreadable as images (first: "
-        "%s: %s).", where, len(bad), len(paths), *bad[0])
-  result = ([path for path, why in zip(paths, failures) if why is None],
-            [label_feature.str2int(example.label)
-             for example, why in zip(examples, failures) if why is None])
+      "%s: skipped %d of %d files: unreadable as images (first: %s: %s).",
+      where,
+      len(bad),
+      len(paths),
+      *bad[0],
+    )
+  result = (
+    [path for path, why in zip(paths, failures) if why is None],
+    [
+      label_feature.str2int(example.label)
+      for example, why in zip(examples, failures)
+      if why is None
+    ],
+  )
   _readable_cache[key] = result
   return result
 
@@ -456,8 +529,7 @@ def _split_field(config: Any, split: str) -> str:
   return f"split={split!r}"
 
 
-def _num_examples(builder: tfds.core.DatasetBuilder, config: Any,
-                  split: str) -> int:
+def _num_examples(builder: tfds.core.DatasetBuilder, config: Any, split: str) -> int:
   """Examples in `split`, or a `DataConfigError` if it is missing or empty."""
   available = sorted(builder.info.splits.keys())
   label = _split_field(config, split)
@@ -465,9 +537,10 @@ def _num_examples(builder: tfds.core.DatasetBuilder, config: Any,
     # ImageFolder only reads whole splits, no "train[:10%]" expressions.
     if split not in available:
       raise DataConfigError(
-          f"{label} is invalid: image folder {config.data_dir!r} has split "
-          f"folders {available} with class sub-folders of images; expected "
-          f"{config.data_dir}/{split}/<class>/*.jpg|jpeg|png.")
+        f"{label} is invalid: image folder {config.data_dir!r} has split "
+        f"folders {available} with class sub-folders of images; expected "
+        f"{config.data_dir}/{split}/<class>/*.jpg|jpeg|png."
+      )
     count = builder.info.splits[split].num_examples
     if count:
       count = len(_readable_images(builder, config, split)[0])
@@ -476,28 +549,28 @@ def _num_examples(builder: tfds.core.DatasetBuilder, config: Any,
       count = builder.info.splits[split].num_examples
     except (KeyError, ValueError, AssertionError) as error:
       raise DataConfigError(
-          f"{label} is invalid: dataset {builder.name!r} in "
-          f"{builder.data_dir} has splits {available} (sub-splits such as "
-          f"'train[:99%]' are allowed). Error: {error}") from error
+        f"{label} is invalid: dataset {builder.name!r} in "
+        f"{builder.data_dir} has splits {available} (sub-splits such as "
+        f"'train[:99%]' are allowed). Error: {error}"
+      ) from error
   if count == 0:
-    raise DataConfigError(f"{label} is invalid: it has no examples in "
-                          f"{builder.data_dir}.")
+    raise DataConfigError(f"{label} is invalid: it has no examples in {builder.data_dir}.")
   return count
 
 
-def _stored_channels(builder: tfds.core.DatasetBuilder,
-                     config: Any) -> int | None:
+def _stored_channels(builder: tfds.core.DatasetBuilder, config: Any) -> int | None:
   """Channels of the stored images; raises unless there are uint8 images."""
   features = builder.info.features
   feature = features["image"] if "image" in features else None
   shape = getattr(feature, "shape", None)
-  if feature is None or shape is None or len(shape) != 3 or np.dtype(
-      feature.np_dtype) != np.uint8:
+  if feature is None or shape is None or len(shape) != 3 or np.dtype(feature.np_dtype) != np.uint8:
     field = "name" if config.source == "tfds" else "source"
     raise _invalid(
-        field, getattr(config, field),
-        f"dataset {builder.name!r} needs an 'image' feature of uint8 "
-        f"(height, width, channels) images; it has features {features}")
+      field,
+      getattr(config, field),
+      f"dataset {builder.name!r} needs an 'image' feature of uint8 "
+      f"(height, width, channels) images; it has features {features}",
+    )
   return shape[-1]
 
 

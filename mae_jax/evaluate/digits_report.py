@@ -28,8 +28,11 @@ import time
 from absl import app, flags
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/digits_eval", "Where every run goes.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir for the digits "
-                                "(default: the TFDS default, as the pretraining command).")
+_DATA_DIR = flags.DEFINE_string(
+  "data_dir",
+  None,
+  "TFDS data_dir for the digits (default: the TFDS default, as the pretraining command).",
+)
 _README = flags.DEFINE_string("readme", "README.md", "README to update; empty: do not write.")
 
 COMMAND = "python -m mae_jax.evaluate.digits_report --workdir=runs/digits_eval"
@@ -38,6 +41,7 @@ START, END = "<!-- digits-eval:start -->", "<!-- digits-eval:end -->"
 
 def _config(module_name: str, preset: str, data_dir: str | None, **fields):
   import importlib
+
   config = importlib.import_module(f"configs.{module_name}").get_config(preset)
   config.data.data_dir = data_dir
   config.progress_bar = "off"
@@ -50,21 +54,20 @@ def runs(pretrain_dir: str) -> list[tuple[str, str, str, dict]]:
   """(run name, config module, preset, fields) of every evaluation."""
   mae = dict(init_from=pretrain_dir)
   return [
-      ("linprobe_mae", "linprobe", "digits", mae),
-      ("linprobe_random", "linprobe", "digits", dict(baseline="random_init")),
-      ("linprobe_pixels", "linprobe", "digits", dict(baseline="raw_pixels")),
-      ("knn_mae", "knn", "digits", mae),
-      ("knn_random", "knn", "digits", dict(baseline="random_init")),
-      ("knn_pixels", "knn", "digits", dict(baseline="raw_pixels")),
-      # The reference probes the cls token; MAE's loss never reads it directly,
-      # so the pooled patch tokens are shown too.
-      ("linprobe_mae_pool", "linprobe", "digits", dict(mae, feature="pool")),
-      ("linprobe_random_pool", "linprobe", "digits", dict(baseline="random_init",
-                                                          feature="pool")),
-      ("knn_mae_pool", "knn", "digits", dict(mae, feature="pool")),
-      ("knn_random_pool", "knn", "digits", dict(baseline="random_init", feature="pool")),
-      ("finetune_mae", "finetune", "digits", mae),
-      ("finetune_scratch", "finetune", "digits,scratch", {}),
+    ("linprobe_mae", "linprobe", "digits", mae),
+    ("linprobe_random", "linprobe", "digits", dict(baseline="random_init")),
+    ("linprobe_pixels", "linprobe", "digits", dict(baseline="raw_pixels")),
+    ("knn_mae", "knn", "digits", mae),
+    ("knn_random", "knn", "digits", dict(baseline="random_init")),
+    ("knn_pixels", "knn", "digits", dict(baseline="raw_pixels")),
+    # The reference probes the cls token; MAE's loss never reads it directly,
+    # so the pooled patch tokens are shown too.
+    ("linprobe_mae_pool", "linprobe", "digits", dict(mae, feature="pool")),
+    ("linprobe_random_pool", "linprobe", "digits", dict(baseline="random_init", feature="pool")),
+    ("knn_mae_pool", "knn", "digits", dict(mae, feature="pool")),
+    ("knn_random_pool", "knn", "digits", dict(baseline="random_init", feature="pool")),
+    ("finetune_mae", "finetune", "digits", mae),
+    ("finetune_scratch", "finetune", "digits,scratch", {}),
   ]
 
 
@@ -75,29 +78,36 @@ def table(results: dict, seconds: dict) -> str:
   probe = _config("linprobe", "digits", None)
   fine = _config("finetune", "digits", None)
   lines = [
-      "| Digits test split (300 images), top-1 % | MAE-pretrained encoder | "
-      "Same ViT, random init | Raw pixels |",
-      "|---|---|---|---|",
-      f"| Linear probe (reference): cls token, BN + linear, LARS, "
-      f"{probe.num_epochs:.0f} epochs | {cell('linprobe_mae')} | {cell('linprobe_random')} | "
-      f"{cell('linprobe_pixels')} |",
-      f"| Linear probe, mean-pooled patch tokens | {cell('linprobe_mae_pool')} | "
-      f"{cell('linprobe_random_pool')} | (same as above) |",
-      f"| k-NN: cosine, k = 20, T = 0.07, cls token | {cell('knn_mae')} | "
-      f"{cell('knn_random')} | {cell('knn_pixels')} |",
-      f"| k-NN, mean-pooled patch tokens | {cell('knn_mae_pool')} | "
-      f"{cell('knn_random_pool')} | (same as above) |",
-      f"| Fine-tuning: {fine.num_epochs:.0f} epochs, ViT-B recipe at base lr "
-      f"{fine.optimizer.base_lr:g} (MAE init vs from scratch) | {cell('finetune_mae')} | "
-      f"{cell('finetune_scratch')} | — |",
+    "| Digits test split (300 images), top-1 % | MAE-pretrained encoder | "
+    "Same ViT, random init | Raw pixels |",
+    "|---|---|---|---|",
+    f"| Linear probe (reference): cls token, BN + linear, LARS, "
+    f"{probe.num_epochs:.0f} epochs | {cell('linprobe_mae')} | {cell('linprobe_random')} | "
+    f"{cell('linprobe_pixels')} |",
+    f"| Linear probe, mean-pooled patch tokens | {cell('linprobe_mae_pool')} | "
+    f"{cell('linprobe_random_pool')} | (same as above) |",
+    f"| k-NN: cosine, k = 20, T = 0.07, cls token | {cell('knn_mae')} | "
+    f"{cell('knn_random')} | {cell('knn_pixels')} |",
+    f"| k-NN, mean-pooled patch tokens | {cell('knn_mae_pool')} | "
+    f"{cell('knn_random_pool')} | (same as above) |",
+    f"| Fine-tuning: {fine.num_epochs:.0f} epochs, ViT-B recipe at base lr "
+    f"{fine.optimizer.base_lr:g} (MAE init vs from scratch) | {cell('finetune_mae')} | "
+    f"{cell('finetune_scratch')} | — |",
   ]
   total = sum(seconds.values())
-  timing = ", ".join(f"{name} {seconds[name] / 60:.1f}" for name in
-                     ("pretrain", "linear probes", "k-NN", "fine-tuning") if name in seconds)
+  timing = ", ".join(
+    f"{name} {seconds[name] / 60:.1f}"
+    for name in ("pretrain", "linear probes", "k-NN", "fine-tuning")
+    if name in seconds
+  )
   cpus = os.cpu_count()
-  return "\n".join([
-      f"Made by `{COMMAND}` in {total / 60:.1f} minutes on {cpus} CPU cores "
-      f"(minutes: {timing}).", "", *lines])
+  return "\n".join(
+    [
+      f"Made by `{COMMAND}` in {total / 60:.1f} minutes on {cpus} CPU cores (minutes: {timing}).",
+      "",
+      *lines,
+    ]
+  )
 
 
 def write_readme(path: str, text: str) -> None:
@@ -106,8 +116,7 @@ def write_readme(path: str, text: str) -> None:
   if START not in readme or END not in readme:
     raise ValueError(f"{path} has no {START} ... {END} markers to write the table between.")
   block = f"{START}\n{text}\n{END}"
-  readme = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, readme,
-                  flags=re.S)
+  readme = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, readme, flags=re.S)
   with open(path, "w") as f:
     f.write(readme)
 
@@ -118,14 +127,20 @@ def run_job(config, workdir: str) -> dict:
   from mae_jax.evaluate.knn_job import run_knn
   from mae_jax.evaluate.linprobe import run_linear_probe
   from mae_jax.train.pretrain import train_and_evaluate
-  jobs = {"pretrain": train_and_evaluate, "linprobe": run_linear_probe,
-          "finetune": run_finetune, "knn": run_knn}
+
+  jobs = {
+    "pretrain": train_and_evaluate,
+    "linprobe": run_linear_probe,
+    "finetune": run_finetune,
+    "knn": run_knn,
+  }
   return jobs[config.get("job", "pretrain")](config, workdir)
 
 
 def main(argv):
   del argv
   from mae_jax.log_filters import quiet_library_info
+
   quiet_library_info()
   workdir, data_dir = _WORKDIR.value, _DATA_DIR.value
   seconds: dict[str, float] = {}
@@ -137,15 +152,22 @@ def main(argv):
   stage_of = {"linprobe": "linear probes", "knn": "k-NN", "finetune": "fine-tuning"}
   for name, module, preset, fields in runs(pretrain_dir):
     start = time.perf_counter()
-    results[name] = run_job(_config(module, preset, data_dir, **fields),
-                            os.path.join(workdir, name))
+    results[name] = run_job(
+      _config(module, preset, data_dir, **fields), os.path.join(workdir, name)
+    )
     stage = stage_of[module]
     seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - start
   text = table(results, seconds)
   with open(os.path.join(workdir, "report.json"), "w") as f:
-    json.dump({"seconds": seconds,
-               "top1": {name: r["top1"] for name, r in results.items()},
-               "top5": {name: r.get("top5") for name, r in results.items()}}, f, indent=2)
+    json.dump(
+      {
+        "seconds": seconds,
+        "top1": {name: r["top1"] for name, r in results.items()},
+        "top5": {name: r.get("top5") for name, r in results.items()},
+      },
+      f,
+      indent=2,
+    )
   print("\n" + text, flush=True)
   if _README.value:
     write_readme(_README.value, text)

@@ -1,8 +1,8 @@
 """The frozen encoder of the probe and k-NN jobs: restored, random, or none.
 
-  config.baseline ""            the checkpoint `init_from` names (plan.init)
-                  "random_init" the same architecture at its initialisation
-                  "raw_pixels"  no encoder: the flattened image is the feature
+config.baseline ""            the checkpoint `init_from` names (plan.init)
+                "random_init" the same architecture at its initialisation
+                "raw_pixels"  no encoder: the flattened image is the feature
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ def frozen_encoder(config, plan, mesh, key: jax.Array) -> tuple[Callable, Any]:
   if config.baseline == "random_init":
     shardings, _ = init_checkpoint.param_layout(Encoder(plan.model), mesh, plan.rules)
     return features_fn, init_checkpoint.random_params(Encoder(plan.model), key, shardings)
-  return features_fn, init_checkpoint.restore_encoder(plan.init, Encoder, plan.model, mesh,
-                                                      plan.rules)
+  return features_fn, init_checkpoint.restore_encoder(
+    plan.init, Encoder, plan.model, mesh, plan.rules
+  )
 
 
 def feature_source(config) -> str:

@@ -37,8 +37,9 @@ from mae_jax.train.pretrain import create_state, mesh_context, state_layout, wit
 from mae_jax.train.state import TrainState
 
 
-def make_finetune_step(model: ViTClassifier, tx, schedule, *, seed_key: jax.Array,
-                       config) -> Callable:
+def make_finetune_step(
+  model: ViTClassifier, tx, schedule, *, seed_key: jax.Array, config
+) -> Callable:
   """step(state, batch) -> (state, metrics); mixing and drop path draw from
   fold_in(seed_key, step), so a resumed run repeats them exactly.
 
@@ -48,9 +49,13 @@ def make_finetune_step(model: ViTClassifier, tx, schedule, *, seed_key: jax.Arra
   the update; micro-batch i draws drop path from fold_in(drop_key, i). With
   k = 1 drop path uses drop_key itself, as before accumulation existed.
   """
-  mix = dict(num_classes=model.num_classes, mixup_alpha=config.mixup,
-             cutmix_alpha=config.cutmix, switch_prob=config.mixup_switch_prob,
-             smoothing=config.label_smoothing)
+  mix = dict(
+    num_classes=model.num_classes,
+    mixup_alpha=config.mixup,
+    cutmix_alpha=config.cutmix,
+    switch_prob=config.mixup_switch_prob,
+    smoothing=config.label_smoothing,
+  )
   accum = config.grad_accum_steps
 
   def step(state: TrainState, batch: dict):
@@ -71,9 +76,14 @@ def make_finetune_step(model: ViTClassifier, tx, schedule, *, seed_key: jax.Arra
 
     # As pretraining: a non-finite step keeps the old state, the loop stops or counts.
     (params, opt_state), grad_norm, nonfinite = guarded_update(
-        loss, grads, apply_update, state.params, state.opt_state)
-    metrics = {"loss": loss, "learning_rate": schedule(state.step), "grad_norm": grad_norm,
-               "nonfinite": nonfinite}
+      loss, grads, apply_update, state.params, state.opt_state
+    )
+    metrics = {
+      "loss": loss,
+      "learning_rate": schedule(state.step),
+      "grad_norm": grad_norm,
+      "nonfinite": nonfinite,
+    }
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return step
@@ -93,56 +103,89 @@ def run_finetune(config, workdir: str) -> dict:
   plan, mesh, is_main, mngr = job.plan, job.mesh, job.is_main, job.mngr
   batch_sharding, replicated = job.batch_sharding, job.replicated
   opt = config.optimizer
-  model = ViTClassifier(plan.model, num_classes=plan.num_classes, feature=config.feature,
-                        head_init_std=config.head_init_std)
+  model = ViTClassifier(
+    plan.model,
+    num_classes=plan.num_classes,
+    feature=config.feature,
+    head_init_std=config.head_init_std,
+  )
   init_key, seed_key = jax.random.split(jax.random.key(config.seed))
   abstract_params = jax.eval_shape(
-      lambda k: create_state(model, optax.identity(), k).params, init_key)
-  tx = finetune_adamw(job.schedule, abstract_params, depth=plan.model.depth,
-                      layer_decay=opt.layer_decay, b1=opt.b1, b2=opt.b2,
-                      weight_decay=opt.weight_decay)
+    lambda k: create_state(model, optax.identity(), k).params, init_key
+  )
+  tx = finetune_adamw(
+    job.schedule,
+    abstract_params,
+    depth=plan.model.depth,
+    layer_decay=opt.layer_decay,
+    b1=opt.b1,
+    b2=opt.b2,
+    weight_decay=opt.weight_decay,
+  )
   state_shardings, abstract_state = state_layout(model, tx, mesh, plan.rules)
 
   with mesh_context(mesh, plan.rules), checkpointing.completing_saves(mngr):
     if job.resume_step is not None:
       logging.info("Resuming fine-tuning from step %d.", job.resume_step)
-      state = TrainState.from_checkpoint(checkpointing.restore_state(
+      state = TrainState.from_checkpoint(
+        checkpointing.restore_state(
           runtime.checkpoint_dir(workdir),
-          with_shardings(abstract_state, state_shardings).to_checkpoint(), step=job.resume_step))
+          with_shardings(abstract_state, state_shardings).to_checkpoint(),
+          step=job.resume_step,
+        )
+      )
     else:
-      state = jax.jit(lambda k: create_state(model, tx, k),
-                      out_shardings=state_shardings)(init_key)
+      state = jax.jit(lambda k: create_state(model, tx, k), out_shardings=state_shardings)(init_key)
       if plan.init is not None:
         # AdamW's initial state does not depend on the values: swapping in the
         # pretrained encoder keeps it valid.
         trunk = lambda cfg: Encoder(cfg, final_norm=config.feature == "cls")
-        encoder = init_checkpoint.restore_encoder(plan.init, trunk, plan.model, mesh,
-                                                  plan.rules)
+        encoder = init_checkpoint.restore_encoder(plan.init, trunk, plan.model, mesh, plan.rules)
         state = state.replace(params={**state.params, "encoder": encoder})
 
     def batches(start):
       stream = input_pipeline.make_iterator(
-          config.data, split=config.data.train_split, global_batch_size=config.global_batch_size,
-          train=True, seed=config.seed, start_step=start)
-      return (runtime.labelled_batch(b, batch_sharding, plan.num_classes, "training data")
-              for b in stream)
+        config.data,
+        split=config.data.train_split,
+        global_batch_size=config.global_batch_size,
+        train=True,
+        seed=config.seed,
+        start_step=start,
+      )
+      return (
+        runtime.labelled_batch(b, batch_sharding, plan.num_classes, "training data") for b in stream
+      )
 
-    train_step = jax.jit(make_finetune_step(model, tx, job.schedule, seed_key=seed_key,
-                                            config=config),
-                         in_shardings=(state_shardings, batch_sharding),
-                         out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-    eval_step = jax.jit(make_finetune_eval_step(model),
-                        in_shardings=(state_shardings, batch_sharding),
-                        out_shardings=replicated)
+    train_step = jax.jit(
+      make_finetune_step(model, tx, job.schedule, seed_key=seed_key, config=config),
+      in_shardings=(state_shardings, batch_sharding),
+      out_shardings=(state_shardings, replicated),
+      donate_argnums=(0,),
+    )
+    eval_step = jax.jit(
+      make_finetune_eval_step(model),
+      in_shardings=(state_shardings, batch_sharding),
+      out_shardings=replicated,
+    )
     state, final = train_loop(
-        config, plan, workdir, mngr, job.metadata, state, train_step=train_step,
-        batches=batches,
-        evaluate=lambda s: runtime.evaluate(
-            eval_step, s, runtime.split_batches(config, config.data.eval_split,
-                                                plan.eval_batch_size, batch_sharding,
-                                                plan.num_classes), plan.num_classes),
-        is_main=is_main)
-  results = runtime.write_results(workdir, config, plan, final, step=final["step"],
-                                  is_main=is_main)
+      config,
+      plan,
+      workdir,
+      mngr,
+      job.metadata,
+      state,
+      train_step=train_step,
+      batches=batches,
+      evaluate=lambda s: runtime.evaluate(
+        eval_step,
+        s,
+        runtime.split_batches(
+          config, config.data.eval_split, plan.eval_batch_size, batch_sharding, plan.num_classes
+        ),
+        plan.num_classes,
+      ),
+      is_main=is_main,
+    )
+  results = runtime.write_results(workdir, config, plan, final, step=final["step"], is_main=is_main)
   runtime.print_summary("Fine-tuning", config.feature, results, workdir, is_main)
   return results

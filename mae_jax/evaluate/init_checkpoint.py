@@ -34,13 +34,15 @@ from mae_jax.train.pretrain import create_state, state_layout, with_shardings
 
 TMP_MARKER = ".orbax-checkpoint-tmp"
 ENCODER_FIELDS = ("patch_size", "channels", "width", "depth", "heads", "mlp_ratio")
-_EXPECTED = ("expected a pretraining workdir (with checkpoints/), an orbax checkpoints "
-             "directory, or the output of `python -m mae_jax.convert`")
+_EXPECTED = (
+  "expected a pretraining workdir (with checkpoints/), an orbax checkpoints "
+  "directory, or the output of `python -m mae_jax.convert`"
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class InitCheckpoint:
-  directory: str   # the orbax CheckpointManager directory
+  directory: str  # the orbax CheckpointManager directory
   step: int
   metadata: dict
 
@@ -49,12 +51,12 @@ class InitCheckpoint:
     return self.metadata.get("param_layout") == "layers"
 
   def describe(self) -> dict:
-    return {"path": self.directory, "step": self.step,
-            "source": self.metadata.get("source", "?")}
+    return {"path": self.directory, "step": self.step, "source": self.metadata.get("source", "?")}
 
 
 def _gfile():
   import tensorflow as tf  # gfile: checkpoints may live in gs:// buckets
+
   return tf.io.gfile
 
 
@@ -75,39 +77,54 @@ def locate(init_from: str, step: int | None = None) -> InitCheckpoint:
   try:
     complete = sorted(checkpointing.manager(path, read_only=True).all_steps())
   except Exception as error:  # orbax raises assorted types for foreign directories
-    raise CheckpointError(f"config.init_from={init_from!r}: {path!r} is not an orbax "
-                     f"checkpoint directory ({error}); {_EXPECTED}.") from error
+    raise CheckpointError(
+      f"config.init_from={init_from!r}: {path!r} is not an orbax "
+      f"checkpoint directory ({error}); {_EXPECTED}."
+    ) from error
   if step is not None and step not in complete:
     if any(name.startswith(f"{step}{TMP_MARKER}") for name in half_written):
       raise CheckpointError(
-          f"config.init_from={init_from!r}: step {step} in {path!r} is half-written "
-          f"({TMP_MARKER}*: its run stopped while saving it). Complete steps: {complete}.")
-    raise CheckpointError(f"config.init_from={init_from!r}: no step {step} in {path!r}; "
-                     f"complete steps: {complete}.")
+        f"config.init_from={init_from!r}: step {step} in {path!r} is half-written "
+        f"({TMP_MARKER}*: its run stopped while saving it). Complete steps: {complete}."
+      )
+    raise CheckpointError(
+      f"config.init_from={init_from!r}: no step {step} in {path!r}; complete steps: {complete}."
+    )
   if not complete:
     if half_written:
       raise CheckpointError(
-          f"config.init_from={init_from!r}: {path!r} holds only half-written steps "
-          f"{half_written} (the run stopped while saving); {_EXPECTED}, with a complete step.")
-    raise CheckpointError(f"config.init_from={init_from!r}: no checkpoint steps in {path!r}; "
-                     f"{_EXPECTED}.")
+        f"config.init_from={init_from!r}: {path!r} holds only half-written steps "
+        f"{half_written} (the run stopped while saving); {_EXPECTED}, with a complete step."
+      )
+    raise CheckpointError(
+      f"config.init_from={init_from!r}: no checkpoint steps in {path!r}; {_EXPECTED}."
+    )
   step = complete[-1] if step is None else step
   try:
     metadata = checkpointing.read_metadata(path, step)
   except Exception as error:
-    raise CheckpointError(f"config.init_from={init_from!r}: step {step} in {path!r} has no "
-                     f"readable mae_jax metadata ({error}); {_EXPECTED}.") from error
+    raise CheckpointError(
+      f"config.init_from={init_from!r}: step {step} in {path!r} has no "
+      f"readable mae_jax metadata ({error}); {_EXPECTED}."
+    ) from error
   if "model" not in metadata:
-    raise CheckpointError(f"config.init_from={init_from!r}: the metadata of step {step} in "
-                     f"{path!r} does not describe a model; {_EXPECTED}.")
+    raise CheckpointError(
+      f"config.init_from={init_from!r}: the metadata of step {step} in "
+      f"{path!r} does not describe a model; {_EXPECTED}."
+    )
   return InitCheckpoint(directory=path, step=step, metadata=metadata)
 
 
 def check_encoder_architecture(checkpoint: InitCheckpoint, config: ModelConfig) -> None:
   """The encoder sizes must match; the decoder (unused here) may differ."""
   saved = checkpoint.metadata["model"]
-  same_decoder = config.replace(**{name: saved[name] for name in checkpointing.ARCHITECTURE_FIELDS
-                                   if name not in ENCODER_FIELDS and name in saved})
+  same_decoder = config.replace(
+    **{
+      name: saved[name]
+      for name in checkpointing.ARCHITECTURE_FIELDS
+      if name not in ENCODER_FIELDS and name in saved
+    }
+  )
   checkpointing.check_architecture(checkpoint.directory, checkpoint.metadata, same_decoder)
 
 
@@ -119,12 +136,14 @@ def param_layout(module: nn.Module, mesh, rules) -> tuple[Any, Any]:
 
 def random_params(module: nn.Module, key: jax.Array, shardings: Any) -> Any:
   """The module's own initialisation, created directly on `shardings`."""
-  return jax.jit(lambda k: create_state(module, optax.identity(), k).params,
-                 out_shardings=shardings)(key)
+  return jax.jit(
+    lambda k: create_state(module, optax.identity(), k).params, out_shardings=shardings
+  )(key)
 
 
-def restore_encoder(checkpoint: InitCheckpoint, make_module, config: ModelConfig, mesh,
-                    rules) -> Any:
+def restore_encoder(
+  checkpoint: InitCheckpoint, make_module, config: ModelConfig, mesh, rules
+) -> Any:
   """The checkpoint's encoder parameters, laid out as `make_module(config)` wants them.
 
   Args:
@@ -139,18 +158,25 @@ def restore_encoder(checkpoint: InitCheckpoint, make_module, config: ModelConfig
   stored_shardings, stored_abstract = param_layout(make_module(stored_config), mesh, rules)
   wanted = {"params": {"encoder": with_shardings(stored_abstract, stored_shardings)}}
   try:
-    restored = checkpointing.restore_state(checkpoint.directory, wanted,
-                                           step=checkpoint.step)["params"]["encoder"]
+    restored = checkpointing.restore_state(checkpoint.directory, wanted, step=checkpoint.step)[
+      "params"
+    ]["encoder"]
   except (KeyError, ValueError) as error:
-    raise CheckpointError(f"the checkpoint in {checkpoint.directory!r} (step {checkpoint.step}) "
-                     f"has no encoder parameters of the expected shapes: {error}") from error
-  missing = [jax.tree_util.keystr(path) for path, leaf
-             in jax.tree_util.tree_leaves_with_path(restored)
-             if isinstance(leaf, jax.ShapeDtypeStruct)]
+    raise CheckpointError(
+      f"the checkpoint in {checkpoint.directory!r} (step {checkpoint.step}) "
+      f"has no encoder parameters of the expected shapes: {error}"
+    ) from error
+  missing = [
+    jax.tree_util.keystr(path)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(restored)
+    if isinstance(leaf, jax.ShapeDtypeStruct)
+  ]
   if missing:
-    raise CheckpointError(f"the checkpoint in {checkpoint.directory!r} (step {checkpoint.step}) "
-                     f"lacks encoder parameters {missing[:5]}{' ...' if len(missing) > 5 else ''}"
-                     f": expected an MAE encoder with {ENCODER_FIELDS} as in the config.")
+    raise CheckpointError(
+      f"the checkpoint in {checkpoint.directory!r} (step {checkpoint.step}) "
+      f"lacks encoder parameters {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+      f": expected an MAE encoder with {ENCODER_FIELDS} as in the config."
+    )
   if checkpoint.scanned != config.scan_layers:
     convert = stack_layers if config.scan_layers else unstack_layers
     restored = jax.jit(convert, out_shardings=run_shardings)(restored)

@@ -22,14 +22,22 @@ import numpy as np
 from mae_jax.evaluate import models, runtime
 
 
-def knn_scores(train_features: jax.Array, train_labels: jax.Array, query: jax.Array, *,
-               num_classes: int, k: int, temperature: float) -> jax.Array:
+def knn_scores(
+  train_features: jax.Array,
+  train_labels: jax.Array,
+  query: jax.Array,
+  *,
+  num_classes: int,
+  k: int,
+  temperature: float,
+) -> jax.Array:
   """(Q, num_classes) vote totals for `query` against the (N, D) training bank."""
   bank = train_features / jnp.linalg.norm(train_features, axis=-1, keepdims=True).clip(1e-12)
   query = query / jnp.linalg.norm(query, axis=-1, keepdims=True).clip(1e-12)
   similarity, index = jax.lax.top_k(query @ bank.T, min(k, bank.shape[0]))
-  votes = jax.nn.one_hot(train_labels[index], num_classes) * jnp.exp(
-      similarity / temperature)[..., None]
+  votes = (
+    jax.nn.one_hot(train_labels[index], num_classes) * jnp.exp(similarity / temperature)[..., None]
+  )
   return votes.sum(axis=1)
 
 
@@ -37,39 +45,59 @@ def knn_scores(train_features: jax.Array, train_labels: jax.Array, query: jax.Ar
 _knn_scores = jax.jit(knn_scores, static_argnames=("num_classes", "k", "temperature"))
 
 
-def knn_classify(train_features: np.ndarray, train_labels: np.ndarray,
-                 eval_features: np.ndarray, eval_labels: np.ndarray, *, num_classes: int,
-                 k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> dict:
+def knn_classify(
+  train_features: np.ndarray,
+  train_labels: np.ndarray,
+  eval_features: np.ndarray,
+  eval_labels: np.ndarray,
+  *,
+  num_classes: int,
+  k: int = 20,
+  temperature: float = 0.07,
+  chunk: int = 1024,
+) -> dict:
   """Top-1 / top-5 (percent, top-5 when there are more than 5 classes)."""
   bank, bank_labels = jnp.asarray(train_features, jnp.float32), jnp.asarray(train_labels)
   sums = {"correct1": 0.0, "correct5": 0.0, "loss_sum": 0.0, "count": 0.0}
   for start in range(0, len(eval_features), chunk):
-    query = jnp.asarray(eval_features[start:start + chunk], jnp.float32)
-    labels = jnp.asarray(eval_labels[start:start + chunk])
-    scores = _knn_scores(bank, bank_labels, query, num_classes=num_classes, k=k,
-                         temperature=temperature)
+    query = jnp.asarray(eval_features[start : start + chunk], jnp.float32)
+    labels = jnp.asarray(eval_labels[start : start + chunk])
+    scores = _knn_scores(
+      bank, bank_labels, query, num_classes=num_classes, k=k, temperature=temperature
+    )
     # The vote shares as probabilities give a (not very meaningful) loss; kept
     # only so accuracy_sums serves every protocol.
-    chunk_sums = runtime.accuracy_sums(jnp.log(scores + 1e-12), labels,
-                                       jnp.ones(labels.shape, jnp.float32))
+    chunk_sums = runtime.accuracy_sums(
+      jnp.log(scores + 1e-12), labels, jnp.ones(labels.shape, jnp.float32)
+    )
     sums = {key: sums[key] + float(chunk_sums[key]) for key in sums}
   metrics = runtime.accuracy_metrics(sums, num_classes, prefix="knn_")
   metrics.pop("knn_loss")
   return metrics
 
 
-def knn_evaluate(features_fn: Callable, encoder_params: Any, train_batches: Iterable[dict],
-                 eval_batches: Iterable[dict], mesh, *, num_classes: int, k: int = 20,
-                 temperature: float = 0.07) -> dict:
+def knn_evaluate(
+  features_fn: Callable,
+  encoder_params: Any,
+  train_batches: Iterable[dict],
+  eval_batches: Iterable[dict],
+  mesh,
+  *,
+  num_classes: int,
+  k: int = 20,
+  temperature: float = 0.07,
+) -> dict:
   """Features of both iterators (global batches with image/label/mask), then k-NN."""
   train_x, train_y = runtime.extract_features(features_fn, encoder_params, train_batches, mesh)
   eval_x, eval_y = runtime.extract_features(features_fn, encoder_params, eval_batches, mesh)
-  return knn_classify(train_x, train_y, eval_x, eval_y, num_classes=num_classes, k=k,
-                      temperature=temperature)
+  return knn_classify(
+    train_x, train_y, eval_x, eval_y, num_classes=num_classes, k=k, temperature=temperature
+  )
 
 
-def make_knn_monitor(config, model_config, mesh, batch_sharding, *, batch_size: int,
-                     num_classes: int) -> Callable[[Any], dict]:
+def make_knn_monitor(
+  config, model_config, mesh, batch_sharding, *, batch_size: int, num_classes: int
+) -> Callable[[Any], dict]:
   """encoder_params -> {"knn_top1", "knn_top5"}: the k-NN of config.data's
   train split (eval transform; the first `config.knn_train_batches` batches,
   -1 = all) against its eval split, on the encoder's cls feature
@@ -77,14 +105,23 @@ def make_knn_monitor(config, model_config, mesh, batch_sharding, *, batch_size: 
   features_fn = models.frozen_features(model_config, config.knn_feature)
 
   def monitor(encoder_params) -> dict:
-    train = runtime.split_batches(config, config.data.train_split, batch_size, batch_sharding,
-                                  num_classes)
+    train = runtime.split_batches(
+      config, config.data.train_split, batch_size, batch_sharding, num_classes
+    )
     if config.knn_train_batches >= 0:
       train = (batch for _, batch in zip(range(config.knn_train_batches), train))
-    held_out = runtime.split_batches(config, config.data.eval_split, batch_size,
-                                     batch_sharding, num_classes)
-    return knn_evaluate(features_fn, encoder_params, train, held_out, mesh,
-                        num_classes=num_classes, k=config.knn_k,
-                        temperature=config.knn_temperature)
+    held_out = runtime.split_batches(
+      config, config.data.eval_split, batch_size, batch_sharding, num_classes
+    )
+    return knn_evaluate(
+      features_fn,
+      encoder_params,
+      train,
+      held_out,
+      mesh,
+      num_classes=num_classes,
+      k=config.knn_k,
+      temperature=config.knn_temperature,
+    )
 
   return monitor

@@ -19,33 +19,54 @@ from mae_jax.train.pretrain import mesh_context, write_run_info
 
 
 def run_knn(config, workdir: str) -> dict:
-  plan = make_eval_plan(config, num_devices=jax.device_count(),
-                        process_count=jax.process_count())
+  plan = make_eval_plan(config, num_devices=jax.device_count(), process_count=jax.process_count())
   mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
   is_main = jax.process_index() == 0
   import tensorflow as tf
+
   tf.io.gfile.makedirs(workdir)
   write_run_info(workdir, config, plan, mesh, None, enabled=is_main)
   batch_sharding = sharding.batch_sharding(mesh, plan.rules)
   with mesh_context(mesh, plan.rules):
     features_fn, encoder_params = frozen_encoder(config, plan, mesh, jax.random.key(config.seed))
-    train = runtime.split_batches(config, config.data.train_split, plan.eval_batch_size,
-                                  batch_sharding, plan.num_classes)
+    train = runtime.split_batches(
+      config, config.data.train_split, plan.eval_batch_size, batch_sharding, plan.num_classes
+    )
     if config.knn_train_batches >= 0:
       train = (batch for _, batch in zip(range(config.knn_train_batches), train))
-    held_out = runtime.split_batches(config, config.data.eval_split, plan.eval_batch_size,
-                                     batch_sharding, plan.num_classes)
-    metrics = knn.knn_evaluate(features_fn, encoder_params, train, held_out, mesh,
-                               num_classes=plan.num_classes, k=config.knn_k,
-                               temperature=config.knn_temperature)
+    held_out = runtime.split_batches(
+      config, config.data.eval_split, plan.eval_batch_size, batch_sharding, plan.num_classes
+    )
+    metrics = knn.knn_evaluate(
+      features_fn,
+      encoder_params,
+      train,
+      held_out,
+      mesh,
+      num_classes=plan.num_classes,
+      k=config.knn_k,
+      temperature=config.knn_temperature,
+    )
   step = plan.init.step if plan.init else 0
   # start_step one below: a rerun replaces its line instead of repeating it.
   writer = MetricsWriter(workdir, start_step=step - 1, enabled=is_main)
   writer.write(step, metrics)
   writer.close()
-  final = {f"eval_{key[len('knn_'):]}": value for key, value in metrics.items()}
-  results = runtime.write_results(workdir, config, plan, final, step=step, is_main=is_main,
-                                  extra={"k": config.knn_k, "temperature": config.knn_temperature})
-  runtime.print_summary(f"k-NN (k={config.knn_k}, T={config.knn_temperature})",
-                        feature_source(config), results, workdir, is_main)
+  final = {f"eval_{key[len('knn_') :]}": value for key, value in metrics.items()}
+  results = runtime.write_results(
+    workdir,
+    config,
+    plan,
+    final,
+    step=step,
+    is_main=is_main,
+    extra={"k": config.knn_k, "temperature": config.knn_temperature},
+  )
+  runtime.print_summary(
+    f"k-NN (k={config.knn_k}, T={config.knn_temperature})",
+    feature_source(config),
+    results,
+    workdir,
+    is_main,
+  )
   return results

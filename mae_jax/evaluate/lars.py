@@ -28,13 +28,18 @@ def is_matrix(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def lars(learning_rate: optax.ScalarOrSchedule, *, momentum: float = 0.9,
-         trust_coefficient: float = 0.001,
-         weight_decay: float = 0.0) -> optax.GradientTransformation:
+def lars(
+  learning_rate: optax.ScalarOrSchedule,
+  *,
+  momentum: float = 0.9,
+  trust_coefficient: float = 0.001,
+  weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
   return optax.chain(
-      optax.masked(optax.add_decayed_weights(weight_decay), is_matrix),
-      optax.masked(optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=0.0),
-                   is_matrix),
-      optax.trace(decay=momentum, nesterov=False),
-      optax.scale_by_learning_rate(learning_rate),
+    optax.masked(optax.add_decayed_weights(weight_decay), is_matrix),
+    optax.masked(
+      optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=0.0), is_matrix
+    ),
+    optax.trace(decay=momentum, nesterov=False),
+    optax.scale_by_learning_rate(learning_rate),
   )

@@ -77,16 +77,23 @@ def scale_by_tree(scales: Any) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def finetune_adamw(learning_rate: optax.ScalarOrSchedule, params: Any, *, depth: int,
-                   layer_decay: float, b1: float = 0.9, b2: float = 0.999,
-                   weight_decay: float = 0.05) -> optax.GradientTransformation:
+def finetune_adamw(
+  learning_rate: optax.ScalarOrSchedule,
+  params: Any,
+  *,
+  depth: int,
+  layer_decay: float,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  weight_decay: float = 0.05,
+) -> optax.GradientTransformation:
   """AdamW (decoupled decay) with per-layer learning-rate multipliers.
 
   `params` may be abstract (shapes only): only its structure and ranks are read.
   """
   return optax.chain(
-      optax.scale_by_adam(b1=b1, b2=b2, eps=1e-8),
-      optax.add_decayed_weights(weight_decay, mask=decay_mask),
-      scale_by_tree(layer_scales(params, layer_decay=layer_decay, depth=depth)),
-      optax.scale_by_learning_rate(learning_rate),
+    optax.scale_by_adam(b1=b1, b2=b2, eps=1e-8),
+    optax.add_decayed_weights(weight_decay, mask=decay_mask),
+    scale_by_tree(layer_scales(params, layer_decay=layer_decay, depth=depth)),
+    optax.scale_by_learning_rate(learning_rate),
   )

@@ -41,25 +41,37 @@ from mae_jax.train.pretrain import mesh_context, with_shardings
 @flax.struct.dataclass
 class ProbeState:
   step: jax.Array
-  params: Any          # the head's Linear (BatchNorm has no affine parameters)
-  batch_stats: Any     # BatchNorm running mean / var
+  params: Any  # the head's Linear (BatchNorm has no affine parameters)
+  batch_stats: Any  # BatchNorm running mean / var
   opt_state: optax.OptState
 
   def to_checkpoint(self) -> dict:
-    return {"step": self.step, "params": {"head": self.params},
-            "batch_stats": self.batch_stats, "opt_state": self.opt_state}
+    return {
+      "step": self.step,
+      "params": {"head": self.params},
+      "batch_stats": self.batch_stats,
+      "opt_state": self.opt_state,
+    }
 
   @classmethod
   def from_checkpoint(cls, tree: dict) -> "ProbeState":
-    return cls(step=jnp.asarray(tree["step"]), params=tree["params"]["head"],
-               batch_stats=tree["batch_stats"], opt_state=tree["opt_state"])
+    return cls(
+      step=jnp.asarray(tree["step"]),
+      params=tree["params"]["head"],
+      batch_stats=tree["batch_stats"],
+      opt_state=tree["opt_state"],
+    )
 
 
 def create_probe_state(head: ProbeHead, tx, key, feature_dim: int) -> ProbeState:
   variables = head.init(key, jnp.zeros((1, feature_dim), jnp.float32), train=False)
   params = variables["params"]
-  return ProbeState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables["batch_stats"], opt_state=tx.init(params))
+  return ProbeState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=variables["batch_stats"],
+    opt_state=tx.init(params),
+  )
 
 
 def make_probe_step(head: ProbeHead, tx, schedule, features_fn: Callable | None) -> Callable:
@@ -77,13 +89,18 @@ def make_probe_step(head: ProbeHead, tx, schedule, features_fn: Callable | None)
       features = jax.lax.stop_gradient(features_fn(encoder_params, batch["image"]))
 
     def loss_fn(params):
-      logits, updates = head.apply({"params": params, "batch_stats": state.batch_stats},
-                                   features, train=True, mutable=["batch_stats"])
+      logits, updates = head.apply(
+        {"params": params, "batch_stats": state.batch_stats},
+        features,
+        train=True,
+        mutable=["batch_stats"],
+      )
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
       return loss, (logits, updates["batch_stats"])
 
     (loss, (logits, new_batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+      state.params
+    )
 
     def apply_update(params, opt_state, _):
       updates, opt_state = tx.update(grads, opt_state, params)
@@ -92,22 +109,30 @@ def make_probe_step(head: ProbeHead, tx, schedule, features_fn: Callable | None)
     # As pretraining: a non-finite step keeps the old state, BatchNorm's running
     # statistics included (non-finite features would poison them for good).
     (params, opt_state, batch_stats), grad_norm, nonfinite = guarded_update(
-        loss, grads, apply_update, state.params, state.opt_state, state.batch_stats)
-    metrics = {"loss": loss, "learning_rate": schedule(state.step), "grad_norm": grad_norm,
-               "nonfinite": nonfinite,
-               "train_top1": 100.0 * jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
-    return ProbeState(step=state.step + 1, params=params, batch_stats=batch_stats,
-                      opt_state=opt_state), metrics
+      loss, grads, apply_update, state.params, state.opt_state, state.batch_stats
+    )
+    metrics = {
+      "loss": loss,
+      "learning_rate": schedule(state.step),
+      "grad_norm": grad_norm,
+      "nonfinite": nonfinite,
+      "train_top1": 100.0 * jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+    }
+    return ProbeState(
+      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    ), metrics
 
   return step
 
 
 def make_probe_eval_step(head: ProbeHead, features_fn: Callable | None) -> Callable:
   def eval_step(state: ProbeState, encoder_params, batch: dict) -> dict:
-    features = (batch["features"] if features_fn is None
-                else features_fn(encoder_params, batch["image"]))
-    logits = head.apply({"params": state.params, "batch_stats": state.batch_stats},
-                        features, train=False)
+    features = (
+      batch["features"] if features_fn is None else features_fn(encoder_params, batch["image"])
+    )
+    logits = head.apply(
+      {"params": state.params, "batch_stats": state.batch_stats}, features, train=False
+    )
     return runtime.accuracy_sums(logits, batch["label"], batch["mask"])
 
   return eval_step
@@ -119,66 +144,100 @@ def run_linear_probe(config, workdir: str) -> dict:
   plan, mesh, is_main, mngr = job.plan, job.mesh, job.is_main, job.mngr
   batch_sharding, replicated = job.batch_sharding, job.replicated
   opt = config.optimizer
-  tx = lars(job.schedule, momentum=opt.momentum, trust_coefficient=opt.trust_coefficient,
-            weight_decay=opt.weight_decay)
+  tx = lars(
+    job.schedule,
+    momentum=opt.momentum,
+    trust_coefficient=opt.trust_coefficient,
+    weight_decay=opt.weight_decay,
+  )
   head = ProbeHead(plan.num_classes, init_std=config.head_init_std)
   head_key, encoder_key = jax.random.split(jax.random.key(config.seed))
 
   with mesh_context(mesh, plan.rules), checkpointing.completing_saves(mngr):
     features_fn, encoder_params = frozen_encoder(config, plan, mesh, encoder_key)
-    image = jax.ShapeDtypeStruct((1, plan.model.image_size, plan.model.image_size,
-                                  plan.model.channels), jnp.float32)
+    image = jax.ShapeDtypeStruct(
+      (1, plan.model.image_size, plan.model.image_size, plan.model.channels), jnp.float32
+    )
     feature_dim = jax.eval_shape(features_fn, encoder_params, image).shape[-1]
     create = lambda key: create_probe_state(head, tx, key, feature_dim)
     if job.resume_step is not None:
       logging.info("Resuming the probe from step %d.", job.resume_step)
       abstract = with_shardings(jax.eval_shape(create, head_key), replicated)
-      state = ProbeState.from_checkpoint(checkpointing.restore_state(
-          runtime.checkpoint_dir(workdir), abstract.to_checkpoint(), step=job.resume_step))
+      state = ProbeState.from_checkpoint(
+        checkpointing.restore_state(
+          runtime.checkpoint_dir(workdir), abstract.to_checkpoint(), step=job.resume_step
+        )
+      )
     else:
       state = jax.jit(create, out_shardings=replicated)(head_key)
 
     if config.cache_features:
-      logging.info("Caching features of %s and %s.", config.data.train_split,
-                   config.data.eval_split)
+      logging.info(
+        "Caching features of %s and %s.", config.data.train_split, config.data.eval_split
+      )
       cached = {}
       for name, split in (("train", config.data.train_split), ("eval", config.data.eval_split)):
         features, labels = runtime.extract_features(
-            features_fn, encoder_params,
-            runtime.split_batches(config, split, plan.eval_batch_size, batch_sharding,
-                                  plan.num_classes), mesh)
+          features_fn,
+          encoder_params,
+          runtime.split_batches(
+            config, split, plan.eval_batch_size, batch_sharding, plan.num_classes
+          ),
+          mesh,
+        )
         cached[name] = {"features": features, "label": labels}
       batches = lambda start: runtime.epoch_batches(
-          cached["train"], config.global_batch_size, batch_sharding, seed=config.seed,
-          start_step=start)
-      eval_batches = lambda: runtime.array_batches(cached["eval"], plan.eval_batch_size,
-                                                   batch_sharding)
+        cached["train"],
+        config.global_batch_size,
+        batch_sharding,
+        seed=config.seed,
+        start_step=start,
+      )
+      eval_batches = lambda: runtime.array_batches(
+        cached["eval"], plan.eval_batch_size, batch_sharding
+      )
       step_features = None
     else:
+
       def batches(start):
         stream = input_pipeline.make_iterator(
-            config.data, split=config.data.train_split,
-            global_batch_size=config.global_batch_size, train=True, seed=config.seed,
-            start_step=start)
-        return (runtime.labelled_batch(b, batch_sharding, plan.num_classes, "training data")
-                for b in stream)
-      eval_batches = lambda: runtime.split_batches(config, config.data.eval_split,
-                                                   plan.eval_batch_size, batch_sharding,
-                                                   plan.num_classes)
+          config.data,
+          split=config.data.train_split,
+          global_batch_size=config.global_batch_size,
+          train=True,
+          seed=config.seed,
+          start_step=start,
+        )
+        return (
+          runtime.labelled_batch(b, batch_sharding, plan.num_classes, "training data")
+          for b in stream
+        )
+
+      eval_batches = lambda: runtime.split_batches(
+        config, config.data.eval_split, plan.eval_batch_size, batch_sharding, plan.num_classes
+      )
       step_features = features_fn
 
-    train_step = jax.jit(make_probe_step(head, tx, job.schedule, step_features),
-                         out_shardings=(replicated, replicated), donate_argnums=(0,))
+    train_step = jax.jit(
+      make_probe_step(head, tx, job.schedule, step_features),
+      out_shardings=(replicated, replicated),
+      donate_argnums=(0,),
+    )
     eval_step = jax.jit(make_probe_eval_step(head, step_features), out_shardings=replicated)
     state, final = train_loop(
-        config, plan, workdir, mngr, job.metadata, state,
-        train_step=lambda s, batch: train_step(s, encoder_params, batch),
-        batches=batches,
-        evaluate=lambda s: runtime.evaluate(
-            lambda s_, batch: eval_step(s_, encoder_params, batch), s, eval_batches(),
-            plan.num_classes),
-        is_main=is_main)
-  results = runtime.write_results(workdir, config, plan, final, step=final["step"],
-                                  is_main=is_main)
+      config,
+      plan,
+      workdir,
+      mngr,
+      job.metadata,
+      state,
+      train_step=lambda s, batch: train_step(s, encoder_params, batch),
+      batches=batches,
+      evaluate=lambda s: runtime.evaluate(
+        lambda s_, batch: eval_step(s_, encoder_params, batch), s, eval_batches(), plan.num_classes
+      ),
+      is_main=is_main,
+    )
+  results = runtime.write_results(workdir, config, plan, final, step=final["step"], is_main=is_main)
   runtime.print_summary("Linear probe", feature_source(config), results, workdir, is_main)
   return results

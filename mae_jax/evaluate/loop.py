@@ -22,9 +22,19 @@ from mae_jax.train.preemption import PreemptionWatcher, save_and_stop
 from mae_jax.train.pretrain import make_progress, summarise
 
 
-def train_loop(config, plan, workdir: str, mngr, metadata: dict, state: Any,
-               train_step: Callable, batches: Callable[[int], Iterator[dict]],
-               evaluate: Callable[[Any], dict], *, is_main: bool) -> tuple[Any, dict]:
+def train_loop(
+  config,
+  plan,
+  workdir: str,
+  mngr,
+  metadata: dict,
+  state: Any,
+  train_step: Callable,
+  batches: Callable[[int], Iterator[dict]],
+  evaluate: Callable[[Any], dict],
+  *,
+  is_main: bool,
+) -> tuple[Any, dict]:
   """Runs steps from `state.step` to `plan.total_steps`; returns (state, final metrics).
 
   `train_step` returns metrics with a "nonfinite" flag (1: the step kept
@@ -43,16 +53,40 @@ def train_loop(config, plan, workdir: str, mngr, metadata: dict, state: Any,
   progress = make_progress(config.progress_bar, start, plan.total_steps, is_main)
   watcher = PreemptionWatcher()
   try:
-    return _run(config, plan, mngr, metadata, state, train_step, batches(start), evaluate,
-                writer, progress, watcher, start)
+    return _run(
+      config,
+      plan,
+      mngr,
+      metadata,
+      state,
+      train_step,
+      batches(start),
+      evaluate,
+      writer,
+      progress,
+      watcher,
+      start,
+    )
   finally:
     watcher.close()
     progress.close()
     writer.close()
 
 
-def _run(config, plan, mngr, metadata, state, train_step, stream, evaluate, writer, progress,
-         watcher, start):
+def _run(
+  config,
+  plan,
+  mngr,
+  metadata,
+  state,
+  train_step,
+  stream,
+  evaluate,
+  writer,
+  progress,
+  watcher,
+  start,
+):
   total = plan.total_steps
   final: dict = {"step": start}
   pending, interval_start, interval_steps = [], time.perf_counter(), 0
@@ -80,8 +114,9 @@ def _run(config, plan, mngr, metadata, state, train_step, stream, evaluate, writ
     if done % config.log_every_steps == 0 or last:
       summary = summarise(pending)
       summary["skipped_steps"] = finite_check.check()
-      summary["examples_per_sec"] = (interval_steps * config.global_batch_size
-                                     / (time.perf_counter() - interval_start))
+      summary["examples_per_sec"] = (
+        interval_steps * config.global_batch_size / (time.perf_counter() - interval_start)
+      )
       writer.write(done, summary)
       progress.update(done, {"images_per_sec": summary["examples_per_sec"], **summary})
       final.update(summary)

@@ -36,9 +36,17 @@ def cutmix_box(key: jax.Array, lam: jax.Array, height: int, width: int):
   return top, bottom, left, right
 
 
-def mix_batch(key: jax.Array, images: jax.Array, labels: jax.Array, *, num_classes: int,
-              mixup_alpha: float, cutmix_alpha: float, switch_prob: float,
-              smoothing: float) -> tuple[jax.Array, jax.Array]:
+def mix_batch(
+  key: jax.Array,
+  images: jax.Array,
+  labels: jax.Array,
+  *,
+  num_classes: int,
+  mixup_alpha: float,
+  cutmix_alpha: float,
+  switch_prob: float,
+  smoothing: float,
+) -> tuple[jax.Array, jax.Array]:
   """(images, labels) -> (mixed images, soft targets (N, num_classes))."""
   targets = smooth_one_hot(labels, num_classes, smoothing)
   if mixup_alpha <= 0 and cutmix_alpha <= 0:

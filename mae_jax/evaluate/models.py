@@ -17,6 +17,7 @@ from mae_jax.model.config import ModelConfig
 from mae_jax.model.mae import Encoder
 from mae_jax.model.vit import layer_norm
 
+
 def reference_trunc_normal(stddev: float):
   """torch's trunc_normal_(std=s) cuts at +-2 in absolute value, i.e. +-2/s
   standard deviations: for s = 0.01 or 2e-5 a plain normal in practice."""
@@ -45,10 +46,15 @@ class ViTClassifier(nn.Module):
       x = layer_norm(name="fc_norm", **kw)(tokens[:, 1:].mean(axis=1))
     else:
       x = tokens[:, 0]
-    return nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=kw["param_dtype"],
-                    kernel_init=nn.with_logical_partitioning(
-                        reference_trunc_normal(self.head_init_std), ("embed", None)),
-                    name="head")(x)
+    return nn.Dense(
+      self.num_classes,
+      dtype=jnp.float32,
+      param_dtype=kw["param_dtype"],
+      kernel_init=nn.with_logical_partitioning(
+        reference_trunc_normal(self.head_init_std), ("embed", None)
+      ),
+      name="head",
+    )(x)
 
 
 class ProbeHead(nn.Module):
@@ -64,10 +70,17 @@ class ProbeHead(nn.Module):
 
   @nn.compact
   def __call__(self, features: jax.Array, *, train: bool = False) -> jax.Array:
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-6,
-                     use_bias=False, use_scale=False, name="bn")(features.astype(jnp.float32))
-    return nn.Dense(self.num_classes, kernel_init=reference_trunc_normal(self.init_std),
-                    name="linear")(x)
+    x = nn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-6,
+      use_bias=False,
+      use_scale=False,
+      name="bn",
+    )(features.astype(jnp.float32))
+    return nn.Dense(
+      self.num_classes, kernel_init=reference_trunc_normal(self.init_std), name="linear"
+    )(x)
 
 
 def frozen_features(config: ModelConfig, feature: str):

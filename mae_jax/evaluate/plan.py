@@ -39,8 +39,8 @@ class EvalPlan:
   warmup_steps: int
   num_train_examples: int
   num_eval_examples: int
-  init: init_checkpoint.InitCheckpoint | None   # None for the baselines
-  micro_batch_size: int = 0                     # global batch / grad_accum_steps
+  init: init_checkpoint.InitCheckpoint | None  # None for the baselines
+  micro_batch_size: int = 0  # global batch / grad_accum_steps
 
 
 def _require(ok: bool, field: str, value, what: str) -> None:
@@ -53,42 +53,71 @@ def check_job_fields(config: ml_collections.ConfigDict) -> None:
   _require(job in JOBS, "job", job, f"evaluation jobs are {JOBS}")
   _require(config.baseline in BASELINES, "baseline", config.baseline, f"one of {BASELINES}")
   if config.baseline:
-    _require(not config.init_from, "init_from", config.init_from,
-             f"must be empty with config.baseline={config.baseline!r} (a baseline "
-             "uses no checkpoint)")
+    _require(
+      not config.init_from,
+      "init_from",
+      config.init_from,
+      f"must be empty with config.baseline={config.baseline!r} (a baseline uses no checkpoint)",
+    )
   else:
-    _require(bool(config.init_from), "init_from", config.init_from,
-             "point it at a pretraining workdir or checkpoint, or set "
-             "config.baseline='random_init' (or 'raw_pixels') for a baseline")
+    _require(
+      bool(config.init_from),
+      "init_from",
+      config.init_from,
+      "point it at a pretraining workdir or checkpoint, or set "
+      "config.baseline='random_init' (or 'raw_pixels') for a baseline",
+    )
   if job == "finetune":
-    _require(config.baseline != "raw_pixels", "baseline", config.baseline,
-             "fine-tuning trains the ViT; use 'random_init' for training from scratch")
-  _require(config.feature in FEATURES, "feature", config.feature,
-           f"one of {FEATURES} (cls token, or global average pool of the patch tokens)")
-  _require(config.num_classes == -1 or config.num_classes > 0, "num_classes",
-           config.num_classes, "-1 (from the dataset) or > 0")
+    _require(
+      config.baseline != "raw_pixels",
+      "baseline",
+      config.baseline,
+      "fine-tuning trains the ViT; use 'random_init' for training from scratch",
+    )
+  _require(
+    config.feature in FEATURES,
+    "feature",
+    config.feature,
+    f"one of {FEATURES} (cls token, or global average pool of the patch tokens)",
+  )
+  _require(
+    config.num_classes == -1 or config.num_classes > 0,
+    "num_classes",
+    config.num_classes,
+    "-1 (from the dataset) or > 0",
+  )
   _require(config.init_step >= -1, "init_step", config.init_step, "-1 (newest) or a step")
   accum = config.grad_accum_steps
   if job == "finetune":
-    _require(isinstance(accum, int) and not isinstance(accum, bool) and accum >= 1,
-             "grad_accum_steps", accum, "an integer >= 1 (1 = no accumulation)")
+    _require(
+      isinstance(accum, int) and not isinstance(accum, bool) and accum >= 1,
+      "grad_accum_steps",
+      accum,
+      "an integer >= 1 (1 = no accumulation)",
+    )
   else:
     # The probe's BatchNorm normalises over the whole batch, which
     # micro-batches would change, and k-NN trains nothing.
-    _require(accum == 1, "grad_accum_steps", accum,
-             f"gradient accumulation is for fine-tuning only, not {job!r}; leave it at 1")
+    _require(
+      accum == 1,
+      "grad_accum_steps",
+      accum,
+      f"gradient accumulation is for fine-tuning only, not {job!r}; leave it at 1",
+    )
   if job == "knn":
     _require(config.knn_k >= 1, "knn_k", config.knn_k, "must be >= 1")
-    _require(config.knn_temperature > 0, "knn_temperature", config.knn_temperature,
-             "must be > 0")
+    _require(config.knn_temperature > 0, "knn_temperature", config.knn_temperature, "must be > 0")
     return
   _require(config.global_batch_size > 0, "global_batch_size", config.global_batch_size, "> 0")
-  _require(config.num_epochs > 0 or config.num_train_steps > 0, "num_epochs",
-           config.num_epochs, "set num_epochs or num_train_steps > 0")
+  _require(
+    config.num_epochs > 0 or config.num_train_steps > 0,
+    "num_epochs",
+    config.num_epochs,
+    "set num_epochs or num_train_steps > 0",
+  )
   _require(config.warmup_epochs >= 0, "warmup_epochs", config.warmup_epochs, ">= 0")
   _require(config.head_init_std > 0, "head_init_std", config.head_init_std, "> 0")
-  for name in ("checkpoint_every_steps", "keep_checkpoints", "log_every_steps",
-               "eval_every_steps"):
+  for name in ("checkpoint_every_steps", "keep_checkpoints", "log_every_steps", "eval_every_steps"):
     _require(config[name] > 0, name, config[name], "> 0")
   plan_lib.check_nonfinite(config)
   opt = config.optimizer
@@ -98,31 +127,44 @@ def check_job_fields(config: ml_collections.ConfigDict) -> None:
   if job == "linprobe":
     _require(opt.name == "lars", "optimizer.name", opt.name, "the linear probe uses 'lars'")
     _require(0 <= opt.momentum < 1, "optimizer.momentum", opt.momentum, "in [0, 1)")
-    _require(opt.trust_coefficient > 0, "optimizer.trust_coefficient",
-             opt.trust_coefficient, "> 0")
+    _require(opt.trust_coefficient > 0, "optimizer.trust_coefficient", opt.trust_coefficient, "> 0")
     if config.cache_features:
       d = config.data
-      augmented = {name: d[name] for name in ("random_resized_crop", "horizontal_flip",
-                                              "randaugment_ops", "random_erasing") if d[name]}
-      _require(not augmented, "cache_features", True,
-               f"caching needs a deterministic train transform, but data has {augmented}: "
-               "turn those off or set config.cache_features=False")
+      augmented = {
+        name: d[name]
+        for name in ("random_resized_crop", "horizontal_flip", "randaugment_ops", "random_erasing")
+        if d[name]
+      }
+      _require(
+        not augmented,
+        "cache_features",
+        True,
+        f"caching needs a deterministic train transform, but data has {augmented}: "
+        "turn those off or set config.cache_features=False",
+      )
   if job == "finetune":
     _require(opt.name == "adamw", "optimizer.name", opt.name, "fine-tuning uses 'adamw'")
     for beta in ("b1", "b2"):
       _require(0 <= opt[beta] < 1, f"optimizer.{beta}", opt[beta], "in [0, 1)")
-    _require(0 < opt.layer_decay <= 1, "optimizer.layer_decay", opt.layer_decay,
-             "in (0, 1] (1 = no layer-wise decay)")
+    _require(
+      0 < opt.layer_decay <= 1,
+      "optimizer.layer_decay",
+      opt.layer_decay,
+      "in (0, 1] (1 = no layer-wise decay)",
+    )
     _require(config.mixup >= 0, "mixup", config.mixup, ">= 0 (0 = off)")
     _require(config.cutmix >= 0, "cutmix", config.cutmix, ">= 0 (0 = off)")
-    _require(0 <= config.mixup_switch_prob <= 1, "mixup_switch_prob",
-             config.mixup_switch_prob, "in [0, 1]")
-    _require(0 <= config.label_smoothing < 1, "label_smoothing", config.label_smoothing,
-             "in [0, 1)")
+    _require(
+      0 <= config.mixup_switch_prob <= 1, "mixup_switch_prob", config.mixup_switch_prob, "in [0, 1]"
+    )
+    _require(
+      0 <= config.label_smoothing < 1, "label_smoothing", config.label_smoothing, "in [0, 1)"
+    )
 
 
-def make_eval_plan(config: ml_collections.ConfigDict, *, num_devices: int,
-                   process_count: int) -> EvalPlan:
+def make_eval_plan(
+  config: ml_collections.ConfigDict, *, num_devices: int, process_count: int
+) -> EvalPlan:
   check_job_fields(config)
   model = plan_lib.model_config_from(config)
   data = config.data
@@ -136,50 +178,83 @@ def make_eval_plan(config: ml_collections.ConfigDict, *, num_devices: int,
   # already fits in memory (as pretraining's evaluation).
   eval_batch = config.eval_batch_size if config.eval_batch_size > 0 else micro
   if accum > 1:
-    _require(batch % accum == 0, "global_batch_size", batch,
-             f"not divisible by config.grad_accum_steps={accum}")
+    _require(
+      batch % accum == 0,
+      "global_batch_size",
+      batch,
+      f"not divisible by config.grad_accum_steps={accum}",
+    )
     # Every micro-batch is spread over all the devices (strided rows, see
     # mae_jax.train.accumulate), so it must split as a whole batch would.
     if micro % devices:
       raise ConfigError(
-          f"config.global_batch_size={batch} / config.grad_accum_steps={accum} = {micro} "
-          f"images per micro-batch do not split over the {data_parallel} data-parallel "
-          f"devices and {process_count} hosts: make the global batch a multiple of "
-          f"{devices * accum}.")
+        f"config.global_batch_size={batch} / config.grad_accum_steps={accum} = {micro} "
+        f"images per micro-batch do not split over the {data_parallel} data-parallel "
+        f"devices and {process_count} hosts: make the global batch a multiple of "
+        f"{devices * accum}."
+      )
   batches = {"eval_batch_size": eval_batch}
   if config.job != "knn":
     batches["global_batch_size"] = config.global_batch_size
   for field, size in batches.items():
-    _require(size % devices == 0, field, size,
-             f"must split over the {data_parallel} data-parallel devices and "
-             f"{process_count} hosts: use a multiple of {devices}")
+    _require(
+      size % devices == 0,
+      field,
+      size,
+      f"must split over the {data_parallel} data-parallel devices and "
+      f"{process_count} hosts: use a multiple of {devices}",
+    )
 
   splits, dataset_classes = input_pipeline.dataset_info(data)
   if dataset_classes is None:
-    raise ConfigError(f"config.data ({data.source}:{data.name or ''}) has no class labels: "
-                     "evaluation needs a dataset with a ClassLabel 'label' feature.")
+    raise ConfigError(
+      f"config.data ({data.source}:{data.name or ''}) has no class labels: "
+      "evaluation needs a dataset with a ClassLabel 'label' feature."
+    )
   num_classes = config.num_classes if config.num_classes > 0 else dataset_classes
-  _require(num_classes >= dataset_classes, "num_classes", config.num_classes,
-           f"the dataset has labels 0..{dataset_classes - 1}, outside a head of "
-           f"{num_classes} classes: use num_classes >= {dataset_classes} (or -1)")
+  _require(
+    num_classes >= dataset_classes,
+    "num_classes",
+    config.num_classes,
+    f"the dataset has labels 0..{dataset_classes - 1}, outside a head of "
+    f"{num_classes} classes: use num_classes >= {dataset_classes} (or -1)",
+  )
   num_train, num_eval = splits[data.train_split], splits[data.eval_split]
   steps_per_epoch = total = warmup = 0
   if config.job != "knn":
     steps_per_epoch = num_train // config.global_batch_size
-    _require(steps_per_epoch > 0, "global_batch_size", config.global_batch_size,
-             f"larger than the {num_train} training images of {data.train_split!r}")
-    total = (config.num_train_steps if config.num_train_steps > 0
-             else int(round(config.num_epochs * steps_per_epoch)))
+    _require(
+      steps_per_epoch > 0,
+      "global_batch_size",
+      config.global_batch_size,
+      f"larger than the {num_train} training images of {data.train_split!r}",
+    )
+    total = (
+      config.num_train_steps
+      if config.num_train_steps > 0
+      else int(round(config.num_epochs * steps_per_epoch))
+    )
     warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total)
 
   init = None
   if not config.baseline:
-    init = init_checkpoint.locate(config.init_from,
-                                  None if config.init_step < 0 else config.init_step)
+    init = init_checkpoint.locate(
+      config.init_from, None if config.init_step < 0 else config.init_step
+    )
     init_checkpoint.check_encoder_architecture(init, model)
-  return EvalPlan(job=config.job, model=model, mesh_shape=mesh_shape, rules=rules,
-                  data_parallel=data_parallel, num_classes=num_classes,
-                  eval_batch_size=eval_batch, steps_per_epoch=steps_per_epoch,
-                  total_steps=total, warmup_steps=warmup, num_train_examples=num_train,
-                  num_eval_examples=num_eval, init=init,
-                  micro_batch_size=micro)
+  return EvalPlan(
+    job=config.job,
+    model=model,
+    mesh_shape=mesh_shape,
+    rules=rules,
+    data_parallel=data_parallel,
+    num_classes=num_classes,
+    eval_batch_size=eval_batch,
+    steps_per_epoch=steps_per_epoch,
+    total_steps=total,
+    warmup_steps=warmup,
+    num_train_examples=num_train,
+    num_eval_examples=num_eval,
+    init=init,
+    micro_batch_size=micro,
+  )

@@ -31,16 +31,20 @@ def check_labels(labels: np.ndarray, mask: np.ndarray, num_classes: int, where: 
   real = np.asarray(labels)[np.asarray(mask) > 0]
   if real.size and (real.min() < 0 or real.max() >= num_classes):
     outside = sorted({int(label) for label in real[(real < 0) | (real >= num_classes)]})
-    raise ConfigError(f"{where}: labels {outside} "
-                     f"are outside the head's {num_classes} classes (0..{num_classes - 1}); "
-                     "set config.num_classes, or fix the dataset's labels.")
+    raise ConfigError(
+      f"{where}: labels {outside} "
+      f"are outside the head's {num_classes} classes (0..{num_classes - 1}); "
+      "set config.num_classes, or fix the dataset's labels."
+    )
 
 
 def labelled_batch(local: dict, batch_sharding, num_classes: int, where: str) -> dict:
   """Per-host numpy batch -> global arrays of images, labels and the padding mask."""
   check_labels(local["label"], local["mask"], num_classes, where)
-  return {key: jax.make_array_from_process_local_data(batch_sharding, np.asarray(local[key]))
-          for key in ("image", "label", "mask")}
+  return {
+    key: jax.make_array_from_process_local_data(batch_sharding, np.asarray(local[key]))
+    for key in ("image", "label", "mask")
+  }
 
 
 def global_from_host(array: np.ndarray, batch_sharding) -> jax.Array:
@@ -48,8 +52,7 @@ def global_from_host(array: np.ndarray, batch_sharding) -> jax.Array:
   return jax.make_array_from_callback(array.shape, batch_sharding, lambda index: array[index])
 
 
-def array_batches(arrays: dict[str, np.ndarray], batch_size: int, batch_sharding
-                  ) -> Iterator[dict]:
+def array_batches(arrays: dict[str, np.ndarray], batch_size: int, batch_sharding) -> Iterator[dict]:
   """One padded pass over whole host arrays (every host holds all rows), as
   global batches with a "mask" (0 = padding), like the eval pipeline."""
   count = len(next(iter(arrays.values())))
@@ -62,8 +65,9 @@ def array_batches(arrays: dict[str, np.ndarray], batch_size: int, batch_sharding
     yield {key: global_from_host(value, batch_sharding) for key, value in batch.items()}
 
 
-def epoch_batches(arrays: dict[str, np.ndarray], batch_size: int, batch_sharding, *,
-                  seed: int, start_step: int) -> Iterator[dict]:
+def epoch_batches(
+  arrays: dict[str, np.ndarray], batch_size: int, batch_sharding, *, seed: int, start_step: int
+) -> Iterator[dict]:
   """Endless shuffled batches of whole host arrays (cached features).
 
   Epoch e is a permutation drawn from (seed, e), the remainder dropped, so
@@ -75,7 +79,7 @@ def epoch_batches(arrays: dict[str, np.ndarray], batch_size: int, batch_sharding
   while True:
     epoch, index = divmod(step, per_epoch)
     order = np.random.default_rng([seed, epoch]).permutation(count)
-    rows = order[index * batch_size:(index + 1) * batch_size]
+    rows = order[index * batch_size : (index + 1) * batch_size]
     yield {key: global_from_host(value[rows], batch_sharding) for key, value in arrays.items()}
     step += 1
 
@@ -90,22 +94,29 @@ def accuracy_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict
   top = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
   hits = top == labels[:, None]
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return {"correct1": jnp.sum(hits[:, 0] * mask), "correct5": jnp.sum(hits.any(-1) * mask),
-          "loss_sum": jnp.sum(loss * mask), "count": jnp.sum(mask)}
+  return {
+    "correct1": jnp.sum(hits[:, 0] * mask),
+    "correct5": jnp.sum(hits.any(-1) * mask),
+    "loss_sum": jnp.sum(loss * mask),
+    "count": jnp.sum(mask),
+  }
 
 
 def accuracy_metrics(sums: dict, num_classes: int, prefix: str = "eval_") -> dict:
   sums = jax.device_get(sums)
   count = max(float(sums["count"]), 1.0)
-  metrics = {f"{prefix}top1": 100.0 * float(sums["correct1"]) / count,
-             f"{prefix}loss": float(sums["loss_sum"]) / count}
+  metrics = {
+    f"{prefix}top1": 100.0 * float(sums["correct1"]) / count,
+    f"{prefix}loss": float(sums["loss_sum"]) / count,
+  }
   if num_classes > 5:
     metrics[f"{prefix}top5"] = 100.0 * float(sums["correct5"]) / count
   return metrics
 
 
-def evaluate(eval_step: Callable, state: Any, batches: Iterator[dict], num_classes: int,
-             max_batches: int = -1) -> dict:
+def evaluate(
+  eval_step: Callable, state: Any, batches: Iterator[dict], num_classes: int, max_batches: int = -1
+) -> dict:
   """Top-1 / top-5 (percent) and loss over one pass of `batches`."""
   totals = None
   for index, batch in enumerate(batches):
@@ -119,8 +130,9 @@ def evaluate(eval_step: Callable, state: Any, batches: Iterator[dict], num_class
 # ---------------------------------------------------------------- features --
 
 
-def extract_features(features_fn: Callable, params: Any, batches: Iterator[dict], mesh,
-                     max_batches: int = -1) -> tuple[np.ndarray, np.ndarray]:
+def extract_features(
+  features_fn: Callable, params: Any, batches: Iterator[dict], mesh, max_batches: int = -1
+) -> tuple[np.ndarray, np.ndarray]:
   """(features [N, D], labels [N]) of the real (mask 1) examples of `batches`,
   on every host. `features_fn(params, images)` runs jitted on the mesh."""
   step = _feature_step(features_fn, mesh)
@@ -140,16 +152,19 @@ def _feature_step(features_fn: Callable, mesh):
   """Jitted once per features_fn: the k-NN monitor extracts features again
   every `knn_every_steps` during pretraining, and would recompile each time."""
   # Replicated outputs: every host gets every row, in order.
-  return jax.jit(lambda p, batch: (features_fn(p, batch["image"]), batch["label"],
-                                   batch["mask"]),
-                 out_shardings=sharding.replicated(mesh))
+  return jax.jit(
+    lambda p, batch: (features_fn(p, batch["image"]), batch["label"], batch["mask"]),
+    out_shardings=sharding.replicated(mesh),
+  )
 
 
-def split_batches(config, split: str, batch_size: int, batch_sharding, num_classes: int
-                  ) -> Iterator[dict]:
+def split_batches(
+  config, split: str, batch_size: int, batch_sharding, num_classes: int
+) -> Iterator[dict]:
   """One padded pass over `split` with the eval transform, as labelled global batches."""
-  local = input_pipeline.make_iterator(config.data, split=split, global_batch_size=batch_size,
-                                       train=False, seed=config.seed)
+  local = input_pipeline.make_iterator(
+    config.data, split=split, global_batch_size=batch_size, train=False, seed=config.seed
+  )
   for batch in local:
     yield labelled_batch(batch, batch_sharding, num_classes, f"data split {split!r}")
 
@@ -160,19 +175,27 @@ def split_batches(config, split: str, batch_size: int, batch_sharding, num_class
 def experiment_identity(config, plan) -> dict:
   """What a resumed evaluation run must share with the run that wrote the workdir."""
   arch = {name: config.model[name] for name in checkpointing.ARCHITECTURE_FIELDS}
-  return {"job": config.job, "model": arch, "data_source": config.data.source,
-          "data_name": config.data.name, "seed": config.seed,
-          "global_batch_size": config.global_batch_size, "baseline": config.baseline,
-          "init_from": plan.init.describe() if plan.init else None,
-          "num_classes": plan.num_classes}
+  return {
+    "job": config.job,
+    "model": arch,
+    "data_source": config.data.source,
+    "data_name": config.data.name,
+    "seed": config.seed,
+    "global_batch_size": config.global_batch_size,
+    "baseline": config.baseline,
+    "init_from": plan.init.describe() if plan.init else None,
+    "num_classes": plan.num_classes,
+  }
 
 
 def job_metadata(config, plan) -> dict:
-  return {"model": checkpointing.model_metadata(plan.model),
-          "param_layout": "layers" if plan.model.scan_layers else "layer_i",
-          "experiment": experiment_identity(config, plan),
-          "source": f"mae_jax {PROTOCOLS[config.job]}",
-          "config": json.loads(config.to_json_best_effort())}
+  return {
+    "model": checkpointing.model_metadata(plan.model),
+    "param_layout": "layers" if plan.model.scan_layers else "layer_i",
+    "experiment": experiment_identity(config, plan),
+    "source": f"mae_jax {PROTOCOLS[config.job]}",
+    "config": json.loads(config.to_json_best_effort()),
+  }
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -182,32 +205,43 @@ def checkpoint_dir(workdir: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class JobSetup:
   """What every training evaluation job (probe, fine-tuning) starts from."""
+
   plan: Any
   mesh: Any
   is_main: bool
-  mngr: Any              # the workdir's CheckpointManager
+  mngr: Any  # the workdir's CheckpointManager
   resume_step: int | None
   metadata: dict
   batch_sharding: Any
   replicated: Any
-  schedule: Any          # warm-up + cosine at lr = base_lr x batch / 256
+  schedule: Any  # warm-up + cosine at lr = base_lr x batch / 256
 
 
 def start_job(config, workdir: str) -> JobSetup:
   """Validates the config (before any compile), builds the mesh, opens the
   workdir's checkpoints and the learning-rate schedule."""
-  plan = make_eval_plan(config, num_devices=jax.device_count(),
-                        process_count=jax.process_count())
+  plan = make_eval_plan(config, num_devices=jax.device_count(), process_count=jax.process_count())
   mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
   is_main = jax.process_index() == 0
   mngr, resume_step, metadata = open_workdir(config, plan, workdir, mesh, is_main)
   opt = config.optimizer
   schedule = optim.learning_rate_schedule(
-      peak_lr=optim.peak_learning_rate(opt.base_lr, config.global_batch_size),
-      warmup_steps=plan.warmup_steps, total_steps=plan.total_steps, min_lr=opt.min_lr)
-  return JobSetup(plan=plan, mesh=mesh, is_main=is_main, mngr=mngr, resume_step=resume_step,
-                  metadata=metadata, batch_sharding=sharding.batch_sharding(mesh, plan.rules),
-                  replicated=sharding.replicated(mesh), schedule=schedule)
+    peak_lr=optim.peak_learning_rate(opt.base_lr, config.global_batch_size),
+    warmup_steps=plan.warmup_steps,
+    total_steps=plan.total_steps,
+    min_lr=opt.min_lr,
+  )
+  return JobSetup(
+    plan=plan,
+    mesh=mesh,
+    is_main=is_main,
+    mngr=mngr,
+    resume_step=resume_step,
+    metadata=metadata,
+    batch_sharding=sharding.batch_sharding(mesh, plan.rules),
+    replicated=sharding.replicated(mesh),
+    schedule=schedule,
+  )
 
 
 def open_workdir(config, plan, workdir: str, mesh, is_main: bool):
@@ -216,12 +250,16 @@ def open_workdir(config, plan, workdir: str, mesh, is_main: bool):
   A workdir of another experiment is refused before anything is touched.
   """
   import tensorflow as tf
+
   tf.io.gfile.makedirs(workdir)
   directory = checkpoint_dir(workdir)
   metadata = job_metadata(config, plan)
-  mngr = checkpointing.manager(directory, max_to_keep=config.keep_checkpoints,
-                               keep_period=config.keep_every_steps,
-                               enable_async=config.async_checkpointing)
+  mngr = checkpointing.manager(
+    directory,
+    max_to_keep=config.keep_checkpoints,
+    keep_period=config.keep_every_steps,
+    enable_async=config.async_checkpointing,
+  )
   resume_step = mngr.latest_step()
   if resume_step is not None:
     check_same_experiment(directory, mngr, resume_step, metadata)
@@ -229,24 +267,26 @@ def open_workdir(config, plan, workdir: str, mesh, is_main: bool):
   return mngr, resume_step, metadata
 
 
-def write_results(workdir: str, config, plan, metrics: dict, *, step: int,
-                  is_main: bool, extra: dict | None = None) -> dict:
+def write_results(
+  workdir: str, config, plan, metrics: dict, *, step: int, is_main: bool, extra: dict | None = None
+) -> dict:
   """results.json: the final accuracies (percent), where they came from, the config."""
   results = {
-      "protocol": PROTOCOLS[config.job],
-      "top1": metrics["eval_top1"],
-      **({"top5": metrics["eval_top5"]} if "eval_top5" in metrics else {}),
-      "num_classes": plan.num_classes,
-      "eval_split": config.data.eval_split,
-      "num_eval_examples": plan.num_eval_examples,
-      "feature": "pixels" if config.baseline == "raw_pixels" else config.feature,
-      "checkpoint": plan.init.describe() if plan.init else {"baseline": config.baseline},
-      "step": step,
-      **(extra or {}),
-      "config": json.loads(config.to_json_best_effort()),
+    "protocol": PROTOCOLS[config.job],
+    "top1": metrics["eval_top1"],
+    **({"top5": metrics["eval_top5"]} if "eval_top5" in metrics else {}),
+    "num_classes": plan.num_classes,
+    "eval_split": config.data.eval_split,
+    "num_eval_examples": plan.num_eval_examples,
+    "feature": "pixels" if config.baseline == "raw_pixels" else config.feature,
+    "checkpoint": plan.init.describe() if plan.init else {"baseline": config.baseline},
+    "step": step,
+    **(extra or {}),
+    "config": json.loads(config.to_json_best_effort()),
   }
   if is_main:
     import tensorflow as tf
+
     with tf.io.gfile.GFile(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
   return results
@@ -257,9 +297,15 @@ def print_summary(title: str, feature: str, results: dict, workdir: str, is_main
     return
   top5 = f", top-5 {results['top5']:.2f} %" if "top5" in results else ""
   origin = results["checkpoint"]
-  origin = (f"{origin['path']} step {origin['step']}" if "path" in origin
-            else f"baseline {origin['baseline']}")
-  print(f"\n{title} ({feature} features, {origin}): top-1 {results['top1']:.2f} %{top5} "
-        f"on {results['num_eval_examples']} {results['eval_split']} images.\n"
-        f"  results: {os.path.join(workdir, 'results.json')}\n"
-        f"  metrics: {os.path.join(workdir, 'metrics.jsonl')}", flush=True)
+  origin = (
+    f"{origin['path']} step {origin['step']}"
+    if "path" in origin
+    else f"baseline {origin['baseline']}"
+  )
+  print(
+    f"\n{title} ({feature} features, {origin}): top-1 {results['top1']:.2f} %{top5} "
+    f"on {results['num_eval_examples']} {results['eval_split']} images.\n"
+    f"  results: {os.path.join(workdir, 'results.json')}\n"
+    f"  metrics: {os.path.join(workdir, 'metrics.jsonl')}",
+    flush=True,
+  )

@@ -76,8 +76,16 @@ class ModelConfig:
 
   def validate(self) -> "ModelConfig":
     """Raises ValueError for any size or switch the model cannot honour."""
-    for name in ("image_size", "patch_size", "width", "depth", "heads",
-                 "decoder_width", "decoder_depth", "decoder_heads"):
+    for name in (
+      "image_size",
+      "patch_size",
+      "width",
+      "depth",
+      "heads",
+      "decoder_width",
+      "decoder_depth",
+      "decoder_heads",
+    ):
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"model.{name}={value!r}: must be a positive integer.")
@@ -85,61 +93,63 @@ class ModelConfig:
       raise ValueError(f"model.channels={self.channels!r}: must be 1 or 3.")
     if self.image_size % self.patch_size:
       raise ValueError(
-          f"model.image_size={self.image_size} is not divisible by "
-          f"model.patch_size={self.patch_size}: choose an image size that is a "
-          f"multiple of the patch size (e.g. "
-          f"{self.grid_size * self.patch_size or self.patch_size}).")
-    for width_field, heads_field in (("width", "heads"),
-                                     ("decoder_width", "decoder_heads")):
+        f"model.image_size={self.image_size} is not divisible by "
+        f"model.patch_size={self.patch_size}: choose an image size that is a "
+        f"multiple of the patch size (e.g. "
+        f"{self.grid_size * self.patch_size or self.patch_size})."
+      )
+    for width_field, heads_field in (("width", "heads"), ("decoder_width", "decoder_heads")):
       width, heads = getattr(self, width_field), getattr(self, heads_field)
       if width % heads:
         raise ValueError(
-            f"model.{heads_field}={heads} does not divide "
-            f"model.{width_field}={width}: the head count must divide the width.")
+          f"model.{heads_field}={heads} does not divide "
+          f"model.{width_field}={width}: the head count must divide the width."
+        )
     if self.width % 4 or self.decoder_width % 4:
       raise ValueError(
-          f"model.width={self.width} and model.decoder_width="
-          f"{self.decoder_width} must be multiples of 4 (2-D sin-cos "
-          "positional embedding).")
+        f"model.width={self.width} and model.decoder_width="
+        f"{self.decoder_width} must be multiples of 4 (2-D sin-cos "
+        "positional embedding)."
+      )
     for name in ("mlp_ratio", "decoder_mlp_ratio"):
       value = getattr(self, name)
       if not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"model.{name}={value!r}: must be > 0.")
     if not 0.0 <= self.mask_ratio < 1.0:
       raise ValueError(
-          f"model.mask_ratio={self.mask_ratio!r}: must be in [0, 1) "
-          "(the reference uses 0.75).")
+        f"model.mask_ratio={self.mask_ratio!r}: must be in [0, 1) (the reference uses 0.75)."
+      )
     if self.num_visible < 1:
       raise ValueError(
-          f"model.mask_ratio={self.mask_ratio} keeps no patch of "
-          f"{self.num_patches}: int(L * (1 - mask_ratio)) must be >= 1.")
+        f"model.mask_ratio={self.mask_ratio} keeps no patch of "
+        f"{self.num_patches}: int(L * (1 - mask_ratio)) must be >= 1."
+      )
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in ("float32", "bfloat16", "float16"):
         raise ValueError(
-            f"model.{name}={getattr(self, name)!r}: must be one of "
-            "'float32', 'bfloat16', 'float16'.")
+          f"model.{name}={getattr(self, name)!r}: must be one of 'float32', 'bfloat16', 'float16'."
+        )
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(
-          f"model.remat_policy={self.remat_policy!r}: must be one of "
-          f"{REMAT_POLICIES}.")
+        f"model.remat_policy={self.remat_policy!r}: must be one of {REMAT_POLICIES}."
+      )
     if not 0.0 <= self.drop_path_rate < 1.0:
-      raise ValueError(
-          f"model.drop_path_rate={self.drop_path_rate!r}: must be in [0, 1).")
+      raise ValueError(f"model.drop_path_rate={self.drop_path_rate!r}: must be in [0, 1).")
     if self.attention_impl not in ("xla", "cudnn", None):
       raise ValueError(
-          f"model.attention_impl={self.attention_impl!r}: must be 'xla', "
-          "'cudnn' or None.")
+        f"model.attention_impl={self.attention_impl!r}: must be 'xla', 'cudnn' or None."
+      )
     return self
 
 
 # Reference encoders (ViT-Ti/S come from DeiT; B/L/H from the MAE paper), each
 # with the reference decoder: 512 wide, 8 deep, 16 heads.
 _ENCODER_SIZES: Mapping[str, dict[str, int]] = {
-    "Ti/16": dict(patch_size=16, width=192, depth=12, heads=3),
-    "S/16": dict(patch_size=16, width=384, depth=12, heads=6),
-    "B/16": dict(patch_size=16, width=768, depth=12, heads=12),
-    "L/16": dict(patch_size=16, width=1024, depth=24, heads=16),
-    "H/14": dict(patch_size=14, width=1280, depth=32, heads=16),
+  "Ti/16": dict(patch_size=16, width=192, depth=12, heads=3),
+  "S/16": dict(patch_size=16, width=384, depth=12, heads=6),
+  "B/16": dict(patch_size=16, width=768, depth=12, heads=12),
+  "L/16": dict(patch_size=16, width=1024, depth=24, heads=16),
+  "H/14": dict(patch_size=14, width=1280, depth=32, heads=16),
 }
 
 PRESETS = tuple(_ENCODER_SIZES)
@@ -148,13 +158,19 @@ PRESETS = tuple(_ENCODER_SIZES)
 def preset(name: str, **overrides: Any) -> ModelConfig:
   """`preset("B/16")` is MAE ViT-B/16 at 224 px; overrides change any field."""
   # Accept "vit_base"-style names too, as used by the configs.
-  aliases = {"vit_tiny": "Ti/16", "vit_small": "S/16", "vit_base": "B/16",
-             "vit_large": "L/16", "vit_huge": "H/14"}
+  aliases = {
+    "vit_tiny": "Ti/16",
+    "vit_small": "S/16",
+    "vit_base": "B/16",
+    "vit_large": "L/16",
+    "vit_huge": "H/14",
+  }
   key = aliases.get(name, name)
   if key not in _ENCODER_SIZES:
     raise ValueError(
-        f"model preset {name!r} is unknown: choose one of {list(PRESETS)} "
-        f"(or {list(aliases)}), or give the sizes explicitly.")
+      f"model preset {name!r} is unknown: choose one of {list(PRESETS)} "
+      f"(or {list(aliases)}), or give the sizes explicitly."
+    )
   fields = dict(_ENCODER_SIZES[key])
   fields.update(overrides)
   return ModelConfig(**fields).validate()

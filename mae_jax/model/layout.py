@@ -21,8 +21,9 @@ _LAYER_KEY = re.compile(r"layer_(\d+)$")
 def _map_blocks(tree: Any, fn) -> Any:
   if not isinstance(tree, Mapping):
     return tree
-  return {key: fn(value) if key == "blocks" else _map_blocks(value, fn)
-          for key, value in tree.items()}
+  return {
+    key: fn(value) if key == "blocks" else _map_blocks(value, fn) for key, value in tree.items()
+  }
 
 
 def stack_layers(params: Mapping) -> dict:

@@ -22,8 +22,9 @@ def patch_targets(images: jax.Array, patch_size: int, norm_pix_loss: bool) -> ja
   return target
 
 
-def reconstruction_loss(images: jax.Array, pred: jax.Array, mask: jax.Array, *,
-                        patch_size: int, norm_pix_loss: bool) -> jax.Array:
+def reconstruction_loss(
+  images: jax.Array, pred: jax.Array, mask: jax.Array, *, patch_size: int, norm_pix_loss: bool
+) -> jax.Array:
   """Mean over removed patches of the per-patch mean squared error.
 
   Args:
@@ -32,7 +33,7 @@ def reconstruction_loss(images: jax.Array, pred: jax.Array, mask: jax.Array, *,
     mask: (N, L), 1 = removed (counts), 0 = visible (ignored).
   """
   target = patch_targets(images, patch_size, norm_pix_loss)
-  per_patch = jnp.mean((pred.astype(jnp.float32) - target)**2, axis=-1)
+  per_patch = jnp.mean((pred.astype(jnp.float32) - target) ** 2, axis=-1)
   mask = mask.astype(jnp.float32)
   # The reference divides by mask.sum() directly; the max() only matters
   # for mask_ratio == 0 (nothing removed), where it returns 0 instead of NaN.

@@ -28,21 +28,20 @@ from mae_jax.model.loss import reconstruction_loss
 from mae_jax.model.masking import Masking, gather_tokens, random_masking, unshuffle
 from mae_jax.model.patches import patchify
 from mae_jax.model.pos_embed import sincos_2d
-from mae_jax.model.vit import (BATCH_LENGTH_EMBED, TransformerStack, dense, layer_norm,
-                               normal_init)
+from mae_jax.model.vit import BATCH_LENGTH_EMBED, TransformerStack, dense, layer_norm, normal_init
 
 TOKEN_INIT_STD = 0.02
 
 
 class MAEOutput(NamedTuple):
-  loss: jax.Array         # scalar, float32
-  pred: jax.Array         # (N, L, p*p*C) predicted (normalised) pixels
-  mask: jax.Array         # (N, L) 1 = removed
+  loss: jax.Array  # scalar, float32
+  pred: jax.Array  # (N, L, p*p*C) predicted (normalised) pixels
+  mask: jax.Array  # (N, L) 1 = removed
   ids_restore: jax.Array  # (N, L)
 
 
 class EncoderFeatures(NamedTuple):
-  cls: jax.Array     # (N, D) cls token after the final norm (linear-probe feature)
+  cls: jax.Array  # (N, D) cls token after the final norm (linear-probe feature)
   pooled: jax.Array  # (N, D) mean of the patch tokens after the final norm
   tokens: jax.Array  # (N, 1 + L, D) every token after the final norm
 
@@ -56,9 +55,10 @@ def check_images(images: jax.Array, config: ModelConfig) -> None:
   expected = (config.image_size, config.image_size, config.channels)
   if images.ndim != 4 or tuple(images.shape[1:]) != expected:
     raise ValueError(
-        f"images of shape {tuple(images.shape)} do not fit the model: expected "
-        f"(batch, {expected[0]}, {expected[1]}, {expected[2]}) channels-last "
-        "(model.image_size, model.channels).")
+      f"images of shape {tuple(images.shape)} do not fit the model: expected "
+      f"(batch, {expected[0]}, {expected[1]}, {expected[2]}) channels-last "
+      "(model.image_size, model.channels)."
+    )
 
 
 class Encoder(nn.Module):
@@ -74,8 +74,9 @@ class Encoder(nn.Module):
   final_norm: bool = True
 
   @nn.compact
-  def __call__(self, images: jax.Array, masking: Masking | None = None, *,
-               train: bool = False) -> jax.Array:
+  def __call__(
+    self, images: jax.Array, masking: Masking | None = None, *, train: bool = False
+  ) -> jax.Array:
     cfg = self.config
     kw = _dtypes(cfg)
     patches = patchify(images.astype(kw["dtype"]), cfg.patch_size)
@@ -93,21 +94,34 @@ class Encoder(nn.Module):
       # The paper's "w/ [M]" ablation: removed patches become a learned
       # token (with its position) and the encoder processes all L tokens.
       enc_mask_token = self.param(
-          "mask_token", normal_init(TOKEN_INIT_STD, (None, None, "embed")),
-          (1, 1, cfg.width), kw["param_dtype"])
+        "mask_token",
+        normal_init(TOKEN_INIT_STD, (None, None, "embed")),
+        (1, 1, cfg.width),
+        kw["param_dtype"],
+      )
       x = jnp.where(masking.mask[..., None] > 0, enc_mask_token.astype(x.dtype) + pos, x)
     # The cls row of the positional table is zero, so cls + pos[0] == cls.
     cls_token = self.param(
-        "cls_token", normal_init(TOKEN_INIT_STD, (None, None, "embed")),
-        (1, 1, cfg.width), kw["param_dtype"])
+      "cls_token",
+      normal_init(TOKEN_INIT_STD, (None, None, "embed")),
+      (1, 1, cfg.width),
+      kw["param_dtype"],
+    )
     cls_tokens = jnp.broadcast_to(cls_token.astype(x.dtype), (x.shape[0], 1, cfg.width))
     x = jnp.concatenate([cls_tokens, x], axis=1)
     x = nn.with_logical_constraint(x, BATCH_LENGTH_EMBED)
     x = TransformerStack(
-        depth=cfg.depth, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
-        drop_path_rate=cfg.drop_path_rate, deterministic=not train,
-        remat_policy=cfg.remat_policy, scan=cfg.scan_layers,
-        attention_impl=cfg.attention_impl, name="blocks", **kw)(x)
+      depth=cfg.depth,
+      heads=cfg.heads,
+      mlp_ratio=cfg.mlp_ratio,
+      drop_path_rate=cfg.drop_path_rate,
+      deterministic=not train,
+      remat_policy=cfg.remat_policy,
+      scan=cfg.scan_layers,
+      attention_impl=cfg.attention_impl,
+      name="blocks",
+      **kw,
+    )(x)
     return layer_norm(name="norm", **kw)(x) if self.final_norm else x
 
 
@@ -123,20 +137,29 @@ class Decoder(nn.Module):
     x = dense(cfg.decoder_width, ("embed", "decoder_embed"), name="embed", **kw)(latent)
     if not cfg.encoder_mask_tokens:
       mask_token = self.param(
-          "mask_token", normal_init(TOKEN_INIT_STD, (None, None, "embed")),
-          (1, 1, cfg.decoder_width), kw["param_dtype"])
+        "mask_token",
+        normal_init(TOKEN_INIT_STD, (None, None, "embed")),
+        (1, 1, cfg.decoder_width),
+        kw["param_dtype"],
+      )
       batch, num_visible = x.shape[0], x.shape[1] - 1
       mask_tokens = jnp.broadcast_to(
-          mask_token.astype(x.dtype),
-          (batch, cfg.num_patches - num_visible, cfg.decoder_width))
+        mask_token.astype(x.dtype), (batch, cfg.num_patches - num_visible, cfg.decoder_width)
+      )
       patch_tokens = unshuffle(jnp.concatenate([x[:, 1:], mask_tokens], axis=1), ids_restore)
       x = jnp.concatenate([x[:, :1], patch_tokens], axis=1)
     x = x + jnp.asarray(sincos_2d(cfg.decoder_width, cfg.grid_size), x.dtype)[None]
     x = nn.with_logical_constraint(x, BATCH_LENGTH_EMBED)
     x = TransformerStack(
-        depth=cfg.decoder_depth, heads=cfg.decoder_heads, mlp_ratio=cfg.decoder_mlp_ratio,
-        remat_policy=cfg.remat_policy, scan=cfg.scan_layers,
-        attention_impl=cfg.attention_impl, name="blocks", **kw)(x)
+      depth=cfg.decoder_depth,
+      heads=cfg.decoder_heads,
+      mlp_ratio=cfg.decoder_mlp_ratio,
+      remat_policy=cfg.remat_policy,
+      scan=cfg.scan_layers,
+      attention_impl=cfg.attention_impl,
+      name="blocks",
+      **kw,
+    )(x)
     x = layer_norm(name="norm", **kw)(x)
     x = dense(cfg.patch_dim, ("embed", "patch"), name="pred", **kw)(x)
     return x[:, 1:]
@@ -160,8 +183,9 @@ class MaskedAutoencoder(nn.Module):
     self.encoder = Encoder(self.config)
     self.decoder = Decoder(self.config)
 
-  def __call__(self, images: jax.Array, noise: jax.Array | None = None, *,
-               train: bool = True) -> MAEOutput:
+  def __call__(
+    self, images: jax.Array, noise: jax.Array | None = None, *, train: bool = True
+  ) -> MAEOutput:
     cfg = self.config
     check_images(images, cfg)
     if noise is None:
@@ -169,8 +193,9 @@ class MaskedAutoencoder(nn.Module):
     masking = random_masking(noise, cfg.num_visible)
     latent = self.encoder(images, masking, train=train)
     pred = self.decoder(latent, masking.ids_restore)
-    loss = reconstruction_loss(images, pred, masking.mask, patch_size=cfg.patch_size,
-                               norm_pix_loss=cfg.norm_pix_loss)
+    loss = reconstruction_loss(
+      images, pred, masking.mask, patch_size=cfg.patch_size, norm_pix_loss=cfg.norm_pix_loss
+    )
     return MAEOutput(loss=loss, pred=pred, mask=masking.mask, ids_restore=masking.ids_restore)
 
   def encode(self, images: jax.Array, *, train: bool = False) -> EncoderFeatures:

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 
 
 class Masking(NamedTuple):
-  ids_keep: jax.Array     # (N, len_keep) indices of the visible patches
+  ids_keep: jax.Array  # (N, len_keep) indices of the visible patches
   ids_restore: jax.Array  # (N, L) inverse permutation of the shuffle
-  mask: jax.Array         # (N, L) 0 = visible, 1 = removed (in patch order)
+  mask: jax.Array  # (N, L) 0 = visible, 1 = removed (in patch order)
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
@@ -33,8 +33,7 @@ def random_masking(noise: jax.Array, len_keep: int) -> Masking:
   # 0 for the first len_keep positions of the shuffled order, then 1,
   # gathered back into patch order.
   shuffled_mask = (jnp.arange(noise.shape[1]) >= len_keep).astype(jnp.float32)
-  mask = jnp.take_along_axis(
-      jnp.broadcast_to(shuffled_mask, noise.shape), ids_restore, axis=1)
+  mask = jnp.take_along_axis(jnp.broadcast_to(shuffled_mask, noise.shape), ids_restore, axis=1)
   return Masking(ids_keep=ids_keep, ids_restore=ids_restore, mask=mask)
 
 

@@ -14,16 +14,21 @@ def patchify(images: jax.Array, patch_size: int) -> jax.Array:
   height, width = images.shape[1:3]
   if height % patch_size or width % patch_size:
     raise ValueError(
-        f"image of {height}x{width} pixels does not divide into "
-        f"{patch_size}x{patch_size} patches.")
-  return einops.rearrange(
-      images, "n (h p) (w q) c -> n (h w) (p q c)", p=patch_size, q=patch_size)
+      f"image of {height}x{width} pixels does not divide into {patch_size}x{patch_size} patches."
+    )
+  return einops.rearrange(images, "n (h p) (w q) c -> n (h w) (p q c)", p=patch_size, q=patch_size)
 
 
 def unpatchify(patches: jax.Array, patch_size: int, channels: int) -> jax.Array:
-  grid = int(round(patches.shape[1]**0.5))
+  grid = int(round(patches.shape[1] ** 0.5))
   if grid * grid != patches.shape[1]:
     raise ValueError(f"{patches.shape[1]} patches do not form a square grid.")
   return einops.rearrange(
-      patches, "n (h w) (p q c) -> n (h p) (w q) c",
-      h=grid, w=grid, p=patch_size, q=patch_size, c=channels)
+    patches,
+    "n (h w) (p q c) -> n (h p) (w q) c",
+    h=grid,
+    w=grid,
+    p=patch_size,
+    q=patch_size,
+    c=channels,
+  )

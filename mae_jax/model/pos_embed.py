@@ -27,8 +27,7 @@ def sincos_2d(embed_dim: int, grid_size: int, with_cls_row: bool = True) -> np.n
   if embed_dim % 4:
     raise ValueError(f"embed_dim={embed_dim} must be a multiple of 4.")
   rows, cols = np.meshgrid(np.arange(grid_size), np.arange(grid_size), indexing="ij")
-  table = np.concatenate(
-      [sincos_1d(embed_dim // 2, cols), sincos_1d(embed_dim // 2, rows)], axis=1)
+  table = np.concatenate([sincos_1d(embed_dim // 2, cols), sincos_1d(embed_dim // 2, rows)], axis=1)
   if with_cls_row:
     table = np.concatenate([np.zeros((1, embed_dim)), table], axis=0)
   return table.astype(np.float32)

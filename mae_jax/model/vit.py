@@ -33,22 +33,24 @@ BATCH_LENGTH_EMBED = ("activation_batch", "activation_length", "activation_embed
 def dense(features, axes: tuple[str, ...], *, dtype, param_dtype, name: str) -> nn.Dense:
   """A Linear initialised as the reference's, with logical axis names."""
   return nn.Dense(
-      features,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      kernel_init=nn.with_logical_partitioning(xavier_uniform(), axes),
-      bias_init=nn.with_logical_partitioning(zeros, axes[-1:]),
-      name=name)
+    features,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    kernel_init=nn.with_logical_partitioning(xavier_uniform(), axes),
+    bias_init=nn.with_logical_partitioning(zeros, axes[-1:]),
+    name=name,
+  )
 
 
 def layer_norm(*, dtype, param_dtype, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(
-      epsilon=LAYER_NORM_EPS,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-      bias_init=nn.with_logical_partitioning(zeros, ("norm",)),
-      name=name)
+    epsilon=LAYER_NORM_EPS,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+    bias_init=nn.with_logical_partitioning(zeros, ("norm",)),
+    name=name,
+  )
 
 
 class EinsumDense(nn.Module):
@@ -81,20 +83,23 @@ class EinsumDense(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param(
-        "kernel",
-        nn.with_logical_partitioning(
-            xavier_uniform(in_axis=self.fan_in_axes, out_axis=self.fan_out_axes),
-            self.kernel_axes),
-        self.kernel_shape, self.param_dtype)
-    bias = self.param("bias", nn.with_logical_partitioning(zeros, self.bias_axes),
-                      self.bias_shape, self.param_dtype)
+      "kernel",
+      nn.with_logical_partitioning(
+        xavier_uniform(in_axis=self.fan_in_axes, out_axis=self.fan_out_axes), self.kernel_axes
+      ),
+      self.kernel_shape,
+      self.param_dtype,
+    )
+    bias = self.param(
+      "bias", nn.with_logical_partitioning(zeros, self.bias_axes), self.bias_shape, self.param_dtype
+    )
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     contracted = len(self.fan_in_axes)
     if self._is_flat_matmul(x.ndim) and self._flattening_keeps_sharding():
       fan_in = int(np.prod(self.kernel_shape[:contracted]))
       out_shape = self.kernel_shape[contracted:]
       y = x.reshape(-1, fan_in) @ kernel.reshape(fan_in, -1)
-      y = y.reshape(x.shape[:x.ndim - contracted] + tuple(out_shape))
+      y = y.reshape(x.shape[: x.ndim - contracted] + tuple(out_shape))
       return y + bias
     return jnp.einsum(self.equation, x, kernel) + bias
 
@@ -103,7 +108,7 @@ class EinsumDense(nn.Module):
     (major) axis of each merged group is split over devices."""
     sharded = _sharded_axes(self.kernel_axes)
     contracted = len(self.fan_in_axes)
-    return not any(sharded[1:contracted]) and not any(sharded[contracted + 1:])
+    return not any(sharded[1:contracted]) and not any(sharded[contracted + 1 :])
 
   def _is_flat_matmul(self, x_ndim: int) -> bool:
     """Whether the equation reads 'A C, C K -> A K' (C the leading kernel
@@ -111,9 +116,12 @@ class EinsumDense(nn.Module):
     contracted = len(self.fan_in_axes)
     inputs, output = self.equation.replace(" ", "").split("->")
     lhs, rhs = inputs.split(",")
-    return (self.fan_in_axes == tuple(range(contracted)) and len(lhs) == x_ndim
-            and rhs[:contracted] == lhs[len(lhs) - contracted:]
-            and output == lhs[:len(lhs) - contracted] + rhs[contracted:])
+    return (
+      self.fan_in_axes == tuple(range(contracted))
+      and len(lhs) == x_ndim
+      and rhs[:contracted] == lhs[len(lhs) - contracted :]
+      and output == lhs[: len(lhs) - contracted] + rhs[contracted:]
+    )
 
 
 def _sharded_axes(logical_axes: tuple[str, ...]) -> list[bool]:
@@ -170,22 +178,38 @@ class Attention(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     # Fans (D, 3D): the reference's fused-qkv xavier bound sqrt(6 / 4D).
     qkv = EinsumDense(
-        "btd,dkhe->btkhe", (width, 3, self.heads, head_dim), ("embed", "qkv", "heads", "kv"),
-        fan_in_axes=(0,), fan_out_axes=(1, 2, 3), bias_shape=(3, self.heads, head_dim),
-        bias_axes=("qkv", "heads", "kv"), name="qkv", **kw)(x)
+      "btd,dkhe->btkhe",
+      (width, 3, self.heads, head_dim),
+      ("embed", "qkv", "heads", "kv"),
+      fan_in_axes=(0,),
+      fan_out_axes=(1, 2, 3),
+      bias_shape=(3, self.heads, head_dim),
+      bias_axes=("qkv", "heads", "kv"),
+      name="qkv",
+      **kw,
+    )(x)
     if self.implementation == "xla":
       out = attention_heads_first(qkv, qkv.dtype)
     else:
       query, key, value = (
-          nn.with_logical_constraint(
-              qkv[:, :, i],
-              ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
-          for i in range(3))
+        nn.with_logical_constraint(
+          qkv[:, :, i],
+          ("activation_batch", "activation_length", "activation_heads", "activation_kv"),
+        )
+        for i in range(3)
+      )
       out = jax.nn.dot_product_attention(query, key, value, implementation=self.implementation)
     return EinsumDense(
-        "bthe,hed->btd", (self.heads, head_dim, width), ("heads", "kv", "embed"),
-        fan_in_axes=(0, 1), fan_out_axes=(2,), bias_shape=(width,), bias_axes=("embed",),
-        name="out", **kw)(out)
+      "bthe,hed->btd",
+      (self.heads, head_dim, width),
+      ("heads", "kv", "embed"),
+      fan_in_axes=(0, 1),
+      fan_out_axes=(2,),
+      bias_shape=(width,),
+      bias_axes=("embed",),
+      name="out",
+      **kw,
+    )(out)
 
 
 class Mlp(nn.Module):
@@ -200,8 +224,7 @@ class Mlp(nn.Module):
     x = dense(self.hidden, ("embed", "mlp"), name="fc1", **kw)(x)
     # The reference uses torch's exact (erf) GELU; flax defaults to tanh.
     x = nn.gelu(x, approximate=False)
-    x = nn.with_logical_constraint(
-        x, ("activation_batch", "activation_length", "activation_mlp"))
+    x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_mlp"))
     return dense(width, ("mlp", "embed"), name="fc2", **kw)(x)
 
 
@@ -232,10 +255,10 @@ class Block(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     width = x.shape[-1]
     branch = Attention(self.heads, implementation=self.attention_impl, name="attn", **kw)(
-        layer_norm(name="norm1", **kw)(x))
+      layer_norm(name="norm1", **kw)(x)
+    )
     x = x + self._drop_path(branch, drop_rate)
-    branch = Mlp(int(width * self.mlp_ratio), name="mlp", **kw)(
-        layer_norm(name="norm2", **kw)(x))
+    branch = Mlp(int(width * self.mlp_ratio), name="mlp", **kw)(layer_norm(name="norm2", **kw)(x))
     x = x + self._drop_path(branch, drop_rate)
     return nn.with_logical_constraint(x, BATCH_LENGTH_EMBED)
 
@@ -247,9 +270,9 @@ class Block(nn.Module):
 
 
 REMAT_POLICY_FNS: dict[str, Callable | None] = {
-    "full": None,  # save nothing: recompute the whole block in backward
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+  "full": None,  # save nothing: recompute the whole block in backward
+  "dots": jax.checkpoint_policies.checkpoint_dots,
+  "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
 
 
@@ -285,25 +308,32 @@ class TransformerStack(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     # Stochastic depth rises linearly over depth, as in the reference.
     rates = [float(r) for r in np.linspace(0.0, self.drop_path_rate, self.depth)]
-    block_kw = dict(heads=self.heads, mlp_ratio=self.mlp_ratio,
-                    # No dropout RNG is needed when nothing is dropped.
-                    deterministic=self.deterministic or self.drop_path_rate == 0,
-                    dtype=self.dtype,
-                    param_dtype=self.param_dtype, attention_impl=self.attention_impl)
+    block_kw = dict(
+      heads=self.heads,
+      mlp_ratio=self.mlp_ratio,
+      # No dropout RNG is needed when nothing is dropped.
+      deterministic=self.deterministic or self.drop_path_rate == 0,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      attention_impl=self.attention_impl,
+    )
     block_cls = ScannedBlock if self.scan else Block
     if self.remat_policy != "none":
       block_cls = nn.remat(
-          block_cls, policy=REMAT_POLICY_FNS[self.remat_policy],
-          # Under scan, CSE cannot undo the remat, and prevent_cse slows it.
-          prevent_cse=not self.scan)
+        block_cls,
+        policy=REMAT_POLICY_FNS[self.remat_policy],
+        # Under scan, CSE cannot undo the remat, and prevent_cse slows it.
+        prevent_cse=not self.scan,
+      )
     if self.scan:
       stack = nn.scan(
-          block_cls,
-          variable_axes={"params": 0},
-          split_rngs={"params": True, "dropout": True},
-          in_axes=0,
-          length=self.depth,
-          metadata_params={nn.PARTITION_NAME: "layers"})
+        block_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=0,
+        length=self.depth,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+      )
       x, _ = stack(name="layers", **block_kw)(x, jnp.asarray(rates, jnp.float32))
       return x
     for i, rate in enumerate(rates):

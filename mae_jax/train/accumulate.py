@@ -22,8 +22,12 @@ def split_micro_batches(x: jax.Array, steps: int) -> jax.Array:
   return jnp.swapaxes(x.reshape((-1, steps) + x.shape[1:]), 0, 1)
 
 
-def accumulate(grad_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]], params: Any,
-               batch: Any, steps: int) -> tuple[jax.Array, Any]:
+def accumulate(
+  grad_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]],
+  params: Any,
+  batch: Any,
+  steps: int,
+) -> tuple[jax.Array, Any]:
   """Mean (loss, grads) of `grad_fn(params, micro_batch, index)` over the
   `steps` micro-batches of `batch` (a pytree of arrays with the batch
   first), scanned so only one micro-batch's activations are live.

@@ -21,8 +21,9 @@ import optax
 MODES = ("stop", "skip")
 
 
-def guarded_update(loss: jax.Array, grads: Any, update: Callable[..., tuple],
-                   *state: Any) -> tuple[tuple, jax.Array, jax.Array]:
+def guarded_update(
+  loss: jax.Array, grads: Any, update: Callable[..., tuple], *state: Any
+) -> tuple[tuple, jax.Array, jax.Array]:
   """(update(*state) if loss and gradient are finite else state, grad norm, nonfinite flag).
 
   `update` returns new values for each of `state`, in order. The flag is
@@ -67,10 +68,11 @@ class FiniteCheck:
     if bad and self.mode == "stop":
       latest = self.mngr.latest_step()
       raise NonFiniteError(
-          f"non-finite loss or gradient at step {bad[0]} (and {len(bad) - 1} later steps); "
-          f"the update was not applied. Last good checkpoint: "
-          f"{'step %d in %s' % (latest, self.mngr.directory) if latest is not None else 'none'}."
-          " Lower the learning rate, check the data, or set config.nonfinite=skip "
-          "to skip such steps and count them.")
+        f"non-finite loss or gradient at step {bad[0]} (and {len(bad) - 1} later steps); "
+        f"the update was not applied. Last good checkpoint: "
+        f"{'step %d in %s' % (latest, self.mngr.directory) if latest is not None else 'none'}."
+        " Lower the learning rate, check the data, or set config.nonfinite=skip "
+        "to skip such steps and count them."
+      )
     self.skipped_steps += len(bad)
     return self.skipped_steps

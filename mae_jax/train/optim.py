@@ -33,33 +33,54 @@ def peak_learning_rate(base_lr: float, global_batch_size: int) -> float:
   return base_lr * global_batch_size / 256
 
 
-def learning_rate_schedule(*, peak_lr: float, warmup_steps: int, total_steps: int,
-                           min_lr: float = 0.0) -> optax.Schedule:
+def learning_rate_schedule(
+  *, peak_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0
+) -> optax.Schedule:
   if warmup_steps >= total_steps:
     return optax.linear_schedule(0.0, peak_lr, max(total_steps, 1))
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=peak_lr, warmup_steps=warmup_steps,
-      decay_steps=total_steps, end_value=min_lr)
+    init_value=0.0,
+    peak_value=peak_lr,
+    warmup_steps=warmup_steps,
+    decay_steps=total_steps,
+    end_value=min_lr,
+  )
 
 
-def adamw(schedule: optax.Schedule, *, b1: float, b2: float, weight_decay: float,
-          grad_clip_norm: float | None = None) -> optax.GradientTransformation:
+def adamw(
+  schedule: optax.Schedule,
+  *,
+  b1: float,
+  b2: float,
+  weight_decay: float,
+  grad_clip_norm: float | None = None,
+) -> optax.GradientTransformation:
   """AdamW with name-based decay mask; optional clipping (reference: none)."""
   parts = []
   if grad_clip_norm:
     parts.append(optax.clip_by_global_norm(grad_clip_norm))
-  parts.append(optax.adamw(schedule, b1=b1, b2=b2, eps=1e-8, weight_decay=weight_decay,
-                           mask=decay_mask))
+  parts.append(
+    optax.adamw(schedule, b1=b1, b2=b2, eps=1e-8, weight_decay=weight_decay, mask=decay_mask)
+  )
   return optax.chain(*parts)
 
 
-def from_config(config, *, warmup_steps: int, total_steps: int
-                ) -> tuple[optax.Schedule, optax.GradientTransformation]:
+def from_config(
+  config, *, warmup_steps: int, total_steps: int
+) -> tuple[optax.Schedule, optax.GradientTransformation]:
   """(schedule, optimizer) of a pretraining config (`config.optimizer`)."""
   opt = config.optimizer
   schedule = learning_rate_schedule(
-      peak_lr=peak_learning_rate(opt.base_lr, config.global_batch_size),
-      warmup_steps=warmup_steps, total_steps=total_steps, min_lr=opt.min_lr)
-  tx = adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay,
-             grad_clip_norm=opt.grad_clip_norm or None)
+    peak_lr=peak_learning_rate(opt.base_lr, config.global_batch_size),
+    warmup_steps=warmup_steps,
+    total_steps=total_steps,
+    min_lr=opt.min_lr,
+  )
+  tx = adamw(
+    schedule,
+    b1=opt.b1,
+    b2=opt.b2,
+    weight_decay=opt.weight_decay,
+    grad_clip_norm=opt.grad_clip_norm or None,
+  )
   return schedule, tx

@@ -14,8 +14,8 @@ from typing import Any
 
 import ml_collections
 
-from mae_jax import sharding
 from mae_jax import data as input_pipeline
+from mae_jax import sharding
 from mae_jax.errors import ConfigError
 from mae_jax.model.config import ModelConfig
 from mae_jax.train import nonfinite
@@ -27,13 +27,13 @@ class RunPlan:
   mesh_shape: tuple[int, ...]
   rules: tuple
   data_parallel: int
-  micro_batch_size: int      # global batch / gradient-accumulation steps
+  micro_batch_size: int  # global batch / gradient-accumulation steps
   steps_per_epoch: int
   total_steps: int
   warmup_steps: int
   num_train_examples: int
   num_eval_examples: int
-  num_classes: int | None = None   # None: the dataset has no class labels
+  num_classes: int | None = None  # None: the dataset has no class labels
 
 
 def model_config_from(config: ml_collections.ConfigDict) -> ModelConfig:
@@ -58,8 +58,9 @@ def check_training_fields(config: ml_collections.ConfigDict) -> None:
   _positive(config, "grad_accum_steps", config.grad_accum_steps)
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ConfigError(
-        f"config.num_epochs={config.num_epochs} and config.num_train_steps="
-        f"{config.num_train_steps}: set one of them > 0.")
+      f"config.num_epochs={config.num_epochs} and config.num_train_steps="
+      f"{config.num_train_steps}: set one of them > 0."
+    )
   _positive(config, "warmup_epochs", config.warmup_epochs, allow_zero=True)
   opt = config.optimizer
   if opt.name != "adamw":
@@ -71,8 +72,7 @@ def check_training_fields(config: ml_collections.ConfigDict) -> None:
   for beta in ("b1", "b2"):
     if not 0.0 <= opt[beta] < 1.0:
       raise ConfigError(f"config.optimizer.{beta}={opt[beta]!r}: must be in [0, 1).")
-  for name in ("checkpoint_every_steps", "keep_checkpoints", "log_every_steps",
-               "eval_every_steps"):
+  for name in ("checkpoint_every_steps", "keep_checkpoints", "log_every_steps", "eval_every_steps"):
     _positive(config, name, config[name])
   _positive(config, "keep_every_steps", config.keep_every_steps, allow_zero=True)
   _positive(config, "device_prefetch", config.device_prefetch, allow_zero=True)
@@ -92,19 +92,28 @@ def check_knn_monitor_fields(config: ml_collections.ConfigDict) -> None:
   """The periodic k-NN monitor's settings (configs.common.knn_fields)."""
   every = config.knn_every_steps
   if every < 0:
-    raise ConfigError(f"config.knn_every_steps={every!r}: must be >= 0 (0 = no k-NN "
-                     "monitor, N = a k-NN evaluation every N steps).")
+    raise ConfigError(
+      f"config.knn_every_steps={every!r}: must be >= 0 (0 = no k-NN "
+      "monitor, N = a k-NN evaluation every N steps)."
+    )
   if not every:
     return
-  checks = (("knn_k", config.knn_k >= 1, ">= 1"),
-            ("knn_temperature", config.knn_temperature > 0, "> 0"),
-            ("knn_feature", config.knn_feature in ("cls", "pool"), "'cls' or 'pool'"),
-            ("knn_train_batches", config.knn_train_batches == -1 or config.knn_train_batches > 0,
-             "-1 (the whole train split) or > 0"))
+  checks = (
+    ("knn_k", config.knn_k >= 1, ">= 1"),
+    ("knn_temperature", config.knn_temperature > 0, "> 0"),
+    ("knn_feature", config.knn_feature in ("cls", "pool"), "'cls' or 'pool'"),
+    (
+      "knn_train_batches",
+      config.knn_train_batches == -1 or config.knn_train_batches > 0,
+      "-1 (the whole train split) or > 0",
+    ),
+  )
   for name, ok, what in checks:
     if not ok:
-      raise ConfigError(f"config.{name}={config[name]!r}: must be {what} (the k-NN monitor "
-                       "is on); or set config.knn_every_steps=0.")
+      raise ConfigError(
+        f"config.{name}={config[name]!r}: must be {what} (the k-NN monitor "
+        "is on); or set config.knn_every_steps=0."
+      )
 
 
 def check_data_fits_model(data: ml_collections.ConfigDict, model: ModelConfig) -> None:
@@ -112,12 +121,13 @@ def check_data_fits_model(data: ml_collections.ConfigDict, model: ModelConfig) -
   for field, expected in (("image_size", model.image_size), ("channels", model.channels)):
     if data[field] != expected:
       raise ConfigError(
-          f"config.data.{field}={data[field]} but config.model.{field}={expected}: "
-          "they must agree.")
+        f"config.data.{field}={data[field]} but config.model.{field}={expected}: they must agree."
+      )
 
 
-def mesh_plan(config: ml_collections.ConfigDict, num_devices: int
-              ) -> tuple[tuple[int, ...], Any, int]:
+def mesh_plan(
+  config: ml_collections.ConfigDict, num_devices: int
+) -> tuple[tuple[int, ...], Any, int]:
   """(mesh shape, logical-axis rules, data-parallel size: the product of the
   mesh axes the batch is split over) for `num_devices` devices; a ValueError
   for a mesh that does not fit them."""
@@ -129,8 +139,13 @@ def mesh_plan(config: ml_collections.ConfigDict, num_devices: int
   return mesh_shape, rules, data_parallel
 
 
-def make_plan(config: ml_collections.ConfigDict, *, num_devices: int, process_count: int,
-              known_dataset: tuple[dict[str, int], int | None] | None = None) -> RunPlan:
+def make_plan(
+  config: ml_collections.ConfigDict,
+  *,
+  num_devices: int,
+  process_count: int,
+  known_dataset: tuple[dict[str, int], int | None] | None = None,
+) -> RunPlan:
   """Checks the config against the devices and the dataset; the run's numbers.
 
   `known_dataset`: ({split: size}, num_classes) for a planner that cannot
@@ -147,35 +162,51 @@ def make_plan(config: ml_collections.ConfigDict, *, num_devices: int, process_co
   batch, accum = config.global_batch_size, config.grad_accum_steps
   if batch % accum:
     raise ConfigError(
-        f"config.global_batch_size={batch} is not divisible by "
-        f"config.grad_accum_steps={accum}.")
+      f"config.global_batch_size={batch} is not divisible by config.grad_accum_steps={accum}."
+    )
   micro = batch // accum
   if micro % data_parallel:
     raise ConfigError(
-        f"config.global_batch_size={batch} / config.grad_accum_steps={accum} = {micro} "
-        f"images per micro-batch do not split over the {data_parallel} data-parallel "
-        f"devices (mesh {dict(zip(sharding.MESH_AXES, mesh_shape))}): make the global "
-        f"batch a multiple of {data_parallel * accum}.")
+      f"config.global_batch_size={batch} / config.grad_accum_steps={accum} = {micro} "
+      f"images per micro-batch do not split over the {data_parallel} data-parallel "
+      f"devices (mesh {dict(zip(sharding.MESH_AXES, mesh_shape))}): make the global "
+      f"batch a multiple of {data_parallel * accum}."
+    )
   if batch % process_count:
     raise ConfigError(
-        f"config.global_batch_size={batch} does not split over {process_count} hosts.")
+      f"config.global_batch_size={batch} does not split over {process_count} hosts."
+    )
   splits, num_classes = known_dataset or input_pipeline.dataset_info(data)
   if config.knn_every_steps > 0 and num_classes is None:
     raise ConfigError(
-        f"config.knn_every_steps={config.knn_every_steps} but config.data "
-        f"({data.source}:{data.name or ''}) has no class labels, which the k-NN monitor "
-        "needs: set config.knn_every_steps=0, or pretrain on a dataset with a ClassLabel "
-        "'label' feature.")
+      f"config.knn_every_steps={config.knn_every_steps} but config.data "
+      f"({data.source}:{data.name or ''}) has no class labels, which the k-NN monitor "
+      "needs: set config.knn_every_steps=0, or pretrain on a dataset with a ClassLabel "
+      "'label' feature."
+    )
   num_train, num_eval = splits[data.train_split], splits[data.eval_split]
   steps_per_epoch = num_train // batch
   if steps_per_epoch == 0:
     raise ConfigError(
-        f"config.global_batch_size={batch} is larger than the {num_train} training "
-        f"images of {data.source}:{data.name or ''}{data.train_split}.")
-  total = (config.num_train_steps if config.num_train_steps > 0
-           else int(round(config.num_epochs * steps_per_epoch)))
+      f"config.global_batch_size={batch} is larger than the {num_train} training "
+      f"images of {data.source}:{data.name or ''}{data.train_split}."
+    )
+  total = (
+    config.num_train_steps
+    if config.num_train_steps > 0
+    else int(round(config.num_epochs * steps_per_epoch))
+  )
   warmup = int(round(config.warmup_epochs * steps_per_epoch))
-  return RunPlan(model=model, mesh_shape=mesh_shape, rules=rules, data_parallel=data_parallel,
-                 micro_batch_size=micro, steps_per_epoch=steps_per_epoch, total_steps=total,
-                 warmup_steps=min(warmup, total), num_train_examples=num_train,
-                 num_eval_examples=num_eval, num_classes=num_classes)
+  return RunPlan(
+    model=model,
+    mesh_shape=mesh_shape,
+    rules=rules,
+    data_parallel=data_parallel,
+    micro_batch_size=micro,
+    steps_per_epoch=steps_per_epoch,
+    total_steps=total,
+    warmup_steps=min(warmup, total),
+    num_train_examples=num_train,
+    num_eval_examples=num_eval,
+    num_classes=num_classes,
+  )

@@ -29,8 +29,9 @@ class Preempted(Exception):
   def __init__(self, step: int, checkpoint_dir: str):
     self.step, self.checkpoint_dir = step, checkpoint_dir
     super().__init__(
-        f"preempted at step {step}: checkpoint saved in {checkpoint_dir}; "
-        "rerun the same command to resume.")
+      f"preempted at step {step}: checkpoint saved in {checkpoint_dir}; "
+      "rerun the same command to resume."
+    )
 
 
 def save_and_stop(mngr, step: int, checkpoint, metadata, log) -> None:

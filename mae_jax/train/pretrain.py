@@ -33,7 +33,8 @@ from mae_jax import data as input_pipeline
 from mae_jax.errors import CheckpointError, WorkdirError
 from mae_jax.metrics import MetricsWriter
 from mae_jax.model.mae import MaskedAutoencoder
-from mae_jax.train import optim, plan as plan_lib
+from mae_jax.train import optim
+from mae_jax.train import plan as plan_lib
 from mae_jax.train.nonfinite import FiniteCheck
 from mae_jax.train.preemption import PreemptionWatcher, save_and_stop
 from mae_jax.train.state import TrainState
@@ -43,16 +44,20 @@ from mae_jax.visualize import reconstruction_panels, save_reconstructions
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Pretrains (or resumes) and returns the final metrics."""
-  plan = plan_lib.make_plan(config, num_devices=jax.device_count(),
-                            process_count=jax.process_count())
+  plan = plan_lib.make_plan(
+    config, num_devices=jax.device_count(), process_count=jax.process_count()
+  )
   mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
   is_main = jax.process_index() == 0
   check_workdir_writable(workdir)
   checkpoint_dir = os.path.join(workdir, "checkpoints")
   metadata = run_metadata(config, plan)
-  mngr = checkpointing.manager(checkpoint_dir, max_to_keep=config.keep_checkpoints,
-                               keep_period=config.keep_every_steps,
-                               enable_async=config.async_checkpointing)
+  mngr = checkpointing.manager(
+    checkpoint_dir,
+    max_to_keep=config.keep_checkpoints,
+    keep_period=config.keep_every_steps,
+    enable_async=config.async_checkpointing,
+  )
   # Whatever happens (an error, a preemption), a save in flight completes:
   # saved work is never lost to an exception. A save that fails (disk full)
   # raises CheckpointSaveError naming the checkpoints that are still intact.
@@ -61,24 +66,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if resume_step is not None:
       check_same_experiment(checkpoint_dir, mngr, resume_step, metadata)
     write_run_info(workdir, config, plan, mesh, resume_step, enabled=is_main)
-    final, picture = _pretrain(config, workdir, plan, mesh, mngr, metadata, resume_step,
-                               is_main)
+    final, picture = _pretrain(config, workdir, plan, mesh, mngr, metadata, resume_step, is_main)
   if is_main:
     knn = f", k-NN top-1 {final['knn_top1']:.1f} %" if "knn_top1" in final else ""
-    print(f"\nPretraining finished at step {final['step']}: eval loss "
-          f"{final.get('eval_loss', float('nan')):.4f} (trivial predictor "
-          f"{final.get('eval_baseline_loss', float('nan')):.4f}){knn}.\n"
-          f"  checkpoints:     {checkpoint_dir}\n"
-          f"  metrics:         {os.path.join(workdir, 'metrics.jsonl')}\n"
-          f"  tensorboard:     {os.path.join(workdir, 'tensorboard')}\n"
-          f"  reconstructions: {picture}", flush=True)
+    print(
+      f"\nPretraining finished at step {final['step']}: eval loss "
+      f"{final.get('eval_loss', float('nan')):.4f} (trivial predictor "
+      f"{final.get('eval_baseline_loss', float('nan')):.4f}){knn}.\n"
+      f"  checkpoints:     {checkpoint_dir}\n"
+      f"  metrics:         {os.path.join(workdir, 'metrics.jsonl')}\n"
+      f"  tensorboard:     {os.path.join(workdir, 'tensorboard')}\n"
+      f"  reconstructions: {picture}",
+      flush=True,
+    )
   return final
 
 
 def _pretrain(config, workdir, plan, mesh, mngr, metadata, resume_step, is_main):
   model = MaskedAutoencoder(plan.model)
-  schedule, tx = optim.from_config(config, warmup_steps=plan.warmup_steps,
-                                   total_steps=plan.total_steps)
+  schedule, tx = optim.from_config(
+    config, warmup_steps=plan.warmup_steps, total_steps=plan.total_steps
+  )
   init_key, seed_key = jax.random.split(jax.random.key(config.seed))
   state_shardings, abstract_state = state_layout(model, tx, mesh, plan.rules)
   batch_sharding = sharding.batch_sharding(mesh, plan.rules)
@@ -88,28 +96,44 @@ def _pretrain(config, workdir, plan, mesh, mngr, metadata, resume_step, is_main)
     init = jax.jit(lambda key: create_state(model, tx, key), out_shardings=state_shardings)
     if resume_step is not None:
       logging.info("Resuming from %s step %d.", mngr.directory, resume_step)
-      state = restore_train_state(str(mngr.directory), resume_step,
-                                  with_shardings(abstract_state, state_shardings))
+      state = restore_train_state(
+        str(mngr.directory), resume_step, with_shardings(abstract_state, state_shardings)
+      )
     elif config.init_from:
       state = init(init_key)
-      state = state.replace(params=load_init_from(
-          config.init_from, plan.model, state.params, state_shardings.params))
+      state = state.replace(
+        params=load_init_from(config.init_from, plan.model, state.params, state_shardings.params)
+      )
     else:
       logging.info("Initialising from scratch (seed %d).", config.seed)
       state = init(init_key)
     train_step = jax.jit(
-        make_train_step(model, tx, schedule, grad_accum_steps=config.grad_accum_steps,
-                        seed_key=seed_key),
-        in_shardings=(state_shardings, batch_sharding),
-        out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(model, seed_key=seed_key),
-                        in_shardings=(state_shardings.params, batch_sharding, replicated),
-                        out_shardings=replicated)
-    loop = TrainingLoop(config, plan, workdir, mngr, metadata, batch_sharding, is_main,
-                        knn_monitor=make_knn_monitor(config, plan, mesh, batch_sharding))
+      make_train_step(
+        model, tx, schedule, grad_accum_steps=config.grad_accum_steps, seed_key=seed_key
+      ),
+      in_shardings=(state_shardings, batch_sharding),
+      out_shardings=(state_shardings, replicated),
+      donate_argnums=(0,),
+    )
+    eval_step = jax.jit(
+      make_eval_step(model, seed_key=seed_key),
+      in_shardings=(state_shardings.params, batch_sharding, replicated),
+      out_shardings=replicated,
+    )
+    loop = TrainingLoop(
+      config,
+      plan,
+      workdir,
+      mngr,
+      metadata,
+      batch_sharding,
+      is_main,
+      knn_monitor=make_knn_monitor(config, plan, mesh, batch_sharding),
+    )
     final = loop.run(state, train_step, eval_step)
-    picture = write_reconstructions(config, plan, workdir, model, loop.final_params,
-                                    seed_key, batch_sharding, replicated, is_main)
+    picture = write_reconstructions(
+      config, plan, workdir, model, loop.final_params, seed_key, batch_sharding, replicated, is_main
+    )
   return final, picture
 
 
@@ -123,13 +147,21 @@ def make_knn_monitor(config, plan, mesh, batch_sharding):
     return None
   # Imported here: mae_jax.evaluate imports this module.
   from mae_jax.evaluate import knn
-  return knn.make_knn_monitor(config, plan.model, mesh, batch_sharding,
-                              batch_size=plan.micro_batch_size, num_classes=plan.num_classes)
+
+  return knn.make_knn_monitor(
+    config,
+    plan.model,
+    mesh,
+    batch_sharding,
+    batch_size=plan.micro_batch_size,
+    num_classes=plan.num_classes,
+  )
 
 
 def check_workdir_writable(workdir: str) -> None:
   """Fails at once, not at the first checkpoint an hour later."""
   import tensorflow as tf  # gfile: workdirs may be gs:// buckets
+
   probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
   try:
     tf.io.gfile.makedirs(workdir)
@@ -137,8 +169,9 @@ def check_workdir_writable(workdir: str) -> None:
       f.write("ok")
     tf.io.gfile.remove(probe)
   except (OSError, tf.errors.OpError) as error:
-    raise WorkdirError(f"cannot write to --workdir={workdir!r} ({error}); choose a writable "
-                     "directory or bucket.") from error
+    raise WorkdirError(
+      f"cannot write to --workdir={workdir!r} ({error}); choose a writable directory or bucket."
+    ) from error
 
 
 def restore_train_state(directory: str, step: int, abstract_state: TrainState) -> TrainState:
@@ -146,10 +179,11 @@ def restore_train_state(directory: str, step: int, abstract_state: TrainState) -
     restored = checkpointing.restore_state(directory, abstract_state.to_checkpoint(), step=step)
   except Exception as error:  # orbax/tensorstore raise many types for a damaged file
     raise CheckpointError(
-        f"checkpoint step {step} in {directory} could not be read ({type(error).__name__}: "
-        f"{error}). It is damaged or was written by another program. Nothing was changed: "
-        f"move {os.path.join(directory, str(step))} aside to resume from the previous step, "
-        "or use a new --workdir.") from error
+      f"checkpoint step {step} in {directory} could not be read ({type(error).__name__}: "
+      f"{error}). It is damaged or was written by another program. Nothing was changed: "
+      f"move {os.path.join(directory, str(step))} aside to resume from the previous step, "
+      "or use a new --workdir."
+    ) from error
   return TrainState.from_checkpoint(restored)
 
 
@@ -166,11 +200,14 @@ def load_init_from(path: str, model_config, params, param_shardings):
   saved_scanned = metadata.get("param_layout") == "layers"
   if saved_scanned != model_config.scan_layers:
     raise CheckpointError(
-        f"{directory} stores {'scanned' if saved_scanned else 'per-layer'} parameters but "
-        f"config.model.scan_layers={model_config.scan_layers}: set scan_layers to match, or "
-        "re-export it with `python -m mae_jax.convert` (--scan_layers).")
-  abstract = {group: with_shardings(jax.eval_shape(lambda p=params[group]: p),
-                                    param_shardings[group]) for group in groups}
+      f"{directory} stores {'scanned' if saved_scanned else 'per-layer'} parameters but "
+      f"config.model.scan_layers={model_config.scan_layers}: set scan_layers to match, or "
+      "re-export it with `python -m mae_jax.convert` (--scan_layers)."
+    )
+  abstract = {
+    group: with_shardings(jax.eval_shape(lambda p=params[group]: p), param_shardings[group])
+    for group in groups
+  }
   restored = checkpointing.restore_state(directory, {"params": abstract})["params"]
   logging.info("Initialised %s from %s.", sorted(groups), directory)
   return {**params, **restored}
@@ -184,8 +221,9 @@ def mesh_context(mesh: jax.sharding.Mesh, rules):
     yield
 
 
-def create_state(model: MaskedAutoencoder, tx: optax.GradientTransformation,
-                 key: jax.Array, *, boxed: bool = False) -> TrainState:
+def create_state(
+  model: MaskedAutoencoder, tx: optax.GradientTransformation, key: jax.Array, *, boxed: bool = False
+) -> TrainState:
   cfg = model.config
   dummy = jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.channels), jnp.float32)
   params = model.init({"params": key, "masking": key}, dummy, train=False)["params"]
@@ -204,15 +242,20 @@ def state_layout(model, tx, mesh, rules) -> tuple[TrainState, TrainState]:
   replicated = sharding.replicated(mesh)
   # Optimizer moments mirror the parameters; counts and the like replicate.
   opt_shardings = optax.tree_map_params(
-      tx, lambda _, s: s, abstract.opt_state, param_shardings,
-      transform_non_params=lambda _: replicated)
+    tx,
+    lambda _, s: s,
+    abstract.opt_state,
+    param_shardings,
+    transform_non_params=lambda _: replicated,
+  )
   shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings)
   return shardings, abstract
 
 
 def with_shardings(abstract: Any, shardings: Any) -> Any:
   return jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+  )
 
 
 def device_prefetch(local_batches: Iterator[dict], batch_sharding, size: int) -> Iterator[dict]:
@@ -229,15 +272,19 @@ def device_prefetch(local_batches: Iterator[dict], batch_sharding, size: int) ->
 
 def to_global(local_batch: dict, batch_sharding) -> dict:
   """Per-host numpy batch -> global arrays split over the data axes."""
-  return {key: jax.make_array_from_process_local_data(batch_sharding, np.asarray(value))
-          for key, value in local_batch.items() if key in ("image", "mask")}
+  return {
+    key: jax.make_array_from_process_local_data(batch_sharding, np.asarray(value))
+    for key, value in local_batch.items()
+    if key in ("image", "mask")
+  }
 
 
 class TrainingLoop:
   """The step loop: logging, periodic evaluation, k-NN monitor and checkpoints."""
 
-  def __init__(self, config, plan, workdir, mngr, metadata, batch_sharding, is_main, *,
-               knn_monitor=None):
+  def __init__(
+    self, config, plan, workdir, mngr, metadata, batch_sharding, is_main, *, knn_monitor=None
+  ):
     self.config, self.plan, self.workdir = config, plan, workdir
     self.mngr, self.metadata = mngr, metadata
     self.batch_sharding, self.is_main = batch_sharding, is_main
@@ -252,11 +299,17 @@ class TrainingLoop:
     if start >= total:
       logging.info("Checkpoint step %d >= total steps %d: nothing to train.", start, total)
     train_iter = device_prefetch(
-        input_pipeline.make_iterator(
-            config.data, split=config.data.train_split,
-            global_batch_size=config.global_batch_size, train=True, seed=config.seed,
-            start_step=start),
-        self.batch_sharding, size=config.device_prefetch)
+      input_pipeline.make_iterator(
+        config.data,
+        split=config.data.train_split,
+        global_batch_size=config.global_batch_size,
+        train=True,
+        seed=config.seed,
+        start_step=start,
+      ),
+      self.batch_sharding,
+      size=config.device_prefetch,
+    )
     progress = make_progress(config.progress_bar, start, total, self.is_main)
     watcher = PreemptionWatcher()
     try:
@@ -318,8 +371,11 @@ class TrainingLoop:
         knn_start = time.perf_counter()
         knn_metrics = self.knn_monitor(state.params["encoder"])
         self.writer.write(done, knn_metrics)
-        progress.log(f"step {done}: " + ", ".join(f"{k} {v:.2f}" for k, v in knn_metrics.items())
-                     + f" ({time.perf_counter() - knn_start:.1f} s)")
+        progress.log(
+          f"step {done}: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in knn_metrics.items())
+          + f" ({time.perf_counter() - knn_start:.1f} s)"
+        )
         final.update(knn_metrics)
       if done % config.checkpoint_every_steps == 0 or last:
         finite_check.check()
@@ -336,19 +392,26 @@ class TrainingLoop:
   def evaluate(self, params, eval_step) -> dict:
     config = self.config
     eval_iter = input_pipeline.make_iterator(
-        config.data, split=config.data.eval_split,
-        global_batch_size=self.plan.micro_batch_size, train=False, seed=config.seed)
+      config.data,
+      split=config.data.eval_split,
+      global_batch_size=self.plan.micro_batch_size,
+      train=False,
+      seed=config.seed,
+    )
     totals = None
     for index, local_batch in enumerate(eval_iter):
       if 0 <= config.eval_batches <= index:
         break
-      sums = eval_step(params, to_global(local_batch, self.batch_sharding),
-                       jnp.asarray(index, jnp.int32))
+      sums = eval_step(
+        params, to_global(local_batch, self.batch_sharding), jnp.asarray(index, jnp.int32)
+      )
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     removed = max(float(totals["removed_patches"]), 1.0)
-    return {"eval_loss": float(totals["loss_sum"]) / removed,
-            "eval_baseline_loss": float(totals["baseline_sum"]) / removed}
+    return {
+      "eval_loss": float(totals["loss_sum"]) / removed,
+      "eval_baseline_loss": float(totals["baseline_sum"]) / removed,
+    }
 
 
 def summarise(pending: list[dict]) -> dict:
@@ -363,33 +426,48 @@ def summarise(pending: list[dict]) -> dict:
   return summary
 
 
-def write_reconstructions(config, plan, workdir, model, params, seed_key, batch_sharding,
-                          replicated, is_main) -> str:
+def write_reconstructions(
+  config, plan, workdir, model, params, seed_key, batch_sharding, replicated, is_main
+) -> str:
   """reconstructions.png for the first held-out images."""
   count = config.num_reconstructions
   path = os.path.join(workdir, "reconstructions.png")
   if count <= 0:
     return "(disabled: config.num_reconstructions=0)"
   eval_iter = input_pipeline.make_iterator(
-      config.data, split=config.data.eval_split, global_batch_size=plan.micro_batch_size,
-      train=False, seed=config.seed)
+    config.data,
+    split=config.data.eval_split,
+    global_batch_size=plan.micro_batch_size,
+    train=False,
+    seed=config.seed,
+  )
   batch = to_global(next(eval_iter), batch_sharding)
 
   @jax.jit
   def predict(params, images):
-    out = model.apply({"params": params}, images,
-                      rngs={"masking": jax.random.fold_in(seed_key, 0xFACE)}, train=False)
+    out = model.apply(
+      {"params": params},
+      images,
+      rngs={"masking": jax.random.fold_in(seed_key, 0xFACE)},
+      train=False,
+    )
     # Replicated outputs: every host holds the full arrays.
     return jax.lax.with_sharding_constraint((images, out.pred, out.mask), replicated)
 
   images, pred, mask = jax.device_get(predict(params, batch["image"]))
   if is_main:
     panels = reconstruction_panels(
-        images[:count], pred[:count], mask[:count], patch_size=plan.model.patch_size,
-        norm_pix_loss=plan.model.norm_pix_loss, mean=config.data.mean, std=config.data.std)
-    caption = (f"held-out images, mask ratio {plan.model.mask_ratio}"
-               + ("; norm-pix: drawn with the TRUE patch mean/std" if plan.model.norm_pix_loss
-                  else ""))
+      images[:count],
+      pred[:count],
+      mask[:count],
+      patch_size=plan.model.patch_size,
+      norm_pix_loss=plan.model.norm_pix_loss,
+      mean=config.data.mean,
+      std=config.data.std,
+    )
+    caption = f"held-out images, mask ratio {plan.model.mask_ratio}" + (
+      "; norm-pix: drawn with the TRUE patch mean/std" if plan.model.norm_pix_loss else ""
+    )
     save_reconstructions(path, panels, caption=caption)
   return path
 
@@ -397,33 +475,44 @@ def write_reconstructions(config, plan, workdir, model, params, seed_key, batch_
 def run_metadata(config, plan) -> dict:
   """What a checkpoint records about the run that wrote it."""
   return {
-      "model": checkpointing.model_metadata(plan.model),
-      "param_layout": "layers" if plan.model.scan_layers else "layer_i",
-      "experiment": experiment_identity(config),
-      "source": "mae_jax pretraining",
-      "config": json.loads(config.to_json_best_effort()),
+    "model": checkpointing.model_metadata(plan.model),
+    "param_layout": "layers" if plan.model.scan_layers else "layer_i",
+    "experiment": experiment_identity(config),
+    "source": "mae_jax pretraining",
+    "config": json.loads(config.to_json_best_effort()),
   }
 
 
 def experiment_identity(config) -> dict:
   """The settings a resumed run must share with the run that wrote the workdir."""
   arch = {name: config.model[name] for name in checkpointing.ARCHITECTURE_FIELDS}
-  return {"model": arch, "data_source": config.data.source, "data_name": config.data.name,
-          "seed": config.seed, "global_batch_size": config.global_batch_size}
+  return {
+    "model": arch,
+    "data_source": config.data.source,
+    "data_name": config.data.name,
+    "seed": config.seed,
+    "global_batch_size": config.global_batch_size,
+  }
 
 
 def check_same_experiment(directory, mngr, step, metadata) -> None:
   import orbax.checkpoint as ocp
-  saved = mngr.restore(step, args=ocp.args.Composite(
-      **{checkpointing.METADATA: ocp.args.JsonRestore()}))[checkpointing.METADATA]
+
+  saved = mngr.restore(
+    step, args=ocp.args.Composite(**{checkpointing.METADATA: ocp.args.JsonRestore()})
+  )[checkpointing.METADATA]
   saved_identity, current = saved.get("experiment", {}), metadata["experiment"]
-  differences = [f"{key}: workdir {saved_identity.get(key)!r} vs config {current[key]!r}"
-                 for key in current if saved_identity.get(key) != current[key]]
+  differences = [
+    f"{key}: workdir {saved_identity.get(key)!r} vs config {current[key]!r}"
+    for key in current
+    if saved_identity.get(key) != current[key]
+  ]
   if differences:
     raise WorkdirError(
-        f"the workdir's checkpoints ({directory}, step {step}) belong to another experiment: "
-        + "; ".join(differences)
-        + ". Nothing was changed. Use a new --workdir, or the config that wrote it.")
+      f"the workdir's checkpoints ({directory}, step {step}) belong to another experiment: "
+      + "; ".join(differences)
+      + ". Nothing was changed. Use a new --workdir, or the config that wrote it."
+    )
 
 
 def write_run_info(workdir, config, plan, mesh, resume_step, *, enabled: bool) -> None:
@@ -431,19 +520,34 @@ def write_run_info(workdir, config, plan, mesh, resume_step, *, enabled: bool) -
   import flax
   import orbax.checkpoint as ocp
   import tensorflow as tf
+
   info = {
-      "versions": {"jax": jax.__version__, "flax": flax.__version__,
-                   "optax": optax.__version__, "orbax": getattr(ocp, "__version__", "?"),
-                   "tensorflow": tf.__version__, "python": sys.version.split()[0]},
-      "devices": {"kind": jax.devices()[0].device_kind, "count": jax.device_count(),
-                  "processes": jax.process_count(), "platform": jax.default_backend()},
-      "mesh": dict(mesh.shape),
-      "resume": (f"resuming from step {resume_step}" if resume_step is not None
-                 else "starting from scratch"),
-      "plan": {"total_steps": plan.total_steps, "steps_per_epoch": plan.steps_per_epoch,
-               "warmup_steps": plan.warmup_steps, "micro_batch_size": plan.micro_batch_size,
-               "train_examples": plan.num_train_examples,
-               "eval_examples": plan.num_eval_examples},
+    "versions": {
+      "jax": jax.__version__,
+      "flax": flax.__version__,
+      "optax": optax.__version__,
+      "orbax": getattr(ocp, "__version__", "?"),
+      "tensorflow": tf.__version__,
+      "python": sys.version.split()[0],
+    },
+    "devices": {
+      "kind": jax.devices()[0].device_kind,
+      "count": jax.device_count(),
+      "processes": jax.process_count(),
+      "platform": jax.default_backend(),
+    },
+    "mesh": dict(mesh.shape),
+    "resume": (
+      f"resuming from step {resume_step}" if resume_step is not None else "starting from scratch"
+    ),
+    "plan": {
+      "total_steps": plan.total_steps,
+      "steps_per_epoch": plan.steps_per_epoch,
+      "warmup_steps": plan.warmup_steps,
+      "micro_batch_size": plan.micro_batch_size,
+      "train_examples": plan.num_train_examples,
+      "eval_examples": plan.num_eval_examples,
+    },
   }
   logging.info("Run info: %s", json.dumps(info))
   logging.info("Config:\n%s", config)
@@ -461,8 +565,10 @@ class _Progress:
     self.bar, self.start, self.total = bar, start, total
 
   def update(self, step: int, summary: dict) -> None:
-    text = (f"loss {summary['loss_avg']:.4f} lr {summary['learning_rate']:.2e} "
-            f"{summary.get('images_per_sec', 0):.0f} img/s")
+    text = (
+      f"loss {summary['loss_avg']:.4f} lr {summary['learning_rate']:.2e} "
+      f"{summary.get('images_per_sec', 0):.0f} img/s"
+    )
     if self.bar is not None:
       self.bar.n = step
       self.bar.set_postfix_str(text)
@@ -490,6 +596,8 @@ def make_progress(mode: str, start: int, total: int, is_main: bool) -> _Progress
     return _Silent(None, start, total)
   if mode == "on" or (mode == "auto" and sys.stderr.isatty()):
     import tqdm
-    return _Progress(tqdm.tqdm(total=total, initial=start, unit="step", dynamic_ncols=True),
-                     start, total)
+
+    return _Progress(
+      tqdm.tqdm(total=total, initial=start, unit="step", dynamic_ncols=True), start, total
+    )
   return _Progress(None, start, total)

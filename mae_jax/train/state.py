@@ -12,7 +12,7 @@ import optax
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array          # int32 scalar: optimizer updates done
+  step: jax.Array  # int32 scalar: optimizer updates done
   params: Any
   opt_state: optax.OptState
 
@@ -21,5 +21,4 @@ class TrainState:
 
   @classmethod
   def from_checkpoint(cls, tree: dict) -> "TrainState":
-    return cls(step=jnp.asarray(tree["step"]), params=tree["params"],
-               opt_state=tree["opt_state"])
+    return cls(step=jnp.asarray(tree["step"]), params=tree["params"], opt_state=tree["opt_state"])

@@ -29,9 +29,14 @@ def masking_key(seed_key: jax.Array, step: jax.Array) -> jax.Array:
   return jax.random.fold_in(seed_key, step)
 
 
-def make_train_step(model: MaskedAutoencoder, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, *, grad_accum_steps: int,
-                    seed_key: jax.Array) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+def make_train_step(
+  model: MaskedAutoencoder,
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  *,
+  grad_accum_steps: int,
+  seed_key: jax.Array,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Returns train_step(state, batch) -> (state, metrics).
 
   With gradient accumulation the global batch (and its noise) is split into
@@ -48,10 +53,15 @@ def make_train_step(model: MaskedAutoencoder, tx: optax.GradientTransformation,
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     images = batch["image"]
-    noise = jax.random.uniform(masking_key(seed_key, state.step),
-                               (images.shape[0], model.config.num_patches))
-    loss, grads = accumulate(lambda params, micro, _: grad_fn(params, *micro), state.params,
-                             (images, noise), grad_accum_steps)
+    noise = jax.random.uniform(
+      masking_key(seed_key, state.step), (images.shape[0], model.config.num_patches)
+    )
+    loss, grads = accumulate(
+      lambda params, micro, _: grad_fn(params, *micro),
+      state.params,
+      (images, noise),
+      grad_accum_steps,
+    )
 
     def apply_update(params, opt_state):
       updates, opt_state = tx.update(grads, opt_state, params)
@@ -60,13 +70,14 @@ def make_train_step(model: MaskedAutoencoder, tx: optax.GradientTransformation,
     # A non-finite loss or gradient never reaches the parameters: the step
     # keeps the old state (the loop then stops or counts, per config).
     (params, opt_state), grad_norm, nonfinite = guarded_update(
-        loss, grads, apply_update, state.params, state.opt_state)
+      loss, grads, apply_update, state.params, state.opt_state
+    )
     metrics = {
-        "loss": loss,
-        "learning_rate": schedule(state.step),
-        "grad_norm": grad_norm,
-        "param_norm": optax.tree.norm(params),
-        "nonfinite": nonfinite,
+      "loss": loss,
+      "learning_rate": schedule(state.step),
+      "grad_norm": grad_norm,
+      "param_norm": optax.tree.norm(params),
+      "nonfinite": nonfinite,
     }
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -86,14 +97,17 @@ def make_eval_step(model: MaskedAutoencoder, *, seed_key: jax.Array) -> Callable
 
   def eval_step(params, batch: dict, index: jax.Array) -> dict:
     images, valid = batch["image"], batch["mask"].astype(jnp.float32)
-    out = model.apply({"params": params}, images, rngs={"masking": jax.random.fold_in(eval_key, index)},
-                      train=False)
+    out = model.apply(
+      {"params": params}, images, rngs={"masking": jax.random.fold_in(eval_key, index)}, train=False
+    )
     target = patch_targets(images, model.config.patch_size, model.config.norm_pix_loss)
     removed = out.mask * valid[:, None]
-    per_patch = jnp.mean((out.pred.astype(jnp.float32) - target)**2, axis=-1)
+    per_patch = jnp.mean((out.pred.astype(jnp.float32) - target) ** 2, axis=-1)
     baseline = jnp.mean(target**2, axis=-1)
-    return {"loss_sum": jnp.sum(per_patch * removed),
-            "baseline_sum": jnp.sum(baseline * removed),
-            "removed_patches": jnp.sum(removed)}
+    return {
+      "loss_sum": jnp.sum(per_patch * removed),
+      "baseline_sum": jnp.sum(baseline * removed),
+      "removed_patches": jnp.sum(removed),
+    }
 
   return eval_step
