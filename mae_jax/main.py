@@ -165,13 +165,14 @@ def unknown_override(argv: list[str]) -> str | None:
   if spec is None:
     return None
   path, _, preset = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("_mae_jax_config", path)
-  if module_spec is None or not os.path.isfile(path):
+  if not os.path.isfile(path):
     return f"--config={spec}: no config file {path!r}; e.g. configs/pretrain.py:digits."
+  module_spec = importlib.util.spec_from_file_location("_mae_jax_config", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   config = module.get_config(preset) if preset else module.get_config()
   known = config_paths(config)
+  by_leaf = {p.rsplit(".", 1)[-1]: p for p in known}
   for arg in argv:
     if not arg.startswith("--config."):
       continue
@@ -179,7 +180,6 @@ def unknown_override(argv: list[str]) -> str | None:
     if key in known:
       continue
     leaf = key.rsplit(".", 1)[-1]
-    by_leaf = {p.rsplit(".", 1)[-1]: p for p in known}
     close = [by_leaf[m] for m in difflib.get_close_matches(leaf, by_leaf, n=3)]
     close += [p for p in difflib.get_close_matches(key, known, n=3) if p not in close]
     hint = (
