@@ -23,7 +23,7 @@ if [[ ! -x .venv/bin/python ]]; then
   "$python" -m venv .venv
 fi
 # Skip pip entirely when everything is already installed (fast re-runs).
-stamp=".venv/.installed-$(cat "$requirements" requirements.txt requirements-tpu-aot.txt pyproject.toml | cksum | cut -d' ' -f1)"
+stamp=".venv/.installed-$(cat "$requirements" requirements.txt requirements-tfds.txt requirements-tpu-aot.txt pyproject.toml | cksum | cut -d' ' -f1)"
 if [[ ! -f "$stamp" ]]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -r "$requirements"

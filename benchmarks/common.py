@@ -23,8 +23,8 @@ VERSIONED_PACKAGES = (
   "numpy",
   "torch",
   "transformers",
-  "tensorflow-cpu",
-  "tensorflow",
+  "grain",
+  "simplejpeg",
   "tensorflow-datasets",
 )
 

@@ -1,11 +1,13 @@
 """Input-pipeline benchmarks.
 
-1. JPEG throughput: the real `mae_jax.data.make_dataset` (source
+1. JPEG throughput: the real `mae_jax.data.make_iterator` (source
    "image_folder", the ImageNet settings: decode, RandomResizedCrop with
    bicubic antialiased resize, flip, normalise, batch) over synthetic JPEGs of
-   ImageNet-like size, at `image_size` px. Measured with tf.data limited to one
-   core (images/s per core) and with all of this process's cores.
-2. Input wait of a real pretraining run: a short digits pretraining run
+   ImageNet-like size, at `image_size` px, in a fresh process pinned to 1 or
+   more cores, with Grain worker processes or threads.
+2. Resume: time to the first batch of a run resumed after 0, 10, 40, 400
+   epochs (fresh process each); flat when the resume reads nothing before.
+3. Input wait of a real pretraining run: a short digits pretraining run
    (`train_and_evaluate`), whose loop logs `input_wait_fraction` (time blocked
    on the next batch / train time) to metrics.jsonl; or an existing run's
    metrics.jsonl.
@@ -16,6 +18,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -50,28 +54,46 @@ def write_jpegs(
   return root
 
 
-def jpeg_throughput(
-  root: str,
-  *,
-  image_size: int = 224,
-  batch_size: int = 32,
-  batches: int = 16,
-  threads: int | None = None,
-  warmup_batches: int = 2,
-) -> dict[str, Any]:
-  """Images/s of the training pipeline over the JPEG folder at `root`.
-
-  `threads=1` confines tf.data (its private pool and intra-op parallelism)
-  to one core: that is the images/s per host core.
-  """
-  import tensorflow as tf
-
-  from mae_jax.data import imagenet_data_config, make_dataset
-
-  config = imagenet_data_config(
-    source="image_folder", data_dir=root, image_size=image_size, shuffle_buffer=256
+def _in_child(spec: dict) -> dict:
+  """Runs `spec` in a fresh Python process (pinned to `spec["cores"]` CPUs
+  when given) and returns its JSON result: each measurement starts cold, as
+  a (resumed) run does, and cores are limited for real, worker processes
+  included (they inherit the affinity)."""
+  result = subprocess.run(
+    [sys.executable, "-m", "benchmarks.input_bench", json.dumps(spec)],
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    capture_output=True,
+    text=True,
+    check=False,
   )
-  dataset = make_dataset(
+  if result.returncode:
+    raise RuntimeError(f"input benchmark child failed:\n{result.stderr[-3000:]}")
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _folder_config(root: str, spec: dict):
+  from mae_jax.data import imagenet_data_config
+
+  return imagenet_data_config(
+    source="image_folder",
+    data_dir=root,
+    image_size=spec.get("image_size", 224),
+    num_workers=spec.get("workers", 0),
+    read_threads=spec.get("threads", 1),
+    prefetch=spec.get("prefetch", 4),
+    jpeg_reduced_decode=spec.get("reduced", True),
+  )
+
+
+def _measure(spec: dict) -> dict:
+  from mae_jax.data import make_iterator
+
+  if spec.get("cores"):
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: spec["cores"]])
+  config = _folder_config(spec["root"], spec)
+  batch_size = spec["batch_size"]
+  start = time.perf_counter()
+  iterator = make_iterator(
     config,
     split="train",
     global_batch_size=batch_size,
@@ -79,26 +101,84 @@ def jpeg_throughput(
     seed=0,
     process_index=0,
     process_count=1,
+    start_step=spec.get("start_step", 0),
   )
-  if threads:
-    options = tf.data.Options()
-    options.threading.private_threadpool_size = threads
-    options.threading.max_intra_op_parallelism = 1
-    dataset = dataset.with_options(options)
-  iterator = iter(dataset.as_numpy_iterator())
-  for _ in range(warmup_batches):
+  batch = next(iterator)
+  first_batch_s = time.perf_counter() - start
+  assert batch["image"].shape[0] == batch_size
+  if spec["kind"] == "resume":
+    return {"first_batch_s": first_batch_s}
+  for _ in range(spec.get("warmup_batches", 2)):
     next(iterator)
   start = time.perf_counter()
-  for _ in range(batches):
-    batch = next(iterator)
+  for _ in range(spec["batches"]):
+    next(iterator)
   seconds = time.perf_counter() - start
-  assert batch["image"].shape == (batch_size, image_size, image_size, 3)
-  images = batches * batch_size
+  images = spec["batches"] * batch_size
+  return {"images": images, "seconds": seconds, "images_per_s": images / seconds}
+
+
+def jpeg_throughput(
+  root: str,
+  *,
+  cores: int,
+  workers: int,
+  threads: int = 2,
+  image_size: int = 224,
+  batch_size: int = 32,
+  batches: int = 16,
+  reduced: bool = True,
+) -> dict[str, Any]:
+  """Images/s of the training pipeline (decode, RandomResizedCrop, flip,
+  normalise, batch) over the JPEG folder at `root`, on `cores` CPUs with
+  `workers` Grain worker processes (0: `threads` threads in one process)."""
+  spec = dict(
+    kind="throughput",
+    root=root,
+    cores=cores,
+    workers=workers,
+    threads=threads,
+    image_size=image_size,
+    batch_size=batch_size,
+    batches=batches,
+    reduced=reduced,
+  )
+  result = _in_child(spec)
+  result.update(cores=cores, workers=workers, threads=threads, reduced=reduced)
+  result["images_per_s_per_core"] = result["images_per_s"] / cores
+  return result
+
+
+def resume_times(
+  root: str, *, epochs=(0, 10, 40, 400), batch_size: int = 32, image_size: int = 224
+) -> dict[str, Any]:
+  """Seconds from `make_iterator` to the first batch of a run resumed after
+  `epochs` epochs of the folder, each in a fresh process (as a restart)."""
+  from mae_jax.data import dataset_info
+
+  spec = dict(root=root, image_size=image_size)
+  num_train = dataset_info(_folder_config(root, spec))[0]["train"]
+  steps_per_epoch = num_train // batch_size
+  rows = []
+  for epoch in epochs:
+    start_step = epoch * steps_per_epoch
+    result = _in_child(
+      dict(
+        kind="resume",
+        root=root,
+        batch_size=batch_size,
+        image_size=image_size,
+        start_step=start_step,
+        threads=2,
+      )
+    )
+    rows.append({"epoch": epoch, "start_step": start_step, **result})
+  times = [row["first_batch_s"] for row in rows]
   return {
-    "threads": threads or len(os.sched_getaffinity(0)),
-    "images": images,
-    "seconds": seconds,
-    "images_per_s": images / seconds,
+    "images": num_train,
+    "batch_size": batch_size,
+    "rows": rows,
+    "flat": max(times) <= min(times) * 1.2 or max(times) - min(times) <= 0.5,
   }
 
 
@@ -165,3 +245,7 @@ def read_input_wait(metrics_path: str) -> dict:
     "train_images_per_s": float(np.median(rates)) if rates else None,
     "metrics": metrics_path,
   }
+
+
+if __name__ == "__main__":
+  print(json.dumps(_measure(json.loads(sys.argv[1]))))

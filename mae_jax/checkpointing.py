@@ -25,6 +25,7 @@ from typing import Any, Mapping
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from mae_jax.errors import CheckpointError
 from mae_jax.model.config import ModelConfig
@@ -226,18 +227,20 @@ def resolve_checkpoint_dir(path: str) -> str:
   Raises ValueError naming the path when there is nothing complete there
   (including when only half-written `*.orbax-checkpoint-tmp*` steps exist).
   """
-  import tensorflow as tf
-
   for candidate in (os.path.join(path, "checkpoints"), path):
-    if not tf.io.gfile.isdir(candidate):
+    if not epath.Path(candidate).is_dir():
       continue
     steps = manager(candidate, read_only=True).all_steps()
     if steps:
       return candidate
   partial = []
   for candidate in (os.path.join(path, "checkpoints"), path):
-    if tf.io.gfile.isdir(candidate):
-      partial += [name for name in tf.io.gfile.listdir(candidate) if "orbax-checkpoint-tmp" in name]
+    if epath.Path(candidate).is_dir():
+      partial += [
+        entry.name
+        for entry in epath.Path(candidate).iterdir()
+        if "orbax-checkpoint-tmp" in entry.name
+      ]
   hint = (
     f" Only half-written steps are there ({', '.join(sorted(partial))}): the run "
     "that wrote them died before finishing a save."

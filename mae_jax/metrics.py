@@ -1,5 +1,8 @@
 """Metrics out of a run: `metrics.jsonl` and TensorBoard event files.
 
+TensorBoard events are written by tensorboardX (no TensorFlow), files
+through `etils.epath` (local or gs://, as orbax).
+
 Only process 0 writes (every process computes the same reduced values).
 The JSONL file is appended to, so a resumed run continues the same file;
 each line is one logged step: {"step": ..., "loss": ..., ...}. Lines past the
@@ -14,6 +17,8 @@ import os
 from typing import Mapping
 
 import numpy as np
+from absl import logging
+from etils import epath
 
 
 class MetricsWriter:
@@ -22,39 +27,53 @@ class MetricsWriter:
     self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
     self.tensorboard_dir = os.path.join(workdir, "tensorboard")
     self._summary_writer = None
+    self._tensorboard_failed = False
     if enabled:
-      import tensorflow as tf  # the input pipeline imports it anyway
+      from tensorboardX import SummaryWriter
 
-      self._tf = tf
       self._drop_lines_after(start_step)
-      self._summary_writer = tf.summary.create_file_writer(self.tensorboard_dir)
+      self._summary_writer = SummaryWriter(self.tensorboard_dir, flush_secs=30)
 
   def _drop_lines_after(self, step: int) -> None:
-    gfile = self._tf.io.gfile
-    if not gfile.exists(self.jsonl_path):
+    path = epath.Path(self.jsonl_path)
+    if not path.exists():
       return
-    with gfile.GFile(self.jsonl_path) as f:
-      lines = [line for line in f if line.strip()]
+    lines = [line + "\n" for line in path.read_text().splitlines() if line.strip()]
     kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
     if len(kept) != len(lines):
-      with gfile.GFile(self.jsonl_path, "w") as f:
-        f.write("".join(kept))
+      path.write_text("".join(kept))
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return
     values = {key: _to_python(value) for key, value in metrics.items()}
-    with self._tf.io.gfile.GFile(self.jsonl_path, "a") as f:
+    with epath.Path(self.jsonl_path).open("a") as f:
       f.write(json.dumps({"step": int(step), **values}) + "\n")
-    with self._summary_writer.as_default(step=int(step)):
+    try:
       for key, value in values.items():
         if isinstance(value, (int, float)):
-          self._tf.summary.scalar(key, value)
-    self._summary_writer.flush()
+          self._summary_writer.add_scalar(key, value, global_step=int(step))
+      self._summary_writer.flush()
+    except OSError as error:
+      # TensorBoard is a view of metrics.jsonl: a failed flush (a full disk)
+      # is reported once and does not stop the run; the next checkpoint save
+      # meets the same disk and stops it cleanly, naming the cause.
+      if not self._tensorboard_failed:
+        logging.warning("Could not write TensorBoard events in %s: %s", self.tensorboard_dir, error)
+      self._tensorboard_failed = True
 
   def close(self) -> None:
+    """Closes the event file. Runs on every exit path, including a failed
+    checkpoint save on a full disk: a failure to flush the last events is
+    logged, not raised, so it cannot replace the error that ended the run."""
     if self._summary_writer is not None:
-      self._summary_writer.close()
+      writer, self._summary_writer = self._summary_writer, None
+      try:
+        writer.close()
+      except OSError as error:
+        logging.warning(
+          "Could not flush the TensorBoard events in %s: %s", self.tensorboard_dir, error
+        )
 
 
 def _to_python(value):

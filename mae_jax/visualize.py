@@ -11,6 +11,7 @@ picture says so in its caption.
 from __future__ import annotations
 
 import numpy as np
+from etils import epath
 from PIL import Image, ImageDraw
 
 from mae_jax.model.loss import NORM_PIX_EPS
@@ -64,7 +65,5 @@ def save_reconstructions(path: str, panels: np.ndarray, *, caption: str, scale: 
       tile = np.repeat(tile, 3, axis=-1) if c == 1 else tile
       image = Image.fromarray(tile).resize((tile_w, tile_h), Image.NEAREST)
       canvas.paste(image, (pad + col * (tile_w + pad), header + pad + row * (tile_h + pad)))
-  import tensorflow as tf  # gfile: the workdir may be a bucket
-
-  with tf.io.gfile.GFile(path, "wb") as f:
+  with epath.Path(path).open("wb") as f:  # The workdir may be a bucket.
     canvas.save(f, format="PNG")

@@ -12,11 +12,20 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def digits_data_dir(tmp_path_factory) -> str:
-  """A TFDS data_dir with the bundled digits built once per test session
-  (a few seconds), so no test writes to ~/tensorflow_datasets."""
-  from mae_jax.data import digits
+def tfrecord_digits_dir(tmp_path_factory) -> str:
+  """A TFDS data_dir holding the digits as TFRecord (a plain `tfds build`)."""
+  import tfds_datasets
 
-  data_dir = str(tmp_path_factory.mktemp("tfds_digits"))
-  digits.load_builder(data_dir)
+  data_dir = str(tmp_path_factory.mktemp("tfds_tfrecord"))
+  tfds_datasets.build(data_dir, "tfrecord")
+  return data_dir
+
+
+@pytest.fixture(scope="session")
+def array_record_digits_dir(tmp_path_factory) -> str:
+  """A TFDS data_dir holding the digits as ArrayRecord."""
+  import tfds_datasets
+
+  data_dir = str(tmp_path_factory.mktemp("tfds_array_record"))
+  tfds_datasets.build(data_dir, "array_record")
   return data_dir

@@ -1,31 +1,26 @@
 """Tests of the input pipeline (mae_jax.data). CPU only, no network.
 
-Every data_dir is a tmp dir; the digits are built once per session by the
-`digits_data_dir` fixture (conftest.py).
+Every data_dir is a tmp dir; the TFDS copies of the digits are built once
+per session (conftest.py).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import itertools
+import math
 import os
+import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from mae_jax import data
-from mae_jax.data import augment, digits
+from mae_jax.data import convert, digits, sources, transforms
 
 # First labels of the digits test split. The split comes from numpy's frozen
 # legacy RandomState, so these never change; if they do, the split did.
 FIRST_TEST_LABELS = [2, 8, 2, 6, 6, 7, 1, 9, 8, 5, 2, 8]
-
-
-def digits_config(data_dir, **overrides):
-  return data.default_data_config(data_dir=data_dir, **overrides)
 
 
 def batches(config, n=None, **kwargs):
@@ -34,13 +29,6 @@ def batches(config, n=None, **kwargs):
   kwargs.setdefault("process_index", 0)
   kwargs.setdefault("process_count", 1)
   return list(itertools.islice(data.make_iterator(config, **kwargs), n))
-
-
-def raw_digits(data_dir, split):
-  """(uint8 images [N, 8, 8, 1], labels [N]) in stored order."""
-  builder = digits.load_builder(data_dir)
-  examples = list(tfds.as_numpy(builder.as_dataset(split=split)))
-  return (np.stack([e["image"] for e in examples]), np.array([e["label"] for e in examples]))
 
 
 def real_examples(batch_list):
@@ -54,165 +42,213 @@ def as_keys(images):
   return sorted(image.tobytes() for image in images)
 
 
+def assert_same_batches(expected, got):
+  assert len(expected) == len(got)
+  for a, b in zip(expected, got):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def exact_config(**overrides):
+  """Digits at 8x8 without crop: the output is the normalised stored image."""
+  return data.default_data_config(image_size=8, random_resized_crop=False, **overrides)
+
+
 # ---------------------------------------------------------------- digits --
 
 
-def test_digits_build_and_fixed_split(digits_data_dir, tmp_path):
-  sizes, num_classes = data.dataset_info(digits_config(digits_data_dir))
-  assert sizes == {"train": 1497, "test": 300}
-  assert num_classes == 10
-  train_images, train_labels = raw_digits(digits_data_dir, "train")
-  test_images, test_labels = raw_digits(digits_data_dir, "test")
+def test_digits_fixed_split():
+  sizes, num_classes = data.dataset_info(data.default_data_config())
+  assert sizes == {"train": 1497, "test": 300} and num_classes == 10
+  train_images, train_labels = digits.load_split("train")
+  test_images, test_labels = digits.load_split("test")
   assert train_images.shape == (1497, 8, 8, 1)
   assert train_images.dtype == np.uint8 and train_images.max() == 255
   assert set(train_labels) == set(test_labels) == set(range(10))
   assert test_labels[: len(FIRST_TEST_LABELS)].tolist() == FIRST_TEST_LABELS
-  # A rebuild elsewhere gives the very same splits, in the same order.
-  rebuilt_images, rebuilt_labels = raw_digits(str(tmp_path), "test")
-  np.testing.assert_array_equal(rebuilt_images, test_images)
-  np.testing.assert_array_equal(rebuilt_labels, test_labels)
 
 
-def test_digits_mean_std_constants_match_train_split(digits_data_dir):
-  images, _ = raw_digits(digits_data_dir, "train")
-  pixels = images / 255.0
+def test_digits_mean_std_constants_match_train_split():
+  pixels = digits.load_split("train")[0] / 255.0
   assert digits.MEAN[0] == pytest.approx(pixels.mean(), abs=1e-4)
   assert digits.STD[0] == pytest.approx(pixels.std(), abs=1e-4)
-
-
-def test_concurrent_digits_builds_do_not_collide(tmp_path):
-  # Two builders racing on one data_dir: the file lock makes the second wait
-  # and reuse the first one's build. (flock also excludes threads, as each
-  # opens its own file description, so threads stand in for processes.)
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    builders = list(pool.map(digits.load_builder, [str(tmp_path)] * 2))
-  for builder in builders:
-    assert builder.is_prepared()
-    assert builder.info.splits["test"].num_examples == 300
-  assert not [f for f in os.listdir(os.path.dirname(builders[0].data_dir)) if "incomplete" in f]
 
 
 # ------------------------------------------------------------- batches --
 
 
-def test_train_batch_shapes_dtypes_and_mask(digits_data_dir):
-  config = digits_config(digits_data_dir)
-  (batch,) = batches(config, 1, split="train", global_batch_size=32, train=True)
+def test_train_batch_shapes_dtypes_and_mask():
+  (batch,) = batches(data.default_data_config(), 1, split="train", global_batch_size=32, train=True)
   assert batch["image"].shape == (32, 32, 32, 1)
   assert batch["image"].dtype == np.float32
   assert batch["label"].shape == (32,) and batch["label"].dtype == np.int32
   assert batch["mask"].dtype == np.float32 and (batch["mask"] == 1).all()
+  assert batch["replaced"].dtype == np.int32 and not batch["replaced"].any()
   assert set(batch["label"]) <= set(range(10))
-  assert np.isfinite(batch["image"]).all()
   # Normalised with the digits statistics: roughly centred and unit scale.
   assert abs(batch["image"].mean()) < 0.5
   assert 0.5 < batch["image"].std() < 1.5
 
 
-def test_eval_is_exact_normalisation_in_order(digits_data_dir):
+def test_eval_is_exact_normalisation_in_order():
   # At image_size 8 the eval resize is the identity, so the output must be
   # exactly (pixel / 255 - mean) / std of the stored images, in order.
-  config = digits_config(digits_data_dir, image_size=8)
+  config = data.default_data_config(image_size=8)
   images, labels = real_examples(batches(config, split="test", global_batch_size=64, train=False))
-  raw_images, raw_labels = raw_digits(digits_data_dir, "test")
+  raw_images, raw_labels = digits.load_split("test")
   expected = (raw_images / 255.0 - digits.MEAN[0]) / digits.STD[0]
-  np.testing.assert_allclose(images, expected, atol=1e-4)
+  np.testing.assert_allclose(images, expected, atol=1e-5)
   np.testing.assert_array_equal(labels, raw_labels)
 
 
-def test_eval_pads_last_batch_and_covers_every_example_once(digits_data_dir):
-  config = digits_config(digits_data_dir, image_size=8)
+def test_eval_pads_last_batch_and_covers_every_example_once():
+  config = data.default_data_config(image_size=8)
   eval_batches = batches(config, split="test", global_batch_size=64, train=False)
   assert len(eval_batches) == 5  # 300 = 4 * 64 + 44
   for batch in eval_batches:
-    assert batch["image"].shape == (64, 8, 8, 1)
-    assert batch["mask"].shape == (64,)
+    assert batch["image"].shape == (64, 8, 8, 1) and batch["mask"].shape == (64,)
   last = eval_batches[-1]
   np.testing.assert_array_equal(last["mask"], [1.0] * 44 + [0.0] * 20)
   assert (last["image"][44:] == 0).all()
   assert sum(b["mask"].sum() for b in eval_batches) == 300
 
 
-def test_same_seed_same_batches_different_seed_different(digits_data_dir):
-  config = digits_config(digits_data_dir)
+def test_eval_hosts_load_slices_of_the_same_global_batches():
+  config = data.default_data_config(image_size=8)
+  kwargs = dict(split="train", global_batch_size=64, train=False, process_count=2)
+  host_batches = [batches(config, process_index=i, **kwargs) for i in (0, 1)]
+  # 1497 examples: 24 global batches (the last one part padding) on both.
+  assert len(host_batches[0]) == len(host_batches[1]) == 24
+  assert host_batches[0][0]["image"].shape[0] == 32
+  whole = batches(config, split="train", global_batch_size=64, train=False)
+  for one, first, second in zip(whole, *host_batches):
+    for key in one:
+      np.testing.assert_array_equal(one[key], np.concatenate([first[key], second[key]]))
+
+
+def test_same_seed_same_batches_different_seed_different():
+  config = data.default_data_config()
   kwargs = dict(split="train", global_batch_size=64, train=True)
   first = batches(config, 3, seed=7, **kwargs)
-  again = batches(config, 3, seed=7, **kwargs)
+  assert_same_batches(first, batches(config, 3, seed=7, **kwargs))
   other = batches(config, 3, seed=8, **kwargs)
-  for a, b in zip(first, again):
-    np.testing.assert_array_equal(a["image"], b["image"])
-    np.testing.assert_array_equal(a["label"], b["label"])
   assert not np.array_equal(first[0]["image"], other[0]["image"])
 
 
-def test_cache_does_not_change_the_stream(digits_data_dir):
-  kwargs = dict(split="train", global_batch_size=64, train=True, seed=3)
-  cached = batches(digits_config(digits_data_dir, cache=True), 2, **kwargs)
-  uncached = batches(digits_config(digits_data_dir, cache=False), 2, **kwargs)
-  for a, b in zip(cached, uncached):
-    np.testing.assert_array_equal(a["image"], b["image"])
+def test_every_epoch_is_a_new_permutation_of_the_split():
+  # 1497 = 3 * 499: batches 0-2 are epoch 1, batches 3-5 epoch 2.
+  config = exact_config()
+  six = batches(config, 6, split="train", global_batch_size=499, train=True)
+  everything = as_keys(
+    real_examples(batches(config, split="train", global_batch_size=499, train=False))[0]
+  )
+  first_epoch = as_keys(np.concatenate([b["image"] for b in six[:3]]))
+  second_epoch = as_keys(np.concatenate([b["image"] for b in six[3:]]))
+  assert first_epoch == everything == second_epoch
+  assert not np.array_equal(six[0]["label"], six[3]["label"])
 
 
-def test_start_step_replays_the_uninterrupted_stream(digits_data_dir):
+def test_start_step_continues_without_reading_what_came_before(monkeypatch):
   # 100 per batch: batch 16 starts in the second epoch (1497 examples).
-  config = digits_config(digits_data_dir)
+  config = data.default_data_config()
   kwargs = dict(split="train", global_batch_size=100, train=True, seed=5)
   uninterrupted = batches(config, 18, **kwargs)
+  reads = []
+  records = sources.open_split(config, "train").records
+  original = type(records).__getitem__
+  monkeypatch.setattr(
+    type(records), "__getitem__", lambda self, i: reads.append(i) or original(self, i)
+  )
   resumed = batches(config, 2, start_step=16, **kwargs)
-  for expected, got in zip(uninterrupted[16:], resumed):
-    np.testing.assert_array_equal(expected["image"], got["image"])
-    np.testing.assert_array_equal(expected["label"], got["label"])
+  assert_same_batches(uninterrupted[16:], resumed)
+  # Only the examples of the batches yielded (and those prefetched) are read.
+  assert len(reads) <= 100 * (2 + config.prefetch + config.read_threads)
 
 
-def test_epochs_are_reshuffled(digits_data_dir):
-  # 1497 = 3 * 499: batches 0 and 3 both start an epoch.
-  config = digits_config(digits_data_dir)
-  first_epoch, _, _, second_epoch = batches(
-    config, 4, split="train", global_batch_size=499, train=True
+def test_resume_cost_does_not_grow_with_the_step():
+  import time
+
+  config = data.default_data_config()
+  kwargs = dict(split="train", global_batch_size=100, train=True, seed=5)
+  seconds = []
+  for start in (0, 10**7):  # 0 and ~670,000 epochs in
+    begin = time.perf_counter()
+    batches(config, 1, start_step=start, **kwargs)
+    seconds.append(time.perf_counter() - begin)
+  assert seconds[1] < seconds[0] + 2.0
+
+
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_the_global_order_does_not_depend_on_the_host_count(process_count):
+  """Host p of P loads rows [p * B/P, (p+1) * B/P) of each global batch,
+  with the same augmentation: concatenated, the hosts give the one-host run."""
+  config = data.default_data_config()
+  kwargs = dict(split="train", global_batch_size=16, train=True, seed=3, start_step=90)
+  one_host = batches(config, 3, **kwargs)
+  per_host = [
+    batches(config, 3, process_index=p, process_count=process_count, **kwargs)
+    for p in range(process_count)
+  ]
+  for step, whole in enumerate(one_host):
+    for key in whole:
+      joined = np.concatenate([host[step][key] for host in per_host])
+      np.testing.assert_array_equal(whole[key], joined, err_msg=key)
+
+
+def test_threads_and_worker_processes_do_not_change_the_batches():
+  kwargs = dict(split="train", global_batch_size=32, train=True, seed=1, start_step=40)
+  reference = batches(data.default_data_config(read_threads=1, prefetch=1), 4, **kwargs)
+  threaded = batches(data.default_data_config(read_threads=8), 4, **kwargs)
+  workers = batches(data.default_data_config(num_workers=2), 4, **kwargs)
+  assert_same_batches(reference, threaded)
+  assert_same_batches(reference, workers)
+
+
+def test_default_processes_come_from_jax():
+  config = data.default_data_config()
+  (batch,) = batches(
+    config,
+    1,
+    split="test",
+    global_batch_size=16,
+    train=False,
+    process_index=None,
+    process_count=None,
   )
-  assert not np.array_equal(first_epoch["label"], second_epoch["label"])
+  assert batch["image"].shape == (16, 32, 32, 1)
 
 
-def test_two_processes_read_disjoint_halves(digits_data_dir):
-  config = digits_config(digits_data_dir, image_size=8)
-  kwargs = dict(split="train", global_batch_size=64, train=False, process_count=2)
-  host_batches = [batches(config, process_index=i, **kwargs) for i in (0, 1)]
-  (images0, _), (images1, _) = [real_examples(b) for b in host_batches]
-  # 1497 examples: 749 + 748, yet the same number of (padded) batches.
-  assert (len(images0), len(images1)) == (749, 748)
-  assert len(host_batches[0]) == len(host_batches[1]) == 24
-  assert host_batches[0][0]["image"].shape[0] == 32
-  everything, _ = real_examples(batches(config, split="train", global_batch_size=64, train=False))
-  assert as_keys(np.concatenate([images0, images1])) == as_keys(everything)
-  # Training draws from the host's own half only.
-  train_config = digits_config(digits_data_dir, image_size=8, random_resized_crop=False)
-  (train_batch,) = batches(train_config, 1, process_index=1, seed=0, **{**kwargs, "train": True})
-  assert set(as_keys(train_batch["image"])) <= set(as_keys(images1))
-
-
-def test_default_processes_come_from_jax(digits_data_dir):
-  config = digits_config(digits_data_dir)
-  dataset = data.make_dataset(config, split="test", global_batch_size=16, train=False, seed=0)
-  assert dataset.element_spec["image"].shape == (16, 32, 32, 1)
-
-
-def test_rgb_digits(digits_data_dir):
-  config = digits_config(
-    digits_data_dir, channels=3, mean=(0.3,) * 3, std=(0.4,) * 3, image_size=16
-  )
+def test_rgb_digits():
+  config = data.default_data_config(channels=3, mean=(0.3,) * 3, std=(0.4,) * 3, image_size=16)
   (batch,) = batches(config, 1, split="train", global_batch_size=8, train=True)
   assert batch["image"].shape == (8, 16, 16, 3)
   np.testing.assert_array_equal(batch["image"][..., 0], batch["image"][..., 2])
 
 
-# ------------------------------------------------------------- augment --
+def test_training_imports_no_tensorflow():
+  import subprocess
+
+  code = (
+    "import sys, itertools\n"
+    "from mae_jax import data\n"
+    "for name in ('digits',):\n"
+    "  c = data.default_data_config()\n"
+    "  list(itertools.islice(data.make_iterator(c, split='train', global_batch_size=8,"
+    " train=True, seed=0, process_index=0, process_count=1), 2))\n"
+    "assert 'tensorflow' not in sys.modules\n"
+  )
+  subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def half_bright_image(height=20, width=30, channels=1):
+# ------------------------------------------------------------ transforms --
+
+
+def half_bright_image(height=20, width=30):
   """Left half white, right half black: mirrored, the right half is bright."""
-  image = np.zeros([height, width, channels], np.uint8)
+  image = np.zeros([height, width, 1], np.uint8)
   image[:, : width // 2] = 255
-  return tf.constant(image)
+  return image
 
 
 def test_flip_off_never_mirrors_and_flip_on_does():
@@ -226,7 +262,7 @@ def test_flip_off_never_mirrors_and_flip_on_does():
     )
     count = 0
     for i in range(20):
-      out = augment.train_transform(half_bright_image(), tf.constant([i, 0]), config).numpy()
+      out = transforms.train_transform(half_bright_image(), np.random.default_rng(i), config)
       count += out[:, :6].mean() > out[:, 6:].mean()
     return count
 
@@ -234,55 +270,143 @@ def test_flip_off_never_mirrors_and_flip_on_does():
   assert 0 < left_brighter_count(horizontal_flip=True) < 20
 
 
-def test_random_resized_crop_output_size_and_range():
-  image = tf.constant(np.random.RandomState(0).randint(0, 256, size=(37, 53, 3)).astype(np.uint8))
-  for i in range(10):
-    out = augment.random_resized_crop(
-      image, tf.constant([i, 1]), size=24, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)
-    )
-    assert out.shape == (24, 24, 3) and out.dtype == tf.float32
-    assert 0 <= out.numpy().min() and out.numpy().max() <= 255
-  # Different seeds give different crops; the same seed the same crop.
-  crop = lambda s: augment.random_resized_crop(
-    image, tf.constant(s), size=24, scale=(0.2, 1.0), ratio=(0.75, 1.33)
+def test_crop_box_distribution_matches_the_reference():
+  """Area fraction uniform in [0.2, 1] and log-ratio uniform in [log 3/4,
+  log 4/3], as long as the draw fits; placement uniform."""
+  rng = np.random.default_rng(0)
+  height, width = 1000, 1000  # Large and square: nearly every first draw fits.
+  boxes = np.array(
+    [
+      transforms.random_resized_crop_box(rng, height, width, (0.2, 1.0), (3 / 4, 4 / 3))
+      for _ in range(4000)
+    ]
   )
-  np.testing.assert_array_equal(crop([3, 4]), crop([3, 4]))
-  assert not np.array_equal(crop([3, 4]), crop([3, 5]))
+  top, left, crop_height, crop_width = boxes.T
+  area = crop_height * crop_width / (height * width)
+  log_ratio = np.log(crop_width / crop_height)
+  assert area.min() >= 0.19 and area.max() <= 1.0
+  assert abs(log_ratio).max() <= math.log(4 / 3) + 0.01
+  # Conditioned on fitting, large areas with extreme ratios are rejected,
+  # so the means sit slightly below the unconditioned 0.6 and 0.
+  assert 0.52 < area.mean() < 0.6
+  assert abs(log_ratio.mean()) < 0.02
+  # Log-uniform: each quarter of the log-ratio range gets about a quarter.
+  quarters = np.histogram(log_ratio, bins=4, range=(math.log(3 / 4), math.log(4 / 3)))[0]
+  assert (abs(quarters / len(boxes) - 0.25) < 0.05).all()
+  assert (top >= 0).all() and (top + crop_height <= height).all()
+  assert (left + crop_width <= width).all()
+  # Placement: uniform over the offsets that keep the box inside.
+  for offset, room in ((top, height - crop_height), (left, width - crop_width)):
+    spread = offset[room > 0] / room[room > 0]
+    assert 0.45 < spread.mean() < 0.55 and spread.min() < 0.02 and spread.max() > 0.98
 
 
-def test_random_resized_crop_fallback_when_no_draw_fits():
-  # A 10x100 strip cannot hold a square covering >= 90% of its area: after
-  # the draws, torchvision falls back to the centered 10x10 square.
-  image = np.zeros([10, 100, 1], np.uint8)
-  image[:, 45:55] = 200  # The center square.
-  out = augment.random_resized_crop(
-    tf.constant(image), tf.constant([0, 0]), size=10, scale=(0.9, 1.0), ratio=(1.0, 1.0)
+def test_crop_box_fallback_is_the_centred_crop_trimmed_to_the_ratio():
+  # A 10x100 strip holds no box covering >= 90 % of it at ratio 3/4-4/3:
+  # after ten draws, the reference falls back to the centred 10x13 box.
+  rng = np.random.default_rng(0)
+  box = transforms.random_resized_crop_box(rng, 10, 100, (0.9, 1.0), (3 / 4, 4 / 3))
+  assert box == ((10 - 10) // 2, (100 - 13) // 2, 10, 13)
+  # A tall strip: the width is kept, the height trimmed to width / (3/4).
+  assert transforms.random_resized_crop_box(rng, 100, 10, (0.9, 1.0), (3 / 4, 4 / 3)) == (
+    (100 - 13) // 2,
+    0,
+    13,
+    10,
   )
-  np.testing.assert_allclose(out.numpy(), 200, atol=1e-3)
+  # Square only: a 10x12 image falls back to its centred 10x10.
+  assert transforms.random_resized_crop_box(rng, 10, 12, (0.99, 1.0), (1.0, 1.0)) == (0, 1, 10, 10)
+
+
+def test_random_resized_crop_output_size_range_and_seed():
+  image = np.random.RandomState(0).randint(0, 256, size=(37, 53, 3)).astype(np.uint8)
+  config = data.default_data_config(image_size=24, channels=3, mean=(0.0,) * 3, std=(1.0,) * 3)
+
+  def crop(seed):
+    return transforms.train_transform(image, np.random.default_rng(seed), config)
+
+  for seed in range(10):
+    out = crop(seed)
+    assert out.shape == (24, 24, 3) and out.dtype == np.float32
+    assert 0 <= out.min() and out.max() <= 1
+  np.testing.assert_array_equal(crop(3), crop(3))
+  assert not np.array_equal(crop(3), crop(4))
+
+
+def jpeg_bytes(height, width, seed=0, quality=95):
+  rng = np.random.default_rng(seed)
+  coarse = rng.uniform(0, 255, size=(height // 20 + 1, width // 20 + 1, 3))
+  pixels = np.kron(coarse, np.ones((20, 20, 1)))[:height, :width].astype(np.uint8)
+  import io
+
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).save(buffer, "JPEG", quality=quality)
+  return buffer.getvalue()
+
+
+def test_reduced_jpeg_decoding_keeps_the_boxes_and_nearly_the_pixels(monkeypatch):
+  """Fast mode decodes at 1/2, 1/4 or 1/8 scale only when the crop keeps at
+  least image_size pixels, draws the same boxes, and changes pixels little."""
+  encoded = jpeg_bytes(960, 1280)
+  base = dict(image_size=64, channels=3, mean=(0.0,) * 3, std=(1.0,) * 3)
+  fast = data.default_data_config(jpeg_reduced_decode=True, **base)
+  full = data.default_data_config(jpeg_reduced_decode=False, **base)
+  decoded_sizes = []
+  original = transforms.decode_image
+
+  def spy(image, channels, **kwargs):
+    result = original(image, channels, **kwargs)
+    decoded_sizes.append(result.size)
+    return result
+
+  monkeypatch.setattr(transforms, "decode_image", spy)
+  differences = []
+  for seed in range(12):
+    a = transforms.train_transform(encoded, np.random.default_rng(seed), fast)
+    b = transforms.train_transform(encoded, np.random.default_rng(seed), full)
+    differences.append(np.abs(a - b).mean() * 255)
+  fast_sizes, full_sizes = decoded_sizes[0::2], decoded_sizes[1::2]
+  assert set(full_sizes) == {(1280, 960)}
+  assert all(size[0] < 1280 for size in fast_sizes)  # Crops >= 430 px: 1/2 or less.
+  # Mean absolute difference in 0..255 levels, on sharp-edged blocks (the
+  # worst case for DCT scaling; docs/data.md has photo-like figures).
+  assert np.mean(differences) < 6.0
 
 
 def test_eval_transform_resizes_short_side_and_center_crops():
   image = np.zeros([40, 60, 1], np.uint8)
-  image[:, 24:36] = 255  # A centered vertical band, 12 of 60 columns wide.
+  image[:, 24:36] = 255  # A centred vertical band, 12 of 60 columns wide.
   config = data.default_data_config(image_size=10, eval_crop_fraction=0.5, mean=(0.0,), std=(1.0,))
-  out = augment.eval_transform(tf.constant(image), config).numpy()
+  out = transforms.eval_transform(image, config)
   # 40x60 -> short side 10 / 0.5 = 20 -> 20x30 (band: columns 12..18)
-  # -> center 10x10 crop (columns 10..20): the band fills columns 2..8.
-  # A plain 10x10 resize would leave a band only 2 columns wide.
+  # -> centre 10x10 crop (columns 10..20): the band fills columns 2..8.
   assert out.shape == (10, 10, 1)
   assert out[:, 3:7].min() > 0.99
   assert out[:, 0].max() < 0.01 and out[:, 9].max() < 0.01
+  # The reference's size rule: int(224 / 0.875) = 256 on the short side.
+  assert transforms.eval_resize_shape(375, 500, 224, 0.875) == (256, 341)
+  assert transforms.eval_resize_shape(500, 375, 224, 0.875) == (341, 256)
+
+
+def test_normalize_matches_the_formula():
+  pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 3)).astype(np.uint8)
+  mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+  expected = (pixels / 255.0 - np.array(mean)) / np.array(std)
+  np.testing.assert_allclose(transforms.normalize(pixels, mean, std), expected, atol=1e-5)
+  np.testing.assert_allclose(
+    transforms.normalize(pixels[:, ::-1], mean, std), expected[:, ::-1], atol=1e-5
+  )
 
 
 def test_channel_conversion():
-  rgb = tf.constant([[[255, 0, 0], [0, 0, 255]]], tf.uint8)
-  gray = augment.match_channels(rgb, 1)
-  assert gray.shape == (1, 2, 1) and gray.dtype == tf.uint8
+  rgb = np.array([[[255, 0, 0], [0, 0, 255]]], np.uint8)
+  gray = transforms.match_channels(rgb, 1)
+  assert gray.shape == (1, 2, 1) and gray.dtype == np.uint8
   # ITU-R 601 luma: red weighs more than blue.
-  assert gray.numpy()[0, 0, 0] > gray.numpy()[0, 1, 0] > 0
-  tiled = augment.match_channels(gray, 3).numpy()
+  assert gray[0, 0, 0] > gray[0, 1, 0] > 0
+  tiled = transforms.match_channels(gray, 3)
   assert tiled.shape == (1, 2, 3) and (tiled == tiled[..., :1]).all()
-  assert augment.match_channels(rgb, 3) is rgb
+  assert transforms.match_channels(rgb, 3) is rgb
 
 
 # ------------------------------------------------------- other sources --
@@ -290,16 +414,21 @@ def test_channel_conversion():
 
 def make_image_folder(root, splits=("train", "test"), per_class=3):
   """root/<split>/<class>/*.png|jpg: grayscale PNGs and RGB JPEGs of
-  different sizes, so decoding and channel conversion are exercised."""
+  different sizes, plus stray files and folders that must be ignored."""
   rng = np.random.RandomState(0)
   for split in splits:
+    (root / split).mkdir(parents=True)
+    (root / split / "README.txt").write_text("not a class")
     for class_name in ("cat", "dog"):
       folder = root / split / class_name
-      folder.mkdir(parents=True)
+      folder.mkdir()
+      (folder / "notes.txt").write_text("not an image")
+      (folder / "nested").mkdir()
+      Image.new("L", (4, 4)).save(folder / "nested" / "deeper.png")
       for i in range(per_class):
         if i % 2:
           pixels = rng.randint(0, 256, size=(20 + i, 24, 3)).astype(np.uint8)
-          Image.fromarray(pixels, "RGB").save(folder / f"{i}.jpg")
+          Image.fromarray(pixels, "RGB").save(folder / f"{i}.JPG")
         else:
           pixels = rng.randint(0, 256, size=(18, 16 + i)).astype(np.uint8)
           Image.fromarray(pixels, "L").save(folder / f"{i}.png")
@@ -324,7 +453,7 @@ def test_image_folder_source(tmp_path, channels):
   assert set(batch["label"]) <= {0, 1}
   eval_batches = batches(config, split="test", global_batch_size=4, train=False)
   assert [b["mask"].sum() for b in eval_batches] == [4, 2]
-  # Hosts split the files between them.
+  assert real_examples(eval_batches)[1].tolist() == [0, 0, 0, 1, 1, 1]
   host_counts = [
     sum(
       b["mask"].sum()
@@ -334,40 +463,53 @@ def test_image_folder_source(tmp_path, channels):
     )
     for i in (0, 1)
   ]
-  assert host_counts == [3, 3]
+  assert host_counts == [4, 2]  # Rows 0-1 and 2-3 of each global batch.
 
 
-def write_fake_tfds_metadata(data_dir, name, num_examples):
-  """Writes the metadata of a prepared `name` with `num_examples` per split,
-  which `tfds.testing.mock_data(policy=USE_FILES)` then serves random data
-  for (the real files are never needed)."""
-  builder = tfds.builder(name, data_dir=data_dir)
-  builder.info.set_splits(
-    tfds.core.SplitDict(
-      [
-        tfds.core.SplitInfo(name=split, shard_lengths=[num_examples], num_bytes=0)
-        for split in ("train", "test")
-      ]
-    )
-  )
-  os.makedirs(builder.data_dir)
-  builder.info.write_to_directory(builder.data_dir)
-
-
-def test_tfds_source_with_mock_data(tmp_path):
-  write_fake_tfds_metadata(str(tmp_path), "mnist", num_examples=10)
+def test_tfds_array_record_source_through_data_source(array_record_digits_dir):
   config = data.default_data_config(
-    source="tfds", name="mnist", data_dir=str(tmp_path), image_size=16
+    source="tfds", name="mae_digits", data_dir=array_record_digits_dir
   )
-  with tfds.testing.mock_data(
-    num_examples=10, data_dir=str(tmp_path), policy=tfds.testing.MockPolicy.USE_FILES
-  ):
+  assert data.dataset_info(config) == ({"train": 1497, "test": 300}, 10)
+  eval_batches = batches(config, split="test", global_batch_size=64, train=False)
+  images, labels = real_examples(eval_batches)
+  assert labels[: len(FIRST_TEST_LABELS)].tolist() == FIRST_TEST_LABELS
+  # The same pixels as the in-memory digits (PNG round trip is lossless).
+  in_memory = real_examples(
+    batches(data.default_data_config(), split="test", global_batch_size=64, train=False)
+  )[0]
+  np.testing.assert_array_equal(images, in_memory)
+  sub = data.default_data_config(
+    source="tfds", name="mae_digits", data_dir=array_record_digits_dir, train_split="train[:10%]"
+  )
+  assert data.dataset_info(sub)[0]["train[:10%]"] == 150
+  (batch,) = batches(sub, 1, split="train[:10%]", global_batch_size=8, train=True)
+  assert batch["image"].shape == (8, 32, 32, 1)
+
+
+def test_tfrecord_only_copy_is_refused_with_the_conversion_command(tfrecord_digits_dir, tmp_path):
+  import shutil
+
+  copy = tmp_path / "tfds"
+  shutil.copytree(tfrecord_digits_dir, copy)
+  config = data.default_data_config(source="tfds", name="mae_digits", data_dir=str(copy))
+  version_dir = os.path.join(str(copy), "mae_digits", "1.0.0")
+  with pytest.raises(data.DataConfigError, match="python -m mae_jax.data.convert " + version_dir):
     data.validate_data_config(config)
-    assert data.dataset_info(config) == ({"train": 10, "test": 10}, 10)
-    train_batches = batches(config, 4, split="train", global_batch_size=4, train=True)
-    assert train_batches[-1]["image"].shape == (4, 16, 16, 1)
-    eval_batches = batches(config, split="test", global_batch_size=4, train=False)
-    assert [b["mask"].sum() for b in eval_batches] == [4, 4, 2]
+  # Convert, interrupt (one shard lost, a partial file left), convert again.
+  assert convert.main(["convert", version_dir]) == 0
+  shards = sorted(f for f in os.listdir(version_dir) if ".array_record-" in f)
+  assert len(shards) == 2
+  os.remove(os.path.join(version_dir, shards[0]))
+  with open(os.path.join(version_dir, shards[0] + ".incomplete"), "wb") as partial:
+    partial.write(b"half")
+  assert convert.convert_dataset_dir(version_dir, progress=False) == 1
+  sources._tfds_builder.cache_clear()
+  sources._open_split.cache_clear()
+  data.validate_data_config(config)
+  labels = real_examples(batches(config, split="test", global_batch_size=64, train=False))[1]
+  assert labels[: len(FIRST_TEST_LABELS)].tolist() == FIRST_TEST_LABELS
+  assert convert.main(["convert", str(tmp_path / "nope")]) == 2
 
 
 # ---------------------------------------------------------- bad configs --
@@ -387,13 +529,16 @@ def test_tfds_source_with_mock_data(tmp_path):
     (dict(channels=3), "mean"),
     (dict(std=(0.0,)), "std"),
     (dict(eval_crop_fraction=1.5), "eval_crop_fraction"),
-    (dict(shuffle_buffer=0), "shuffle_buffer"),
+    (dict(num_workers=-1), "num_workers"),
+    (dict(read_threads=0), "read_threads"),
+    (dict(prefetch=0), "prefetch"),
     (dict(eval_split="validation"), "eval_split"),
     (dict(source="tfds"), "name"),
+    (dict(data_dir="/somewhere"), "data_dir"),
   ],
 )
-def test_bad_field_raises_naming_it(digits_data_dir, overrides, field):
-  config = digits_config(digits_data_dir, **overrides)
+def test_bad_field_raises_naming_it(overrides, field):
+  config = data.default_data_config(**overrides)
   with pytest.raises(data.DataConfigError, match=field):
     data.validate_data_config(config)
 
@@ -412,7 +557,7 @@ def test_missing_tfds_dataset(tmp_path):
 
 
 def image_folder_config(root, **overrides):
-  return data.default_data_config(source="image_folder", data_dir=str(root), **overrides)
+  return data.default_data_config(source="image_folder", data_dir=root and str(root), **overrides)
 
 
 def test_bad_image_folders(tmp_path):
@@ -434,8 +579,8 @@ def test_bad_image_folders(tmp_path):
     data.validate_data_config(image_folder_config(root), splits=["train[:50%]"])
 
 
-def test_bad_make_dataset_arguments(digits_data_dir):
-  config = digits_config(digits_data_dir)
+def test_bad_make_dataset_arguments():
+  config = data.default_data_config()
   common = dict(split="train", train=True, seed=0)
   with pytest.raises(ValueError, match="global_batch_size=10.*process_count=3"):
     data.make_dataset(config, global_batch_size=10, process_index=0, process_count=3, **common)
@@ -463,22 +608,7 @@ def test_imagenet_config_fields():
   config = data.imagenet_data_config(data_dir="gs://bucket/tfds")
   assert (config.source, config.name, config.image_size) == ("tfds", "imagenet2012", 224)
   assert config.channels == 3 and tuple(config.mean) == data.IMAGENET_MEAN
-  assert config.horizontal_flip and not config.cache
+  assert config.horizontal_flip and config.num_workers > 0
   assert config.eval_split == "validation"
   assert config.eval_crop_fraction == 0.875
   assert config.data_dir == "gs://bucket/tfds"
-
-
-def test_on_disk_tfds_dataset_reads_back_through_tfds_load_and_the_tfds_source(digits_data_dir):
-  """The digits, built as a real TFDS dataset, through the generic TFDS path."""
-  import tensorflow_datasets as tfds
-
-  from mae_jax.data import dataset_info, default_data_config, make_iterator
-
-  loaded = tfds.load("mae_digits", split="test", data_dir=digits_data_dir, download=False)
-  first_labels = [int(example["label"]) for example in loaded.take(4)]
-  config = default_data_config(source="tfds", name="mae_digits", data_dir=digits_data_dir)
-  assert dataset_info(config) == ({"train": 1497, "test": 300}, 10)
-  batch = next(make_iterator(config, split="test", global_batch_size=8, train=False, seed=0))
-  assert batch["image"].shape == (8, 32, 32, 1)
-  assert list(batch["label"][:4]) == first_labels

@@ -1,5 +1,5 @@
 """Fine-tuning augmentations: Mixup / CutMix targets (on the device) and
-RandAugment / random erasing (tf.data)."""
+RandAugment / random erasing (Pillow and numpy, in the input pipeline)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow as tf
 from PIL import Image, ImageOps
 
 from mae_jax import data
-from mae_jax.data import augment, randaugment
+from mae_jax.data import randaugment, transforms
 from mae_jax.evaluate.mixup import mix_batch
 
 
@@ -59,43 +58,56 @@ def test_no_mixing_gives_smoothed_one_hot():
 
 
 def test_randaugment_is_deterministic_in_range_and_changes_images():
-  rng = np.random.default_rng(0)
-  image = tf.constant(rng.integers(0, 256, (16, 16, 3)).astype(np.float32))
-  outs = [
-    randaugment.rand_augment(
-      image, tf.constant([s, 0]), num_ops=2, magnitude=9.0, magnitude_std=0.5, fill=[128, 128, 128]
-    ).numpy()
-    for s in range(12)
-  ]
-  again = randaugment.rand_augment(
-    image, tf.constant([0, 0]), num_ops=2, magnitude=9.0, magnitude_std=0.5, fill=[128, 128, 128]
-  ).numpy()
-  np.testing.assert_array_equal(outs[0], again)
-  assert all(o.shape == (16, 16, 3) and o.min() >= 0 and o.max() <= 255 for o in outs)
-  assert sum(not np.array_equal(o, np.round(image.numpy())) for o in outs) >= 6
+  image = np.random.default_rng(0).integers(0, 256, (16, 16, 3)).astype(np.uint8)
+
+  def augmented(seed):
+    return randaugment.rand_augment(
+      image,
+      np.random.default_rng(seed),
+      num_ops=2,
+      magnitude=9.0,
+      magnitude_std=0.5,
+      fill=(128,) * 3,
+    )
+
+  outs = [augmented(seed) for seed in range(12)]
+  np.testing.assert_array_equal(outs[0], augmented(0))
+  assert all(o.shape == (16, 16, 3) and o.dtype == np.uint8 for o in outs)
+  assert sum(not np.array_equal(o, image) for o in outs) >= 6
 
 
-def test_equalize_matches_pil():
+@pytest.mark.parametrize("operation", randaugment.OPERATIONS, ids=lambda op: op.__name__)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_operation_keeps_shape_and_mode(operation, channels):
+  pixels = np.random.default_rng(1).integers(0, 256, (12, 10, channels)).astype(np.uint8)
+  image = Image.fromarray(pixels[..., 0] if channels == 1 else pixels)
+  fill = 128 if channels == 1 else (128,) * 3
+  out = operation(image, 9.0, -1.0, fill)
+  assert out.size == image.size and out.mode == image.mode
+
+
+def test_equalize_is_pils():
   pixels = np.random.default_rng(1).integers(0, 200, (16, 16)).astype(np.uint8)
   expected = np.asarray(ImageOps.equalize(Image.fromarray(pixels)))
-  ours = randaugment.equalize(tf.constant(pixels[..., None], tf.float32), 0, 0, 0)
-  np.testing.assert_array_equal(ours.numpy()[..., 0], expected)
+  ours = randaugment.equalize(Image.fromarray(pixels), 0, 0, 0)
+  np.testing.assert_array_equal(np.asarray(ours), expected)
 
 
 def test_random_erasing_fills_one_rectangle_with_noise():
-  image = tf.fill([20, 20, 1], 7.0)
-  untouched = randaugment.random_erasing(image, tf.constant([0, 1]), probability=0.0)
-  np.testing.assert_array_equal(untouched.numpy(), image.numpy())
-  erased = randaugment.random_erasing(image, tf.constant([0, 1]), probability=1.0).numpy()
+  image = np.full([20, 20, 1], 7.0, np.float32)
+  untouched = randaugment.random_erasing(image, np.random.default_rng(1), probability=0.0)
+  np.testing.assert_array_equal(untouched, image)
+  erased = randaugment.random_erasing(image, np.random.default_rng(1), probability=1.0)
   rows, cols = np.nonzero(erased[..., 0] != 7.0)
   area = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
   assert len(rows) == area and 0.02 * 400 * 0.5 <= area <= 400 / 3 * 1.5
+  assert (image == 7.0).all()  # The input is not changed in place.
 
 
 def test_finetune_extras_plug_into_the_train_transform():
   config = data.default_data_config(image_size=12, randaugment_ops=2, random_erasing=0.25)
-  image = tf.constant(np.random.default_rng(2).integers(0, 256, (8, 8, 1)), tf.uint8)
-  out = augment.train_transform(image, tf.constant([5, 0]), config)
-  assert out.shape == (12, 12, 1) and out.dtype == tf.float32
+  image = np.random.default_rng(2).integers(0, 256, (8, 8, 1)).astype(np.uint8)
+  out = transforms.train_transform(image, np.random.default_rng(5), config)
+  assert out.shape == (12, 12, 1) and out.dtype == np.float32
   with pytest.raises(ValueError, match="randaugment_ops"):
     data.validate_data_config(data.default_data_config(randaugment_ops=-1))

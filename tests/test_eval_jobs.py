@@ -55,22 +55,19 @@ TINY_MODEL = dict(
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory, digits_data_dir) -> str:
+def pretrained(tmp_path_factory) -> str:
   workdir = str(tmp_path_factory.mktemp("eval") / "pretrain")
   run_job(
-    tiny_config(
-      digits_data_dir, num_train_steps=4, checkpoint_every_steps=4, num_reconstructions=0
-    ),
+    tiny_config(num_train_steps=4, checkpoint_every_steps=4, num_reconstructions=0),
     workdir,
   )
   return workdir
 
 
-def eval_config(module, data_dir: str, **overrides):
+def eval_config(module, **overrides):
   config = module.get_config("digits")
   config.model.update(TINY_MODEL)
   config.data.image_size = 16
-  config.data.data_dir = data_dir
   config.progress_bar = "off"
   if config.job != "knn":
     config.global_batch_size = 16
@@ -219,9 +216,9 @@ def test_knn_classifies_separated_clusters():
   assert metrics == {"knn_top1": 100.0, "knn_top5": 100.0}
 
 
-def test_linear_probe_job_outputs_and_resume(pretrained, tmp_path, digits_data_dir):
+def test_linear_probe_job_outputs_and_resume(pretrained, tmp_path):
   workdir = str(tmp_path / "probe")
-  config = eval_config(linprobe_config, digits_data_dir, init_from=pretrained)
+  config = eval_config(linprobe_config, init_from=pretrained)
   results = run_job(config, workdir)
   saved = json.load(open(os.path.join(workdir, "results.json")))
   assert saved["protocol"] == "linear_probe" and saved["step"] == 4
@@ -235,21 +232,17 @@ def test_linear_probe_job_outputs_and_resume(pretrained, tmp_path, digits_data_d
   assert run_job(config, workdir)["top1"] == results["top1"]
 
 
-def test_knn_job_and_baselines(pretrained, tmp_path, digits_data_dir):
-  mae = run_job(
-    eval_config(knn_config, digits_data_dir, init_from=pretrained), str(tmp_path / "knn")
-  )
-  pixels = run_job(
-    eval_config(knn_config, digits_data_dir, baseline="raw_pixels"), str(tmp_path / "knn_pixels")
-  )
+def test_knn_job_and_baselines(pretrained, tmp_path):
+  mae = run_job(eval_config(knn_config, init_from=pretrained), str(tmp_path / "knn"))
+  pixels = run_job(eval_config(knn_config, baseline="raw_pixels"), str(tmp_path / "knn_pixels"))
   assert mae["protocol"] == "knn" and mae["k"] == 20 and mae["step"] == 4
   assert pixels["checkpoint"] == {"baseline": "raw_pixels"} and pixels["top1"] > 80
 
 
-def test_finetune_job_from_a_pretrained_encoder(pretrained, tmp_path, digits_data_dir):
+def test_finetune_job_from_a_pretrained_encoder(pretrained, tmp_path):
   workdir = str(tmp_path / "finetune")
   config = eval_config(
-    finetune_config, digits_data_dir, init_from=pretrained, mesh={"data": 2, "fsdp": 4, "tensor": 1}
+    finetune_config, init_from=pretrained, mesh={"data": 2, "fsdp": 4, "tensor": 1}
   )
   results = run_job(config, workdir)
   assert results["protocol"] == "finetune" and results["feature"] == "pool"
@@ -267,23 +260,19 @@ def _checkpoint_steps(workdir: str) -> list[int]:
   )
 
 
-def test_nan_batch_stops_fine_tuning_before_any_bad_checkpoint(
-  tmp_path, digits_data_dir, monkeypatch
-):
+def test_nan_batch_stops_fine_tuning_before_any_bad_checkpoint(tmp_path, monkeypatch):
   _nan_batch_at(monkeypatch, bad_batch_index=2)  # the 3rd step; checkpoints every 2
   workdir = str(tmp_path / "finetune_nan")
-  config = eval_config(finetune_config, digits_data_dir, baseline="random_init")
+  config = eval_config(finetune_config, baseline="random_init")
   with pytest.raises(NonFiniteError, match="step 3 .*Last good checkpoint: step 2"):
     run_job(config, workdir)
   assert _checkpoint_steps(workdir) == [2]
 
 
-def test_nan_batch_in_fine_tuning_is_skipped_and_counted_when_asked(
-  tmp_path, digits_data_dir, monkeypatch
-):
+def test_nan_batch_in_fine_tuning_is_skipped_and_counted_when_asked(tmp_path, monkeypatch):
   _nan_batch_at(monkeypatch, bad_batch_index=2)
   workdir = str(tmp_path / "finetune_skip")
-  config = eval_config(finetune_config, digits_data_dir, baseline="random_init", nonfinite="skip")
+  config = eval_config(finetune_config, baseline="random_init", nonfinite="skip")
   assert run_job(config, workdir)["step"] == 4 and _checkpoint_steps(workdir) == [4]
   lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert {l["step"]: l["skipped_steps"] for l in lines if "skipped_steps" in l} == {2: 0, 4: 1}
@@ -295,16 +284,14 @@ def test_nan_batch_in_fine_tuning_is_skipped_and_counted_when_asked(
   assert np.isfinite(np.asarray(restored["params"]["head"]["kernel"])).all()
 
 
-def test_sigterm_during_fine_tuning_saves_and_resumes(tmp_path, digits_data_dir, monkeypatch):
+def test_sigterm_during_fine_tuning_saves_and_resumes(tmp_path, monkeypatch):
   """A real SIGTERM (sent while the 2nd batch is read): the job saves that
   step, waits for it, raises Preempted (exit 75 from main); the rerun
   resumes there and ends where an uninterrupted run ends."""
   from mae_jax.train import pretrain
   from mae_jax.train.preemption import Preempted
 
-  config = eval_config(
-    finetune_config, digits_data_dir, baseline="random_init", checkpoint_every_steps=4
-  )
+  config = eval_config(finetune_config, baseline="random_init", checkpoint_every_steps=4)
   uninterrupted = str(tmp_path / "uninterrupted")
   run_job(config, uninterrupted)
 
@@ -401,15 +388,15 @@ def test_finetune_gradient_accumulation_equals_the_full_batch_step():
     (knn_config, 2, r"grad_accum_steps=2: .*fine-tuning only, not 'knn'"),
   ],
 )
-def test_bad_gradient_accumulation_fails_before_compiling(module, accum, message, digits_data_dir):
-  config = eval_config(module, digits_data_dir, baseline="random_init", grad_accum_steps=accum)
+def test_bad_gradient_accumulation_fails_before_compiling(module, accum, message):
+  config = eval_config(module, baseline="random_init", grad_accum_steps=accum)
   with pytest.raises(ValueError, match=message):
     make_eval_plan(config, num_devices=8, process_count=1)
 
 
-def test_finetune_plan_with_gradient_accumulation(digits_data_dir):
+def test_finetune_plan_with_gradient_accumulation():
   config = eval_config(
-    finetune_config, digits_data_dir, baseline="random_init", grad_accum_steps=2, eval_batch_size=-1
+    finetune_config, baseline="random_init", grad_accum_steps=2, eval_batch_size=-1
   )
   plan = make_eval_plan(config, num_devices=8, process_count=1)
   # The schedule (steps per epoch) follows the global batch; only the micro-batch shrinks.
@@ -433,10 +420,8 @@ def test_finetune_plan_with_gradient_accumulation(digits_data_dir):
     (dict(nonfinite="ignore"), "nonfinite='ignore': 'stop' or 'skip'"),
   ],
 )
-def test_bad_evaluation_configs_fail_before_compiling(change, message, pretrained, digits_data_dir):
-  config = apply_changes(
-    eval_config(linprobe_config, digits_data_dir, init_from=pretrained), change
-  )
+def test_bad_evaluation_configs_fail_before_compiling(change, message, pretrained):
+  config = apply_changes(eval_config(linprobe_config, init_from=pretrained), change)
   with pytest.raises(ValueError, match=message):
     make_eval_plan(config, num_devices=8, process_count=1)
 
@@ -489,9 +474,9 @@ def test_presets_follow_the_reference_recipes():
   assert knn_config.get_config("digits").knn_k == 20
 
 
-def test_knn_monitor_runs_on_pretraining_parameters(pretrained, digits_data_dir):
+def test_knn_monitor_runs_on_pretraining_parameters(pretrained):
   """The hook pretraining can call every `knn_every_steps`: encoder params in, metrics out."""
-  config = tiny_config(digits_data_dir, knn_train_batches=2)
+  config = tiny_config(knn_train_batches=2)
   mesh = sharding.make_mesh({"data": 8})
   batch_sharding = sharding.batch_sharding(mesh, sharding.DEFAULT_RULES)
   # In pretraining the parameters live on the run's mesh.
@@ -523,7 +508,7 @@ def test_fine_tuning_encoder_without_final_norm_keeps_the_names():
   np.testing.assert_allclose(normed, Encoder(config).apply({"params": params}, images()), atol=1e-6)
 
 
-def test_linear_probe_command_line(pretrained, tmp_path, digits_data_dir):
+def test_linear_probe_command_line(pretrained, tmp_path):
   """The documented entry point: python -m mae_jax.main --config=configs/linprobe.py:digits."""
   import subprocess
   import sys
@@ -541,7 +526,6 @@ def test_linear_probe_command_line(pretrained, tmp_path, digits_data_dir):
     model__decoder_depth=1,
     model__decoder_heads=2,
     data__image_size=16,
-    data__data_dir=digits_data_dir,
     global_batch_size=16,
     num_train_steps=2,
     eval_batch_size=64,

@@ -25,7 +25,7 @@ from tests.test_pretrain import final_params
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def command(workdir: str, data_dir: str, *overrides: str) -> list[str]:
+def command(workdir: str, *overrides: str) -> list[str]:
   tiny = dict(
     model__image_size=16,
     model__patch_size=4,
@@ -36,7 +36,6 @@ def command(workdir: str, data_dir: str, *overrides: str) -> list[str]:
     model__decoder_depth=1,
     model__decoder_heads=2,
     data__image_size=16,
-    data__data_dir=data_dir,
     global_batch_size=16,
     warmup_epochs=0.5,
     log_every_steps=5,
@@ -88,9 +87,9 @@ STEPS = [
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, digits_data_dir) -> str:
+def uninterrupted(tmp_path_factory) -> str:
   workdir = str(tmp_path_factory.mktemp("uninterrupted") / "run")
-  run(command(workdir, digits_data_dir, *STEPS))
+  run(command(workdir, *STEPS))
   return workdir
 
 
@@ -102,12 +101,12 @@ def saves_in_flight(workdir: str) -> list[str]:
 
 
 def start_and_signal(
-  workdir: str, data_dir: str, sig: int, *, during_save: bool = False
+  workdir: str, sig: int, *, during_save: bool = False
 ) -> tuple[int, list[int], str]:
   """Starts the run, sends `sig` once its first checkpoint is complete (or,
   with `during_save`, while a later save is half written)."""
   process = subprocess.Popen(
-    command(workdir, data_dir, *STEPS),
+    command(workdir, *STEPS),
     cwd=REPO,
     env=environment(1),
     stdout=subprocess.PIPE,
@@ -141,62 +140,55 @@ def assert_same_run(resumed: str, uninterrupted: str) -> None:
   assert losses(resumed) == losses(uninterrupted)
 
 
-def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, digits_data_dir, uninterrupted):
+def test_sigkill_then_rerun_matches_an_uninterrupted_run(tmp_path, uninterrupted):
   interrupted = str(tmp_path / "interrupted")
-  returncode, _, _ = start_and_signal(interrupted, digits_data_dir, signal.SIGKILL)
+  returncode, _, _ = start_and_signal(interrupted, signal.SIGKILL)
   assert returncode == -signal.SIGKILL
   steps_at_kill = committed_steps(interrupted)
   assert steps_at_kill[-1] < 120
-  result = run(command(interrupted, digits_data_dir, *STEPS))
+  result = run(command(interrupted, *STEPS))
   assert "Pretraining finished at step 120" in result.stdout
   info = json.load(open(os.path.join(interrupted, "run_info.json")))
   assert info["resume"] == f"resuming from step {steps_at_kill[-1]}"
   assert_same_run(interrupted, uninterrupted)
 
 
-def test_sigkill_during_a_save_never_resumes_from_the_half_written_step(
-  tmp_path, digits_data_dir, uninterrupted
-):
+def test_sigkill_during_a_save_never_resumes_from_the_half_written_step(tmp_path, uninterrupted):
   # The kill follows the sight of a half-written step within milliseconds; in
   # the rare case the save finished in between, try again on a fresh workdir.
   for attempt in range(3):
     interrupted = str(tmp_path / f"interrupted_{attempt}")
-    returncode, _, _ = start_and_signal(
-      interrupted, digits_data_dir, signal.SIGKILL, during_save=True
-    )
+    returncode, _, _ = start_and_signal(interrupted, signal.SIGKILL, during_save=True)
     assert returncode == -signal.SIGKILL
     if saves_in_flight(interrupted):
       break
   assert saves_in_flight(interrupted), "the kill was meant to land in the middle of a save"
   complete = committed_steps(interrupted)
-  result = run(command(interrupted, digits_data_dir, *STEPS))
+  result = run(command(interrupted, *STEPS))
   assert "Pretraining finished at step 120" in result.stdout
   info = json.load(open(os.path.join(interrupted, "run_info.json")))
   assert info["resume"] == f"resuming from step {complete[-1]}"
   assert_same_run(interrupted, uninterrupted)
 
 
-def test_sigterm_saves_exits_resumable_and_resumes_exactly(
-  tmp_path, digits_data_dir, uninterrupted
-):
+def test_sigterm_saves_exits_resumable_and_resumes_exactly(tmp_path, uninterrupted):
   preempted = str(tmp_path / "preempted")
-  returncode, steps_at_signal, stdout = start_and_signal(preempted, digits_data_dir, signal.SIGTERM)
+  returncode, steps_at_signal, stdout = start_and_signal(preempted, signal.SIGTERM)
   assert returncode == PREEMPTED_EXIT_CODE, stdout[-2000:]
   saved = committed_steps(preempted)[-1]
   assert steps_at_signal[-1] <= saved < 120
   assert f"PREEMPTED: preempted at step {saved}" in stdout
-  result = run(command(preempted, digits_data_dir, *STEPS))
+  result = run(command(preempted, *STEPS))
   assert "Pretraining finished at step 120" in result.stdout
   assert json.load(open(f"{preempted}/run_info.json"))["resume"] == f"resuming from step {saved}"
   assert_same_run(preempted, uninterrupted)
 
 
-def test_checkpoint_from_8_devices_resumes_on_1(tmp_path, digits_data_dir):
+def test_checkpoint_from_8_devices_resumes_on_1(tmp_path):
   workdir = str(tmp_path / "run")
   run(
     command(
       workdir,
-      digits_data_dir,
       "--config.num_train_steps=4",
       "--config.checkpoint_every_steps=2",
       "--config.mesh.data=1",
@@ -205,16 +197,16 @@ def test_checkpoint_from_8_devices_resumes_on_1(tmp_path, digits_data_dir):
     devices=8,
   )
   assert json.load(open(f"{workdir}/run_info.json"))["mesh"]["fsdp"] == 8
-  result = run(command(workdir, digits_data_dir, "--config.num_train_steps=6"), devices=1)
+  result = run(command(workdir, "--config.num_train_steps=6"), devices=1)
   assert "Pretraining finished at step 6" in result.stdout
   info = json.load(open(f"{workdir}/run_info.json"))
   assert info["resume"] == "resuming from step 4" and info["devices"]["count"] == 1
   assert committed_steps(workdir)[-1] == 6
 
 
-def test_cli_rejects_a_bad_override_before_compiling(tmp_path, digits_data_dir):
+def test_cli_rejects_a_bad_override_before_compiling(tmp_path):
   result = subprocess.run(
-    command(str(tmp_path / "run"), digits_data_dir, "--config.global_batch_size=12"),
+    command(str(tmp_path / "run"), "--config.global_batch_size=12"),
     cwd=REPO,
     env=environment(8),
     capture_output=True,
@@ -234,11 +226,9 @@ def test_cli_rejects_a_bad_override_before_compiling(tmp_path, digits_data_dir):
     ("--config.model.mask_ratio=1.0", "mask_ratio"),  # impossible value
   ],
 )
-def test_cli_rejects_unknown_keys_wrong_types_and_bad_values(
-  tmp_path, digits_data_dir, override, message
-):
+def test_cli_rejects_unknown_keys_wrong_types_and_bad_values(tmp_path, override, message):
   result = subprocess.run(
-    command(str(tmp_path / "run"), digits_data_dir, override),
+    command(str(tmp_path / "run"), override),
     cwd=REPO,
     env=environment(1),
     capture_output=True,

@@ -5,26 +5,27 @@ in two processes joined by `jax.distributed` over 127.0.0.1, with the
 parameters and AdamW state sharded over all 4 devices (fsdp spans both
 processes), each process reading its own half of every batch, checkpoints
 written cooperatively to one directory, and a restart that restores them.
-A single process given the same global batches must reach the same losses
-and parameters.
+The data order is global (a function of the seed and the step only), so a
+single process reading whole batches reaches the same losses and parameters,
+and a run saved by the two processes continues in one process (on another
+device count) exactly as if it had never changed size.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
-import types
 
 import jax
 import numpy as np
 import pytest
 
 from configs import pretrain as pretrain_config
-from mae_jax import data as input_pipeline
 from mae_jax.train import pretrain
 from tests.test_main_cli import REPO, environment
 from tests.test_pretrain import _without_key_bias, final_params
@@ -56,11 +57,10 @@ TINY = {
 PHASES = (4, 6)  # train to step 4, then restart and resume to step 6
 
 
-def phase_overrides(data_dir: str, steps: int) -> dict:
+def phase_overrides(steps: int) -> dict:
   # The reconstruction picture only at the end (it costs a compilation).
   return {
     **TINY,
-    "data.data_dir": data_dir,
     "num_train_steps": steps,
     "num_reconstructions": 2 if steps == PHASES[-1] else 0,
   }
@@ -72,11 +72,11 @@ def free_port() -> int:
     return sock.getsockname()[1]
 
 
-def run_processes(workdir: str, data_dir: str, steps: int) -> list[str]:
+def run_processes(workdir: str, steps: int) -> list[str]:
   """Runs the job in PROCESSES processes and returns their outputs. As soon as
   one fails (or all run past the deadline) the others are killed, so no
   process, and no port, outlives the test."""
-  overrides = phase_overrides(data_dir, steps)
+  overrides = phase_overrides(steps)
   port = free_port()
   processes, logs = [], []
   try:
@@ -126,66 +126,58 @@ def run_processes(workdir: str, data_dir: str, steps: int) -> list[str]:
   return outputs
 
 
-def two_host_batches(data_config, *, global_batch_size, **kwargs):
-  """What the two processes read, concatenated in process order: the global
-  batch the 2-process run lays over its mesh (process 0 owns the first rows)."""
-  hosts = [
-    input_pipeline.make_iterator(
-      data_config,
-      global_batch_size=global_batch_size,
-      process_index=index,
-      process_count=PROCESSES,
-      **kwargs,
-    )
-    for index in range(PROCESSES)
-  ]
-  for local_batches in zip(*hosts):
-    yield {key: np.concatenate([batch[key] for batch in local_batches]) for key in local_batches[0]}
-
-
 def logged(workdir: str, key: str) -> dict[int, float]:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return {line["step"]: line[key] for line in map(json.loads, f) if key in line}
 
 
-def test_multiprocess_pretraining_matches_one_process(tmp_path, digits_data_dir, monkeypatch):
+def phase_config(steps: int):
+  config = pretrain_config.get_config("digits")
+  for key, value in phase_overrides(steps).items():
+    section, _, field = key.rpartition(".")
+    (config[section] if section else config)[field] = value
+  return config
+
+
+def test_multiprocess_pretraining_matches_one_process_and_resumes_elastically(tmp_path):
   multi = str(tmp_path / "multi" / "run")
+  elastic = str(tmp_path / "elastic")
   os.makedirs(os.path.dirname(multi))
   for steps in PHASES:
-    outputs = run_processes(multi, digits_data_dir, steps)
+    outputs = run_processes(multi, steps)
     # Only process 0 reports.
     assert f"Pretraining finished at step {steps}" in outputs[0]
     assert "Pretraining finished" not in outputs[1]
+    if steps == PHASES[0]:
+      shutil.copytree(multi, elastic)  # Saved by 2 processes x 2 devices.
   info = json.load(open(os.path.join(multi, "run_info.json")))
   assert info["devices"]["processes"] == PROCESSES and info["devices"]["count"] == 4
   assert info["mesh"]["fsdp"] == 4 and info["resume"] == f"resuming from step {PHASES[0]}"
   assert os.path.getsize(os.path.join(multi, "reconstructions.png")) > 0
 
-  # One process, 8 devices, fed the very batches the two hosts read.
-  monkeypatch.setattr(
-    pretrain, "input_pipeline", types.SimpleNamespace(make_iterator=two_host_batches)
-  )
+  # Elastic: the 2-process run resumed by one process on 8 devices.
+  pretrain.train_and_evaluate(phase_config(PHASES[-1]), elastic)
+  info = json.load(open(os.path.join(elastic, "run_info.json")))
+  assert info["devices"]["processes"] == 1 and info["devices"]["count"] == 8
+  # One process, 8 devices, from scratch: the real pipeline, whole batches.
   single = str(tmp_path / "single")
   for steps in PHASES:
-    config = pretrain_config.get_config("digits")
-    for key, value in phase_overrides(digits_data_dir, steps).items():
-      section, _, field = key.rpartition(".")
-      (config[section] if section else config)[field] = value
-    pretrain.train_and_evaluate(config, single)
+    pretrain.train_and_evaluate(phase_config(steps), single)
 
-  multi_losses = logged(multi, "loss")
-  assert sorted(multi_losses) == list(range(1, PHASES[-1] + 1))
-  assert multi_losses == pytest.approx(logged(single, "loss"), rel=1e-5)
-  # Evaluation sums over both hosts' shards of the held-out split.
-  assert sorted(logged(multi, "eval_loss")) == list(PHASES)
-  assert logged(multi, "eval_loss") == pytest.approx(logged(single, "eval_loss"), rel=1e-5)
-  jax.tree_util.tree_map_with_path(
-    lambda path, a, b: np.testing.assert_allclose(
-      *_without_key_bias(path, a, b), atol=2e-5, rtol=1e-4, err_msg=str(path)
-    ),
-    final_params(single, PHASES[-1]),
-    final_params(multi, PHASES[-1]),
-  )
+  single_losses = logged(single, "loss")
+  assert sorted(single_losses) == list(range(1, PHASES[-1] + 1))
+  for run in (multi, elastic):
+    assert logged(run, "loss") == pytest.approx(single_losses, rel=1e-5)
+    # Evaluation sums over both hosts' slices of the held-out split.
+    assert sorted(logged(run, "eval_loss")) == list(PHASES)
+    assert logged(run, "eval_loss") == pytest.approx(logged(single, "eval_loss"), rel=1e-5)
+    jax.tree_util.tree_map_with_path(
+      lambda path, a, b: np.testing.assert_allclose(
+        *_without_key_bias(path, a, b), atol=2e-5, rtol=1e-4, err_msg=str(path)
+      ),
+      final_params(single, PHASES[-1]),
+      final_params(run, PHASES[-1]),
+    )
 
 
 def test_multiprocess_flags_go_together(tmp_path):

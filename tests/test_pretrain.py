@@ -33,7 +33,7 @@ from mae_jax.train.pretrain import (
 from mae_jax.train.step import make_train_step
 
 
-def tiny_config(data_dir: str, **overrides):
+def tiny_config(**overrides):
   config = pretrain_config.get_config("digits")
   config.model.update(
     image_size=16,
@@ -46,7 +46,6 @@ def tiny_config(data_dir: str, **overrides):
     decoder_heads=2,
   )
   config.data.image_size = 16
-  config.data.data_dir = data_dir
   config.global_batch_size = 16
   config.num_train_steps = 6
   config.warmup_epochs = 0.1
@@ -106,9 +105,9 @@ def test_config_presets_and_options():
     pretrain_config.get_config("vit_base,epoch=3")
 
 
-def test_pretraining_writes_every_output(tmp_path, digits_data_dir):
+def test_pretraining_writes_every_output(tmp_path):
   workdir = str(tmp_path / "run")
-  final = train_and_evaluate(tiny_config(digits_data_dir), workdir)
+  final = train_and_evaluate(tiny_config(), workdir)
   assert final["step"] == 6 and np.isfinite(final["eval_loss"])
   assert sorted(
     checkpointing.manager(os.path.join(workdir, "checkpoints"), read_only=True).all_steps()
@@ -126,11 +125,11 @@ def test_pretraining_writes_every_output(tmp_path, digits_data_dir):
   assert "resume" in json.load(open(os.path.join(workdir, "run_info.json")))
 
 
-def test_resume_after_a_crash_is_exact(tmp_path, digits_data_dir):
+def test_resume_after_a_crash_is_exact(tmp_path):
   """A run that lost its step-6 checkpoint resumes from step 3 and ends with
   bit-identical parameters (same data order, same masks)."""
   # Logging aligned with checkpoints, so each logged mean covers the same steps.
-  config = tiny_config(digits_data_dir, log_every_steps=3)
+  config = tiny_config(log_every_steps=3)
   workdir = str(tmp_path / "run")
   train_and_evaluate(config, workdir)
   uninterrupted = final_params(workdir, 6)
@@ -146,11 +145,11 @@ def test_resume_after_a_crash_is_exact(tmp_path, digits_data_dir):
   assert {l["step"]: l["loss"] for l in lines if "loss" in l} == losses
 
 
-def test_workdir_of_another_experiment_is_refused(tmp_path, digits_data_dir):
+def test_workdir_of_another_experiment_is_refused(tmp_path):
   workdir = str(tmp_path / "run")
-  train_and_evaluate(tiny_config(digits_data_dir, num_train_steps=3), workdir)
+  train_and_evaluate(tiny_config(num_train_steps=3), workdir)
   before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
-  other = tiny_config(digits_data_dir, num_train_steps=3)
+  other = tiny_config(num_train_steps=3)
   other.model.width = 64
   with pytest.raises(ValueError, match="another experiment.*width"):
     train_and_evaluate(other, workdir)
@@ -171,8 +170,8 @@ def test_workdir_of_another_experiment_is_refused(tmp_path, digits_data_dir):
     (dict(global_batch_size=4096), "larger than the 1497 training images"),
   ],
 )
-def test_bad_configs_fail_before_compiling(change, message, digits_data_dir):
-  config = apply_changes(tiny_config(digits_data_dir), change)
+def test_bad_configs_fail_before_compiling(change, message):
+  config = apply_changes(tiny_config(), change)
   with pytest.raises(ValueError, match=message):
     make_plan(config, num_devices=8, process_count=1)
 
@@ -400,35 +399,35 @@ def _nan_batch_at(monkeypatch, bad_batch_index: int):
   monkeypatch.setattr(pretrain.input_pipeline, "make_iterator", make_iterator)
 
 
-def test_nan_batch_stops_the_run_before_any_bad_checkpoint(tmp_path, digits_data_dir, monkeypatch):
+def test_nan_batch_stops_the_run_before_any_bad_checkpoint(tmp_path, monkeypatch):
   from mae_jax.train.nonfinite import NonFiniteError
 
   _nan_batch_at(monkeypatch, bad_batch_index=3)  # the 4th step
   workdir = str(tmp_path / "run")
   with pytest.raises(NonFiniteError, match="step 4 .*Last good checkpoint: step 3"):
-    train_and_evaluate(tiny_config(digits_data_dir), workdir)
+    train_and_evaluate(tiny_config(), workdir)
   assert sorted(
     checkpointing.manager(os.path.join(workdir, "checkpoints"), read_only=True).all_steps()
   ) == [3]
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(final_params(workdir, 3)))
 
 
-def test_nan_batch_is_skipped_and_counted_when_asked(tmp_path, digits_data_dir, monkeypatch):
+def test_nan_batch_is_skipped_and_counted_when_asked(tmp_path, monkeypatch):
   _nan_batch_at(monkeypatch, bad_batch_index=3)
   workdir = str(tmp_path / "run")
-  final = train_and_evaluate(tiny_config(digits_data_dir, nonfinite="skip"), workdir)
+  final = train_and_evaluate(tiny_config(nonfinite="skip"), workdir)
   assert final["step"] == 6 and final["skipped_steps"] == 1
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(final_params(workdir, 6)))
 
 
-def test_init_from_a_run_and_from_an_encoder_only_checkpoint(tmp_path, digits_data_dir):
+def test_init_from_a_run_and_from_an_encoder_only_checkpoint(tmp_path):
   source = str(tmp_path / "source")
-  train_and_evaluate(tiny_config(digits_data_dir, num_train_steps=3), source)
+  train_and_evaluate(tiny_config(num_train_steps=3), source)
   source_params = final_params(source, 3)
 
   # From a pretraining workdir: every parameter starts from the source run.
   workdir = str(tmp_path / "from_run")
-  config = tiny_config(digits_data_dir, num_train_steps=1, seed=7, init_from=source)
+  config = tiny_config(num_train_steps=1, seed=7, init_from=source)
   config.optimizer.base_lr = 1e-12  # so step 1 leaves the restored values in place
   train_and_evaluate(config, workdir)
   jax.tree.map(
@@ -460,28 +459,24 @@ def test_init_from_a_run_and_from_an_encoder_only_checkpoint(tmp_path, digits_da
   )
 
 
-def test_bad_init_from_is_a_clear_error(tmp_path, digits_data_dir):
+def test_bad_init_from_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="no complete checkpoint at"):
-    train_and_evaluate(
-      tiny_config(digits_data_dir, init_from=str(tmp_path / "nothing")), str(tmp_path / "a")
-    )
+    train_and_evaluate(tiny_config(init_from=str(tmp_path / "nothing")), str(tmp_path / "a"))
   half_written = tmp_path / "half" / "checkpoints" / "5.orbax-checkpoint-tmp-123"
   half_written.mkdir(parents=True)
   with pytest.raises(ValueError, match="half-written"):
-    train_and_evaluate(
-      tiny_config(digits_data_dir, init_from=str(tmp_path / "half")), str(tmp_path / "b")
-    )
+    train_and_evaluate(tiny_config(init_from=str(tmp_path / "half")), str(tmp_path / "b"))
   source = str(tmp_path / "source")
-  train_and_evaluate(tiny_config(digits_data_dir, num_train_steps=3), source)
-  other = tiny_config(digits_data_dir, init_from=source)
+  train_and_evaluate(tiny_config(num_train_steps=3), source)
+  other = tiny_config(init_from=source)
   other.model.width = 64
   with pytest.raises(ValueError, match="another architecture: width: checkpoint 32 vs config 64"):
     train_and_evaluate(other, str(tmp_path / "c"))
 
 
-def test_damaged_checkpoint_is_a_clear_error_and_is_left_alone(tmp_path, digits_data_dir):
+def test_damaged_checkpoint_is_a_clear_error_and_is_left_alone(tmp_path):
   workdir = str(tmp_path / "run")
-  config = tiny_config(digits_data_dir, num_train_steps=3)
+  config = tiny_config(num_train_steps=3)
   train_and_evaluate(config, workdir)
   state_dir = os.path.join(workdir, "checkpoints", "3", "state")
   damaged = []
@@ -495,12 +490,12 @@ def test_damaged_checkpoint_is_a_clear_error_and_is_left_alone(tmp_path, digits_
   assert damaged
   before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
   with pytest.raises(ValueError, match="step 3 .* could not be read"):
-    train_and_evaluate(tiny_config(digits_data_dir, num_train_steps=6), workdir)
+    train_and_evaluate(tiny_config(num_train_steps=6), workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
 
 
-def test_unwritable_workdir_fails_at_once(tmp_path, digits_data_dir):
+def test_unwritable_workdir_fails_at_once(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
   with pytest.raises(ValueError, match="cannot write to --workdir"):
-    train_and_evaluate(tiny_config(digits_data_dir), str(blocker / "run"))
+    train_and_evaluate(tiny_config(), str(blocker / "run"))

@@ -49,12 +49,8 @@ def _fail_saves_from(monkeypatch, first_failing_step: int) -> None:
   monkeypatch.setattr(ocp.PyTreeCheckpointHandler, "async_save", async_save)
 
 
-def test_failed_save_is_a_clear_error_and_keeps_earlier_checkpoints(
-  tmp_path, digits_data_dir, monkeypatch
-):
-  config = tiny_config(
-    digits_data_dir, num_train_steps=9, checkpoint_every_steps=3, log_every_steps=3
-  )
+def test_failed_save_is_a_clear_error_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
+  config = tiny_config(num_train_steps=9, checkpoint_every_steps=3, log_every_steps=3)
   workdir = str(tmp_path / "run")
   _fail_saves_from(monkeypatch, 6)
   with pytest.raises(checkpointing.CheckpointSaveError) as failure:
@@ -114,7 +110,7 @@ def _fill(directory: str) -> str:
   return path
 
 
-def test_real_full_disk_under_the_command(tmp_path, digits_data_dir):
+def test_real_full_disk_under_the_command(tmp_path):
   mount_point = str(tmp_path / "small_disk")
   _mount_tmpfs(mount_point, "64M")
   try:
@@ -125,7 +121,7 @@ def test_real_full_disk_under_the_command(tmp_path, digits_data_dir):
       "--config.eval_every_steps=1000",
     ]
     process = subprocess.Popen(
-      command(workdir, digits_data_dir, *steps),
+      command(workdir, *steps),
       cwd=REPO,
       env=environment(1),
       stdout=subprocess.PIPE,
@@ -156,7 +152,7 @@ def test_real_full_disk_under_the_command(tmp_path, digits_data_dir):
     # Free the space; the same command resumes from the newest complete step.
     os.remove(os.path.join(mount_point, "filler"))
     rerun = subprocess.run(
-      command(workdir, digits_data_dir, *steps),
+      command(workdir, *steps),
       cwd=REPO,
       env=environment(1),
       capture_output=True,

@@ -1,4 +1,13 @@
-"""Input pipeline of mae_jax: datasets, augmentation, per-host batches.
+"""Input pipeline of mae_jax: sources, transforms, per-host Grain batches.
+
+Modules, each using only those above it:
+  digits.py          the bundled 8x8 digits, in memory
+  randaugment.py     fine-tuning augmentations (Pillow)
+  transforms.py      decode, RandomResizedCrop, flip, normalise; eval crop
+  config.py          the data settings and presets
+  sources.py         field checks; splits opened for random access
+  input_pipeline.py  the global order, host slices, batches (Grain)
+  convert.py         TFRecord TFDS copy -> ArrayRecord (a command)
 
 Typical use:
 
@@ -9,16 +18,15 @@ Typical use:
                           global_batch_size=256, train=True, seed=0)
 """
 
-from mae_jax.data.digits import MEAN as DIGITS_MEAN
-from mae_jax.data.digits import STD as DIGITS_STD
-from mae_jax.data.input_pipeline import (
+from mae_jax.data.config import (
   IMAGENET_MEAN,
   IMAGENET_STD,
   default_data_config,
   imagenet_data_config,
-  make_dataset,
-  make_iterator,
 )
+from mae_jax.data.digits import MEAN as DIGITS_MEAN
+from mae_jax.data.digits import STD as DIGITS_STD
+from mae_jax.data.input_pipeline import make_dataset, make_iterator
 from mae_jax.data.sources import SOURCES, DataConfigError, dataset_info, validate_data_config
 
 __all__ = [

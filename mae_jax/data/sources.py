@@ -1,48 +1,50 @@
 """Where images come from, and the checks that run before anything is read.
 
 `data_config.source` picks one of:
-  "digits"        the bundled 8x8 digits (`digits.py`), built on first use;
+  "digits"        the bundled 8x8 digits (`digits.py`), in memory;
   "tfds"          any prepared TFDS image dataset, `data_config.name`, from
-                  `data_config.data_dir` (local or gs://); never downloads;
-  "image_folder"  `data_dir/<split>/<class>/*.jpg|jpeg|png` through
-                  `tfds.folder_dataset.ImageFolder`.
+                  `data_config.data_dir` (local or gs://), read through
+                  `tfds.data_source` (ArrayRecord, random access); never
+                  downloads. A TFRecord-only copy is refused with the
+                  command that converts it (`convert.py`);
+  "image_folder"  `data_dir/<split>/<class>/*.jpg|jpeg|png`, listed once.
 
-All three are opened as TFDS builders; images stay encoded (`SkipDecoding`
-for TFDS) until the pipeline decodes them, so examples that a resumed run
-skips are never decoded. Image folders are checked once per process: files
-that do not decode are left out and counted in the log (see
-`_readable_images`). Every problem we can detect up front raises
-`DataConfigError` (a `ValueError`) naming the field, the value and what would
-be accepted.
+Each split opens as `Records`: a picklable random-access sequence of
+(image, label) pairs, images still encoded (or uint8 arrays for the digits),
+so the pipeline (`input_pipeline.py`) reads exactly the examples it needs,
+in any order, from any Grain worker. Every problem we can detect up front
+raises `DataConfigError` naming the field, the value and what would be
+accepted. Images that turn out not to decode later are replaced in the
+stream (see `input_pipeline`), not refused here.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import math
+import functools
 import numbers
 import os
-import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 from absl import logging
+from etils import epath
 
-from mae_jax.data import augment, digits
+from mae_jax.data import digits, transforms
 from mae_jax.errors import UserError
 
 SOURCES = ("digits", "tfds", "image_folder")
 
-# Image-folder splits with at most this many files are decoded once at
-# start-up, leaving out unreadable files (data.check_images_up_to; -1 = any
-# size, 0 = never).
-CHECK_IMAGES_UP_TO = 50_000
+# Image-folder files with these endings (any case) are images; anything
+# else in a class folder (READMEs, .DS_Store) is ignored.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
-# Every field the pipeline reads; `input_pipeline.default_data_config` sets
-# them all. A config missing one is rejected rather than silently defaulted:
+# How many examples of each split `validate_data_config` decodes, to refuse
+# a split that holds no images at all before anything compiles.
+PROBE_EXAMPLES = 8
+
+# Every field the pipeline reads; `config.default_data_config` sets them
+# all. A config missing one is rejected rather than silently defaulted:
 # e.g. a missing `mean` has no value that is right for every dataset.
 REQUIRED_FIELDS = (
   "source",
@@ -58,14 +60,15 @@ REQUIRED_FIELDS = (
   "crop_scale",
   "crop_ratio",
   "horizontal_flip",
+  "jpeg_reduced_decode",
   "randaugment_ops",
   "randaugment_magnitude",
   "randaugment_magnitude_std",
   "random_erasing",
   "eval_crop_fraction",
-  "shuffle_buffer",
+  "num_workers",
+  "read_threads",
   "prefetch",
-  "cache",
 )
 
 
@@ -73,143 +76,380 @@ class DataConfigError(UserError):
   """A data config (or a dataset it points at) that cannot be used."""
 
 
+# ---------------------------------------------------------------- records --
+
+
+class ArrayRecords:
+  """In-memory uint8 images and their labels (the digits)."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, where: str):
+    self.images, self.labels, self.where = images, labels, where
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+    return self.images[index], int(self.labels[index])
+
+  def describe(self, index: int) -> str:
+    return f"{self.where} example {index}"
+
+
+class FileRecords:
+  """Image files (local or gs://) and their labels; reads bytes on demand."""
+
+  def __init__(self, paths: Sequence[str], labels: Sequence[int], where: str):
+    self.paths, self.labels, self.where = list(paths), np.asarray(labels, np.int32), where
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __getitem__(self, index: int) -> tuple[bytes, int]:
+    path = self.paths[index]
+    try:
+      content = epath.Path(path).read_bytes()
+    except OSError as error:
+      # A file removed or unreadable since listing: replaced like a bad image.
+      raise transforms.UndecodableImage(f"cannot read {path}: {error}") from error
+    return content, int(self.labels[index])
+
+  def describe(self, index: int) -> str:
+    return self.paths[index]
+
+
+class TfdsRecords:
+  """A `tfds.data_source` split; images come back encoded (SkipDecoding)."""
+
+  def __init__(self, data_source: Any, has_label: bool, where: str):
+    self.data_source, self.has_label, self.where = data_source, has_label, where
+
+  def __len__(self) -> int:
+    return len(self.data_source)
+
+  def __getitem__(self, index: int) -> tuple[bytes | np.ndarray, int]:
+    example = self.data_source[index]
+    return example["image"], int(example["label"]) if self.has_label else -1
+
+  def describe(self, index: int) -> str:
+    return f"{self.where} example {index}"
+
+
 @dataclasses.dataclass(frozen=True)
-class HostShard:
-  """This host's part of one split, as read from disk.
+class Split:
+  """One split, opened for random access.
 
   Attributes:
-    dataset: elements {"image": encoded bytes (or uint8 HxWxC), "label":
-      int32; -1 for datasets without labels}.
-    num_examples: examples in `dataset`.
-    max_examples_per_host: the largest shard any host gets. Eval pads every
-      host to the same number of batches from it, so that hosts run the same
-      number of (collective) eval steps.
-    stored_channels: channels of the stored images (None: unknown, decoded
-      as RGB).
+    records: `records[i]` is (encoded image bytes or uint8 [H, W, C], label);
+      label -1 for datasets without labels. Picklable (Grain workers).
+    num_classes: None for datasets without a class label.
   """
 
-  dataset: tf.data.Dataset
-  num_examples: int
-  max_examples_per_host: int
-  stored_channels: int | None
+  records: Any
+  num_classes: int | None
+
+  @property
+  def num_examples(self) -> int:
+    return len(self.records)
+
+
+# ------------------------------------------------------------- public API --
 
 
 def validate_data_config(data_config: Any, splits: Iterable[str] | None = None) -> None:
   """Raises `DataConfigError` unless the config can be read as asked.
 
-  Checks the fields, then opens the dataset's metadata (building the small
-  digits set if needed) to check that the dataset and splits exist. Image
-  folders are also decoded once, to leave out unreadable files (cached for
-  the process; see `_readable_images`).
+  Checks the fields, then opens each split (metadata and listings only)
+  and decodes its first few examples, so that a split holding no readable
+  image is refused before anything compiles.
 
   Args:
     data_config: a `ConfigDict` (or any object with the attributes of
-      `input_pipeline.default_data_config()`).
+      `config.default_data_config()`).
     splits: the splits that will be read; defaults to the config's
       `train_split` and `eval_split`.
   """
-  _check_fields(data_config)
+  check_fields(data_config)
   if splits is None:
     splits = (data_config.train_split, data_config.eval_split)
-  builder = _open_builder(data_config)
   for split in splits:
-    _num_examples(builder, data_config, split)
-  _stored_channels(builder, data_config)
+    _probe(open_split(data_config, split), data_config, split)
 
 
 def dataset_info(data_config: Any) -> tuple[dict[str, int], int | None]:
   """Returns ({split: num_examples}, num_classes) of the configured dataset.
 
   The dict has every split of the dataset, plus the configured train/eval
-  splits when they are sub-split expressions such as "train[:99%]". For
-  image folders the configured splits count their readable files only.
+  splits when they are sub-split expressions such as "train[:99%]".
   `num_classes` is None for datasets without a `label` class feature.
   """
-  _check_fields(data_config)
-  builder = _open_builder(data_config)
-  sizes = {name: info.num_examples for name, info in builder.info.splits.items()}
+  check_fields(data_config)
+  sizes, num_classes = _all_splits(data_config)
   for split in (data_config.train_split, data_config.eval_split):
-    if data_config.source == "image_folder" and split in sizes:
-      sizes[split] = _num_examples(builder, data_config, split)
-    elif split not in sizes:
+    if split not in sizes:
       try:
-        sizes[split] = _num_examples(builder, data_config, split)
+        sizes[split] = open_split(data_config, split).num_examples
       except DataConfigError:
         pass  # An eval split may legitimately be absent when not evaluating.
-  return sizes, _num_classes(builder)
+  return sizes, num_classes
 
 
-def read_host_shard(
-  data_config: Any,
-  split: str,
-  *,
-  process_index: int,
-  process_count: int,
-  shuffle_files: bool,
-  seed: int,
-) -> HostShard:
-  """Reads this host's disjoint part of `split` (images still encoded).
-
-  Hosts get contiguous, near-equal parts (sizes differ by at most one), via
-  `tfds.split_for_jax_process`; image folders, which do not support TFDS
-  sub-splits, take every `process_count`-th readable file instead.
-
-  Args:
-    shuffle_files: shuffle the order of the TFDS files (training), seeded
-      by `seed` so that the order is reproducible.
-  """
-  builder = _open_builder(data_config)
-  total = _num_examples(builder, data_config, split)
-  stored_channels = _stored_channels(builder, data_config)
-  decoders = {"image": tfds.decode.SkipDecoding()}
-  if data_config.source == "image_folder":
-    # Every host checks the whole split (`_readable_images`, cached), so all
-    # hosts agree on the readable files and their count without talking to
-    # each other; each then reads only its own files. We list the files
-    # ourselves rather than through `ImageFolder.as_dataset`, which reads
-    # every file of the split on every host and shuffles without a seed.
-    paths, labels = _readable_images(builder, data_config, split)
-    paths, labels = (paths[process_index::process_count], labels[process_index::process_count])
-    num_examples = len(paths)
-    dataset = tf.data.Dataset.from_tensor_slices(
-      {
-        "image": tf.constant(paths, tf.string),
-        "label": tf.constant(labels, tf.int64),
-      }
-    ).map(
-      lambda example: {**example, "image": tf.io.read_file(example["image"])},
-      num_parallel_calls=tf.data.AUTOTUNE,
-    )
-  else:
-    host_split = tfds.split_for_jax_process(
-      split, process_index=process_index, process_count=process_count
-    )
-    num_examples = builder.info.splits[host_split].num_examples
-    read_config = tfds.ReadConfig(
-      shuffle_seed=seed,
-      shuffle_reshuffle_each_iteration=True,
-      # We cache (or not) ourselves, after decoding; see input_pipeline.
-      try_autocache=False,
-      skip_prefetch=True,
-    )
-    # Ordered datasets (digits) refuse file shuffling; the example shuffle
-    # in the pipeline still applies.
-    shuffle_files = shuffle_files and not builder.info.disable_shuffling
-    dataset = builder.as_dataset(
-      split=host_split, shuffle_files=shuffle_files, decoders=decoders, read_config=read_config
-    )
-  has_label = _num_classes(builder) is not None
-
-  def keep_image_and_label(example):
-    label = example["label"] if has_label else tf.constant(-1)
-    return {"image": example["image"], "label": tf.cast(label, tf.int32)}
-
-  return HostShard(
-    dataset=dataset.map(keep_image_and_label),
-    num_examples=num_examples,
-    max_examples_per_host=math.ceil(total / process_count),
-    stored_channels=stored_channels,
+def open_split(data_config: Any, split: str) -> Split:
+  """Opens `split` for random access (cached per process and dataset)."""
+  return _open_split(
+    data_config.source,
+    data_config.name,
+    data_config.data_dir,
+    split,
+    _split_field(data_config, split),
   )
+
+
+# ---------------------------------------------------------------- sources --
+
+
+@functools.lru_cache(maxsize=16)
+def _open_split(source: str, name: str, data_dir: str | None, split: str, field: str) -> Split:
+  if source == "digits":
+    if data_dir:
+      raise DataConfigError(
+        f"data.data_dir={data_dir!r} is invalid for data.source='digits': the bundled "
+        "digits are held in memory and read no directory. Leave data.data_dir unset, or "
+        "set data.source='tfds' or 'image_folder' to read from it."
+      )
+    try:
+      images, labels = digits.load_split(split)
+    except KeyError:
+      raise DataConfigError(
+        f"{field} is invalid: the bundled digits have splits {list(digits.SPLITS)}."
+      ) from None
+    return Split(ArrayRecords(images, labels, f"digits {split}"), digits.NUM_CLASSES)
+  if source == "image_folder":
+    return _open_image_folder(data_dir, split, field)
+  return _open_tfds(name, data_dir, split, field)
+
+
+def _probe(split: Split, config: Any, split_name: str) -> None:
+  """Decodes the first few examples; raises if none of them is an image."""
+  count = min(PROBE_EXAMPLES, split.num_examples)
+  failures = []
+  for index in range(count):
+    try:
+      image, _ = split.records[index]
+      transforms.decode(image, config.channels)
+      return
+    except transforms.UndecodableImage as error:
+      failures.append((split.records.describe(index), error))
+  where, why = failures[0]
+  raise DataConfigError(
+    f"{_split_field(config, split_name)} is invalid: none of the first {count} files can "
+    f"be read as an image (first: {where}: {why}). Expected JPEG or PNG images."
+  )
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__
+
+
+def _access_hint(path: str | None) -> str:
+  if path and path.startswith("gs://"):
+    return (
+      "Check the bucket and path spelling, that this machine can reach "
+      "Cloud Storage, and that its credentials may read the bucket "
+      "(`gcloud auth application-default login`, or the VM service "
+      "account's storage role); `gcloud storage ls PATH` shows what "
+      "this machine sees."
+    )
+  return "Check the spelling, and that this user may read the directory."
+
+
+def _list_dir(path: str, what: str) -> list[epath.Path]:
+  """The entries of `path`, or a `DataConfigError` naming it."""
+  try:
+    directory = epath.Path(path)
+    if not directory.is_dir():
+      reason = "does not exist, is not a directory, or cannot be reached"
+      raise DataConfigError(
+        f"data.data_dir={path!r} {reason}; expected {what}. {_access_hint(path)}"
+      )
+    return sorted(directory.iterdir())
+  except OSError as error:
+    raise DataConfigError(
+      f"data.data_dir={path!r} cannot be read ({_first_line(error)}); expected {what}. "
+      f"{_access_hint(path)}"
+    ) from error
+
+
+# Image folders: root -> ({split: (paths, labels)}, class names).
+@functools.lru_cache(maxsize=8)
+def _list_image_folder(root: str) -> tuple[dict[str, tuple[list[str], list[int]]], list[str]]:
+  """Lists root/<split>/<class>/<image> once (per process and root).
+
+  Classes are the sorted union of the class folders of all splits, so a
+  class gets the same label in every split. Files directly in a split
+  folder, non-image files, and folders below the class folders are ignored
+  (the layout is exactly root/split/class/image). Every host lists the same
+  sorted files, so all agree on the examples and their order.
+  """
+  layout = "an image folder root/<split>/<class>/*.jpg|jpeg|png"
+  split_dirs = [entry for entry in _list_dir(root, layout) if entry.is_dir()]
+  class_dirs = {
+    split.name: [c for c in sorted(split.iterdir()) if c.is_dir()] for split in split_dirs
+  }
+  classes = sorted({c.name for dirs in class_dirs.values() for c in dirs})
+  label_of = {name: label for label, name in enumerate(classes)}
+  splits = {}
+  for split, dirs in class_dirs.items():
+    paths, labels = [], []
+    for class_dir in dirs:
+      for file in sorted(class_dir.iterdir()):
+        if file.suffix.lower() in IMAGE_EXTENSIONS and not file.is_dir():
+          paths.append(os.fspath(file))
+          labels.append(label_of[class_dir.name])
+    splits[split] = (paths, labels)
+  return splits, classes
+
+
+def _open_image_folder(root: str, split: str, field: str) -> Split:
+  try:
+    splits, classes = _list_image_folder(root)
+  except OSError as error:  # An unreadable sub-folder.
+    raise DataConfigError(
+      f"data.data_dir={root!r}: cannot list its class folders ({_first_line(error)}). "
+      f"{_access_hint(root)}"
+    ) from error
+  if split not in splits:
+    raise DataConfigError(
+      f"{field} is invalid: image folder {root!r} has split folders {sorted(splits)} "
+      f"with class sub-folders of images; expected {root}/{split}/<class>/*.jpg|jpeg|png "
+      "(image folders take whole splits, no 'train[:10%]' expressions)."
+    )
+  paths, labels = splits[split]
+  if not paths:
+    raise DataConfigError(
+      f"{field} is invalid: it has no examples in {root}/{split} "
+      "(expected <class>/*.jpg|jpeg|png files)."
+    )
+  where = f"image folder {os.path.join(root, split)!r}"
+  return Split(FileRecords(paths, labels, where), len(classes))
+
+
+def convert_command(dataset_dir: str) -> str:
+  """The command that adds ArrayRecord files to a TFRecord TFDS copy."""
+  return f"python -m mae_jax.data.convert {dataset_dir}"
+
+
+@functools.lru_cache(maxsize=8)
+def _tfds_builder(name: str, data_dir: str | None):
+  import tensorflow_datasets as tfds  # Imported late: digits runs need none of it.
+
+  where = data_dir if data_dir else "the TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
+  if data_dir:
+    _list_dir(data_dir, "a TFDS data directory (holding <name>/<version>/)")
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except ValueError as error:  # Includes tfds' DatasetNotFoundError.
+    raise DataConfigError(
+      f"data.name={name!r}: no such TFDS dataset in code or in "
+      f"data.data_dir={where} ({_first_line(error)}). Check the name (e.g. "
+      '"imagenet2012", "cifar10", "mnist:3.0.1") and data.data_dir.'
+    ) from error
+  except (RuntimeError, OSError) as error:
+    # TFDS wraps file system errors into a RuntimeError.
+    raise DataConfigError(
+      f"data.name={name!r}: cannot read its metadata from "
+      f"data.data_dir={where} ({_first_line(error)}). {_access_hint(data_dir)}"
+    ) from error
+  if not builder.is_prepared():
+    raise DataConfigError(
+      f"data.name={name!r}: TFDS dataset is not prepared in "
+      f"data.data_dir={where} (looked for {builder.data_dir}). Nothing is "
+      f"downloaded during training: build it once with `tfds build {name} "
+      "--data_dir=<dir> --file_format=array_record` (needs the optional "
+      "requirements-tfds.txt; ImageNet needs its archives in "
+      "<dir>/downloads/manual), or point data.data_dir at the directory or "
+      "gs:// bucket that already holds it."
+    )
+  # Re-opened from its files: a builder class registered in code would
+  # describe the formats its code writes, not those on disk.
+  builder = tfds.builder_from_directory(builder.data_dir)
+  formats = {builder.info.file_format, *builder.info.alternative_file_formats}
+  if not any(getattr(f, "value", f) == "array_record" for f in formats):
+    raise DataConfigError(
+      f"data.name={name!r}: the copy in {builder.data_dir} is stored as "
+      f"{sorted(getattr(f, 'value', str(f)) for f in formats)} only; random access "
+      "(exact, instant resume) needs ArrayRecord files. Add them once, beside the "
+      f"existing files, with `{convert_command(os.fspath(builder.data_dir))}` "
+      "(needs the optional requirements-tfds.txt; resumable if interrupted)."
+    )
+  return builder
+
+
+def _tfds_features(builder) -> tuple[bool, int | None]:
+  """(has an image feature of uint8 HxWxC, num_classes or None)."""
+  import tensorflow_datasets as tfds
+
+  features = builder.info.features
+  feature = features["image"] if "image" in features else None
+  shape = getattr(feature, "shape", None)
+  if feature is None or shape is None or len(shape) != 3 or np.dtype(feature.np_dtype) != np.uint8:
+    raise DataConfigError(
+      f"data.name={builder.name!r} is invalid: the dataset needs an 'image' feature of "
+      f"uint8 (height, width, channels) images; it has features {features}"
+    )
+  label = features["label"] if "label" in features else None
+  num_classes = label.num_classes if isinstance(label, tfds.features.ClassLabel) else None
+  return True, num_classes
+
+
+def _open_tfds(name: str, data_dir: str | None, split: str, field: str) -> Split:
+  import tensorflow_datasets as tfds
+
+  builder = _tfds_builder(name, data_dir)
+  _, num_classes = _tfds_features(builder)
+  available = sorted(builder.info.splits.keys())
+  try:
+    count = builder.info.splits[split].num_examples
+  except (KeyError, ValueError, AssertionError) as error:
+    raise DataConfigError(
+      f"{field} is invalid: dataset {builder.name!r} in {builder.data_dir} has splits "
+      f"{available} (sub-splits such as 'train[:99%]' are allowed). Error: {error}"
+    ) from error
+  if count == 0:
+    raise DataConfigError(f"{field} is invalid: it has no examples in {builder.data_dir}.")
+  try:
+    data_source = builder.as_data_source(
+      split=split, decoders={"image": tfds.decode.SkipDecoding()}
+    )
+  except (NotImplementedError, OSError, ValueError) as error:
+    raise DataConfigError(
+      f"data.name={name!r}: cannot open {field} for random access in {builder.data_dir} "
+      f"({_first_line(error)}). {_access_hint(data_dir)}"
+    ) from error
+  where = f"TFDS {builder.name} {split}"
+  logging.info("Opened %s: %d examples (ArrayRecord).", where, len(data_source))
+  return Split(TfdsRecords(data_source, num_classes is not None, where), num_classes)
+
+
+def _all_splits(config: Any) -> tuple[dict[str, int], int | None]:
+  """{split: num_examples} of every split the dataset has, and num_classes."""
+  if config.source == "digits":
+    open_split(config, config.train_split if config.train_split in digits.SPLITS else "train")
+    return {"train": digits.NUM_TRAIN, "test": digits.NUM_TEST}, digits.NUM_CLASSES
+  if config.source == "image_folder":
+    splits, classes = _list_image_folder(config.data_dir)
+    return {split: len(paths) for split, (paths, _) in splits.items()}, len(classes)
+  builder = _tfds_builder(config.name, config.data_dir)
+  _, num_classes = _tfds_features(builder)
+  return {name: info.num_examples for name, info in builder.info.splits.items()}, num_classes
+
+
+def _split_field(config: Any, split: str) -> str:
+  """How to name `split` in errors: by its config field when it is one."""
+  for field in ("train_split", "eval_split"):
+    if getattr(config, field, None) == split:
+      return f"data.{field}={split!r}"
+  return f"split={split!r}"
 
 
 # ----------------------------------------------------------------- fields --
@@ -239,13 +479,13 @@ def _number_pair(config: Any, field: str) -> tuple[float, float]:
   return float(value[0]), float(value[1])
 
 
-def _check_fields(config: Any) -> None:
+def check_fields(config: Any) -> None:
   """Checks every field on its own, before any file is touched."""
   missing = [f for f in REQUIRED_FIELDS if not hasattr(config, f)]
   if missing:
     raise DataConfigError(
       f"data config is missing field(s) {missing}; start from "
-      "input_pipeline.default_data_config(...) which sets them all."
+      "mae_jax.data.default_data_config(...) which sets them all."
     )
   if config.source not in SOURCES:
     raise _invalid("source", config.source, f"expected one of {SOURCES}")
@@ -282,12 +522,7 @@ def _check_fields(config: Any) -> None:
   low, high = _number_pair(config, "crop_ratio")
   if not 0 < low <= high:
     raise _invalid("crop_ratio", config.crop_ratio, "expected 0 < low <= high (width / height)")
-  check = getattr(config, "check_images_up_to", CHECK_IMAGES_UP_TO)
-  if not _is_int(check) or check < -1:
-    raise _invalid(
-      "check_images_up_to", check, "expected a number of files >= 0, or -1 for any number"
-    )
-  for field in ("random_resized_crop", "horizontal_flip", "cache"):
+  for field in ("random_resized_crop", "horizontal_flip", "jpeg_reduced_decode"):
     if not isinstance(getattr(config, field), (bool, np.bool_)):
       raise _invalid(field, getattr(config, field), "expected True or False")
   if not _is_int(config.randaugment_ops) or not 0 <= config.randaugment_ops <= 15:
@@ -317,12 +552,18 @@ def _check_fields(config: Any) -> None:
   fraction = config.eval_crop_fraction
   if not _is_number(fraction) or not 0 < fraction <= 1:
     raise _invalid("eval_crop_fraction", fraction, "expected 0 < fraction <= 1")
-  if not _is_int(config.shuffle_buffer) or config.shuffle_buffer < 1:
-    raise _invalid("shuffle_buffer", config.shuffle_buffer, "expected an integer >= 1")
-  if not _is_int(config.prefetch) or config.prefetch < 0:
+  if not _is_int(config.num_workers) or config.num_workers < 0:
     raise _invalid(
-      "prefetch", config.prefetch, "expected an integer >= 0 (batches to prefetch; 0 = none)"
+      "num_workers",
+      config.num_workers,
+      "expected an integer >= 0 (Grain worker processes; 0 = threads in this process)",
     )
+  if not _is_int(config.read_threads) or config.read_threads < 1:
+    raise _invalid(
+      "read_threads", config.read_threads, "expected an integer >= 1 (threads per process)"
+    )
+  if not _is_int(config.prefetch) or config.prefetch < 1:
+    raise _invalid("prefetch", config.prefetch, "expected an integer >= 1 (batches buffered)")
   if config.source == "tfds" and (not isinstance(config.name, str) or not config.name):
     raise _invalid(
       "name", config.name, 'source="tfds" needs a TFDS dataset name, e.g. "imagenet2012"'
@@ -333,247 +574,3 @@ def _check_fields(config: Any) -> None:
       config.data_dir,
       'source="image_folder" needs the folder root (root/<split>/<class>/*.jpg)',
     )
-
-
-# ---------------------------------------------------------------- sources --
-
-
-def _open_builder(config: Any) -> tfds.core.DatasetBuilder:
-  """Opens the dataset's builder (metadata only) or explains what is missing."""
-  if config.source == "digits":
-    try:
-      return digits.load_builder(config.data_dir)
-    except (OSError, tf.errors.OpError) as error:
-      raise DataConfigError(
-        f"data.data_dir={config.data_dir!r}: cannot build or read the "
-        f"bundled digits there ({_first_line(error)}). "
-        f"{_access_hint(config.data_dir)}"
-      ) from error
-  if config.source == "image_folder":
-    return _open_image_folder(config.data_dir)
-  return _open_tfds(config.name, config.data_dir)
-
-
-def _first_line(error: BaseException) -> str:
-  """The gist of an error, without TF's "{{function_node ...}}" and "[Op:...]"."""
-  text = re.sub(r"^\{\{.*?\}\}\s*|\s*\[Op:\w+\]$", "", str(error).strip())
-  return text.splitlines()[0] if text else type(error).__name__
-
-
-def _access_hint(path: str | None) -> str:
-  if path and path.startswith("gs://"):
-    return (
-      "Check the bucket and path spelling, that this machine can reach "
-      "Cloud Storage, and that its credentials may read the bucket "
-      "(`gcloud auth application-default login`, or the VM service "
-      "account's storage role); `gcloud storage ls PATH` shows what "
-      "this machine sees."
-    )
-  return "Check the spelling, and that this user may read the directory."
-
-
-def _check_readable_dir(path: str, what: str) -> None:
-  """Raises a `DataConfigError` naming `path` unless it can be listed.
-
-  Wraps tf.io.gfile's errors (e.g. a gs:// bucket that does not exist or
-  that these credentials may not read) so that they surface here, before
-  anything compiles, rather than from deep inside TFDS or tf.data.
-  """
-  try:
-    tf.io.gfile.listdir(path)
-    return
-  except tf.errors.NotFoundError as error:
-    # Also what gfile reports for a gs:// path it cannot reach at all.
-    cause, reason = error, "does not exist, is not a directory, or cannot be reached"
-  except (tf.errors.OpError, OSError) as error:
-    cause, reason = error, f"cannot be read ({_first_line(error)})"
-  raise DataConfigError(
-    f"data.data_dir={path!r} {reason}; expected {what}. {_access_hint(path)}"
-  ) from cause
-
-
-def _open_tfds(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
-  where = data_dir if data_dir else "the TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
-  if data_dir:
-    _check_readable_dir(data_dir, "a TFDS data directory (holding <name>/<version>/)")
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except ValueError as error:  # Includes tfds' DatasetNotFoundError.
-    raise DataConfigError(
-      f"data.name={name!r}: no such TFDS dataset in code or in "
-      f"data.data_dir={where} ({_first_line(error)}). Check the name (e.g. "
-      '"imagenet2012", "cifar10", "mnist:3.0.1") and data.data_dir.'
-    ) from error
-  except (RuntimeError, OSError, tf.errors.OpError) as error:
-    # TFDS wraps file system errors into a RuntimeError.
-    raise DataConfigError(
-      f"data.name={name!r}: cannot read its metadata from "
-      f"data.data_dir={where} ({_first_line(error)}). "
-      f"{_access_hint(data_dir)}"
-    ) from error
-  if not builder.is_prepared():
-    raise DataConfigError(
-      f"data.name={name!r}: TFDS dataset is not prepared in "
-      f"data.data_dir={where} (looked for {builder.data_dir}). Nothing is "
-      f"downloaded during training: build it once with `tfds build {name} "
-      "--data_dir=<dir>` (ImageNet needs its archives in "
-      "<dir>/downloads/manual), or point data.data_dir at the directory or "
-      "gs:// bucket that already holds it."
-    )
-  return builder
-
-
-def _open_image_folder(root: str) -> tfds.core.DatasetBuilder:
-  layout = "an image folder root/<split>/<class>/*.jpg|jpeg|png"
-  _check_readable_dir(root, layout)
-  try:
-    return tfds.folder_dataset.ImageFolder(root)
-  except (OSError, tf.errors.OpError) as error:  # An unreadable sub-folder.
-    raise DataConfigError(
-      f"data.data_dir={root!r}: cannot list {layout} ({_first_line(error)}). {_access_hint(root)}"
-    ) from error
-
-
-# Image-folder checks done in this process: (root, split, channels, paths)
-# -> (readable paths, their labels).
-_readable_cache: dict[tuple, tuple[list[str], list[int]]] = {}
-
-
-def _readable_images(
-  builder: tfds.core.DatasetBuilder, config: Any, split: str
-) -> tuple[list[str], list[int]]:
-  """The files of an image-folder split that decode, and their labels.
-
-  Folders are hand-made, so a corrupt, truncated or non-image file is
-  likely, and a failed decode inside tf.data would end the run. So we
-  decode every file once, here, with the pipeline's own decoder (what
-  decodes here decodes there), leave out the ones that fail, and log how
-  many. This runs from `validate_data_config`, i.e. before anything
-  compiles, and is cached for the process, so the per-example path pays
-  nothing. Every host checks the whole split so that all agree on the same
-  file list; that is one decode pass per host, fine for the small data sets
-  that folders are for (prepare large ones with `tfds build`).
-  """
-  # ImageFolder's own listing (a private attribute), in its fixed order.
-  examples = builder._split_examples[split]
-  paths = [example.image_path for example in examples]
-  channels = _stored_channels(builder, config)
-  key = (config.data_dir, split, channels, tuple(paths))
-  if key in _readable_cache:
-    return _readable_cache[key]
-  label_feature = builder.info.features["label"]
-  limit = getattr(config, "check_images_up_to", CHECK_IMAGES_UP_TO)
-  if limit >= 0 and len(paths) > limit:
-    # An ImageNet-sized folder: a decode pass per host would cost minutes to
-    # hours. The stream still drops what does not decode (with a warning).
-    logging.info(
-      "Image folder %r: not decoding its %d files up front (more than "
-      "data.check_images_up_to=%d); undecodable files are dropped in the "
-      "stream, with a warning each.",
-      os.path.join(config.data_dir, split),
-      len(paths),
-      limit,
-    )
-    result = (paths, [label_feature.str2int(example.label) for example in examples])
-    _readable_cache[key] = result
-    return result
-
-  def failure(path: str) -> str | None:
-    try:
-      augment.decode(tf.io.read_file(path), channels)
-      return None
-    except (tf.errors.OpError, OSError) as error:
-      return _first_line(error)
-
-  logging.info(
-    "Checking that the %d files of image folder %r decode (once per process).",
-    len(paths),
-    os.path.join(config.data_dir, split),
-  )
-  # Eager TF ops release the GIL, so threads decode in parallel.
-  with concurrent.futures.ThreadPoolExecutor(min(32, os.cpu_count() or 1)) as pool:
-    failures = list(pool.map(failure, paths))
-  bad = [(path, why) for path, why in zip(paths, failures) if why is not None]
-  where = f"image folder {os.path.join(config.data_dir, split)!r}"
-  if bad and len(bad) == len(paths):
-    raise DataConfigError(
-      f"{_split_field(config, split)} is invalid: none of the {len(paths)} "
-      f"files in {where} can be read as an image (first: {bad[0][0]}: "
-      f"{bad[0][1]}). Expected JPEG or PNG files."
-    )
-  if bad:
-    logging.warning(
-      "%s: skipped %d of %d files: unreadable as images (first: %s: %s).",
-      where,
-      len(bad),
-      len(paths),
-      *bad[0],
-    )
-  result = (
-    [path for path, why in zip(paths, failures) if why is None],
-    [
-      label_feature.str2int(example.label)
-      for example, why in zip(examples, failures)
-      if why is None
-    ],
-  )
-  _readable_cache[key] = result
-  return result
-
-
-def _split_field(config: Any, split: str) -> str:
-  """How to name `split` in errors: by its config field when it is one."""
-  for field in ("train_split", "eval_split"):
-    if getattr(config, field) == split:
-      return f"data.{field}={split!r}"
-  return f"split={split!r}"
-
-
-def _num_examples(builder: tfds.core.DatasetBuilder, config: Any, split: str) -> int:
-  """Examples in `split`, or a `DataConfigError` if it is missing or empty."""
-  available = sorted(builder.info.splits.keys())
-  label = _split_field(config, split)
-  if config.source == "image_folder":
-    # ImageFolder only reads whole splits, no "train[:10%]" expressions.
-    if split not in available:
-      raise DataConfigError(
-        f"{label} is invalid: image folder {config.data_dir!r} has split "
-        f"folders {available} with class sub-folders of images; expected "
-        f"{config.data_dir}/{split}/<class>/*.jpg|jpeg|png."
-      )
-    count = builder.info.splits[split].num_examples
-    if count:
-      count = len(_readable_images(builder, config, split)[0])
-  else:
-    try:
-      count = builder.info.splits[split].num_examples
-    except (KeyError, ValueError, AssertionError) as error:
-      raise DataConfigError(
-        f"{label} is invalid: dataset {builder.name!r} in "
-        f"{builder.data_dir} has splits {available} (sub-splits such as "
-        f"'train[:99%]' are allowed). Error: {error}"
-      ) from error
-  if count == 0:
-    raise DataConfigError(f"{label} is invalid: it has no examples in {builder.data_dir}.")
-  return count
-
-
-def _stored_channels(builder: tfds.core.DatasetBuilder, config: Any) -> int | None:
-  """Channels of the stored images; raises unless there are uint8 images."""
-  features = builder.info.features
-  feature = features["image"] if "image" in features else None
-  shape = getattr(feature, "shape", None)
-  if feature is None or shape is None or len(shape) != 3 or np.dtype(feature.np_dtype) != np.uint8:
-    field = "name" if config.source == "tfds" else "source"
-    raise _invalid(
-      field,
-      getattr(config, field),
-      f"dataset {builder.name!r} needs an 'image' feature of uint8 "
-      f"(height, width, channels) images; it has features {features}",
-    )
-  return shape[-1]
-
-
-def _num_classes(builder: tfds.core.DatasetBuilder) -> int | None:
-  label = builder.info.features["label"] if "label" in builder.info.features else None
-  return label.num_classes if isinstance(label, tfds.features.ClassLabel) else None

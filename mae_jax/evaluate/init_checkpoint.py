@@ -25,6 +25,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import optax
+from etils import epath
 
 from mae_jax import checkpointing
 from mae_jax.errors import CheckpointError
@@ -54,25 +55,18 @@ class InitCheckpoint:
     return {"path": self.directory, "step": self.step, "source": self.metadata.get("source", "?")}
 
 
-def _gfile():
-  import tensorflow as tf  # gfile: checkpoints may live in gs:// buckets
-
-  return tf.io.gfile
-
-
 def locate(init_from: str, step: int | None = None) -> InitCheckpoint:
   """Resolves `init_from` to one complete step; ValueError naming the path otherwise."""
-  gfile = _gfile()
   path = init_from.rstrip("/")
   if path and "://" not in path:
     path = os.path.abspath(path)  # recorded in the metadata: the same from any cwd
-  if not path or not gfile.exists(path):
+  if not path or not epath.Path(path).exists():
     raise CheckpointError(f"config.init_from={init_from!r}: nothing there; {_EXPECTED}.")
-  if gfile.isdir(os.path.join(path, "checkpoints")):
+  if epath.Path(path, "checkpoints").is_dir():
     path = os.path.join(path, "checkpoints")
   elif re.fullmatch(r"\d+", os.path.basename(path)) and step is None:
     path, step = os.path.dirname(path), int(os.path.basename(path))
-  entries = [name.rstrip("/") for name in gfile.listdir(path)]
+  entries = [entry.name for entry in epath.Path(path).iterdir()]
   half_written = sorted(name for name in entries if TMP_MARKER in name)
   try:
     complete = sorted(checkpointing.manager(path, read_only=True).all_steps())

@@ -9,6 +9,7 @@ the step of the checkpoint evaluated, and results.json the accuracies.
 from __future__ import annotations
 
 import jax
+from etils import epath
 
 from mae_jax import sharding
 from mae_jax.evaluate import knn, runtime
@@ -22,9 +23,7 @@ def run_knn(config, workdir: str) -> dict:
   plan = make_eval_plan(config, num_devices=jax.device_count(), process_count=jax.process_count())
   mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
   is_main = jax.process_index() == 0
-  import tensorflow as tf
-
-  tf.io.gfile.makedirs(workdir)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   write_run_info(workdir, config, plan, mesh, None, enabled=is_main)
   batch_sharding = sharding.batch_sharding(mesh, plan.rules)
   with mesh_context(mesh, plan.rules):

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 
 from mae_jax import checkpointing, sharding
 from mae_jax import data as input_pipeline
@@ -249,9 +250,7 @@ def open_workdir(config, plan, workdir: str, mesh, is_main: bool):
 
   A workdir of another experiment is refused before anything is touched.
   """
-  import tensorflow as tf
-
-  tf.io.gfile.makedirs(workdir)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   directory = checkpoint_dir(workdir)
   metadata = job_metadata(config, plan)
   mngr = checkpointing.manager(
@@ -285,10 +284,7 @@ def write_results(
     "config": json.loads(config.to_json_best_effort()),
   }
   if is_main:
-    import tensorflow as tf
-
-    with tf.io.gfile.GFile(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(results, f, indent=2)
+    epath.Path(workdir, "results.json").write_text(json.dumps(results, indent=2))
   return results
 
 

@@ -27,6 +27,8 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
 
 from mae_jax import checkpointing, sharding
 from mae_jax import data as input_pipeline
@@ -160,15 +162,12 @@ def make_knn_monitor(config, plan, mesh, batch_sharding):
 
 def check_workdir_writable(workdir: str) -> None:
   """Fails at once, not at the first checkpoint an hour later."""
-  import tensorflow as tf  # gfile: workdirs may be gs:// buckets
-
-  probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
-  try:
-    tf.io.gfile.makedirs(workdir)
-    with tf.io.gfile.GFile(probe, "w") as f:
-      f.write("ok")
-    tf.io.gfile.remove(probe)
-  except (OSError, tf.errors.OpError) as error:
+  probe = epath.Path(workdir, f".write_test_{jax.process_index()}")
+  try:  # epath: workdirs may be gs:// buckets.
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as error:
     raise WorkdirError(
       f"cannot write to --workdir={workdir!r} ({error}); choose a writable directory or bucket."
     ) from error
@@ -258,12 +257,20 @@ def with_shardings(abstract: Any, shardings: Any) -> Any:
   )
 
 
+# The key under which `device_prefetch` passes the host's count of replaced
+# (undecodable) images along with each batch; the loop pops it.
+NUM_REPLACED = "num_replaced"
+
+
 def device_prefetch(local_batches: Iterator[dict], batch_sharding, size: int) -> Iterator[dict]:
   """Keeps `size` batches already transferred to the devices ahead of the
   step that consumes them, so host-to-device copies overlap compute."""
   queue: collections.deque = collections.deque()
   for local_batch in local_batches:
-    queue.append(to_global(local_batch, batch_sharding))
+    global_batch = to_global(local_batch, batch_sharding)
+    # Host-side: this host's images replaced because they did not decode.
+    global_batch[NUM_REPLACED] = int(np.sum(local_batch.get("replaced", 0)))
+    queue.append(global_batch)
     if len(queue) > size:
       yield queue.popleft()
   while queue:
@@ -328,10 +335,12 @@ class TrainingLoop:
     # Throughput counts train steps only: evaluation and checkpoint time is
     # subtracted from the interval (`paused`).
     interval_start, input_wait, interval_steps, paused = time.perf_counter(), 0.0, 0, 0.0
+    replaced = 0  # this host's undecodable images replaced in the interval
     for step in range(start, total):
       fetch_start = time.perf_counter()
       batch = next(train_iter)
       input_wait += time.perf_counter() - fetch_start
+      replaced += batch.pop(NUM_REPLACED)
       state, metrics = train_step(state, batch)
       pending.append(metrics)
       interval_steps += 1
@@ -351,6 +360,8 @@ class TrainingLoop:
       if done % config.log_every_steps == 0 or last:
         summary = summarise(pending)
         summary["skipped_steps"] = finite_check.check()
+        # Summed over hosts; every host logs at the same steps.
+        summary["replaced_images"] = int(np.sum(multihost_utils.process_allgather(replaced)))
         elapsed = time.perf_counter() - interval_start - paused
         if interval_steps:
           summary["images_per_sec"] = interval_steps * config.global_batch_size / elapsed
@@ -358,7 +369,7 @@ class TrainingLoop:
         self.writer.write(done, summary)
         progress.update(done, summary)
         final.update(summary)
-        pending, interval_steps, input_wait, paused = [], 0, 0.0, 0.0
+        pending, interval_steps, input_wait, paused, replaced = [], 0, 0.0, 0.0, 0
         interval_start = time.perf_counter()
       pause_start = time.perf_counter()
       if done % config.eval_every_steps == 0 or last:
@@ -518,8 +529,8 @@ def check_same_experiment(directory, mngr, step, metadata) -> None:
 def write_run_info(workdir, config, plan, mesh, resume_step, *, enabled: bool) -> None:
   """The resolved config and the run's environment, at the top of the log and in the workdir."""
   import flax
+  import grain
   import orbax.checkpoint as ocp
-  import tensorflow as tf
 
   info = {
     "versions": {
@@ -527,7 +538,7 @@ def write_run_info(workdir, config, plan, mesh, resume_step, *, enabled: bool) -
       "flax": flax.__version__,
       "optax": optax.__version__,
       "orbax": getattr(ocp, "__version__", "?"),
-      "tensorflow": tf.__version__,
+      "grain": getattr(grain, "__version__", "?"),
       "python": sys.version.split()[0],
     },
     "devices": {
@@ -552,10 +563,8 @@ def write_run_info(workdir, config, plan, mesh, resume_step, *, enabled: bool) -
   logging.info("Run info: %s", json.dumps(info))
   logging.info("Config:\n%s", config)
   if enabled:
-    with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-    with tf.io.gfile.GFile(os.path.join(workdir, "run_info.json"), "w") as f:
-      json.dump(info, f, indent=2)
+    epath.Path(workdir, "config.json").write_text(config.to_json_best_effort(indent=2))
+    epath.Path(workdir, "run_info.json").write_text(json.dumps(info, indent=2))
 
 
 class _Progress:
