@@ -385,8 +385,8 @@ def _tfds_builder(name: str, data_dir: str | None):
   return builder
 
 
-def _tfds_features(builder) -> tuple[bool, int | None]:
-  """(has an image feature of uint8 HxWxC, num_classes or None)."""
+def _tfds_num_classes(builder) -> int | None:
+  """Checks for an image feature of uint8 HxWxC; returns num_classes or None."""
   import tensorflow_datasets as tfds
 
   features = builder.info.features
@@ -398,15 +398,14 @@ def _tfds_features(builder) -> tuple[bool, int | None]:
       f"uint8 (height, width, channels) images; it has features {features}"
     )
   label = features["label"] if "label" in features else None
-  num_classes = label.num_classes if isinstance(label, tfds.features.ClassLabel) else None
-  return True, num_classes
+  return label.num_classes if isinstance(label, tfds.features.ClassLabel) else None
 
 
 def _open_tfds(name: str, data_dir: str | None, split: str, field: str) -> Split:
   import tensorflow_datasets as tfds
 
   builder = _tfds_builder(name, data_dir)
-  _, num_classes = _tfds_features(builder)
+  num_classes = _tfds_num_classes(builder)
   available = sorted(builder.info.splits.keys())
   try:
     count = builder.info.splits[split].num_examples
@@ -434,13 +433,13 @@ def _open_tfds(name: str, data_dir: str | None, split: str, field: str) -> Split
 def _all_splits(config: Any) -> tuple[dict[str, int], int | None]:
   """{split: num_examples} of every split the dataset has, and num_classes."""
   if config.source == "digits":
-    open_split(config, config.train_split if config.train_split in digits.SPLITS else "train")
+    open_split(config, "train")  # Refuses a data_dir, as every digits split does.
     return {"train": digits.NUM_TRAIN, "test": digits.NUM_TEST}, digits.NUM_CLASSES
   if config.source == "image_folder":
     splits, classes = _list_image_folder(config.data_dir)
     return {split: len(paths) for split, (paths, _) in splits.items()}, len(classes)
   builder = _tfds_builder(config.name, config.data_dir)
-  _, num_classes = _tfds_features(builder)
+  num_classes = _tfds_num_classes(builder)
   return {name: info.num_examples for name, info in builder.info.splits.items()}, num_classes
 
 
