@@ -191,47 +191,6 @@ def timed(fn: Callable[[], object]) -> float:
   return time.perf_counter() - start
 
 
-# ----------------------------------------------------------------- FLOPs --
-
-
-def _blocks_flops(tokens: int, width: int, depth: int, mlp_ratio: float) -> float:
-  """Forward FLOPs (2 per multiply-add) of `depth` pre-norm ViT blocks:
-  qkv (3 D^2), output projection (D^2), MLP (2 D H) per token, and the
-  attention scores and weighted sum (2 T^2 D together)."""
-  hidden = int(width * mlp_ratio)
-  per_token = 2 * (4 * width * width + 2 * width * hidden)
-  return depth * (tokens * per_token + 4 * tokens * tokens * width)
-
-
-def forward_flops_per_image(cfg) -> dict[str, float]:
-  """Model FLOPs of one forward pass for one image, by part.
-
-  The encoder sees 1 + num_visible tokens (1 + L with the "w/ [M]" variant),
-  and only those patches need embedding (mae_jax embeds just them; the
-  reference embeds all L, 0.3 % more for ViT-B/16); the decoder sees 1 + L
-  tokens. Only matmuls and attention count, the textbook convention behind
-  MFU.
-  """
-  patches, patch_dim = cfg.num_patches, cfg.patch_dim
-  encoder_patches = patches if cfg.encoder_mask_tokens else cfg.num_visible
-  encoder_tokens = 1 + encoder_patches
-  decoder_tokens = 1 + patches
-  return {
-    "patch_embed": 2 * encoder_patches * patch_dim * cfg.width,
-    "encoder": _blocks_flops(encoder_tokens, cfg.width, cfg.depth, cfg.mlp_ratio),
-    "decoder_embed": 2 * encoder_tokens * cfg.width * cfg.decoder_width,
-    "decoder": _blocks_flops(
-      decoder_tokens, cfg.decoder_width, cfg.decoder_depth, cfg.decoder_mlp_ratio
-    ),
-    "prediction": 2 * decoder_tokens * cfg.decoder_width * patch_dim,
-  }
-
-
-def train_flops_per_image(cfg) -> float:
-  """Forward + backward = 3 x forward (the usual MFU numerator)."""
-  return 3 * sum(forward_flops_per_image(cfg).values())
-
-
 # ----------------------------------------------------------------- misc ---
 
 
@@ -245,10 +204,6 @@ def parse_mesh(text: str | None) -> dict[str, int]:
         raise ValueError(f"mesh axis {key!r} is unknown: use data, fsdp, tensor")
       mesh[key.strip()] = int(value)
   return mesh
-
-
-def gib(value: float | None) -> str:
-  return "n/a" if value is None else f"{value / 2**30:.2f} GiB"
 
 
 def fmt(value: float | None, digits: int = 2) -> str:

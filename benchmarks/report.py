@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from benchmarks import common
 from benchmarks import run as harness
+from mae_jax.core.units import gib
 
 
 def _peak(results: dict) -> float:
@@ -43,7 +44,7 @@ def _step_cells(row: dict, peak: float) -> list[str]:
     xla_text,
     _gflops(row["model_flops_per_s"]),
     f"{100 * row['model_flops_per_s'] / peak:.0f} %",
-    common.gib(row.get("peak_bytes")),
+    gib(row.get("peak_bytes")),
   ]
 
 
@@ -304,7 +305,7 @@ def render(results: dict) -> str:
           f"{row['compile_s']:.1f}",
           _xla_text(row),
           f"{100 * row['model_flops_per_s'] / peak:.0f} %",
-          common.gib(row.get("peak_bytes")),
+          gib(row.get("peak_bytes")),
         ]
         for row in results["variants"]
       ],
@@ -360,9 +361,9 @@ def render(results: dict) -> str:
         row["label"],
         row["batch"],
         row["remat"],
-        common.gib(row["peak_bytes"]),
-        common.gib(row.get("temp_bytes")),
-        common.gib(row.get("argument_bytes")),
+        gib(row["peak_bytes"]),
+        gib(row.get("temp_bytes")),
+        gib(row.get("argument_bytes")),
         f"{row['compile_s']:.1f}",
         _xla_text(row),
       ]
@@ -410,9 +411,10 @@ def render(results: dict) -> str:
   lines += aot_lines(results.get("aot"))
   lines += [
     "- Measured bfloat16 MFU on a GPU: **not measured** (no GPU was available). Run "
-    "`python -m benchmarks.accelerator_check` on a GPU machine (a few minutes): it "
-    "measures the bf16 matmul rate first, then ViT-B/16 and ViT-L/16 pretraining steps "
-    "at a realistic per-chip batch (images/s, MFU against that rate, peak memory).",
+    "`python -m benchmarks.accelerator_check` on a GPU machine (5-7 minutes): it "
+    "measures the bf16 matmul rate first, then PyTorch ViTMAE (eager and torch.compile) "
+    "and the trainer's ViT-B/16 and ViT-L/16 steps at a realistic per-chip batch with xla "
+    "and cudnn attention (images/s, MFU against that rate, peak memory, ratios).",
     "",
   ]
   if results.get("rendered_with"):
@@ -451,5 +453,5 @@ def aot_lines(aot) -> list[str]:
     f"**predicted MFU {100 * aot['mfu']:.1f} %**; compiled FLOPs "
     f"{aot.get('compiler_flops', 0) * aot.get('chips', 1):.3e} vs model "
     f"{aot.get('model_flops', 0):.3e} per step; memory per chip "
-    f"{common.gib(used)} of {common.gib(aot.get('hbm_bytes'))} HBM."
+    f"{gib(used)} of {gib(aot.get('hbm_bytes'))} HBM."
   ]

@@ -38,6 +38,7 @@ import time
 from typing import Any
 
 from benchmarks import common
+from mae_jax.model import flops  # plain Python: imports no jax
 
 # Targets of the performance issue (2-core CPU, float32, same-run ratios).
 TARGET_TORCH_RATIO, AIM_TORCH_RATIO = 1.0, 1.2
@@ -161,7 +162,7 @@ def step_row(label: str, step, timing: common.Timing) -> dict:
   """Throughput, FLOPs and memory of one measured mae_jax step."""
   cfg = step.cfg
   batch = step.batch_size
-  model_flops = common.train_flops_per_image(cfg)
+  model_flops = flops.train_flops_per_image(cfg)
   cost = step.cost()
   xla_per_image = cost["xla_flops_per_step"] / batch if cost["xla_flops_per_step"] else None
   row = {
@@ -269,7 +270,7 @@ def measure_memory(
         "remat": policy,
         "config": dataclasses.asdict(step.cfg),
         "compile_s": step.lower_s + step.compile_s,
-        "model_gflop_per_image": common.train_flops_per_image(step.cfg) / 1e9,
+        "model_gflop_per_image": flops.train_flops_per_image(step.cfg) / 1e9,
         "xla_gflop_per_image": (cost["xla_flops_per_step"] or 0) / batch / 1e9,
         **step.memory(),
       }
@@ -568,7 +569,7 @@ def run_step(args) -> dict:
       compile_s=step.lower_s + step.compile_s,
       **step.cost(),
       **step.memory(),
-      model_gflop_per_image=common.train_flops_per_image(step.cfg) / 1e9,
+      model_gflop_per_image=flops.train_flops_per_image(step.cfg) / 1e9,
     )
   elif args.torch:
     result.update(

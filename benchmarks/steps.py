@@ -17,12 +17,9 @@ import numpy as np
 import optax
 
 from benchmarks import common
-from mae_jax import sharding
+from mae_jax.core import optim, sharding
+from mae_jax.core.train_step import build_train_step
 from mae_jax.model.config import ModelConfig
-from mae_jax.model.mae import MaskedAutoencoder
-from mae_jax.train import optim
-from mae_jax.train.pretrain import create_state, mesh_context, state_layout
-from mae_jax.train.step import make_train_step
 
 # The reference recipe's AdamW; the learning rate does not change the cost.
 ADAMW = dict(b1=0.9, b2=0.95, weight_decay=0.05)
@@ -59,6 +56,7 @@ class MaeStep:
     seed: int = 0,
     execute: bool = True,
     compiler_options: dict[str, Any] | None = None,
+    optimizer: tuple[optax.Schedule, optax.GradientTransformation] | None = None,
   ):
     self.cfg, self.batch_size = cfg.validate(), batch
     mesh_shape = mesh or {"data": 1, "fsdp": 1, "tensor": 1}
@@ -66,47 +64,38 @@ class MaeStep:
     if count > jax.device_count():
       raise ValueError(f"mesh {mesh_shape} needs {count} devices; {jax.device_count()} present")
     self.mesh = sharding.make_mesh(mesh_shape, devices=jax.devices()[:count])
-    rules = sharding.DEFAULT_RULES
-    model = MaskedAutoencoder(cfg)
-    schedule = optax.constant_schedule(LEARNING_RATE)
-    tx = optim.adamw(schedule, **ADAMW)
-    state_shardings, abstract_state = state_layout(model, tx, self.mesh, rules)
-    batch_sharding = sharding.batch_sharding(self.mesh, rules)
-    replicated = sharding.replicated(self.mesh)
-    init_key, seed_key = jax.random.split(jax.random.key(seed))
-    with mesh_context(self.mesh, rules):
-      step = jax.jit(
-        make_train_step(model, tx, schedule, grad_accum_steps=grad_accum_steps, seed_key=seed_key),
-        in_shardings=(state_shardings, batch_sharding),
-        out_shardings=(state_shardings, replicated),
-        donate_argnums=(0,) if donate else (),
-      )
-      abstract_batch = {
-        "image": jax.ShapeDtypeStruct(
-          (batch, cfg.image_size, cfg.image_size, cfg.channels),
-          jnp.float32,
-          sharding=batch_sharding,
-        )
+    if optimizer is None:
+      schedule = optax.constant_schedule(LEARNING_RATE)
+      optimizer = (schedule, optim.adamw(schedule, **ADAMW))
+    # The trainer's own builder: this is the step pretraining runs.
+    self.program = build_train_step(
+      cfg,
+      *optimizer,
+      self.mesh,
+      sharding.DEFAULT_RULES,
+      global_batch_size=batch,
+      grad_accum_steps=grad_accum_steps,
+      seed=seed,
+      donate=donate,
+    )
+    start = time.perf_counter()
+    self.lowered = self.program.lower()
+    self.lower_s = time.perf_counter() - start
+    start = time.perf_counter()
+    self.compiled = self.lowered.compile(compiler_options=compiler_options or None)
+    self.compile_s = time.perf_counter() - start
+    self.state = None
+    if execute:
+      self.state = self.program.initial_state()
+      batch_sharding = self.program.batch_sharding
+      self.batch = {
+        "image": jax.device_put(random_images(cfg, batch, seed), batch_sharding),
+        "mask": jax.device_put(np.ones((batch,), np.float32), batch_sharding),
       }
-      abstract = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        abstract_state,
-        state_shardings,
-      )
-      start = time.perf_counter()
-      lowered = step.lower(abstract, abstract_batch)
-      self.lower_s = time.perf_counter() - start
-      start = time.perf_counter()
-      self.compiled = lowered.compile(compiler_options=compiler_options or None)
-      self.compile_s = time.perf_counter() - start
-      self.state = None
-      if execute:
-        self.state = jax.jit(lambda k: create_state(model, tx, k), out_shardings=state_shardings)(
-          init_key
-        )
-        self.batch = {"image": jax.device_put(random_images(cfg, batch, seed), batch_sharding)}
-        jax.block_until_ready((self.state, self.batch))
-    self.num_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(abstract_state.params))
+      jax.block_until_ready((self.state, self.batch))
+    self.num_params = sum(
+      int(np.prod(a.shape)) for a in jax.tree.leaves(self.program.abstract_state.params)
+    )
 
   def run(self) -> float:
     start = time.perf_counter()
@@ -204,15 +193,17 @@ class TorchStep:
     attention: str = "sdpa",
     dtype: str = "float32",
     seed: int = 0,
+    device: str = "cpu",
+    compile_backend: str | None = None,
   ):
     import torch
     from transformers import ViTMAEForPreTraining
 
     if cfg.encoder_mask_tokens:
       raise ValueError("transformers' ViTMAE has no mask-token encoder variant")
-    self.torch = torch
+    self.torch, self.device = torch, device
     torch.manual_seed(seed)
-    self.model = ViTMAEForPreTraining(transformers_config(cfg, attention)).train()
+    self.model = ViTMAEForPreTraining(transformers_config(cfg, attention)).train().to(device)
     decay, no_decay = [], []
     for name, parameter in self.model.named_parameters():
       if not parameter.requires_grad:  # the fixed sin-cos tables
@@ -227,25 +218,39 @@ class TorchStep:
       betas=(ADAMW["b1"], ADAMW["b2"]),
       eps=1e-8,
     )
-    self.images = torch.from_numpy(random_images(cfg, batch, seed).transpose(0, 3, 1, 2).copy())
+    images = random_images(cfg, batch, seed).transpose(0, 3, 1, 2).copy()
+    self.images = torch.from_numpy(images).to(device)
     self.autocast = dtype in ("bfloat16", "float16")
     self.dtype = getattr(torch, dtype)
     self.attention = self.model.config._attn_implementation
     self.num_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+    # torch.compile of the forward (inductor by default; "eager" only checks
+    # the path, as the CPU tests do). The first run() pays for compilation.
+    self.compile_backend = compile_backend
+    self.forward = self.model
+    if compile_backend:
+      self.forward = torch.compile(self.model, backend=compile_backend)
 
   def run(self) -> float:
     torch = self.torch
     start = time.perf_counter()
     self.optimizer.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=self.dtype, enabled=self.autocast):
-      loss = self.model(pixel_values=self.images).loss
+    with torch.autocast(self.device.split(":")[0], dtype=self.dtype, enabled=self.autocast):
+      loss = self.forward(pixel_values=self.images).loss
     loss.backward()
     self.optimizer.step()
-    self.last_loss = float(loss.detach())
+    self.last_loss = float(loss.detach())  # waits for the device
     return time.perf_counter() - start
 
+  def peak_bytes(self) -> float | None:
+    if not self.device.startswith("cuda"):
+      return None
+    return float(self.torch.cuda.max_memory_allocated(self.device))
+
   def close(self) -> None:
-    self.model = self.optimizer = self.images = None
+    self.model = self.forward = self.optimizer = self.images = None
+    if self.device.startswith("cuda"):
+      self.torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------- matmul --

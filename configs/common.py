@@ -76,7 +76,7 @@ def base_training_config() -> ml_collections.ConfigDict:
     )
   )  # 0 = no clipping (the reference clips nothing)
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  c.logical_axis_rules = []  # empty = mae_jax.sharding.DEFAULT_RULES
+  c.logical_axis_rules = []  # empty = mae_jax.core.sharding.DEFAULT_RULES
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3  # newest checkpoints kept
   c.keep_every_steps = 0  # > 0: also keep every such step forever
@@ -94,7 +94,7 @@ def base_training_config() -> ml_collections.ConfigDict:
 
 
 def knn_fields(config: ml_collections.ConfigDict) -> None:
-  """The k-NN settings (mae_jax.evaluate.knn): the knn job, and the periodic
+  """The k-NN settings (mae_jax.core.knn): the knn job, and the periodic
   monitor a pretraining run runs every `knn_every_steps` (0 = never) and at
   its last step, on the train split (bank) against the eval split; the
   dataset needs class labels. The knn job itself reads `config.feature`."""
@@ -105,10 +105,24 @@ def knn_fields(config: ml_collections.ConfigDict) -> None:
   config.knn_every_steps = 0  # pretraining: > 0 logs knn_top1/top5 every N steps
 
 
+# Fields only pretraining reads. Evaluation configs do not carry them, so an
+# override of one (`--config.device_prefetch=4` on a probe) is refused as an
+# unknown key instead of silently doing nothing.
+PRETRAINING_ONLY = (
+  "device_prefetch",
+  "eval_batches",
+  "num_reconstructions",
+  "knn_every_steps",
+  "knn_feature",
+)
+
+
 def base_eval_config(job: str) -> ml_collections.ConfigDict:
-  """The fields of an evaluation job (linprobe | finetune | knn), on top of
-  the training fields; the config files set the recipe values."""
+  """The fields of an evaluation job (linprobe | finetune | knn): the training
+  fields it reads, and its own; the config files set the recipe values."""
   c = base_training_config()
+  for name in PRETRAINING_ONLY:
+    del c[name]
   c.job = job
   c.init_from = ""  # pretraining workdir, checkpoints dir or converted checkpoint
   c.init_step = -1  # -1 = the newest complete step of init_from
@@ -122,5 +136,4 @@ def base_eval_config(job: str) -> ml_collections.ConfigDict:
   c.cutmix = 0.0  # finetune: CutMix alpha (0 = off)
   c.mixup_switch_prob = 0.5  # finetune: P(CutMix) when both are on
   c.label_smoothing = 0.0
-  c.num_reconstructions = 0
   return c

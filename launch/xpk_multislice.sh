@@ -10,7 +10,7 @@
 #   delete          delete the workload
 #   delete-cluster  delete the cluster
 #
-# The mesh's `data` axis spans the slices (mae_jax.sharding.make_mesh builds
+# The mesh's `data` axis spans the slices (mae_jax.core.sharding.make_mesh builds
 # the hybrid mesh), so only gradient all-reduces cross the data-centre
 # network; e.g. 2 x v5p-128: -- --config.mesh.data=2 --config.mesh.fsdp=-1
 # Check the plan first: python -m mae_jax.aot --topology=v5p:4x4x4 --num_slices=2 ...

@@ -43,17 +43,17 @@ import math
 import sys
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mae_jax import sharding, topologies
-from mae_jax.model.mae import MaskedAutoencoder
-from mae_jax.train import optim, pretrain
-from mae_jax.train import plan as plan_lib
-from mae_jax.train.step import make_train_step
+from mae_jax import topologies
+from mae_jax.core import plan as plan_lib
+from mae_jax.core import sharding
+from mae_jax.core.train_step import train_step_from_config
+from mae_jax.core.units import gib
+from mae_jax.model.flops import train_flops_per_image
 
 # Training-set sizes known without reading the dataset (steps per epoch only
 # shape the learning-rate schedule, never memory or FLOPs).
@@ -116,7 +116,7 @@ def check_plan(
     remat_policy=cfg.remat_policy,
     hbm_bytes=hbm_bytes or (chip.hbm_bytes if chip else None),
     state_bytes=per_device_bytes(abstract, shardings),
-    model_flops=config.global_batch_size * model_flops_per_image(cfg),
+    model_flops=config.global_batch_size * train_flops_per_image(cfg),
   )
   try:
     compiled = lowered.compile()
@@ -132,34 +132,11 @@ def check_plan(
 
 
 def lower_train_step(config, plan, mesh):
-  """The train step of `pretrain.train_and_evaluate`, lowered for `mesh` with
+  """The train step of `pretrain.train_and_evaluate` (the same builder,
+  `core.train_step.train_step_from_config`), lowered for `mesh` with
   abstract (shape, dtype, sharding) arguments: nothing is allocated."""
-  model = MaskedAutoencoder(plan.model)
-  schedule, tx = optim.from_config(
-    config, warmup_steps=plan.warmup_steps, total_steps=plan.total_steps
-  )
-  shardings, abstract = pretrain.state_layout(model, tx, mesh, plan.rules)
-  batch_sharding = sharding.batch_sharding(mesh, plan.rules)
-  cfg = plan.model
-  image = (config.global_batch_size, cfg.image_size, cfg.image_size, cfg.channels)
-  batch = {
-    "image": jax.ShapeDtypeStruct(image, jnp.float32, sharding=batch_sharding),
-    "mask": jax.ShapeDtypeStruct(image[:1], jnp.float32, sharding=batch_sharding),
-  }
-  # Made outside the mesh context: under it, jax would place the key on the
-  # compile-only devices, which cannot hold data.
-  seed_key = jax.random.key(config.seed)
-  with pretrain.mesh_context(mesh, plan.rules):
-    step = jax.jit(
-      make_train_step(
-        model, tx, schedule, grad_accum_steps=config.grad_accum_steps, seed_key=seed_key
-      ),
-      in_shardings=(shardings, batch_sharding),
-      out_shardings=(shardings, sharding.replicated(mesh)),
-      donate_argnums=(0,),
-    )
-    lowered = step.lower(pretrain.with_shardings(abstract, shardings), batch)
-  return lowered, abstract, shardings
+  program = train_step_from_config(config, plan, mesh)
+  return program.lower(), program.abstract_state, program.state_shardings
 
 
 def plan_without_data(config, devices):
@@ -211,31 +188,6 @@ def per_device_bytes(abstract, shardings) -> int:
     return math.prod(sharding.shard_shape(leaf.shape)) * np.dtype(leaf.dtype).itemsize
 
   return int(sum(jax.tree.leaves(jax.tree.map(shard_bytes, abstract, shardings))))
-
-
-def model_flops_per_image(cfg) -> float:
-  """Matmul and attention FLOPs of one training image (forward + backward = 3x forward).
-
-  Encoder: the patch embedding on all patches, then blocks over the visible
-  tokens and cls; decoder: its embedding, blocks over all tokens and cls,
-  and the pixel prediction. A block over L tokens of width D with MLP
-  width M does 2L(4D^2 + 2DM) for its projections and 4L^2 D for attention.
-  """
-
-  def blocks(tokens, width, depth, mlp_ratio):
-    mlp = width * mlp_ratio
-    return depth * (2 * tokens * (4 * width**2 + 2 * width * mlp) + 4 * tokens**2 * width)
-
-  patches = cfg.num_patches
-  encoded = (patches if cfg.encoder_mask_tokens else cfg.num_visible) + 1
-  forward = (
-    2 * patches * cfg.patch_dim * cfg.width
-    + blocks(encoded, cfg.width, cfg.depth, cfg.mlp_ratio)
-    + 2 * encoded * cfg.width * cfg.decoder_width
-    + blocks(patches + 1, cfg.decoder_width, cfg.decoder_depth, cfg.decoder_mlp_ratio)
-    + 2 * (patches + 1) * cfg.decoder_width * cfg.patch_dim
-  )
-  return 3.0 * forward
 
 
 def read_compiled(report: Report, compiled, chip) -> None:
@@ -310,10 +262,6 @@ def suggestions(report: Report, plan) -> list[str]:
   if not tips:
     tips.append("use a larger slice (more chips) or a chip with more HBM")
   return tips
-
-
-def gib(value: float | None) -> str:
-  return "n/a" if value is None else f"{value / 1024**3:.2f} GiB"
 
 
 def recomputed_fraction(r: Report) -> float:

@@ -119,8 +119,8 @@ def main(argv):
     jax.device_count(),
     jax.devices()[0].device_kind,
   )
-  from mae_jax.checkpointing import CheckpointSaveError
-  from mae_jax.train.preemption import PREEMPTED_EXIT_CODE, Preempted
+  from mae_jax.core.checkpointing import CheckpointSaveError
+  from mae_jax.core.preemption import PREEMPTED_EXIT_CODE, Preempted
 
   try:
     run_job(_CONFIG.value, _WORKDIR.value)

@@ -286,8 +286,8 @@ def test_unreadable_bucket_names_the_path_and_what_to_check(monkeypatch, error, 
 def test_jobs_refuse_an_unreadable_folder_before_compiling(tmp_path):
   from configs import linprobe as linprobe_config
   from configs import pretrain as pretrain_config
+  from mae_jax.core.plan import make_plan
   from mae_jax.evaluate.plan import make_eval_plan
-  from mae_jax.train.plan import make_plan
 
   broken = write_folder(tmp_path / "broken", UNREADABLE)
   mixed = write_folder(tmp_path / "mixed", {**READABLE, **UNREADABLE})

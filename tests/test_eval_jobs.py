@@ -23,23 +23,28 @@ import pytest
 from configs import finetune as finetune_config
 from configs import knn as knn_config
 from configs import linprobe as linprobe_config
-from mae_jax import checkpointing, sharding
-from mae_jax.evaluate import finetune, init_checkpoint, knn, linprobe, runtime
+from mae_jax.core import batches as batches_lib
+from mae_jax.core import checkpointing, knn, sharding
+from mae_jax.core import pretrained as pretrained_lib
+from mae_jax.core.nonfinite import NonFiniteError
+from mae_jax.core.state import create_state, mesh_context, state_specs
+from mae_jax.evaluate import finetune, linprobe
+from mae_jax.evaluate import job as job_lib
 from mae_jax.evaluate.layer_decay import finetune_adamw
-from mae_jax.evaluate.models import ProbeHead, ViTClassifier, frozen_features
+from mae_jax.evaluate.models import ProbeHead, ViTClassifier
 from mae_jax.evaluate.plan import make_eval_plan
 from mae_jax.main import run_job
 from mae_jax.model.config import ModelConfig
-from mae_jax.model.layout import stack_layers
+from mae_jax.model.features import frozen_features
 from mae_jax.model.mae import Encoder, MaskedAutoencoder
-from mae_jax.train.nonfinite import NonFiniteError
-from mae_jax.train.pretrain import create_state, mesh_context, state_layout
-from tests.test_pretrain import (
-  _nan_batch_at,
-  _without_key_bias,
+from mae_jax.model.stacking import stack_layers
+from tests.helpers import (
   apply_changes,
   final_params,
+  nan_batch_at,
   tiny_config,
+  train_stream,
+  without_key_bias,
 )
 
 TINY_MODEL = dict(
@@ -91,10 +96,10 @@ def test_restored_encoder_is_bit_identical(pretrained):
   model = MaskedAutoencoder(ModelConfig(channels=1, **TINY_MODEL))
   expected = model.apply({"params": params}, images(), method="encode").tokens
   mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
-  located = init_checkpoint.locate(pretrained)
+  located = pretrained_lib.locate(pretrained)
   assert located.step == 4 and located.directory.endswith("checkpoints")
   with mesh_context(mesh, sharding.DEFAULT_RULES):
-    encoder = init_checkpoint.restore_encoder(
+    encoder = pretrained_lib.restore_encoder(
       located, Encoder, model.config, mesh, sharding.DEFAULT_RULES
     )
   # Restored onto an 8-device (data x fsdp) mesh; gathered, it is bit-identical,
@@ -117,13 +122,11 @@ def test_scanned_encoder_only_checkpoint_restores_unscanned(pretrained, tmp_path
     source="test",
     param_layout="layers",
   )
-  located = init_checkpoint.locate(step_dir)
+  located = pretrained_lib.locate(step_dir)
   assert located.scanned and located.step == 0
   mesh = sharding.make_mesh({"data": 8})
   with mesh_context(mesh, sharding.DEFAULT_RULES):
-    encoder = init_checkpoint.restore_encoder(
-      located, Encoder, config, mesh, sharding.DEFAULT_RULES
-    )
+    encoder = pretrained_lib.restore_encoder(located, Encoder, config, mesh, sharding.DEFAULT_RULES)
   jax.tree.map(np.testing.assert_array_equal, encoder, jax.device_get(params["encoder"]))
 
 
@@ -174,17 +177,17 @@ def test_probe_separates_linearly_separable_features():
     out_shardings=(replicated, replicated),
     donate_argnums=(0,),
   )
-  stream = runtime.epoch_batches(
+  stream = batches_lib.epoch_batches(
     {"features": features, "label": labels}, 32, batch_sharding, seed=0, start_step=0
   )
   for _ in range(100):
     state, metrics = step(state, None, next(stream))
-    jax.block_until_ready(metrics)  # see loop.train_loop: one tiny step in flight at a time
+    jax.block_until_ready(metrics)  # as the loop does for evaluation jobs (one_step_in_flight)
   eval_step = jax.jit(linprobe.make_probe_eval_step(head, None), out_shardings=replicated)
-  result = runtime.evaluate(
+  result = job_lib.evaluate(
     lambda s, b: eval_step(s, None, b),
     state,
-    runtime.array_batches({"features": features, "label": labels}, 48, batch_sharding),
+    batches_lib.array_batches({"features": features, "label": labels}, 48, batch_sharding),
     num_classes=4,
   )
   assert result["eval_top1"] == 100.0
@@ -260,20 +263,20 @@ def _checkpoint_steps(workdir: str) -> list[int]:
   )
 
 
-def test_nan_batch_stops_fine_tuning_before_any_bad_checkpoint(tmp_path, monkeypatch):
-  _nan_batch_at(monkeypatch, bad_batch_index=2)  # the 3rd step; checkpoints every 2
+def test_nan_batch_stops_fine_tuning_before_any_bad_checkpoint(tmp_path):
   workdir = str(tmp_path / "finetune_nan")
   config = eval_config(finetune_config, baseline="random_init")
+  bad = nan_batch_at(config, 2)  # the 3rd step; checkpoints every 2
   with pytest.raises(NonFiniteError, match="step 3 .*Last good checkpoint: step 2"):
-    run_job(config, workdir)
+    finetune.run_finetune(config, workdir, train_batches=bad)
   assert _checkpoint_steps(workdir) == [2]
 
 
-def test_nan_batch_in_fine_tuning_is_skipped_and_counted_when_asked(tmp_path, monkeypatch):
-  _nan_batch_at(monkeypatch, bad_batch_index=2)
+def test_nan_batch_in_fine_tuning_is_skipped_and_counted_when_asked(tmp_path):
   workdir = str(tmp_path / "finetune_skip")
   config = eval_config(finetune_config, baseline="random_init", nonfinite="skip")
-  assert run_job(config, workdir)["step"] == 4 and _checkpoint_steps(workdir) == [4]
+  result = finetune.run_finetune(config, workdir, train_batches=nan_batch_at(config, 2))
+  assert result["step"] == 4 and _checkpoint_steps(workdir) == [4]
   lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert {l["step"]: l["skipped_steps"] for l in lines if "skipped_steps" in l} == {2: 0, 4: 1}
   restored = checkpointing.restore_state(
@@ -284,36 +287,26 @@ def test_nan_batch_in_fine_tuning_is_skipped_and_counted_when_asked(tmp_path, mo
   assert np.isfinite(np.asarray(restored["params"]["head"]["kernel"])).all()
 
 
-def test_sigterm_during_fine_tuning_saves_and_resumes(tmp_path, monkeypatch):
+def test_sigterm_during_fine_tuning_saves_and_resumes(tmp_path):
   """A real SIGTERM (sent while the 2nd batch is read): the job saves that
   step, waits for it, raises Preempted (exit 75 from main); the rerun
   resumes there and ends where an uninterrupted run ends."""
-  from mae_jax.train import pretrain
-  from mae_jax.train.preemption import Preempted
+  from mae_jax.core.preemption import Preempted
 
   config = eval_config(finetune_config, baseline="random_init", checkpoint_every_steps=4)
   uninterrupted = str(tmp_path / "uninterrupted")
   run_job(config, uninterrupted)
 
-  original = pretrain.input_pipeline.make_iterator
+  def signalling(start_step):
+    for index, batch in enumerate(train_stream(config, start_step), start=start_step):
+      if index == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
 
-  def make_iterator(*args, train, start_step=0, **kwargs):
-    iterator = original(*args, train=train, start_step=start_step, **kwargs)
-
-    def signalling():
-      for index, batch in enumerate(iterator, start=start_step):
-        if train and index == 1:
-          os.kill(os.getpid(), signal.SIGTERM)
-        yield batch
-
-    return signalling()
-
-  monkeypatch.setattr(pretrain.input_pipeline, "make_iterator", make_iterator)
   workdir = str(tmp_path / "preempted")
   with pytest.raises(Preempted):
-    run_job(config, workdir)
+    finetune.run_finetune(config, workdir, train_batches=signalling)
   assert _checkpoint_steps(workdir) == [2]
-  monkeypatch.undo()
   assert run_job(config, workdir)["step"] == 4
   abstract = {"params": {"head": {"kernel": jax.ShapeDtypeStruct((32, 10), jnp.float32)}}}
   resumed, reference = (
@@ -337,7 +330,7 @@ def _finetune_step(accum: int):
   )
   tx = finetune_adamw(schedule, abstract, depth=1, layer_decay=0.65, weight_decay=0.05)
   mesh, rules = sharding.make_mesh({"data": 8}), sharding.DEFAULT_RULES
-  shardings, _ = state_layout(model, tx, mesh, rules)
+  shardings, _ = state_specs(model, tx, mesh, rules)
   batch_sharding = sharding.batch_sharding(mesh, rules)
   rng = np.random.default_rng(0)
   batch = {
@@ -365,7 +358,7 @@ def test_finetune_gradient_accumulation_equals_the_full_batch_step():
   assert float(metrics["grad_norm"]) == pytest.approx(float(full_metrics["grad_norm"]), rel=1e-5)
   jax.tree_util.tree_map_with_path(
     lambda path, a, b: np.testing.assert_allclose(
-      *_without_key_bias(path, a, b), atol=1e-6, rtol=1e-5, err_msg=str(path)
+      *without_key_bias(path, a, b), atol=1e-6, rtol=1e-5, err_msg=str(path)
     ),
     full,
     accumulated,
@@ -431,18 +424,18 @@ def test_half_written_and_empty_checkpoints_are_refused(pretrained, tmp_path):
   shutil.copytree(os.path.join(pretrained, "checkpoints"), copy / "checkpoints")
   os.rename(copy / "checkpoints" / "4", copy / "checkpoints" / "4.orbax-checkpoint-tmp-99")
   with pytest.raises(ValueError, match="only half-written steps.*4.orbax-checkpoint-tmp"):
-    init_checkpoint.locate(str(copy))
+    pretrained_lib.locate(str(copy))
   with pytest.raises(ValueError, match="step 4 .* is half-written"):
-    init_checkpoint.locate(str(copy / "checkpoints"), step=4)
+    pretrained_lib.locate(str(copy / "checkpoints"), step=4)
   (tmp_path / "empty").mkdir()
   with pytest.raises(ValueError, match="no checkpoint steps"):
-    init_checkpoint.locate(str(tmp_path / "empty"))
+    pretrained_lib.locate(str(tmp_path / "empty"))
 
 
 def test_labels_outside_the_head_fail_before_training():
   with pytest.raises(ValueError, match=r"labels \[12\] are outside the head's 10 classes"):
-    runtime.check_labels(np.array([1, 12, 3]), np.ones(3), 10, "training data")
-  runtime.check_labels(np.array([1, 12]), np.array([1.0, 0.0]), 10, "padding is ignored")
+    batches_lib.check_labels(np.array([1, 12, 3]), np.ones(3), 10, "training data")
+  batches_lib.check_labels(np.array([1, 12]), np.array([1.0, 0.0]), 10, "padding is ignored")
 
 
 def test_presets_follow_the_reference_recipes():
@@ -513,7 +506,7 @@ def test_linear_probe_command_line(pretrained, tmp_path):
   import subprocess
   import sys
 
-  from tests.test_main_cli import REPO, environment
+  from tests.helpers import REPO, environment
 
   workdir = str(tmp_path / "probe_cli")
   flags = dict(

@@ -17,10 +17,10 @@ import pytest
 
 from configs import pretrain as pretrain_config
 from mae_jax import aot
-from mae_jax.train import plan as plan_lib
-from mae_jax.train.plan import make_plan
+from mae_jax.core.plan import make_plan
+from mae_jax.data import dataset_info
 from mae_jax.train.pretrain import train_and_evaluate
-from tests.test_pretrain import final_params, tiny_config
+from tests.helpers import final_params, tiny_config
 
 
 def monitored_run(workdir: str, knn_every_steps: int) -> tuple[dict, list]:
@@ -83,14 +83,15 @@ def test_bad_monitor_settings_fail_before_compiling(change, message):
     make_plan(config, num_devices=8, process_count=1)
 
 
-def test_monitor_on_a_dataset_without_labels_is_refused(monkeypatch):
-  sizes, _ = plan_lib.input_pipeline.dataset_info(tiny_config().data)
-  monkeypatch.setattr(plan_lib.input_pipeline, "dataset_info", lambda data: (sizes, None))
-  assert (
-    make_plan(tiny_config(), num_devices=8, process_count=1).num_classes is None
-  )  # fine with the monitor off
+def test_monitor_on_a_dataset_without_labels_is_refused():
+  sizes, _ = dataset_info(tiny_config().data)
+  unlabelled = (sizes, None)  # a dataset without class labels
+  plan = make_plan(tiny_config(), num_devices=8, process_count=1, known_dataset=unlabelled)
+  assert plan.num_classes is None  # fine with the monitor off
   with pytest.raises(ValueError, match="no class labels.*knn_every_steps=0"):
-    make_plan(tiny_config(knn_every_steps=10), num_devices=8, process_count=1)
+    make_plan(
+      tiny_config(knn_every_steps=10), num_devices=8, process_count=1, known_dataset=unlabelled
+    )
 
 
 def test_monitor_defaults_and_aot_plans():

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.test_main_cli import REPO
+from tests.helpers import REPO
 
 SCRIPTS = sorted(
   glob.glob(os.path.join(REPO, "launch", "*.sh"))

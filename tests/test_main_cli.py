@@ -19,10 +19,8 @@ import jax
 import numpy as np
 import pytest
 
-from mae_jax.train.preemption import PREEMPTED_EXIT_CODE
-from tests.test_pretrain import final_params
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from mae_jax.core.preemption import PREEMPTED_EXIT_CODE
+from tests.helpers import REPO, environment, final_params
 
 
 def command(workdir: str, *overrides: str) -> list[str]:
@@ -54,13 +52,6 @@ def command(workdir: str, *overrides: str) -> list[str]:
     *flags,
     *overrides,
   ]
-
-
-def environment(devices: int) -> dict:
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-  return env
 
 
 def run(cmd: list[str], devices: int = 1) -> subprocess.CompletedProcess:

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 from mae_jax.model.config import ModelConfig, preset
-from mae_jax.model.layout import stack_layers, unstack_layers
 from mae_jax.model.loss import reconstruction_loss
 from mae_jax.model.mae import MaskedAutoencoder
 from mae_jax.model.masking import gather_tokens, num_kept, random_masking, unshuffle
 from mae_jax.model.patches import patchify, unpatchify
 from mae_jax.model.pos_embed import sincos_2d
+from mae_jax.model.stacking import stack_layers, unstack_layers
 
 TINY = ModelConfig(
   image_size=32,

@@ -27,8 +27,7 @@ import pytest
 
 from configs import pretrain as pretrain_config
 from mae_jax.train import pretrain
-from tests.test_main_cli import REPO, environment
-from tests.test_pretrain import _without_key_bias, final_params
+from tests.helpers import REPO, environment, final_params, without_key_bias
 
 PROCESSES, DEVICES_PER_PROCESS = 2, 2
 TINY = {
@@ -173,7 +172,7 @@ def test_multiprocess_pretraining_matches_one_process_and_resumes_elastically(tm
     assert logged(run, "eval_loss") == pytest.approx(logged(single, "eval_loss"), rel=1e-5)
     jax.tree_util.tree_map_with_path(
       lambda path, a, b: np.testing.assert_allclose(
-        *_without_key_bias(path, a, b), atol=2e-5, rtol=1e-4, err_msg=str(path)
+        *without_key_bias(path, a, b), atol=2e-5, rtol=1e-4, err_msg=str(path)
       ),
       final_params(single, PHASES[-1]),
       final_params(run, PHASES[-1]),

@@ -7,14 +7,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.test_main_cli import REPO, environment
+from tests.helpers import REPO, environment
 
 SCRIPT = """
 import sys
 from configs import finetune, knn, linprobe
 from mae_jax.main import run_job
 from tests.test_eval_jobs import eval_config
-from tests.test_pretrain import tiny_config
+from tests.helpers import tiny_config
 
 workdir = sys.argv[1]
 pretrained = workdir + "/pretrain"

@@ -36,7 +36,6 @@ import torch
 from transformers import ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel
 from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
 
-from mae_jax import checkpointing
 from mae_jax.convert import (
   authors_from_params,
   export_checkpoint,
@@ -48,10 +47,11 @@ from mae_jax.convert import (
   save_state_dict,
 )
 from mae_jax.convert.__main__ import main as convert_main
+from mae_jax.core import checkpointing
 from mae_jax.model.config import ModelConfig
-from mae_jax.model.layout import stack_layers
 from mae_jax.model.mae import MaskedAutoencoder
 from mae_jax.model.pos_embed import sincos_2d
+from mae_jax.model.stacking import stack_layers
 
 ATOL = RTOL = 1e-5
 LOSS_RTOL = 1e-5

@@ -18,70 +18,15 @@ import optax
 import pytest
 
 from configs import pretrain as pretrain_config
-from mae_jax import checkpointing, sharding
+from mae_jax.core import checkpointing, optim, sharding
+from mae_jax.core.batches import to_global
+from mae_jax.core.plan import make_plan
+from mae_jax.core.state import create_state, mesh_context, state_specs
+from mae_jax.core.train_step import make_train_step
 from mae_jax.model.config import ModelConfig
 from mae_jax.model.mae import MaskedAutoencoder
-from mae_jax.train import optim
-from mae_jax.train.plan import make_plan
-from mae_jax.train.pretrain import (
-  create_state,
-  mesh_context,
-  state_layout,
-  to_global,
-  train_and_evaluate,
-)
-from mae_jax.train.step import make_train_step
-
-
-def tiny_config(**overrides):
-  config = pretrain_config.get_config("digits")
-  config.model.update(
-    image_size=16,
-    patch_size=4,
-    width=32,
-    depth=1,
-    heads=2,
-    decoder_width=32,
-    decoder_depth=1,
-    decoder_heads=2,
-  )
-  config.data.image_size = 16
-  config.global_batch_size = 16
-  config.num_train_steps = 6
-  config.warmup_epochs = 0.1
-  config.log_every_steps = 2
-  config.eval_every_steps = 3
-  config.eval_batches = 2
-  config.checkpoint_every_steps = 3
-  config.keep_checkpoints = 5
-  config.num_reconstructions = 3
-  config.progress_bar = "off"
-  config.knn_every_steps = 0  # the k-NN monitor's own tests: test_knn_monitor.py
-  for key, value in overrides.items():
-    config[key] = value
-  return config
-
-
-def apply_changes(config, change: dict):
-  """`config` with `change`'s fields set; dict values update sub-configs."""
-  for key, value in change.items():
-    if isinstance(value, dict):
-      config[key].update(value)
-    else:
-      config[key] = value
-  return config
-
-
-def final_params(workdir: str, step: int):
-  metadata = checkpointing.read_metadata(os.path.join(workdir, "checkpoints"), step)
-  model = MaskedAutoencoder(ModelConfig(**metadata["model"]))
-  abstract = jax.eval_shape(
-    lambda k: create_state(model, optax.identity(), k), jax.random.key(0)
-  ).params
-  restored = checkpointing.restore_state(
-    os.path.join(workdir, "checkpoints"), {"params": abstract}, step=step
-  )
-  return restored["params"]
+from mae_jax.train.pretrain import train_and_evaluate
+from tests.helpers import apply_changes, final_params, nan_batch_at, tiny_config, without_key_bias
 
 
 def test_config_presets_and_options():
@@ -193,7 +138,7 @@ def _steps_on_mesh(mesh, batch, steps=2):
   schedule = optax.constant_schedule(1e-3)
   tx = optim.adamw(schedule, b1=0.9, b2=0.95, weight_decay=0.05)
   rules = sharding.DEFAULT_RULES
-  shardings, _ = state_layout(model, tx, mesh, rules)
+  shardings, _ = state_specs(model, tx, mesh, rules)
   batch_sharding = sharding.batch_sharding(mesh, rules)
   with mesh_context(mesh, rules):
     state = jax.jit(lambda k: create_state(model, tx, k), out_shardings=shardings)(
@@ -227,20 +172,11 @@ def test_train_step_is_the_same_on_every_mesh():
     assert abs(loss - reference_loss) < 1e-5, layout
     jax.tree_util.tree_map_with_path(
       lambda path, a, b: np.testing.assert_allclose(
-        *_without_key_bias(path, a, b), atol=2e-5, rtol=1e-4, err_msg=f"{layout} {path}"
+        *without_key_bias(path, a, b), atol=2e-5, rtol=1e-4, err_msg=f"{layout} {path}"
       ),
       reference,
       params,
     )
-
-
-def _without_key_bias(path, a, b):
-  """The key bias has an exactly-zero gradient (softmax ignores a constant
-  added to every key), so what Adam makes of its rounding noise differs
-  between reduction orders; every other parameter must agree."""
-  if "qkv" in jax.tree_util.keystr(path) and jax.tree_util.keystr(path).endswith("['bias']"):
-    return np.asarray(a)[[0, 2]], np.asarray(b)[[0, 2]]
-  return a, b
 
 
 def test_fsdp_shards_parameters_and_optimizer_state():
@@ -259,7 +195,7 @@ def test_fsdp_shards_parameters_and_optimizer_state():
     )
   )
   tx = optim.adamw(optax.constant_schedule(1e-3), b1=0.9, b2=0.95, weight_decay=0.05)
-  shardings, _ = state_layout(model, tx, mesh, sharding.DEFAULT_RULES)
+  shardings, _ = state_specs(model, tx, mesh, sharding.DEFAULT_RULES)
   fc1 = shardings.params["encoder"]["blocks"]["layer_0"]["mlp"]["fc1"]["kernel"]
   assert fc1.spec[0] == "fsdp"
   adam_mu = shardings.opt_state[0][0].mu["encoder"]["blocks"]["layer_0"]["mlp"]["fc1"]["kernel"]
@@ -337,7 +273,7 @@ def test_gradient_accumulation_equals_the_full_batch_step():
   )
   jax.tree_util.tree_map_with_path(
     lambda path, a, b: np.testing.assert_allclose(
-      *_without_key_bias(path, a, b), atol=1e-6, rtol=1e-5
+      *without_key_bias(path, a, b), atol=1e-6, rtol=1e-5
     ),
     full.params,
     accumulated.params,
@@ -377,45 +313,23 @@ def test_bfloat16_compute_keeps_float32_master_weights():
   assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=2e-2)
 
 
-def _nan_batch_at(monkeypatch, bad_batch_index: int):
-  """Makes the training iterator yield NaN images for one batch."""
-  from mae_jax.train import pretrain
+def test_nan_batch_stops_the_run_before_any_bad_checkpoint(tmp_path):
+  from mae_jax.core.nonfinite import NonFiniteError
 
-  original = pretrain.input_pipeline.make_iterator
-
-  def make_iterator(*args, train, start_step=0, **kwargs):
-    iterator = original(*args, train=train, start_step=start_step, **kwargs)
-    if not train:
-      return iterator
-
-    def poisoned():
-      for index, batch in enumerate(iterator, start=start_step):
-        if index == bad_batch_index:
-          batch = dict(batch, image=np.full_like(batch["image"], np.nan))
-        yield batch
-
-    return poisoned()
-
-  monkeypatch.setattr(pretrain.input_pipeline, "make_iterator", make_iterator)
-
-
-def test_nan_batch_stops_the_run_before_any_bad_checkpoint(tmp_path, monkeypatch):
-  from mae_jax.train.nonfinite import NonFiniteError
-
-  _nan_batch_at(monkeypatch, bad_batch_index=3)  # the 4th step
+  config = tiny_config()
   workdir = str(tmp_path / "run")
   with pytest.raises(NonFiniteError, match="step 4 .*Last good checkpoint: step 3"):
-    train_and_evaluate(tiny_config(), workdir)
+    train_and_evaluate(config, workdir, train_batches=nan_batch_at(config, 3))  # the 4th step
   assert sorted(
     checkpointing.manager(os.path.join(workdir, "checkpoints"), read_only=True).all_steps()
   ) == [3]
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(final_params(workdir, 3)))
 
 
-def test_nan_batch_is_skipped_and_counted_when_asked(tmp_path, monkeypatch):
-  _nan_batch_at(monkeypatch, bad_batch_index=3)
+def test_nan_batch_is_skipped_and_counted_when_asked(tmp_path):
+  config = tiny_config(nonfinite="skip")
   workdir = str(tmp_path / "run")
-  final = train_and_evaluate(tiny_config(nonfinite="skip"), workdir)
+  final = train_and_evaluate(config, workdir, train_batches=nan_batch_at(config, 3))
   assert final["step"] == 6 and final["skipped_steps"] == 1
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(final_params(workdir, 6)))
 
@@ -459,8 +373,27 @@ def test_init_from_a_run_and_from_an_encoder_only_checkpoint(tmp_path):
   )
 
 
+def test_init_from_converts_a_scanned_checkpoint_to_this_runs_layout(tmp_path):
+  """One rule for every job: a checkpoint in the other layout is converted, not refused."""
+  from mae_jax.model.stacking import unstack_layers
+
+  source = str(tmp_path / "scanned")
+  scanned = tiny_config(num_train_steps=2)
+  scanned.model.scan_layers = True
+  train_and_evaluate(scanned, source)
+  config = tiny_config(num_train_steps=1, init_from=source)
+  config.optimizer.base_lr = 1e-12  # so step 1 leaves the restored values in place
+  workdir = str(tmp_path / "per_layer")
+  train_and_evaluate(config, workdir)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+    unstack_layers(final_params(source, 2)),
+    final_params(workdir, 1),
+  )
+
+
 def test_bad_init_from_is_a_clear_error(tmp_path):
-  with pytest.raises(ValueError, match="no complete checkpoint at"):
+  with pytest.raises(ValueError, match="nothing there"):
     train_and_evaluate(tiny_config(init_from=str(tmp_path / "nothing")), str(tmp_path / "a"))
   half_written = tmp_path / "half" / "checkpoints" / "5.orbax-checkpoint-tmp-123"
   half_written.mkdir(parents=True)

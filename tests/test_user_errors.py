@@ -11,10 +11,9 @@ import sys
 import pytest
 
 from mae_jax import errors, main
-from mae_jax.checkpointing import CheckpointSaveError
+from mae_jax.core.checkpointing import CheckpointSaveError
 from mae_jax.data import DataConfigError
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO  # noqa: E402
 
 
 def run_main(tmp_path, *overrides):
@@ -58,6 +57,23 @@ def test_did_you_mean_names_the_full_path(tmp_path):
   assert message.startswith("--config.mask_ratoi=0.5: the config")
   assert "did you mean 'model.mask_ratio'" in message
   assert main.unknown_override(argv[:3]) is None
+
+
+@pytest.mark.parametrize("job", ["linprobe", "finetune", "knn"])
+def test_evaluation_configs_refuse_pretraining_only_fields(job):
+  """Setting a field evaluation never reads is a mistake, not a silent no-op."""
+  from configs.common import PRETRAINING_ONLY
+
+  argv = ["prog", f"--config=configs/{job}.py:digits", "--config.device_prefetch=4"]
+  cwd = os.getcwd()
+  os.chdir(REPO)
+  try:
+    message = main.unknown_override(argv)
+    config = __import__(f"configs.{job}", fromlist=["get_config"]).get_config("digits")
+  finally:
+    os.chdir(cwd)
+  assert message.startswith(f"--config.device_prefetch=4: the config configs/{job}.py:digits")
+  assert not set(PRETRAINING_ONLY) & set(config.keys())
 
 
 def test_mistyped_override_is_one_line_and_exit_2(tmp_path):

@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mae_jax.model.config import ModelConfig
-from mae_jax.model.layout import unstack_layers
 from mae_jax.model.pos_embed import sincos_2d
+from mae_jax.model.stacking import unstack_layers
 
 # A file's sin-cos buffer may differ from ours by float rounding only: 1e-4,
 # or, for a half-precision file, its dtype's resolution (finfo.eps).

@@ -15,13 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mae_jax import checkpointing
 from mae_jax.convert.authors import authors_from_params, params_from_authors
 from mae_jax.convert.files import load_state_dict, save_state_dict
 from mae_jax.convert.layouts import detect_layout, to_authors_layout
+from mae_jax.core import checkpointing
 from mae_jax.model.config import ModelConfig
-from mae_jax.model.layout import stack_layers, unstack_layers
 from mae_jax.model.mae import MaskedAutoencoder
+from mae_jax.model.stacking import stack_layers, unstack_layers
 
 LAYER_I, LAYERS = "layer_i", "layers"  # checkpoint metadata "param_layout"
 

@@ -81,9 +81,9 @@ def make_dataset(
   """
   process_index, process_count = _resolve_processes(process_index, process_count)
   local_batch_size = _local_batch_size(global_batch_size, process_count)
-  if not _is_int(seed):
+  if not sources.is_int(seed):
     raise ValueError(f"seed={seed!r} is invalid: expected an integer")
-  if not _is_int(start_step) or start_step < 0:
+  if not sources.is_int(start_step) or start_step < 0:
     raise ValueError(f"start_step={start_step!r} is invalid: expected an integer >= 0")
   if start_step and not train:
     raise ValueError(
@@ -241,19 +241,15 @@ class _EvalExample:
 # --------------------------------------------------------------- arguments --
 
 
-def _is_int(value: Any) -> bool:
-  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def _resolve_processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
   if process_index is None or process_count is None:
     import jax  # Imported late: the data tests need no JAX backend.
 
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
-  if not _is_int(process_count) or process_count < 1:
+  if not sources.is_int(process_count) or process_count < 1:
     raise ValueError(f"process_count={process_count!r} is invalid: expected an integer >= 1")
-  if not _is_int(process_index) or not 0 <= process_index < process_count:
+  if not sources.is_int(process_index) or not 0 <= process_index < process_count:
     raise ValueError(
       f"process_index={process_index!r} is invalid: expected "
       f"0 <= process_index < process_count={process_count}"
@@ -262,7 +258,7 @@ def _resolve_processes(process_index: int | None, process_count: int | None) -> 
 
 
 def _local_batch_size(global_batch_size: int, process_count: int) -> int:
-  if not _is_int(global_batch_size) or global_batch_size < 1:
+  if not sources.is_int(global_batch_size) or global_batch_size < 1:
     raise ValueError(
       f"global_batch_size={global_batch_size!r} is invalid: expected an integer >= 1"
     )

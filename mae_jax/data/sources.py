@@ -462,7 +462,8 @@ def _is_number(value: Any) -> bool:
   return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+  """An integer (Python or numpy), not a bool."""
   return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -494,7 +495,7 @@ def check_fields(config: Any) -> None:
     value = getattr(config, field)
     if not isinstance(value, str) or not value:
       raise _invalid(field, value, "expected a non-empty split name")
-  if not _is_int(config.image_size) or config.image_size <= 0:
+  if not is_int(config.image_size) or config.image_size <= 0:
     raise _invalid("image_size", config.image_size, "expected an integer > 0")
   if config.channels not in (1, 3) or isinstance(config.channels, bool):
     raise _invalid("channels", config.channels, "expected 1 (grayscale) or 3 (RGB)")
@@ -524,7 +525,7 @@ def check_fields(config: Any) -> None:
   for field in ("random_resized_crop", "horizontal_flip", "jpeg_reduced_decode"):
     if not isinstance(getattr(config, field), (bool, np.bool_)):
       raise _invalid(field, getattr(config, field), "expected True or False")
-  if not _is_int(config.randaugment_ops) or not 0 <= config.randaugment_ops <= 15:
+  if not is_int(config.randaugment_ops) or not 0 <= config.randaugment_ops <= 15:
     raise _invalid(
       "randaugment_ops",
       config.randaugment_ops,
@@ -551,17 +552,17 @@ def check_fields(config: Any) -> None:
   fraction = config.eval_crop_fraction
   if not _is_number(fraction) or not 0 < fraction <= 1:
     raise _invalid("eval_crop_fraction", fraction, "expected 0 < fraction <= 1")
-  if not _is_int(config.num_workers) or config.num_workers < 0:
+  if not is_int(config.num_workers) or config.num_workers < 0:
     raise _invalid(
       "num_workers",
       config.num_workers,
       "expected an integer >= 0 (Grain worker processes; 0 = threads in this process)",
     )
-  if not _is_int(config.read_threads) or config.read_threads < 1:
+  if not is_int(config.read_threads) or config.read_threads < 1:
     raise _invalid(
       "read_threads", config.read_threads, "expected an integer >= 1 (threads per process)"
     )
-  if not _is_int(config.prefetch) or config.prefetch < 1:
+  if not is_int(config.prefetch) or config.prefetch < 1:
     raise _invalid("prefetch", config.prefetch, "expected an integer >= 1 (batches buffered)")
   if config.source == "tfds" and (not isinstance(config.name, str) or not config.name):
     raise _invalid(

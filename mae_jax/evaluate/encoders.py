@@ -11,21 +11,20 @@ from typing import Any, Callable
 
 import jax
 
-from mae_jax.evaluate import init_checkpoint, models
+from mae_jax.core import pretrained
+from mae_jax.model.features import frozen_features
 from mae_jax.model.mae import Encoder
 
 
 def frozen_encoder(config, plan, mesh, key: jax.Array) -> tuple[Callable, Any]:
   """(features_fn(params, images) -> (N, D), params) for the configured feature source."""
   if config.baseline == "raw_pixels":
-    return models.frozen_features(plan.model, "pixels"), None
-  features_fn = models.frozen_features(plan.model, config.feature)
+    return frozen_features(plan.model, "pixels"), None
+  features_fn = frozen_features(plan.model, config.feature)
   if config.baseline == "random_init":
-    shardings, _ = init_checkpoint.param_layout(Encoder(plan.model), mesh, plan.rules)
-    return features_fn, init_checkpoint.random_params(Encoder(plan.model), key, shardings)
-  return features_fn, init_checkpoint.restore_encoder(
-    plan.init, Encoder, plan.model, mesh, plan.rules
-  )
+    shardings, _ = pretrained.param_specs(Encoder(plan.model), mesh, plan.rules)
+    return features_fn, pretrained.random_params(Encoder(plan.model), key, shardings)
+  return features_fn, pretrained.restore_encoder(plan.init, Encoder, plan.model, mesh, plan.rules)
 
 
 def feature_source(config) -> str:

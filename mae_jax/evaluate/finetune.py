@@ -23,18 +23,17 @@ import jax
 import optax
 from absl import logging
 
-from mae_jax import checkpointing
-from mae_jax import data as input_pipeline
-from mae_jax.evaluate import init_checkpoint, runtime
+from mae_jax.core import accuracy, checkpointing, pretrained
+from mae_jax.core import batches as batches_lib
+from mae_jax.core.accumulate import accumulate
+from mae_jax.core.loop import LoopSettings, Periodic, run_steps
+from mae_jax.core.nonfinite import guarded_update
+from mae_jax.core.state import TrainState, create_state, mesh_context, state_specs, with_shardings
+from mae_jax.evaluate import job as job_lib
 from mae_jax.evaluate.layer_decay import finetune_adamw
-from mae_jax.evaluate.loop import train_loop
 from mae_jax.evaluate.mixup import mix_batch, soft_cross_entropy
 from mae_jax.evaluate.models import ViTClassifier
 from mae_jax.model.mae import Encoder
-from mae_jax.train.accumulate import accumulate
-from mae_jax.train.nonfinite import guarded_update
-from mae_jax.train.pretrain import create_state, mesh_context, state_layout, with_shardings
-from mae_jax.train.state import TrainState
 
 
 def make_finetune_step(
@@ -92,14 +91,18 @@ def make_finetune_step(
 def make_finetune_eval_step(model: ViTClassifier) -> Callable:
   def eval_step(state: TrainState, batch: dict) -> dict:
     logits = model.apply({"params": state.params}, batch["image"], train=False)
-    return runtime.accuracy_sums(logits, batch["label"], batch["mask"])
+    return accuracy.accuracy_sums(logits, batch["label"], batch["mask"])
 
   return eval_step
 
 
-def run_finetune(config, workdir: str) -> dict:
-  """Fine-tunes (or resumes) and returns results.json's contents."""
-  job = runtime.start_job(config, workdir)
+def run_finetune(config, workdir: str, *, train_batches=None) -> dict:
+  """Fine-tunes (or resumes) and returns results.json's contents.
+
+  `train_batches` (start step -> this host's numpy batches) replaces the
+  training split's pipeline; tests feed signalling streams through it.
+  """
+  job = job_lib.start_job(config, workdir)
   plan, mesh, is_main, mngr = job.plan, job.mesh, job.is_main, job.mngr
   batch_sharding, replicated = job.batch_sharding, job.replicated
   opt = config.optimizer
@@ -122,14 +125,14 @@ def run_finetune(config, workdir: str) -> dict:
     b2=opt.b2,
     weight_decay=opt.weight_decay,
   )
-  state_shardings, abstract_state = state_layout(model, tx, mesh, plan.rules)
+  state_shardings, abstract_state = state_specs(model, tx, mesh, plan.rules)
 
   with mesh_context(mesh, plan.rules), checkpointing.completing_saves(mngr):
     if job.resume_step is not None:
       logging.info("Resuming fine-tuning from step %d.", job.resume_step)
       state = TrainState.from_checkpoint(
         checkpointing.restore_state(
-          runtime.checkpoint_dir(workdir),
+          job_lib.checkpoint_dir(workdir),
           with_shardings(abstract_state, state_shardings).to_checkpoint(),
           step=job.resume_step,
         )
@@ -140,21 +143,10 @@ def run_finetune(config, workdir: str) -> dict:
         # AdamW's initial state does not depend on the values: swapping in the
         # pretrained encoder keeps it valid.
         trunk = lambda cfg: Encoder(cfg, final_norm=config.feature == "cls")
-        encoder = init_checkpoint.restore_encoder(plan.init, trunk, plan.model, mesh, plan.rules)
+        encoder = pretrained.restore_encoder(plan.init, trunk, plan.model, mesh, plan.rules)
         state = state.replace(params={**state.params, "encoder": encoder})
 
-    def batches(start):
-      stream = input_pipeline.make_iterator(
-        config.data,
-        split=config.data.train_split,
-        global_batch_size=config.global_batch_size,
-        train=True,
-        seed=config.seed,
-        start_step=start,
-      )
-      return (
-        runtime.labelled_batch(b, batch_sharding, plan.num_classes, "training data") for b in stream
-      )
+    host_batches = train_batches or (lambda start: batches_lib.train_split_batches(config, start))
 
     train_step = jax.jit(
       make_finetune_step(model, tx, job.schedule, seed_key=seed_key, config=config),
@@ -167,25 +159,29 @@ def run_finetune(config, workdir: str) -> dict:
       in_shardings=(state_shardings, batch_sharding),
       out_shardings=replicated,
     )
-    state, final = train_loop(
-      config,
-      plan,
+    evaluate = lambda s: job_lib.evaluate(
+      eval_step,
+      s,
+      batches_lib.split_batches(
+        config, config.data.eval_split, plan.eval_batch_size, batch_sharding, plan.num_classes
+      ),
+      plan.num_classes,
+    )
+    state, final = run_steps(
+      LoopSettings.from_config(
+        config, plan.total_steps, throughput_key="examples_per_sec", one_step_in_flight=True
+      ),
       workdir,
       mngr,
       job.metadata,
       state,
-      train_step=train_step,
-      batches=batches,
-      evaluate=lambda s: runtime.evaluate(
-        eval_step,
-        s,
-        runtime.split_batches(
-          config, config.data.eval_split, plan.eval_batch_size, batch_sharding, plan.num_classes
-        ),
-        plan.num_classes,
+      train_step,
+      lambda start: batches_lib.labelled_train_batches(
+        host_batches(start), batch_sharding, plan.num_classes
       ),
+      [Periodic(config.eval_every_steps, evaluate, digits=3)],
       is_main=is_main,
     )
-  results = runtime.write_results(workdir, config, plan, final, step=final["step"], is_main=is_main)
-  runtime.print_summary("Fine-tuning", config.feature, results, workdir, is_main)
+  results = job_lib.write_results(workdir, config, plan, final, step=final["step"], is_main=is_main)
+  job_lib.print_summary("Fine-tuning", config.feature, results, workdir, is_main)
   return results

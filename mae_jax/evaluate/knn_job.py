@@ -11,12 +11,14 @@ from __future__ import annotations
 import jax
 from etils import epath
 
-from mae_jax import sharding
-from mae_jax.evaluate import knn, runtime
+from mae_jax.core import batches as batches_lib
+from mae_jax.core import knn, sharding
+from mae_jax.core.metrics import MetricsWriter
+from mae_jax.core.state import mesh_context
+from mae_jax.core.workdir import write_run_info
+from mae_jax.evaluate import job as job_lib
 from mae_jax.evaluate.encoders import feature_source, frozen_encoder
 from mae_jax.evaluate.plan import make_eval_plan
-from mae_jax.metrics import MetricsWriter
-from mae_jax.train.pretrain import mesh_context, write_run_info
 
 
 def run_knn(config, workdir: str) -> dict:
@@ -28,12 +30,12 @@ def run_knn(config, workdir: str) -> dict:
   batch_sharding = sharding.batch_sharding(mesh, plan.rules)
   with mesh_context(mesh, plan.rules):
     features_fn, encoder_params = frozen_encoder(config, plan, mesh, jax.random.key(config.seed))
-    train = runtime.split_batches(
+    train = batches_lib.split_batches(
       config, config.data.train_split, plan.eval_batch_size, batch_sharding, plan.num_classes
     )
     if config.knn_train_batches >= 0:
       train = (batch for _, batch in zip(range(config.knn_train_batches), train))
-    held_out = runtime.split_batches(
+    held_out = batches_lib.split_batches(
       config, config.data.eval_split, plan.eval_batch_size, batch_sharding, plan.num_classes
     )
     metrics = knn.knn_evaluate(
@@ -52,7 +54,7 @@ def run_knn(config, workdir: str) -> dict:
   writer.write(step, metrics)
   writer.close()
   final = {f"eval_{key[len('knn_') :]}": value for key, value in metrics.items()}
-  results = runtime.write_results(
+  results = job_lib.write_results(
     workdir,
     config,
     plan,
@@ -61,7 +63,7 @@ def run_knn(config, workdir: str) -> dict:
     is_main=is_main,
     extra={"k": config.knn_k, "temperature": config.knn_temperature},
   )
-  runtime.print_summary(
+  job_lib.print_summary(
     f"k-NN (k={config.knn_k}, T={config.knn_temperature})",
     feature_source(config),
     results,

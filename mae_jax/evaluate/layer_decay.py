@@ -16,14 +16,14 @@ as the reference's per-group learning rate does.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import jax
 import numpy as np
 import optax
 
-_LAYER_KEY = re.compile(r"layer_(\d+)$")
+from mae_jax.model.stacking import LAYER_KEY
+
 _EMBEDDING_NAMES = ("patch_embed", "cls_token")
 
 
@@ -37,7 +37,7 @@ def layer_id(names: list[str], depth: int) -> int | None:
     return 0
   if "blocks" in names:
     below = names[names.index("blocks") + 1]
-    match = _LAYER_KEY.match(below)
+    match = LAYER_KEY.match(below)
     if match:
       return int(match.group(1)) + 1
     if below == "layers":

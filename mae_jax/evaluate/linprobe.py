@@ -27,15 +27,15 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from mae_jax import checkpointing
-from mae_jax import data as input_pipeline
-from mae_jax.evaluate import runtime
+from mae_jax.core import accuracy, checkpointing
+from mae_jax.core import batches as batches_lib
+from mae_jax.core.loop import LoopSettings, Periodic, run_steps
+from mae_jax.core.nonfinite import guarded_update
+from mae_jax.core.state import mesh_context, with_shardings
+from mae_jax.evaluate import job as job_lib
 from mae_jax.evaluate.encoders import feature_source, frozen_encoder
 from mae_jax.evaluate.lars import lars
-from mae_jax.evaluate.loop import train_loop
 from mae_jax.evaluate.models import ProbeHead
-from mae_jax.train.nonfinite import guarded_update
-from mae_jax.train.pretrain import mesh_context, with_shardings
 
 
 @flax.struct.dataclass
@@ -133,14 +133,18 @@ def make_probe_eval_step(head: ProbeHead, features_fn: Callable | None) -> Calla
     logits = head.apply(
       {"params": state.params, "batch_stats": state.batch_stats}, features, train=False
     )
-    return runtime.accuracy_sums(logits, batch["label"], batch["mask"])
+    return accuracy.accuracy_sums(logits, batch["label"], batch["mask"])
 
   return eval_step
 
 
-def run_linear_probe(config, workdir: str) -> dict:
-  """Trains the probe (or resumes it) and returns results.json's contents."""
-  job = runtime.start_job(config, workdir)
+def run_linear_probe(config, workdir: str, *, train_batches=None) -> dict:
+  """Trains the probe (or resumes it) and returns results.json's contents.
+
+  `train_batches` (start step -> this host's numpy batches) replaces the
+  training split's pipeline; tests feed damaged streams through it.
+  """
+  job = job_lib.start_job(config, workdir)
   plan, mesh, is_main, mngr = job.plan, job.mesh, job.is_main, job.mngr
   batch_sharding, replicated = job.batch_sharding, job.replicated
   opt = config.optimizer
@@ -165,55 +169,46 @@ def run_linear_probe(config, workdir: str) -> dict:
       abstract = with_shardings(jax.eval_shape(create, head_key), replicated)
       state = ProbeState.from_checkpoint(
         checkpointing.restore_state(
-          runtime.checkpoint_dir(workdir), abstract.to_checkpoint(), step=job.resume_step
+          job_lib.checkpoint_dir(workdir), abstract.to_checkpoint(), step=job.resume_step
         )
       )
     else:
       state = jax.jit(create, out_shardings=replicated)(head_key)
 
-    if config.cache_features:
+    if config.cache_features and train_batches is None:
       logging.info(
         "Caching features of %s and %s.", config.data.train_split, config.data.eval_split
       )
       cached = {}
       for name, split in (("train", config.data.train_split), ("eval", config.data.eval_split)):
-        features, labels = runtime.extract_features(
+        features, labels = batches_lib.extract_features(
           features_fn,
           encoder_params,
-          runtime.split_batches(
+          batches_lib.split_batches(
             config, split, plan.eval_batch_size, batch_sharding, plan.num_classes
           ),
           mesh,
         )
         cached[name] = {"features": features, "label": labels}
-      batches = lambda start: runtime.epoch_batches(
+      global_batches = lambda start: batches_lib.epoch_batches(
         cached["train"],
         config.global_batch_size,
         batch_sharding,
         seed=config.seed,
         start_step=start,
       )
-      eval_batches = lambda: runtime.array_batches(
+      eval_batches = lambda: batches_lib.array_batches(
         cached["eval"], plan.eval_batch_size, batch_sharding
       )
       step_features = None
     else:
+      host_batches = train_batches or (lambda start: batches_lib.train_split_batches(config, start))
 
-      def batches(start):
-        stream = input_pipeline.make_iterator(
-          config.data,
-          split=config.data.train_split,
-          global_batch_size=config.global_batch_size,
-          train=True,
-          seed=config.seed,
-          start_step=start,
-        )
-        return (
-          runtime.labelled_batch(b, batch_sharding, plan.num_classes, "training data")
-          for b in stream
-        )
+      global_batches = lambda start: batches_lib.labelled_train_batches(
+        host_batches(start), batch_sharding, plan.num_classes
+      )
 
-      eval_batches = lambda: runtime.split_batches(
+      eval_batches = lambda: batches_lib.split_batches(
         config, config.data.eval_split, plan.eval_batch_size, batch_sharding, plan.num_classes
       )
       step_features = features_fn
@@ -224,20 +219,25 @@ def run_linear_probe(config, workdir: str) -> dict:
       donate_argnums=(0,),
     )
     eval_step = jax.jit(make_probe_eval_step(head, step_features), out_shardings=replicated)
-    state, final = train_loop(
-      config,
-      plan,
+    evaluate = lambda s: job_lib.evaluate(
+      lambda s_, batch: eval_step(s_, encoder_params, batch), s, eval_batches(), plan.num_classes
+    )
+    state, final = run_steps(
+      LoopSettings.from_config(
+        config,
+        plan.total_steps,
+        throughput_key="examples_per_sec",
+        one_step_in_flight=True,
+      ),
       workdir,
       mngr,
       job.metadata,
       state,
-      train_step=lambda s, batch: train_step(s, encoder_params, batch),
-      batches=batches,
-      evaluate=lambda s: runtime.evaluate(
-        lambda s_, batch: eval_step(s_, encoder_params, batch), s, eval_batches(), plan.num_classes
-      ),
+      lambda s, batch: train_step(s, encoder_params, batch),
+      global_batches,
+      [Periodic(config.eval_every_steps, evaluate, digits=3)],
       is_main=is_main,
     )
-  results = runtime.write_results(workdir, config, plan, final, step=final["step"], is_main=is_main)
-  runtime.print_summary("Linear probe", feature_source(config), results, workdir, is_main)
+  results = job_lib.write_results(workdir, config, plan, final, step=final["step"], is_main=is_main)
+  job_lib.print_summary("Linear probe", feature_source(config), results, workdir, is_main)
   return results

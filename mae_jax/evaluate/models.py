@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from mae_jax.model.config import ModelConfig
-from mae_jax.model.mae import Encoder
+from mae_jax.model.mae import Encoder, dtypes
 from mae_jax.model.vit import layer_norm
 
 
@@ -22,10 +22,6 @@ def reference_trunc_normal(stddev: float):
   """torch's trunc_normal_(std=s) cuts at +-2 in absolute value, i.e. +-2/s
   standard deviations: for s = 0.01 or 2e-5 a plain normal in practice."""
   return jax.nn.initializers.truncated_normal(stddev, lower=-2.0 / stddev, upper=2.0 / stddev)
-
-
-def _dtypes(config: ModelConfig) -> dict:
-  return dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
 
 
 class ViTClassifier(nn.Module):
@@ -39,7 +35,7 @@ class ViTClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
-    kw = _dtypes(self.config)
+    kw = dtypes(self.config)
     pool = self.feature == "pool"
     tokens = Encoder(self.config, final_norm=not pool, name="encoder")(images, train=train)
     if pool:
@@ -81,19 +77,3 @@ class ProbeHead(nn.Module):
     return nn.Dense(
       self.num_classes, kernel_init=reference_trunc_normal(self.init_std), name="linear"
     )(x)
-
-
-def frozen_features(config: ModelConfig, feature: str):
-  """features(encoder_params, images) -> (N, D) of the frozen MAE encoder:
-  the cls token after the final norm, or the mean of the patch tokens
-  after it ("pool"); feature "pixels" is the flattened image itself (the
-  raw-pixel baseline), which ignores the parameters."""
-  if feature == "pixels":
-    return lambda params, images: images.reshape(images.shape[0], -1).astype(jnp.float32)
-  encoder = Encoder(config)
-
-  def features(params, images):
-    tokens = encoder.apply({"params": params}, images, None, train=False)
-    return tokens[:, 0] if feature == "cls" else tokens[:, 1:].mean(axis=1)
-
-  return features

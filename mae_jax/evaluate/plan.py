@@ -1,6 +1,6 @@
 """Checks an evaluation config and works out its shape, before anything compiles.
 
-The evaluation twin of `mae_jax.train.plan`: same model, data and mesh
+The evaluation twin of `mae_jax.core.plan`: same model, data and mesh
 checks (reusing its helpers), plus the fields of the linear probe,
 fine-tuning and k-NN jobs, the dataset's labels against the head's
 classes, and the checkpoint `init_from` points at. Every mistake is a
@@ -13,11 +13,10 @@ import dataclasses
 
 import ml_collections
 
-from mae_jax import data as input_pipeline
+from mae_jax.core import plan as plan_lib
+from mae_jax.core import pretrained
+from mae_jax.data import dataset_info, validate_data_config
 from mae_jax.errors import ConfigError
-from mae_jax.evaluate import init_checkpoint
-from mae_jax.model.config import ModelConfig
-from mae_jax.train import plan as plan_lib
 
 JOBS = ("linprobe", "finetune", "knn")
 # "" = the checkpoint in init_from; the others are the honest-numbers baselines.
@@ -25,22 +24,14 @@ BASELINES = ("", "random_init", "raw_pixels")
 FEATURES = ("cls", "pool")
 
 
-@dataclasses.dataclass(frozen=True)
-class EvalPlan:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalPlan(plan_lib.RunPlan):
+  """The training plan (steps, warm-up, batch split, mesh; all 0 steps for
+  k-NN, which trains nothing) plus what an evaluation job adds."""
+
   job: str
-  model: ModelConfig
-  mesh_shape: tuple[int, ...]
-  rules: tuple
-  data_parallel: int
-  num_classes: int
   eval_batch_size: int
-  steps_per_epoch: int
-  total_steps: int
-  warmup_steps: int
-  num_train_examples: int
-  num_eval_examples: int
-  init: init_checkpoint.InitCheckpoint | None  # None for the baselines
-  micro_batch_size: int = 0  # global batch / grad_accum_steps
+  init: pretrained.InitCheckpoint | None  # None for the baselines
 
 
 def _require(ok: bool, field: str, value, what: str) -> None:
@@ -169,7 +160,7 @@ def make_eval_plan(
   model = plan_lib.model_config_from(config)
   data = config.data
   plan_lib.check_data_fits_model(data, model)
-  input_pipeline.validate_data_config(data)
+  validate_data_config(data)
   mesh_shape, rules, data_parallel = plan_lib.mesh_plan(config, num_devices)
   devices = data_parallel * process_count
   batch, accum = config.global_batch_size, config.grad_accum_steps
@@ -185,7 +176,7 @@ def make_eval_plan(
       f"not divisible by config.grad_accum_steps={accum}",
     )
     # Every micro-batch is spread over all the devices (strided rows, see
-    # mae_jax.train.accumulate), so it must split as a whole batch would.
+    # mae_jax.core.accumulate), so it must split as a whole batch would.
     if micro % devices:
       raise ConfigError(
         f"config.global_batch_size={batch} / config.grad_accum_steps={accum} = {micro} "
@@ -205,7 +196,7 @@ def make_eval_plan(
       f"{process_count} hosts: use a multiple of {devices}",
     )
 
-  splits, dataset_classes = input_pipeline.dataset_info(data)
+  splits, dataset_classes = dataset_info(data)
   if dataset_classes is None:
     raise ConfigError(
       f"config.data ({data.source}:{data.name or ''}) has no class labels: "
@@ -221,27 +212,13 @@ def make_eval_plan(
   )
   num_train, num_eval = splits[data.train_split], splits[data.eval_split]
   steps_per_epoch = total = warmup = 0
-  if config.job != "knn":
-    steps_per_epoch = num_train // config.global_batch_size
-    _require(
-      steps_per_epoch > 0,
-      "global_batch_size",
-      config.global_batch_size,
-      f"larger than the {num_train} training images of {data.train_split!r}",
-    )
-    total = (
-      config.num_train_steps
-      if config.num_train_steps > 0
-      else int(round(config.num_epochs * steps_per_epoch))
-    )
-    warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total)
+  if config.job != "knn":  # k-NN trains nothing
+    steps_per_epoch, total, warmup = plan_lib.step_counts(config, num_train)
 
   init = None
   if not config.baseline:
-    init = init_checkpoint.locate(
-      config.init_from, None if config.init_step < 0 else config.init_step
-    )
-    init_checkpoint.check_encoder_architecture(init, model)
+    init = pretrained.locate(config.init_from, None if config.init_step < 0 else config.init_step)
+    pretrained.check_encoder_architecture(init, model)
   return EvalPlan(
     job=config.job,
     model=model,

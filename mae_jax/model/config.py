@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from mae_jax.model.masking import num_kept
+
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
@@ -69,7 +71,7 @@ class ModelConfig:
   @property
   def num_visible(self) -> int:
     """Tokens the encoder keeps per image: int(L * (1 - mask_ratio))."""
-    return int(self.num_patches * (1 - self.mask_ratio))
+    return num_kept(self.num_patches, self.mask_ratio)
 
   def replace(self, **changes: Any) -> "ModelConfig":
     return dataclasses.replace(self, **changes)

@@ -46,7 +46,8 @@ class EncoderFeatures(NamedTuple):
   tokens: jax.Array  # (N, 1 + L, D) every token after the final norm
 
 
-def _dtypes(config: ModelConfig) -> dict:
+def dtypes(config: ModelConfig) -> dict:
+  """The dtype / param_dtype arguments of every linen layer of a model of `config`."""
   return dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
 
 
@@ -78,7 +79,7 @@ class Encoder(nn.Module):
     self, images: jax.Array, masking: Masking | None = None, *, train: bool = False
   ) -> jax.Array:
     cfg = self.config
-    kw = _dtypes(cfg)
+    kw = dtypes(cfg)
     patches = patchify(images.astype(kw["dtype"]), cfg.patch_size)
     pos = jnp.asarray(sincos_2d(cfg.width, cfg.grid_size), kw["dtype"])[None, 1:]
     visible_only = masking is not None and not cfg.encoder_mask_tokens
@@ -133,7 +134,7 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, latent: jax.Array, ids_restore: jax.Array) -> jax.Array:
     cfg = self.config
-    kw = _dtypes(cfg)
+    kw = dtypes(cfg)
     x = dense(cfg.decoder_width, ("embed", "decoder_embed"), name="embed", **kw)(latent)
     if not cfg.encoder_mask_tokens:
       mask_token = self.param(

@@ -3,7 +3,7 @@
 Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `kv`,
 ...) and every large activation a logical constraint, so that sharding over
 a (data, fsdp, tensor) mesh is chosen by rules in the config
-(`mae_jax.sharding`), never by edits here. Outside a mesh context the
+(`mae_jax.core.sharding`), never by edits here. Outside a mesh context the
 constraints are no-ops.
 
 Initialisation follows the reference: xavier-uniform Linears with zero
@@ -289,7 +289,7 @@ class TransformerStack(nn.Module):
   (`layers`, parameters stacked on a leading `layers` axis).
 
   Scanning compiles one block instead of `depth` copies (big models, TPU);
-  `mae_jax.model.layout.stack_layers` / `unstack_layers` convert parameters
+  `mae_jax.model.stacking.stack_layers` / `unstack_layers` convert parameters
   between the two layouts.
   """
 

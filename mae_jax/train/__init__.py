@@ -1,0 +1,1 @@
+"""Pretraining: `pretrain.train_and_evaluate(config, workdir)`, built on mae_jax.core."""

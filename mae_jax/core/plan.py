@@ -14,15 +14,17 @@ from typing import Any
 
 import ml_collections
 
-from mae_jax import data as input_pipeline
-from mae_jax import sharding
+from mae_jax.core import nonfinite, sharding
+from mae_jax.data import dataset_info, validate_data_config
 from mae_jax.errors import ConfigError
 from mae_jax.model.config import ModelConfig
-from mae_jax.train import nonfinite
 
 
 @dataclasses.dataclass(frozen=True)
 class RunPlan:
+  """What every training job works out from its config before compiling
+  (pretraining's plan; the evaluation jobs' `EvalPlan` extends it)."""
+
   model: ModelConfig
   mesh_shape: tuple[int, ...]
   rules: tuple
@@ -83,7 +85,7 @@ def check_training_fields(config: ml_collections.ConfigDict) -> None:
 
 
 def check_nonfinite(config: ml_collections.ConfigDict) -> None:
-  """What a training job does on a non-finite step (mae_jax.train.nonfinite)."""
+  """What a training job does on a non-finite step (mae_jax.core.nonfinite)."""
   if config.nonfinite not in nonfinite.MODES:
     raise ConfigError(f"config.nonfinite={config.nonfinite!r}: 'stop' or 'skip'.")
 
@@ -139,6 +141,26 @@ def mesh_plan(
   return mesh_shape, rules, data_parallel
 
 
+def step_counts(config: ml_collections.ConfigDict, num_train: int) -> tuple[int, int, int]:
+  """(steps per epoch, total steps, warm-up steps) of a training job: epochs
+  of whole global batches (the remainder of an epoch is dropped), total from
+  num_train_steps or num_epochs, warm-up from warmup_epochs, at most total."""
+  batch, data = config.global_batch_size, config.data
+  steps_per_epoch = num_train // batch
+  if steps_per_epoch == 0:
+    raise ConfigError(
+      f"config.global_batch_size={batch} is larger than the {num_train} training "
+      f"images of {data.source}:{data.name or ''}{data.train_split}."
+    )
+  total = (
+    config.num_train_steps
+    if config.num_train_steps > 0
+    else int(round(config.num_epochs * steps_per_epoch))
+  )
+  warmup = int(round(config.warmup_epochs * steps_per_epoch))
+  return steps_per_epoch, total, min(warmup, total)
+
+
 def make_plan(
   config: ml_collections.ConfigDict,
   *,
@@ -157,7 +179,7 @@ def make_plan(
   data = config.data
   check_data_fits_model(data, model)
   if known_dataset is None:
-    input_pipeline.validate_data_config(data)
+    validate_data_config(data)
   mesh_shape, rules, data_parallel = mesh_plan(config, num_devices)
   batch, accum = config.global_batch_size, config.grad_accum_steps
   if batch % accum:
@@ -176,7 +198,7 @@ def make_plan(
     raise ConfigError(
       f"config.global_batch_size={batch} does not split over {process_count} hosts."
     )
-  splits, num_classes = known_dataset or input_pipeline.dataset_info(data)
+  splits, num_classes = known_dataset or dataset_info(data)
   if config.knn_every_steps > 0 and num_classes is None:
     raise ConfigError(
       f"config.knn_every_steps={config.knn_every_steps} but config.data "
@@ -185,18 +207,7 @@ def make_plan(
       "'label' feature."
     )
   num_train, num_eval = splits[data.train_split], splits[data.eval_split]
-  steps_per_epoch = num_train // batch
-  if steps_per_epoch == 0:
-    raise ConfigError(
-      f"config.global_batch_size={batch} is larger than the {num_train} training "
-      f"images of {data.source}:{data.name or ''}{data.train_split}."
-    )
-  total = (
-    config.num_train_steps
-    if config.num_train_steps > 0
-    else int(round(config.num_epochs * steps_per_epoch))
-  )
-  warmup = int(round(config.warmup_epochs * steps_per_epoch))
+  steps_per_epoch, total, warmup = step_counts(config, num_train)
   return RunPlan(
     model=model,
     mesh_shape=mesh_shape,
@@ -205,7 +216,7 @@ def make_plan(
     micro_batch_size=micro,
     steps_per_epoch=steps_per_epoch,
     total_steps=total,
-    warmup_steps=min(warmup, total),
+    warmup_steps=warmup,
     num_train_examples=num_train,
     num_eval_examples=num_eval,
     num_classes=num_classes,

@@ -1,4 +1,7 @@
-"""Parameter layouts: separate layers (`layer_{i}`) vs scanned (`layers`).
+"""Block stacking: separate layers (`layer_{i}`) vs scanned (`layers`).
+
+Checkpoint metadata records which one a checkpoint holds as "param_layout"
+("layer_i" or "layers"; the key name predates this module).
 
 `nn.scan` stores a stack's blocks as one subtree whose leaves have a leading
 `depth` axis. Converters and checkpoints of other layouts use the per-layer
@@ -15,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_LAYER_KEY = re.compile(r"layer_(\d+)$")
+# The name of block i in the per-layer layout.
+LAYER_KEY = re.compile(r"layer_(\d+)$")
 
 
 def _map_blocks(tree: Any, fn) -> Any:
@@ -32,7 +36,7 @@ def stack_layers(params: Mapping) -> dict:
   def stack(blocks):
     if "layers" in blocks:
       return dict(blocks)
-    indices = sorted(int(_LAYER_KEY.match(k).group(1)) for k in blocks)
+    indices = sorted(int(LAYER_KEY.match(k).group(1)) for k in blocks)
     if indices != list(range(len(indices))):
       raise ValueError(f"layers {indices} are not numbered 0..{len(indices) - 1}.")
     layers = [blocks[f"layer_{i}"] for i in indices]

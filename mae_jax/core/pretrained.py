@@ -1,4 +1,7 @@
-"""Where evaluation starts from: finding, checking and restoring a pretrained encoder.
+"""What `config.init_from` names: one resolver and one layout rule for every job.
+
+Pretraining (`init_from`: start from another run's or a converted model's
+parameters), the linear probe and fine-tuning all go through here.
 
 `config.init_from` may name
   - a pretraining workdir (its `checkpoints/` is used),
@@ -10,9 +13,12 @@ The newest complete step is used unless a step is named. Orbax writes a step
 as `STEP.orbax-checkpoint-tmp-*` and renames it when complete, so such
 directories are half-written steps and never used.
 
-Only the encoder is restored (a partial orbax restore of
-`{"params": {"encoder": ...}}`), directly onto this run's shardings, so a
-checkpoint from any mesh restores on any other.
+Only the parameter groups a job needs are restored (a partial orbax
+restore, e.g. of `{"params": {"encoder": ...}}`), directly onto this run's
+shardings, so a checkpoint from any mesh restores on any other. One rule
+for the layout: a checkpoint stored per layer (`layer_i`) or scanned
+(`layers`) is restored as stored and converted to this run's
+`scan_layers`, never refused.
 """
 
 from __future__ import annotations
@@ -27,11 +33,12 @@ import jax
 import optax
 from etils import epath
 
-from mae_jax import checkpointing
+from mae_jax.core import checkpointing
+from mae_jax.core.state import create_state, state_specs, with_shardings
 from mae_jax.errors import CheckpointError
 from mae_jax.model.config import ModelConfig
-from mae_jax.model.layout import stack_layers, unstack_layers
-from mae_jax.train.pretrain import create_state, state_layout, with_shardings
+from mae_jax.model.mae import MaskedAutoencoder
+from mae_jax.model.stacking import stack_layers, unstack_layers
 
 TMP_MARKER = ".orbax-checkpoint-tmp"
 ENCODER_FIELDS = ("patch_size", "channels", "width", "depth", "heads", "mlp_ratio")
@@ -122,9 +129,9 @@ def check_encoder_architecture(checkpoint: InitCheckpoint, config: ModelConfig) 
   checkpointing.check_architecture(checkpoint.directory, checkpoint.metadata, same_decoder)
 
 
-def param_layout(module: nn.Module, mesh, rules) -> tuple[Any, Any]:
+def param_specs(module: nn.Module, mesh, rules) -> tuple[Any, Any]:
   """(shardings, abstract) of a module's parameters, without allocating them."""
-  shardings, abstract = state_layout(module, optax.identity(), mesh, rules)
+  shardings, abstract = state_specs(module, optax.identity(), mesh, rules)
   return shardings.params, abstract.params
 
 
@@ -145,20 +152,49 @@ def restore_encoder(
       (`Encoder`, possibly with `final_norm=False`).
   """
   check_encoder_architecture(checkpoint, config)
-  run_shardings, _ = param_layout(make_module(config), mesh, rules)
+  run_shardings, _ = param_specs(make_module(config), mesh, rules)
   # Restore in the layout the checkpoint stores (scanned or not), on shardings
   # derived from that layout, then convert to this run's layout if it differs.
   stored_config = config.replace(scan_layers=checkpoint.scanned)
-  stored_shardings, stored_abstract = param_layout(make_module(stored_config), mesh, rules)
-  wanted = {"params": {"encoder": with_shardings(stored_abstract, stored_shardings)}}
+  stored_shardings, stored_abstract = param_specs(make_module(stored_config), mesh, rules)
+  wanted = {"encoder": with_shardings(stored_abstract, stored_shardings)}
+  restored = _restore(checkpoint, wanted, "encoder")["encoder"]
+  if checkpoint.scanned != config.scan_layers:
+    convert = stack_layers if config.scan_layers else unstack_layers
+    restored = jax.jit(convert, out_shardings=run_shardings)(restored)
+  return restored
+
+
+def restore_pretraining_params(
+  checkpoint: InitCheckpoint, config: ModelConfig, mesh, rules
+) -> dict:
+  """{group: params} of the MAE groups the checkpoint holds ("encoder", and
+  "decoder" unless it is encoder-only), in this run's layout and shardings."""
+  checkpointing.check_architecture(checkpoint.directory, checkpoint.metadata, config)
+  run_shardings, _ = param_specs(MaskedAutoencoder(config), mesh, rules)
+  stored = MaskedAutoencoder(config.replace(scan_layers=checkpoint.scanned))
+  stored_shardings, stored_abstract = param_specs(stored, mesh, rules)
+  groups = checkpointing.saved_param_groups(checkpoint.directory, checkpoint.step) & set(
+    stored_abstract
+  )
+  wanted = {g: with_shardings(stored_abstract[g], stored_shardings[g]) for g in sorted(groups)}
+  restored = _restore(checkpoint, wanted, "MAE")
+  if checkpoint.scanned != config.scan_layers:
+    convert = stack_layers if config.scan_layers else unstack_layers
+    restored = jax.jit(convert, out_shardings={g: run_shardings[g] for g in restored})(restored)
+  return restored
+
+
+def _restore(checkpoint: InitCheckpoint, wanted: dict, what: str) -> dict:
+  """A partial restore of `{"params": wanted}`; CheckpointError naming what is missing."""
   try:
-    restored = checkpointing.restore_state(checkpoint.directory, wanted, step=checkpoint.step)[
-      "params"
-    ]["encoder"]
+    restored = checkpointing.restore_state(
+      checkpoint.directory, {"params": wanted}, step=checkpoint.step
+    )["params"]
   except (KeyError, ValueError) as error:
     raise CheckpointError(
       f"the checkpoint in {checkpoint.directory!r} (step {checkpoint.step}) "
-      f"has no encoder parameters of the expected shapes: {error}"
+      f"has no {what} parameters of the expected shapes: {error}"
     ) from error
   missing = [
     jax.tree_util.keystr(path)
@@ -168,10 +204,7 @@ def restore_encoder(
   if missing:
     raise CheckpointError(
       f"the checkpoint in {checkpoint.directory!r} (step {checkpoint.step}) "
-      f"lacks encoder parameters {missing[:5]}{' ...' if len(missing) > 5 else ''}"
-      f": expected an MAE encoder with {ENCODER_FIELDS} as in the config."
+      f"lacks {what} parameters {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+      f": expected an MAE with {ENCODER_FIELDS} as in the config."
     )
-  if checkpoint.scanned != config.scan_layers:
-    convert = stack_layers if config.scan_layers else unstack_layers
-    restored = jax.jit(convert, out_shardings=run_shardings)(restored)
   return restored

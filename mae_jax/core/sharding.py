@@ -18,7 +18,6 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
-import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -127,12 +126,6 @@ def rules_from_config(rules: Sequence[Sequence[Any]] | None) -> tuple[tuple[str,
 def batch_axes(rules: Sequence[tuple[str, Any]]) -> Any:
   """Mesh axes the batch dimension is split over (from 'activation_batch')."""
   return dict(rules).get("activation_batch", ("data", "fsdp"))
-
-
-def data_parallel_size(mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> int:
-  axes = batch_axes(rules)
-  axes = (axes,) if isinstance(axes, str) else (axes or ())
-  return int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
 
 
 def batch_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> NamedSharding:

@@ -25,7 +25,6 @@ from typing import Any, Mapping
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
-from etils import epath
 
 from mae_jax.errors import CheckpointError
 from mae_jax.model.config import ModelConfig
@@ -69,6 +68,17 @@ def manager(
     enable_async_checkpointing=enable_async,
   )
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def manager_for_run(directory: str, config) -> ocp.CheckpointManager:
+  """The manager of a training job's own checkpoints, as its config asks
+  (keep_checkpoints, keep_every_steps, async_checkpointing)."""
+  return manager(
+    directory,
+    max_to_keep=config.keep_checkpoints,
+    keep_period=config.keep_every_steps,
+    enable_async=config.async_checkpointing,
+  )
 
 
 class CheckpointSaveError(RuntimeError):
@@ -218,39 +228,6 @@ def restore_state(directory: str, abstract_state: Any, step: int | None = None) 
     partial_restore=True,
   )
   return mngr.restore(step, args=ocp.args.Composite(**{STATE: args}))[STATE]
-
-
-def resolve_checkpoint_dir(path: str) -> str:
-  """A run's workdir, its `checkpoints/` or a converted checkpoint -> the
-  orbax manager directory holding complete steps.
-
-  Raises ValueError naming the path when there is nothing complete there
-  (including when only half-written `*.orbax-checkpoint-tmp*` steps exist).
-  """
-  for candidate in (os.path.join(path, "checkpoints"), path):
-    if not epath.Path(candidate).is_dir():
-      continue
-    steps = manager(candidate, read_only=True).all_steps()
-    if steps:
-      return candidate
-  partial = []
-  for candidate in (os.path.join(path, "checkpoints"), path):
-    if epath.Path(candidate).is_dir():
-      partial += [
-        entry.name
-        for entry in epath.Path(candidate).iterdir()
-        if "orbax-checkpoint-tmp" in entry.name
-      ]
-  hint = (
-    f" Only half-written steps are there ({', '.join(sorted(partial))}): the run "
-    "that wrote them died before finishing a save."
-    if partial
-    else ""
-  )
-  raise CheckpointError(
-    f"no complete checkpoint at {path!r}: expected a pretraining workdir, its "
-    "checkpoints/ directory, or the output of `python -m mae_jax.convert`." + hint
-  )
 
 
 def saved_param_groups(directory: str, step: int | None = None) -> set[str]:

@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mae_jax.evaluate import models, runtime
+from mae_jax.core import accuracy
+from mae_jax.core import batches as batches_lib
+from mae_jax.model.features import frozen_features
 
 
 def knn_scores(
@@ -67,11 +69,11 @@ def knn_classify(
     )
     # The vote shares as probabilities give a (not very meaningful) loss; kept
     # only so accuracy_sums serves every protocol.
-    chunk_sums = runtime.accuracy_sums(
+    chunk_sums = accuracy.accuracy_sums(
       jnp.log(scores + 1e-12), labels, jnp.ones(labels.shape, jnp.float32)
     )
     sums = {key: sums[key] + float(chunk_sums[key]) for key in sums}
-  metrics = runtime.accuracy_metrics(sums, num_classes, prefix="knn_")
+  metrics = accuracy.accuracy_metrics(sums, num_classes, prefix="knn_")
   metrics.pop("knn_loss")
   return metrics
 
@@ -88,8 +90,8 @@ def knn_evaluate(
   temperature: float = 0.07,
 ) -> dict:
   """Features of both iterators (global batches with image/label/mask), then k-NN."""
-  train_x, train_y = runtime.extract_features(features_fn, encoder_params, train_batches, mesh)
-  eval_x, eval_y = runtime.extract_features(features_fn, encoder_params, eval_batches, mesh)
+  train_x, train_y = batches_lib.extract_features(features_fn, encoder_params, train_batches, mesh)
+  eval_x, eval_y = batches_lib.extract_features(features_fn, encoder_params, eval_batches, mesh)
   return knn_classify(
     train_x, train_y, eval_x, eval_y, num_classes=num_classes, k=k, temperature=temperature
   )
@@ -102,15 +104,15 @@ def make_knn_monitor(
   train split (eval transform; the first `config.knn_train_batches` batches,
   -1 = all) against its eval split, on the encoder's cls feature
   (`config.knn_feature`). For periodic use during pretraining."""
-  features_fn = models.frozen_features(model_config, config.knn_feature)
+  features_fn = frozen_features(model_config, config.knn_feature)
 
   def monitor(encoder_params) -> dict:
-    train = runtime.split_batches(
+    train = batches_lib.split_batches(
       config, config.data.train_split, batch_size, batch_sharding, num_classes
     )
     if config.knn_train_batches >= 0:
       train = (batch for _, batch in zip(range(config.knn_train_batches), train))
-    held_out = runtime.split_batches(
+    held_out = batches_lib.split_batches(
       config, config.data.eval_split, batch_size, batch_sharding, num_classes
     )
     return knn_evaluate(

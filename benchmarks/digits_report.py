@@ -1,6 +1,6 @@
 r"""The honest numbers on the bundled digits, in one command:
 
-  python -m mae_jax.evaluate.digits_report --workdir=runs/digits_eval
+  python -m benchmarks.digits_report --workdir=runs/digits_eval
 
 1. pretrains `configs/pretrain.py:digits` in WORKDIR/pretrain (or resumes
    it; a finished run is reused);
@@ -11,7 +11,7 @@ r"""The honest numbers on the bundled digits, in one command:
      BN + linear classifier / the same k-NN on the flattened image);
      fine-tuning from (a) and from scratch (layer decay 1: there are no
      pretrained layers to preserve);
-3. writes WORKDIR/report.json and the table into README.md between the
+3. writes WORKDIR/report.json and the table into docs/evaluation.md between the
    `digits-eval` markers, with this command and the wall times.
 
 Each step is an ordinary job in WORKDIR/<name>, so an interrupted report
@@ -33,9 +33,11 @@ _DATA_DIR = flags.DEFINE_string(
   None,
   "TFDS data_dir for the digits (default: the TFDS default, as the pretraining command).",
 )
-_README = flags.DEFINE_string("readme", "README.md", "README to update; empty: do not write.")
+_README = flags.DEFINE_string(
+  "readme", "docs/evaluation.md", "Markdown file to update; empty: do not write."
+)
 
-COMMAND = "python -m mae_jax.evaluate.digits_report --workdir=runs/digits_eval"
+COMMAND = "python -m benchmarks.digits_report --workdir=runs/digits_eval"
 START, END = "<!-- digits-eval:start -->", "<!-- digits-eval:end -->"
 
 

@@ -17,7 +17,7 @@ import threading
 import jax
 from jax.experimental import multihost_utils
 
-from mae_jax import checkpointing
+from mae_jax.core import checkpointing
 
 # EX_TEMPFAIL from sysexits.h: a temporary failure, try again.
 PREEMPTED_EXIT_CODE = 75

@@ -1,0 +1,121 @@
+"""The workdir: writable before anything expensive, one experiment per workdir,
+and the run's resolved config and environment written at the start."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import jax
+import optax
+from absl import logging
+from etils import epath
+
+from mae_jax.core import checkpointing
+from mae_jax.errors import WorkdirError
+
+
+def check_workdir_writable(workdir: str) -> None:
+  """Fails at once, not at the first checkpoint an hour later."""
+  probe = epath.Path(workdir, f".write_test_{jax.process_index()}")
+  try:  # epath: workdirs may be gs:// buckets.
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as error:
+    raise WorkdirError(
+      f"cannot write to --workdir={workdir!r} ({error}); choose a writable directory or bucket."
+    ) from error
+
+
+def check_same_experiment(directory, mngr, step, metadata) -> None:
+  import orbax.checkpoint as ocp
+
+  saved = mngr.restore(
+    step, args=ocp.args.Composite(**{checkpointing.METADATA: ocp.args.JsonRestore()})
+  )[checkpointing.METADATA]
+  saved_identity, current = saved.get("experiment", {}), metadata["experiment"]
+  differences = [
+    f"{key}: workdir {saved_identity.get(key)!r} vs config {current[key]!r}"
+    for key in current
+    if saved_identity.get(key) != current[key]
+  ]
+  if differences:
+    raise WorkdirError(
+      f"the workdir's checkpoints ({directory}, step {step}) belong to another experiment: "
+      + "; ".join(differences)
+      + ". Nothing was changed. Use a new --workdir, or the config that wrote it."
+    )
+
+
+def write_run_info(workdir, config, plan, mesh, resume_step, *, enabled: bool) -> None:
+  """The resolved config and the run's environment, at the top of the log and in the workdir."""
+  import flax
+  import grain
+  import orbax.checkpoint as ocp
+
+  info = {
+    "versions": {
+      "jax": jax.__version__,
+      "flax": flax.__version__,
+      "optax": optax.__version__,
+      "orbax": getattr(ocp, "__version__", "?"),
+      "grain": getattr(grain, "__version__", "?"),
+      "python": sys.version.split()[0],
+    },
+    "devices": {
+      "kind": jax.devices()[0].device_kind,
+      "count": jax.device_count(),
+      "processes": jax.process_count(),
+      "platform": jax.default_backend(),
+    },
+    "mesh": dict(mesh.shape),
+    "resume": (
+      f"resuming from step {resume_step}" if resume_step is not None else "starting from scratch"
+    ),
+    "plan": {
+      "total_steps": plan.total_steps,
+      "steps_per_epoch": plan.steps_per_epoch,
+      "warmup_steps": plan.warmup_steps,
+      "micro_batch_size": plan.micro_batch_size,
+      "train_examples": plan.num_train_examples,
+      "eval_examples": plan.num_eval_examples,
+    },
+  }
+  logging.info("Run info: %s", json.dumps(info))
+  logging.info("Config:\n%s", config)
+  if enabled:
+    epath.Path(workdir, "config.json").write_text(config.to_json_best_effort(indent=2))
+    epath.Path(workdir, "run_info.json").write_text(json.dumps(info, indent=2))
+
+
+def checkpoint_dir(workdir: str) -> str:
+  """Where a job keeps its own checkpoints."""
+  return os.path.join(workdir, "checkpoints")
+
+
+def experiment_identity(config, **job_fields) -> dict:
+  """The settings a resumed run must share with the run that wrote the
+  workdir: the architecture, the data, the seed and the global batch, plus
+  what the job adds (an evaluation job: which job, its encoder, its classes)."""
+  arch = {name: config.model[name] for name in checkpointing.ARCHITECTURE_FIELDS}
+  return {
+    "model": arch,
+    "data_source": config.data.source,
+    "data_name": config.data.name,
+    "seed": config.seed,
+    "global_batch_size": config.global_batch_size,
+    **job_fields,
+  }
+
+
+def checkpoint_metadata(config, model_config, identity: dict, source: str) -> dict:
+  """What every checkpoint of a run records about the run that wrote it."""
+  return {
+    "model": checkpointing.model_metadata(model_config),
+    "param_layout": "layers" if model_config.scan_layers else "layer_i",
+    "experiment": identity,
+    "source": source,
+    "config": json.loads(config.to_json_best_effort()),
+  }

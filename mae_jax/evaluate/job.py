@@ -1,0 +1,153 @@
+"""What the evaluation jobs share: the start (plan, mesh, the workdir's
+checkpoints, the schedule), accuracy over a pass, results.json and the summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+from etils import epath
+
+from mae_jax.core import checkpointing, optim, sharding
+from mae_jax.core.accuracy import accuracy_metrics
+from mae_jax.core.workdir import (
+  check_same_experiment,
+  checkpoint_dir,
+  checkpoint_metadata,
+  experiment_identity,
+  write_run_info,
+)
+from mae_jax.evaluate.plan import make_eval_plan
+
+PROTOCOLS = {"linprobe": "linear_probe", "finetune": "finetune", "knn": "knn"}
+
+
+# ---------------------------------------------------------------- metrics --
+
+
+def evaluate(
+  eval_step: Callable, state: Any, batches: Iterator[dict], num_classes: int, max_batches: int = -1
+) -> dict:
+  """Top-1 / top-5 (percent) and loss over one pass of `batches`."""
+  totals = None
+  for index, batch in enumerate(batches):
+    if 0 <= max_batches <= index:
+      break
+    sums = eval_step(state, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  return accuracy_metrics(totals, num_classes)
+
+
+# ---------------------------------------------------------------- workdir --
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSetup:
+  """What every training evaluation job (probe, fine-tuning) starts from."""
+
+  plan: Any
+  mesh: Any
+  is_main: bool
+  mngr: Any  # the workdir's CheckpointManager
+  resume_step: int | None
+  metadata: dict
+  batch_sharding: Any
+  replicated: Any
+  schedule: Any  # warm-up + cosine at lr = base_lr x batch / 256
+
+
+def start_job(config, workdir: str) -> JobSetup:
+  """Validates the config (before any compile), builds the mesh, opens the
+  workdir's checkpoints and the learning-rate schedule."""
+  plan = make_eval_plan(config, num_devices=jax.device_count(), process_count=jax.process_count())
+  mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
+  is_main = jax.process_index() == 0
+  mngr, resume_step, metadata = open_workdir(config, plan, workdir, mesh, is_main)
+  opt = config.optimizer
+  schedule = optim.learning_rate_schedule(
+    peak_lr=optim.peak_learning_rate(opt.base_lr, config.global_batch_size),
+    warmup_steps=plan.warmup_steps,
+    total_steps=plan.total_steps,
+    min_lr=opt.min_lr,
+  )
+  return JobSetup(
+    plan=plan,
+    mesh=mesh,
+    is_main=is_main,
+    mngr=mngr,
+    resume_step=resume_step,
+    metadata=metadata,
+    batch_sharding=sharding.batch_sharding(mesh, plan.rules),
+    replicated=sharding.replicated(mesh),
+    schedule=schedule,
+  )
+
+
+def open_workdir(config, plan, workdir: str, mesh, is_main: bool):
+  """(manager, resume step or None, metadata) for the run's own checkpoints.
+
+  A workdir of another experiment is refused before anything is touched.
+  """
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  directory = checkpoint_dir(workdir)
+  identity = experiment_identity(
+    config,
+    job=config.job,
+    baseline=config.baseline,
+    init_from=plan.init.describe() if plan.init else None,
+    num_classes=plan.num_classes,
+  )
+  metadata = checkpoint_metadata(
+    config, plan.model, identity, source=f"mae_jax {PROTOCOLS[config.job]}"
+  )
+  mngr = checkpointing.manager_for_run(directory, config)
+  resume_step = mngr.latest_step()
+  if resume_step is not None:
+    check_same_experiment(directory, mngr, resume_step, metadata)
+  write_run_info(workdir, config, plan, mesh, resume_step, enabled=is_main)
+  return mngr, resume_step, metadata
+
+
+def write_results(
+  workdir: str, config, plan, metrics: dict, *, step: int, is_main: bool, extra: dict | None = None
+) -> dict:
+  """results.json: the final accuracies (percent), where they came from, the config."""
+  results = {
+    "protocol": PROTOCOLS[config.job],
+    "top1": metrics["eval_top1"],
+    **({"top5": metrics["eval_top5"]} if "eval_top5" in metrics else {}),
+    "num_classes": plan.num_classes,
+    "eval_split": config.data.eval_split,
+    "num_eval_examples": plan.num_eval_examples,
+    "feature": "pixels" if config.baseline == "raw_pixels" else config.feature,
+    "checkpoint": plan.init.describe() if plan.init else {"baseline": config.baseline},
+    "step": step,
+    **(extra or {}),
+    "config": json.loads(config.to_json_best_effort()),
+  }
+  if is_main:
+    epath.Path(workdir, "results.json").write_text(json.dumps(results, indent=2))
+  return results
+
+
+def print_summary(title: str, feature: str, results: dict, workdir: str, is_main: bool) -> None:
+  if not is_main:
+    return
+  top5 = f", top-5 {results['top5']:.2f} %" if "top5" in results else ""
+  origin = results["checkpoint"]
+  origin = (
+    f"{origin['path']} step {origin['step']}"
+    if "path" in origin
+    else f"baseline {origin['baseline']}"
+  )
+  print(
+    f"\n{title} ({feature} features, {origin}): top-1 {results['top1']:.2f} %{top5} "
+    f"on {results['num_eval_examples']} {results['eval_split']} images.\n"
+    f"  results: {os.path.join(workdir, 'results.json')}\n"
+    f"  metrics: {os.path.join(workdir, 'metrics.jsonl')}",
+    flush=True,
+  )

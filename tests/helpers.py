@@ -1,0 +1,105 @@
+"""What several test files share: tiny configs, checkpoint readers, streams
+with a bad batch, the subprocess environment."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterator
+
+import jax
+import numpy as np
+import optax
+
+from configs import pretrain as pretrain_config
+from mae_jax.core import checkpointing
+from mae_jax.core.batches import train_split_batches
+from mae_jax.core.state import create_state
+from mae_jax.model.config import ModelConfig
+from mae_jax.model.mae import MaskedAutoencoder
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def environment(devices: int) -> dict:
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+def tiny_config(**overrides):
+  config = pretrain_config.get_config("digits")
+  config.model.update(
+    image_size=16,
+    patch_size=4,
+    width=32,
+    depth=1,
+    heads=2,
+    decoder_width=32,
+    decoder_depth=1,
+    decoder_heads=2,
+  )
+  config.data.image_size = 16
+  config.global_batch_size = 16
+  config.num_train_steps = 6
+  config.warmup_epochs = 0.1
+  config.log_every_steps = 2
+  config.eval_every_steps = 3
+  config.eval_batches = 2
+  config.checkpoint_every_steps = 3
+  config.keep_checkpoints = 5
+  config.num_reconstructions = 3
+  config.progress_bar = "off"
+  config.knn_every_steps = 0  # the k-NN monitor's own tests: test_knn_monitor.py
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def apply_changes(config, change: dict):
+  """`config` with `change`'s fields set; dict values update sub-configs."""
+  for key, value in change.items():
+    if isinstance(value, dict):
+      config[key].update(value)
+    else:
+      config[key] = value
+  return config
+
+
+def final_params(workdir: str, step: int):
+  metadata = checkpointing.read_metadata(os.path.join(workdir, "checkpoints"), step)
+  model = MaskedAutoencoder(ModelConfig(**metadata["model"]))
+  abstract = jax.eval_shape(
+    lambda k: create_state(model, optax.identity(), k), jax.random.key(0)
+  ).params
+  restored = checkpointing.restore_state(
+    os.path.join(workdir, "checkpoints"), {"params": abstract}, step=step
+  )
+  return restored["params"]
+
+
+def without_key_bias(path, a, b):
+  """The key bias has an exactly-zero gradient (softmax ignores a constant
+  added to every key), so what Adam makes of its rounding noise differs
+  between reduction orders; every other parameter must agree."""
+  if "qkv" in jax.tree_util.keystr(path) and jax.tree_util.keystr(path).endswith("['bias']"):
+    return np.asarray(a)[[0, 2]], np.asarray(b)[[0, 2]]
+  return a, b
+
+
+def train_stream(config, start_step: int) -> Iterator[dict]:
+  """This host's training batches of `config` from `start_step`, as the jobs read them."""
+  return train_split_batches(config, start_step)
+
+
+def nan_batch_at(config, bad_batch_index: int) -> Callable[[int], Iterator[dict]]:
+  """A `train_batches` factory: config's training stream with NaN images in
+  one batch (global batch `bad_batch_index`, counted from step 0)."""
+
+  def batches(start_step: int) -> Iterator[dict]:
+    for index, batch in enumerate(train_stream(config, start_step), start=start_step):
+      if index == bad_batch_index:
+        batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+      yield batch
+
+  return batches

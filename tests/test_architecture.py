@@ -1,0 +1,175 @@
+"""The package is a one-way stack, and the trainer, the AOT planner and the
+benchmarks run one train step, not three copies of it.
+
+Import graph: every `import` of a mae_jax module, at module level or inside
+a function, is an edge. The graph has no cycle, and every edge points to a
+lower layer (or stays within its own package), so no function-level import
+can be there to dodge a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+import glob
+import os
+import re
+
+import jax
+import pytest
+
+from mae_jax import aot
+from mae_jax.core import sharding
+from mae_jax.core.plan import make_plan
+from mae_jax.core.train_step import train_step_from_config
+from mae_jax.train.pretrain import train_and_evaluate
+from tests.helpers import REPO, tiny_config
+
+# Bottom to top. A module may import from a lower layer or from its own
+# package; packages on the same layer do not import each other.
+LAYERS = (
+  ("errors", "log_filters"),  # no mae_jax imports
+  ("model",),  # the MAE in linen
+  ("data",),  # Grain input pipeline
+  ("core", "visualize", "topologies"),  # what the jobs share
+  ("train", "evaluate", "convert"),  # the jobs
+  ("main", "aot"),  # entry points
+)
+LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
+
+
+def module_name(path: str) -> str:
+  relative = os.path.relpath(path, REPO)[: -len(".py")].replace(os.sep, ".")
+  return relative.removesuffix(".__init__")
+
+
+def package_modules() -> dict[str, str]:
+  paths = glob.glob(os.path.join(REPO, "mae_jax", "**", "*.py"), recursive=True)
+  return {module_name(path): path for path in paths}
+
+
+def imported_modules(path: str, name: str, modules: dict) -> set[str]:
+  """The mae_jax modules `path` imports, anywhere in the file."""
+  package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+  found = set()
+  for node in ast.walk(ast.parse(open(path).read())):
+    if isinstance(node, ast.Import):
+      targets = [alias.name for alias in node.names]
+    elif isinstance(node, ast.ImportFrom):
+      base = node.module or ""
+      if node.level:  # relative import
+        base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + [base])
+      # `from pkg import sub` imports the submodule when there is one.
+      targets = [
+        f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+        for alias in node.names
+      ]
+    else:
+      continue
+    found.update(t for t in targets if t in modules and t != name)
+  return found
+
+
+def import_graph() -> dict[str, set[str]]:
+  modules = package_modules()
+  return {name: imported_modules(path, name, modules) for name, path in modules.items()}
+
+
+def top(name: str) -> str:
+  return name.split(".")[1] if name.count(".") else "__init__"
+
+
+def test_every_package_module_has_a_layer():
+  unplaced = {top(name) for name in package_modules()} - set(LAYER_OF) - {"__init__"}
+  assert not unplaced, f"add {sorted(unplaced)} to LAYERS"
+
+
+def test_imports_point_down_the_stack():
+  upward = [
+    f"{source} imports {target}"
+    for source, targets in import_graph().items()
+    for target in targets
+    if top(source) != "__init__"
+    and top(source) != top(target)
+    and LAYER_OF[top(target)] >= LAYER_OF[top(source)]
+  ]
+  assert not upward, "imports against the stack:\n" + "\n".join(sorted(upward))
+
+
+def test_the_import_graph_has_no_cycle():
+  graph = import_graph()
+  state: dict[str, int] = {}  # 1: on the current path, 2: done
+  path: list[str] = []
+
+  def visit(node: str) -> list[str] | None:
+    state[node] = 1
+    path.append(node)
+    for target in sorted(graph[node]):
+      if state.get(target) == 1:
+        return path[path.index(target) :] + [target]
+      if target not in state and (cycle := visit(target)):
+        return cycle
+    path.pop()
+    state[node] = 2
+    return None
+
+  for node in sorted(graph):
+    if node not in state and (cycle := visit(node)):
+      pytest.fail("import cycle: " + " -> ".join(cycle))
+
+
+def test_the_walker_sees_function_level_imports(tmp_path):
+  """The checks above would pass vacuously if the walker missed imports in functions."""
+  graph = import_graph()
+  assert "mae_jax.train.pretrain" in graph["mae_jax.main"]  # imported inside main's dispatch
+  assert "mae_jax.core.train_step" in graph["mae_jax.train.pretrain"]
+  assert {"mae_jax.core.sharding", "mae_jax.model.mae"} <= graph["mae_jax.core.state"]
+
+
+# ------------------------------------------------------ one train step --
+
+
+def _without_locations(text: str) -> str:
+  """StableHLO text without debug locations (the dump has them, `as_text()` not)."""
+  text = re.sub(r"^#loc.*\n?", "", text, flags=re.M)
+  text = re.sub(r' loc\((?:"[^"]*"|#loc\d*|[^()"])*(?:\([^()]*\))?[^()]*\)', "", text)
+  return text.strip()
+
+
+def _only_module(directory) -> str:
+  dumps = sorted(glob.glob(os.path.join(directory, "*jit_train_step*.mlir")))
+  assert dumps, os.listdir(directory)
+  texts = {_without_locations(open(path).read()) for path in dumps}
+  assert len(texts) == 1, "the trainer lowered more than one train step"
+  return texts.pop()
+
+
+def test_trainer_aot_planner_and_benchmark_lower_the_same_train_step(tmp_path):
+  """The program pretraining runs (captured from a real 1-step run through
+  JAX's IR dump) is the one `mae_jax.aot` plans and the benchmark times."""
+  from benchmarks.steps import MaeStep
+
+  config = tiny_config(num_train_steps=1, eval_batches=1, num_reconstructions=0)
+  config.mesh.fsdp = 2  # a sharded state, so the shardings are part of the comparison
+  dump = tmp_path / "ir"
+  jax.config.update("jax_dump_ir_to", str(dump))
+  try:
+    train_and_evaluate(config, str(tmp_path / "run"))
+  finally:
+    jax.config.update("jax_dump_ir_to", "")
+  trainer = _only_module(dump)
+
+  plan = make_plan(config, num_devices=jax.device_count(), process_count=1)
+  mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
+  lowered, _, _ = aot.lower_train_step(config, plan, mesh)
+  assert _without_locations(lowered.as_text()) == trainer
+
+  program = train_step_from_config(config, plan, mesh)  # its optimizer, for the benchmark
+  benchmark = MaeStep(
+    plan.model,
+    config.global_batch_size,
+    mesh=dict(mesh.shape),
+    seed=config.seed,
+    execute=False,
+    optimizer=(program.schedule, program.tx),
+  )
+  assert _without_locations(benchmark.lowered.as_text()) == trainer
