@@ -1,25 +1,32 @@
-r"""The accelerator check: run this whenever a GPU (or TPU) machine is at hand.
+r"""The accelerator check: one command, run whenever a GPU (or TPU) machine is at hand.
 
-  python -m benchmarks.accelerator_check                   # ~3-5 minutes on one GPU
-  python -m benchmarks.accelerator_check --out $OUT/accelerator_check.json
-  python -m benchmarks.accelerator_check --tiny            # CPU smoke test (tests)
+  python -m benchmarks.accelerator_check                     # ~5-7 minutes on one GPU
+  python -m benchmarks.accelerator_check --out-dir $OUT      # where the JSON and Markdown go
+  python -m benchmarks.accelerator_check --tiny              # CPU smoke test (tests)
 
-What it does, in order:
+What it does, in order (each part within a time budget, --budget-s):
+  0. checks before anything runs: the packages it needs import, JAX sees an
+     accelerator (not only the CPU), torch sees the same GPU; a missing piece
+     stops it at once with what to install or set;
   1. the device's matmul rate in the step's dtype (bfloat16 by default),
      through XLA: an 8192^3 product chained 8 times inside one program, so
      dispatch does not count;
-  2. the real pretraining step (`mae_jax.train.step.make_train_step`, AdamW,
-     donated state) for ViT-B/16 and ViT-L/16 at 224 px at a realistic
-     per-chip batch (256 and 128), data-parallel over every local device:
-     compile time, images/s (median of the timed steps after warm-up), model
-     FLOP/s, MFU against the matmul rate of step 1 (and against the chip's
-     nominal dense peak when the chip is known), and peak memory per device
-     (XLA's memory analysis, and the allocator's own peak when it has one).
+  2. transformers' PyTorch ViTMAE (forward, backward, AdamW) on the same GPU
+     at the same per-chip batch, bfloat16 autocast, eager and torch.compile;
+  3. the trainer's own pretraining step (`core.train_step.build_train_step`,
+     AdamW, donated state) for ViT-B/16 and ViT-L/16 at 224 px at a
+     realistic per-chip batch (256 and 128), data-parallel over every local
+     device, once per attention implementation (`xla`, `cudnn`) side by
+     side: compile time, images/s (median after warm-up), model FLOP/s, MFU
+     against the matmul rate of step 1 (and the chip's nominal dense peak
+     when known), peak memory per device;
+  4. the ratios: mae_jax's best images/s per chip against torch.compile's
+     and eager PyTorch's.
 
-Attention: "auto" tries cuDNN's fused attention on GPUs and falls back to
-the XLA path when it does not compile; the report says which ran. Results are
-printed as a table and written as JSON (`--out`, default
-$OUT/accelerator_check.json when $OUT is set).
+Writes accelerator_check.json and accelerator_check.md into --out-dir
+(default: $OUT when set, else ./accelerator_check). torch runs before the
+JAX steps and returns its memory; JAX does not preallocate the GPU here.
+The check imports no ml_collections, TensorFlow or Grain (a test checks).
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ import time
 from typing import Any
 
 from benchmarks import common
+from mae_jax.core.units import gib
+from mae_jax.model import flops  # plain Python: imports no jax
 
 # Nominal dense bfloat16 peaks (FLOP/s per chip), for context only: MFU is
 # reported against the rate measured in step 1.
@@ -79,6 +88,61 @@ def allocator_peak(devices) -> float | None:
   return float(max(peaks)) if peaks else None
 
 
+REQUIRED = ("jax", "flax", "optax", "orbax.checkpoint", "einops", "numpy")
+TORCH_REQUIRED = ("torch", "transformers")
+ATTENTION_IMPLS = ("xla", "cudnn")
+TORCH_MODES = ("eager", "compile")
+
+
+class CheckFailed(SystemExit):
+  """A missing piece: the message says what to install or set."""
+
+  def __init__(self, message: str):
+    super().__init__(f"accelerator check: {message}")
+
+
+def preflight(args) -> dict:
+  """Fails fast, before any compile, on what would fail later."""
+  import importlib
+
+  missing = []
+  for name in REQUIRED + (TORCH_REQUIRED if args.torch else ()):
+    try:
+      importlib.import_module(name)
+    except Exception as error:  # ImportError, or a broken install
+      missing.append(f"{name} ({type(error).__name__}: {str(error).splitlines()[0][:120]})")
+  if missing:
+    raise CheckFailed(
+      "missing packages: " + "; ".join(missing) + ". Install them (pip install ...), or "
+      "pass --no-torch to skip the PyTorch comparison."
+    )
+  import jax
+
+  backend = jax.default_backend()
+  if backend == "cpu" and not (args.tiny or args.allow_cpu):
+    raise CheckFailed(
+      f"JAX sees no accelerator (devices: {jax.devices()}). On a GPU machine install "
+      "jax with its CUDA plugin (e.g. jax[cuda13]) and check nvidia-smi; "
+      "--allow-cpu runs the full sizes on the CPU anyway."
+    )
+  torch_device = None
+  if args.torch:
+    import torch
+
+    if backend == "gpu":
+      if not torch.cuda.is_available():
+        raise CheckFailed(
+          "JAX sees a GPU but torch does not (torch.cuda.is_available() is False): "
+          "install a CUDA build of torch, or pass --no-torch."
+        )
+      torch_device = "cuda"
+    elif backend == "cpu":
+      torch_device = "cpu"
+    else:  # a TPU: nothing to compare with here
+      args.torch = False
+  return {"backend": backend, "torch_device": torch_device}
+
+
 def measure_model(
   label: str,
   fields: dict,
@@ -91,6 +155,7 @@ def measure_model(
   matmul_rate: float,
   peak: float | None,
 ) -> dict:
+  """One mae_jax row: the trainer's step with one attention implementation."""
   import jax
 
   from benchmarks import steps
@@ -98,100 +163,218 @@ def measure_model(
   devices = jax.local_devices()
   batch = per_chip_batch * len(devices)
   mesh = {"data": len(devices), "fsdp": 1, "tensor": 1}
-  candidates = {"auto": (["cudnn", "xla"] if jax.default_backend() == "gpu" else ["xla"])}
-  tried = []
-  step = None
-  for impl in candidates.get(attention, [attention]):
-    cfg = steps.model_config(
-      fields.get("preset"),
-      **{k: v for k, v in fields.items() if k != "preset"},
-      dtype=dtype,
-      attention_impl=impl,
-    )
-    try:
-      step = steps.MaeStep(cfg, batch, mesh=mesh)
-      break
-    except Exception as error:  # e.g. cuDNN attention unavailable for this shape
-      tried.append(f"{impl}: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
-  if step is None:
-    raise RuntimeError(f"{label}: no attention implementation compiled: {tried}")
-  timing = common.interleave({"step": step.run}, warmup=warmup, steps=steps_count)["step"]
-  model_flops = common.train_flops_per_image(step.cfg)
-  images_per_s = batch / timing.median
-  achieved = model_flops * images_per_s / len(devices)
-  memory = step.memory()
-  result = {
+  row = {
+    "framework": "mae_jax",
     "model": label,
-    "attention": step.cfg.attention_impl,
-    "attention_fallbacks": tried,
+    "attention": attention,
     "dtype": dtype,
     "devices": len(devices),
     "per_chip_batch": per_chip_batch,
-    "compile_s": step.lower_s + step.compile_s,
-    **timing.summary(batch),
-    "model_tflop_per_image": model_flops / 1e12,
-    "model_tflops_per_chip": achieved / 1e12,
-    "mfu_vs_measured_matmul": achieved / matmul_rate,
-    "mfu_vs_nominal_peak": achieved / peak if peak else None,
-    "xla_peak_bytes_per_device": memory.get("peak_bytes"),
-    "allocator_peak_bytes": allocator_peak(devices),
-    "loss": step.last_loss,
   }
+  cfg = steps.model_config(
+    fields.get("preset"),
+    **{k: v for k, v in fields.items() if k != "preset"},
+    dtype=dtype,
+    attention_impl=attention,
+  )
+  try:
+    step = steps.MaeStep(cfg, batch, mesh=mesh)
+  except Exception as error:  # e.g. cuDNN attention unavailable for this shape or chip
+    return {**row, "error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"}
+  timing = common.interleave({"step": step.run}, warmup=warmup, steps=steps_count)["step"]
+  model_flops = flops.train_flops_per_image(step.cfg)
+  images_per_s = batch / timing.median
+  achieved = model_flops * images_per_s / len(devices)
+  memory = step.memory()
+  row.update(
+    compile_s=step.lower_s + step.compile_s,
+    **timing.summary(batch),
+    images_per_s_per_chip=images_per_s / len(devices),
+    model_tflop_per_image=model_flops / 1e12,
+    model_tflops_per_chip=achieved / 1e12,
+    mfu_vs_measured_matmul=achieved / matmul_rate,
+    mfu_vs_nominal_peak=achieved / peak if peak else None,
+    peak_bytes_per_device=memory.get("peak_bytes"),
+    allocator_peak_bytes=allocator_peak(devices),
+    loss=step.last_loss,
+  )
   step.close()
-  return result
+  return row
+
+
+def measure_torch(
+  label: str,
+  fields: dict,
+  per_chip_batch: int,
+  *,
+  dtype: str,
+  mode: str,
+  device: str,
+  compile_backend: str,
+  warmup: int,
+  steps_count: int,
+) -> dict:
+  """One PyTorch row: transformers' ViTMAE on one device, eager or compiled."""
+  from benchmarks import steps
+
+  row = {
+    "framework": "torch",
+    "model": label,
+    "attention": f"sdpa ({mode})",
+    "dtype": dtype,
+    "devices": 1,
+    "per_chip_batch": per_chip_batch,
+  }
+  cfg = steps.model_config(
+    fields.get("preset"), **{k: v for k, v in fields.items() if k != "preset"}
+  )
+  try:
+    step = steps.TorchStep(
+      cfg,
+      per_chip_batch,
+      dtype=dtype,
+      device=device,
+      compile_backend=compile_backend if mode == "compile" else None,
+    )
+    start = time.perf_counter()
+    step.run()  # the first call compiles (torch.compile) or warms the allocator
+    first_s = time.perf_counter() - start
+    timing = common.interleave({"step": step.run}, warmup=warmup, steps=steps_count)["step"]
+  except Exception as error:  # an out-of-memory, a compile failure
+    return {**row, "error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"}
+  row.update(
+    compile_s=first_s,
+    **timing.summary(per_chip_batch),
+    images_per_s_per_chip=per_chip_batch / timing.median,
+    peak_bytes_per_device=step.peak_bytes(),
+    loss=step.last_loss,
+  )
+  step.close()
+  return row
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+  """Per model: mae_jax's best images/s per chip over each PyTorch mode's."""
+  out = []
+  for model in dict.fromkeys(row["model"] for row in rows):
+    ok = [r for r in rows if r["model"] == model and "error" not in r and "skipped" not in r]
+    ours = [r for r in ok if r["framework"] == "mae_jax"]
+    if not ours:
+      continue
+    best = max(ours, key=lambda r: r["images_per_s_per_chip"])
+    entry = {"model": model, "mae_jax_attention": best["attention"]}
+    for mode in TORCH_MODES:
+      theirs = [r for r in ok if r["framework"] == "torch" and r["attention"] == f"sdpa ({mode})"]
+      if theirs:
+        entry[f"vs_torch_{mode}"] = (
+          best["images_per_s_per_chip"] / theirs[0]["images_per_s_per_chip"]
+        )
+    out.append(entry)
+  return out
+
+
+def _cell(row: dict, key: str, fmt: str) -> str:
+  value = row.get(key)
+  return "n/a" if value is None else format(value, fmt)
 
 
 def render(report: dict) -> str:
+  """The report as Markdown: the matmul rate, one row per run, the ratios."""
+  matmul = report["matmul"]
   lines = [
-    f"device: {report['device']}  backend: {report['backend']}  (x{report['device_count']})",
-    f"matmul ({report['matmul']['dtype']}, {report['matmul']['size']}^3 x"
-    f"{report['matmul']['chain']}): {report['matmul']['flops_per_s'] / 1e12:.1f} TFLOP/s"
-    + (f"  (nominal peak {report['nominal_peak'] / 1e12:.0f})" if report["nominal_peak"] else ""),
-    "| model | batch/chip | attention | img/s | TFLOP/s/chip | MFU (measured matmul) | "
-    "MFU (nominal) | peak memory/device | compile s |",
-    "|---|---|---|---|---|---|---|---|---|",
-  ]
-  for row in report["models"]:
-    nominal = row["mfu_vs_nominal_peak"]
-    lines.append(
-      f"| {row['model']} | {row['per_chip_batch']} | {row['attention']} | "
-      f"{row['images_per_s']:.1f} | {row['model_tflops_per_chip']:.1f} | "
-      f"{100 * row['mfu_vs_measured_matmul']:.0f} % | "
-      f"{'n/a' if nominal is None else f'{100 * nominal:.0f} %'} | "
-      f"{common.gib(row['xla_peak_bytes_per_device'])} | {row['compile_s']:.0f} |"
+    f"# Accelerator check: {report['device']} x{report['device_count']} "
+    f"({report['backend']}), {report['dtype']}",
+    "",
+    f"Matmul ({matmul['dtype']}, {matmul['size']}^3 x {matmul['chain']} chained): "
+    f"{matmul['flops_per_s'] / 1e12:.1f} TFLOP/s"
+    + (
+      f" (nominal dense peak {report['nominal_peak'] / 1e12:.0f})" if report["nominal_peak"] else ""
     )
-  return "\n".join(lines)
+    + f". Wall time {report['wall_s']:.0f} s.",
+    "",
+    "| framework | model | batch/chip | attention | img/s/chip | TFLOP/s/chip | "
+    "MFU (measured matmul) | MFU (nominal) | peak memory/device | compile s |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for row in report["rows"]:
+    head = f"| {row['framework']} | {row['model']} | {row['per_chip_batch']} | {row['attention']} |"
+    problem = row.get("error") or row.get("skipped")
+    if problem:
+      lines.append(f"{head} {problem} | | | | | |")
+      continue
+    mfu = row.get("mfu_vs_measured_matmul")
+    nominal = row.get("mfu_vs_nominal_peak")
+    lines.append(
+      f"{head} {row['images_per_s_per_chip']:.1f} | {_cell(row, 'model_tflops_per_chip', '.1f')} | "
+      f"{'n/a' if mfu is None else f'{100 * mfu:.0f} %'} | "
+      f"{'n/a' if nominal is None else f'{100 * nominal:.0f} %'} | "
+      f"{gib(row.get('peak_bytes_per_device'))} | {row['compile_s']:.0f} |"
+    )
+  if report["ratios"]:
+    lines += [
+      "",
+      "| model | mae_jax attention | vs torch.compile | vs eager PyTorch |",
+      "|---|---|---|---|",
+    ]
+    for entry in report["ratios"]:
+      compiled, eager = entry.get("vs_torch_compile"), entry.get("vs_torch_eager")
+      lines.append(
+        f"| {entry['model']} | {entry['mae_jax_attention']} | "
+        f"{'n/a' if compiled is None else f'{compiled:.2f}x'} | "
+        f"{'n/a' if eager is None else f'{eager:.2f}x'} |"
+      )
+  return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv):
   parser = argparse.ArgumentParser(
     prog="python -m benchmarks.accelerator_check",
     description=__doc__,
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   parser.add_argument("--tiny", action="store_true", help="toy sizes, for a CPU smoke test")
+  parser.add_argument("--allow-cpu", action="store_true", help="full sizes even on a CPU")
   parser.add_argument("--dtype", default="bfloat16")
   parser.add_argument(
     "--models", default="", help="PRESET:PER_CHIP_BATCH,... (default B/16:256,L/16:128)"
   )
-  parser.add_argument("--attention", default="auto", help="auto | xla | cudnn")
+  parser.add_argument(
+    "--attention", default="auto", help="auto (xla and, on GPUs, cudnn) | xla | cudnn | xla,cudnn"
+  )
+  parser.add_argument("--no-torch", dest="torch", action="store_false", help="skip PyTorch")
+  parser.add_argument(
+    "--torch-compile-backend",
+    default="inductor",
+    help="torch.compile backend (the CPU tests use 'eager', which only checks the path)",
+  )
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--steps", type=int, default=20)
+  parser.add_argument("--torch-steps", type=int, default=10)
   parser.add_argument("--matmul-size", type=int, default=8192)
   parser.add_argument("--matmul-chain", type=int, default=8)
-  parser.add_argument("--out", default="")
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  parser.add_argument(
+    "--budget-s", type=float, default=420.0, help="rows not started by then are skipped"
+  )
+  parser.add_argument("--out-dir", default="")
+  return parser.parse_args(sys.argv[1:] if argv is None else argv)
 
+
+def main(argv: list[str] | None = None) -> dict:
+  args = parse_args(argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+  # torch and JAX share the GPU: JAX allocates as it goes instead of taking
+  # 75 % of the memory up front.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  start = time.perf_counter()
+  environment = preflight(args)
   import jax
 
   from benchmarks import steps
 
-  start = time.perf_counter()
   if args.tiny:
     models = [("tiny", dict(TINY_FIELDS), 2)]
     args.matmul_size, args.matmul_chain = 256, 2
-    args.warmup, args.steps = 1, 2
+    args.warmup, args.steps, args.torch_steps = 1, 2, 2
   elif args.models:
     models = []
     for item in args.models.split(","):
@@ -199,47 +382,105 @@ def main(argv: list[str] | None = None) -> dict:
       models.append((name, {"preset": name}, int(batch)))
   else:
     models = [(name, {"preset": name}, batch) for name, batch in FULL_MODELS]
+  if args.attention == "auto":
+    impls = list(ATTENTION_IMPLS) if environment["backend"] == "gpu" else ["xla"]
+  else:
+    impls = args.attention.split(",")
   device = jax.local_devices()[0]
   peak = nominal_peak(device.device_kind)
   matmul = steps.matmul_rate(args.dtype, args.matmul_size, chain=args.matmul_chain, repeats=5)
   print(f"matmul {args.dtype}: {matmul['flops_per_s'] / 1e12:.2f} TFLOP/s", flush=True)
+
+  def over_budget() -> bool:
+    return time.perf_counter() - start > args.budget_s
+
+  rows: list[dict] = []
+  for label, fields, batch in models:  # PyTorch first: it hands its memory back
+    for mode in TORCH_MODES if args.torch else ():
+      if over_budget():
+        rows.append(
+          dict(
+            framework="torch",
+            model=label,
+            attention=f"sdpa ({mode})",
+            per_chip_batch=batch,
+            skipped="skipped: time budget",
+          )
+        )
+        continue
+      rows.append(
+        measure_torch(
+          label,
+          fields,
+          batch,
+          dtype=args.dtype,
+          mode=mode,
+          device=environment["torch_device"],
+          compile_backend=args.torch_compile_backend,
+          warmup=min(args.warmup, 2),
+          steps_count=args.torch_steps,
+        )
+      )
+      print(_progress(rows[-1]), flush=True)
+  for label, fields, batch in models:
+    for impl in impls:
+      if over_budget():
+        rows.append(
+          dict(
+            framework="mae_jax",
+            model=label,
+            attention=impl,
+            per_chip_batch=batch,
+            skipped="skipped: time budget",
+          )
+        )
+        continue
+      rows.append(
+        measure_model(
+          label,
+          fields,
+          batch,
+          dtype=args.dtype,
+          attention=impl,
+          warmup=args.warmup,
+          steps_count=args.steps,
+          matmul_rate=matmul["flops_per_s"],
+          peak=peak,
+        )
+      )
+      print(_progress(rows[-1]), flush=True)
   report: dict[str, Any] = {
     "device": device.device_kind,
-    "backend": jax.default_backend(),
+    "backend": environment["backend"],
     "device_count": len(jax.local_devices()),
+    "dtype": args.dtype,
     "nominal_peak": peak,
     "matmul": matmul,
     "versions": common.versions(),
-    "models": [],
+    "rows": rows,
+    "ratios": ratios(rows),
+    "wall_s": time.perf_counter() - start,
   }
-  for label, fields, batch in models:
-    row = measure_model(
-      label,
-      fields,
-      batch,
-      dtype=args.dtype,
-      attention=args.attention,
-      warmup=args.warmup,
-      steps_count=args.steps,
-      matmul_rate=matmul["flops_per_s"],
-      peak=peak,
-    )
-    print(
-      f"{label}: {row['images_per_s']:.1f} img/s, MFU {100 * row['mfu_vs_measured_matmul']:.0f} % "
-      f"of the measured matmul rate ({row['attention']} attention)",
-      flush=True,
-    )
-    report["models"].append(row)
-  report["wall_s"] = time.perf_counter() - start
-  print(render(report))
-  out = args.out or (
-    os.path.join(os.environ["OUT"], "accelerator_check.json") if os.environ.get("OUT") else ""
-  )
-  if out:
-    with open(out, "w") as f:
-      json.dump(report, f, indent=1, default=str)
-    print(f"wrote {out}")
+  markdown = render(report)
+  print(markdown)
+  out_dir = args.out_dir or os.environ.get("OUT") or "accelerator_check"
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "accelerator_check.json"), "w") as f:
+    json.dump(report, f, indent=1, default=str)
+  with open(os.path.join(out_dir, "accelerator_check.md"), "w") as f:
+    f.write(markdown)
+  print(f"wrote {out_dir}/accelerator_check.json and accelerator_check.md")
   return report
+
+
+def _progress(row: dict) -> str:
+  what = f"{row['framework']} {row['model']} ({row['attention']})"
+  if "error" in row or "skipped" in row:
+    return f"{what}: {row.get('error') or row.get('skipped')}"
+  mfu = row.get("mfu_vs_measured_matmul")
+  return f"{what}: {row['images_per_s_per_chip']:.1f} img/s/chip" + (
+    f", MFU {100 * mfu:.0f} % of the measured matmul rate" if mfu else ""
+  )
 
 
 if __name__ == "__main__":

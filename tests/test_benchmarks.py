@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 
 from benchmarks import accelerator_check, common, input_bench, profile, run, steps
+from mae_jax.model import flops
 from mae_jax.model.config import ModelConfig, preset
+from tests.helpers import REPO
 
 TINY_MODEL = (
   "image_size=32,patch_size=8,width=32,depth=1,heads=2,decoder_width=32,"
@@ -24,13 +27,13 @@ def write_metrics(path, lines):
 
 def test_analytic_flops_by_hand_for_vit_base():
   cfg = preset("B/16")
-  parts = common.forward_flops_per_image(cfg)
+  parts = flops.forward_flops_per_image(cfg)
   per_token = 2 * (4 * 768 * 768 + 2 * 768 * 3072)
   assert parts["encoder"] == 12 * (50 * per_token + 4 * 50 * 50 * 768)  # cls + 49 visible
   assert parts["patch_embed"] == 2 * 49 * 768 * 768
   assert parts["prediction"] == 2 * 197 * 512 * 768
-  assert common.train_flops_per_image(cfg) == 3 * sum(parts.values())
-  with_mask_tokens = common.forward_flops_per_image(cfg.replace(encoder_mask_tokens=True))
+  assert flops.train_flops_per_image(cfg) == 3 * sum(parts.values())
+  with_mask_tokens = flops.forward_flops_per_image(cfg.replace(encoder_mask_tokens=True))
   assert with_mask_tokens["encoder"] == 12 * (197 * per_token + 4 * 197 * 197 * 768)
 
 
@@ -48,7 +51,7 @@ def test_analytic_flops_agree_with_xla_cost_analysis():
   )
   step = steps.MaeStep(cfg, 4, execute=False)
   xla = step.cost()["xla_flops_per_step"] / 4
-  assert 0.9 < xla / common.train_flops_per_image(cfg) < 1.3
+  assert 0.9 < xla / flops.train_flops_per_image(cfg) < 1.3
   memory = step.memory()
   assert memory["peak_bytes"] >= memory["argument_bytes"] > 0
 
@@ -165,12 +168,41 @@ def test_profile_summarises_a_trace():
 
 
 def test_accelerator_check_runs_on_cpu_at_tiny_sizes(tmp_path):
-  out = tmp_path / "accelerator_check.json"
-  report = accelerator_check.main(["--tiny", "--out", str(out)])
-  (row,) = report["models"]
-  assert row["images_per_s"] > 0 and 0 < row["mfu_vs_measured_matmul"]
-  assert row["attention"] == "xla" and row["xla_peak_bytes_per_device"] > 0
-  assert json.loads(out.read_text())["matmul"]["flops_per_s"] > 0
+  """The whole check at toy sizes: PyTorch eager and compiled (the 'eager'
+  backend: the path, not inductor), the trainer's step, ratios, both files."""
+  report = accelerator_check.main(
+    ["--tiny", "--out-dir", str(tmp_path), "--torch-compile-backend", "eager"]
+  )
+  rows = {(row["framework"], row["attention"]): row for row in report["rows"]}
+  assert set(rows) == {("torch", "sdpa (eager)"), ("torch", "sdpa (compile)"), ("mae_jax", "xla")}
+  ours = rows["mae_jax", "xla"]
+  assert "error" not in ours, ours
+  assert ours["images_per_s_per_chip"] > 0 and 0 < ours["mfu_vs_measured_matmul"]
+  assert ours["peak_bytes_per_device"] > 0
+  assert all("error" not in row for row in rows.values()), rows
+  (ratio,) = report["ratios"]
+  assert ratio["vs_torch_eager"] > 0 and ratio["vs_torch_compile"] > 0
+  saved = json.loads((tmp_path / "accelerator_check.json").read_text())
+  assert saved["matmul"]["flops_per_s"] > 0 and len(saved["rows"]) == 3
+  markdown = (tmp_path / "accelerator_check.md").read_text()
+  assert "| mae_jax | tiny | 2 | xla |" in markdown and "vs torch.compile" in markdown
+
+
+def test_accelerator_check_fails_fast_on_what_is_missing(tmp_path, monkeypatch):
+  with pytest.raises(SystemExit, match="JAX sees no accelerator.*--allow-cpu"):
+    accelerator_check.main(["--out-dir", str(tmp_path)])
+  monkeypatch.setattr(accelerator_check, "REQUIRED", ("no_such_package_here",))
+  with pytest.raises(SystemExit, match="missing packages: no_such_package_here"):
+    accelerator_check.main(["--tiny", "--out-dir", str(tmp_path)])
+  assert not list(tmp_path.iterdir())  # nothing ran, nothing was written
+
+
+def test_accelerator_check_skips_rows_past_its_time_budget(tmp_path):
+  report = accelerator_check.main(
+    ["--tiny", "--no-torch", "--budget-s", "0", "--out-dir", str(tmp_path)]
+  )
+  assert [row.get("skipped") for row in report["rows"]] == ["skipped: time budget"]
+  assert "skipped: time budget" in (tmp_path / "accelerator_check.md").read_text()
 
 
 def test_mesh_and_fields_parsing():
@@ -178,3 +210,48 @@ def test_mesh_and_fields_parsing():
   with pytest.raises(ValueError, match="unknown"):
     common.parse_mesh("model=2")
   assert common.shortfall(0.8, 1.0) == "missed by 20 %" and common.shortfall(1.2, 1.0) == "met"
+
+
+def test_reference_curves_are_drawn_from_the_shipped_log(tmp_path):
+  from benchmarks import reference_curves
+
+  series = reference_curves.read_metrics(os.path.join(REPO, reference_curves.REFERENCE))
+  # The shipped digits run: a full run with evaluation and the k-NN monitor.
+  assert series["loss"][-1][0] == 440
+  assert series["eval_loss"][-1][1] < 0.6 * series["eval_baseline_loss"][-1][1]
+  assert series["knn_top1"][-1][1] > 50
+  out = str(tmp_path / "curves.png")
+  reference_curves.main(
+    [
+      "--metrics",
+      os.path.join(REPO, reference_curves.REFERENCE),
+      "--out",
+      out,
+      "--against",
+      os.path.join(REPO, reference_curves.REFERENCE),
+    ]
+  )
+  assert open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+  broken = tmp_path / "metrics.jsonl"
+  broken.write_text('{"step": 1, "loss": 1.0}\nnot json\n')
+  with pytest.raises(SystemExit, match="metrics.jsonl:2: not JSON"):
+    reference_curves.read_metrics(str(broken))
+
+
+def test_accelerator_check_imports_only_what_the_gpu_image_has():
+  """The GPU image has jax, flax, optax, orbax, einops, torch, transformers;
+  no ml_collections, TensorFlow, TFDS or Grain. The check's train step is
+  the trainer's (core.train_step), which needs none of them."""
+  import subprocess
+  import sys
+
+  code = (
+    "import sys, benchmarks.accelerator_check, benchmarks.steps\n"
+    "print(sorted(m for m in ('ml_collections', 'tensorflow', 'tensorflow_datasets', 'grain',"
+    " 'array_record', 'simplejpeg', 'tensorboardX') if m in sys.modules))"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == "[]"
