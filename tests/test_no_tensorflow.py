@@ -42,3 +42,39 @@ def test_pretraining_and_every_evaluation_job_run_without_tensorflow(tmp_path):
   )
   assert result.returncode == 0, result.stderr[-4000:]
   assert "TENSORFLOW MODULES: []" in result.stdout
+
+
+GCS_SCRIPT = """
+import sys
+import mae_jax  # sets EPATH_USE_TF=false
+from etils import epath
+from etils.epath import backend
+
+path = epath.Path("gs://some-bucket/tensorflow_datasets/imagenet2012")
+assert path._backend is backend.fsspec_backend, path._backend
+file_system = path._backend.fs(path)
+print("FILE SYSTEM:", type(file_system).__module__, sorted(file_system.protocol))
+print("TENSORFLOW LOADED:", "tensorflow" in sys.modules)
+"""
+
+
+def test_bucket_paths_go_through_gcsfs_even_with_tensorflow_installed():
+  import importlib.util
+
+  # The test environment has TensorFlow (to build TFDS datasets), which is
+  # what would make epath pick TensorFlow's file system for gs://.
+  assert importlib.util.find_spec("tensorflow") is not None
+  env = environment(1)
+  env.pop("EPATH_USE_TF", None)
+  env["FSSPEC_GS_TOKEN"] = "anon"  # No network, no credentials lookup.
+  result = subprocess.run(
+    [sys.executable, "-c", GCS_SCRIPT],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert result.returncode == 0, result.stderr[-4000:]
+  assert "FILE SYSTEM: gcsfs" in result.stdout and "'gs'" in result.stdout
+  assert "TENSORFLOW LOADED: False" in result.stdout
