@@ -76,14 +76,27 @@ def test_randaugment_is_deterministic_in_range_and_changes_images():
   assert sum(not np.array_equal(o, image) for o in outs) >= 6
 
 
+# The magnitude's noise is clipped to [0, MAX_MAGNITUDE], so both ends occur
+# in a long run (at 9 +- 0.5, the maximum about 2 % of the time).
+@pytest.mark.parametrize("magnitude", [0.0, 9.0, randaugment.MAX_MAGNITUDE])
 @pytest.mark.parametrize("operation", randaugment.OPERATIONS, ids=lambda op: op.__name__)
 @pytest.mark.parametrize("channels", [1, 3])
-def test_every_operation_keeps_shape_and_mode(operation, channels):
+def test_every_operation_keeps_shape_and_mode(operation, channels, magnitude):
   pixels = np.random.default_rng(1).integers(0, 256, (12, 10, channels)).astype(np.uint8)
   image = Image.fromarray(pixels[..., 0] if channels == 1 else pixels)
   fill = 128 if channels == 1 else (128,) * 3
-  out = operation(image, 9.0, -1.0, fill)
+  out = operation(image, magnitude, -1.0, fill)
   assert out.size == image.size and out.mode == image.mode
+
+
+def test_posterize_keeps_4_to_0_bits():
+  pixels = np.random.default_rng(2).integers(0, 256, (8, 8, 3)).astype(np.uint8)
+  image = Image.fromarray(pixels)
+  kept = lambda magnitude: np.asarray(randaugment.posterize(image, magnitude, 1.0, 0))
+  np.testing.assert_array_equal(kept(0.0), pixels & 0xF0)
+  np.testing.assert_array_equal(kept(5.0), pixels & 0xC0)
+  # No bits left: every value masked to 0 (Pillow >= 10 refuses bits=0).
+  np.testing.assert_array_equal(kept(randaugment.MAX_MAGNITUDE), np.zeros_like(pixels))
 
 
 def test_equalize_is_pils():

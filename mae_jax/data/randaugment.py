@@ -51,7 +51,13 @@ def invert(image, magnitude, sign, fill):
 
 
 def posterize(image, magnitude, sign, fill):
-  return ImageOps.posterize(image, 4 - int(magnitude / MAX_MAGNITUDE * 4))  # keep 4..0 bits
+  bits = 4 - int(magnitude / MAX_MAGNITUDE * 4)  # keep 4..0 bits
+  if bits <= 0:
+    # Keeping 0 bits masks every value to 0 (what the reference's Pillow
+    # did); Pillow >= 10 refuses bits=0 instead, and the magnitude reaches
+    # the maximum whenever its noise is clipped there.
+    return Image.new(image.mode, image.size, 0)
+  return ImageOps.posterize(image, bits)
 
 
 def solarize(image, magnitude, sign, fill):
