@@ -326,7 +326,15 @@ def measure_input(jpeg_dir: str, spec: StandardSet) -> dict:
   if not os.path.isdir(os.path.join(jpeg_dir, "train")):
     input_bench.write_jpegs(jpeg_dir, spec.jpeg_images)
   cores = len(os.sched_getaffinity(0))
-  out = {}
+  out = {
+    "transform": input_bench.transform_throughput(
+      jpeg_dir,
+      image_size=spec.jpeg_image_size,
+      batch_size=spec.jpeg_batch,
+      batches=spec.jpeg_batches,
+    )
+  }
+  log(f"train transform alone, 1 core: {out['transform']['images_per_s']:.1f} img/s")
   for name, count in (("one_core", 1), ("all_cores", cores)):
     result = input_bench.jpeg_throughput(
       jpeg_dir,

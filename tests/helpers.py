@@ -94,12 +94,14 @@ def train_stream(config, start_step: int) -> Iterator[dict]:
 
 def nan_batch_at(config, bad_batch_index: int) -> Callable[[int], Iterator[dict]]:
   """A `train_batches` factory: config's training stream with NaN images in
-  one batch (global batch `bad_batch_index`, counted from step 0)."""
+  one batch (global batch `bad_batch_index`, counted from step 0). The
+  pipeline's images are uint8, which has no NaN: that batch carries float32
+  images, which the steps take as already normalised."""
 
   def batches(start_step: int) -> Iterator[dict]:
     for index, batch in enumerate(train_stream(config, start_step), start=start_step):
       if index == bad_batch_index:
-        batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+        batch = dict(batch, image=np.full(batch["image"].shape, np.nan, np.float32))
       yield batch
 
   return batches

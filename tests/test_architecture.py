@@ -171,5 +171,6 @@ def test_trainer_aot_planner_and_benchmark_lower_the_same_train_step(tmp_path):
     seed=config.seed,
     execute=False,
     optimizer=(program.schedule, program.tx),
+    pixels=program.pixels,
   )
   assert _without_locations(benchmark.lowered.as_text()) == trainer

@@ -1,7 +1,10 @@
-"""Fine-tuning augmentations: Mixup / CutMix targets (on the device) and
-RandAugment / random erasing (Pillow and numpy, in the input pipeline)."""
+"""Fine-tuning augmentations: Mixup / CutMix targets and random erasing's
+noise (on the device), RandAugment and the erasing boxes (Pillow and numpy,
+in the input pipeline)."""
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +14,7 @@ from PIL import Image, ImageOps
 
 from mae_jax import data
 from mae_jax.data import randaugment, transforms
+from mae_jax.evaluate.erasing import erase
 from mae_jax.evaluate.mixup import mix_batch
 
 
@@ -106,21 +110,85 @@ def test_equalize_is_pils():
   np.testing.assert_array_equal(np.asarray(ours), expected)
 
 
-def test_random_erasing_fills_one_rectangle_with_noise():
-  image = np.full([20, 20, 1], 7.0, np.float32)
-  untouched = randaugment.random_erasing(image, np.random.default_rng(1), probability=0.0)
-  np.testing.assert_array_equal(untouched, image)
-  erased = randaugment.random_erasing(image, np.random.default_rng(1), probability=1.0)
-  rows, cols = np.nonzero(erased[..., 0] != 7.0)
-  area = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
-  assert len(rows) == area and 0.02 * 400 * 0.5 <= area <= 400 / 3 * 1.5
-  assert (image == 7.0).all()  # The input is not changed in place.
+def timm_erasing_box(rng, height, width, probability):
+  """timm's RandomErasing(mode="pixel", max_count=1) box, written from its
+  description (10 tries, area 0.02-1/3 of the image, log-uniform aspect
+  0.3-1/0.3, strictly inside); None when it erases nothing."""
+  if rng.uniform() >= probability:
+    return None
+  for _ in range(10):
+    area = height * width * rng.uniform(0.02, 1 / 3)
+    aspect = math.exp(rng.uniform(math.log(0.3), math.log(1 / 0.3)))
+    h, w = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+    if h < height and w < width:
+      return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+  return None
+
+
+def test_random_erasing_boxes_are_timms():
+  erased = 0
+  for seed in range(200):
+    box = randaugment.random_erasing_box(np.random.default_rng(seed), 20, 24, probability=0.25)
+    expected = timm_erasing_box(np.random.default_rng(seed), 20, 24, 0.25)
+    assert box.dtype == np.int32 and box.shape == (4,)
+    if expected is None:
+      np.testing.assert_array_equal(box, 0)
+    else:
+      erased += 1
+      np.testing.assert_array_equal(box, expected)
+      top, left, h, w = expected
+      assert top + h <= 20 and left + w <= 24
+  assert 30 < erased < 70  # About a quarter of 200.
+  none = randaugment.random_erasing_box(np.random.default_rng(0), 20, 20, probability=0.0)
+  np.testing.assert_array_equal(none, 0)
+
+
+def test_erase_fills_exactly_the_boxes_with_unit_normal_noise():
+  images = jnp.full((3, 20, 24, 2), 7.0, jnp.float32)
+  boxes = jnp.asarray([[2, 3, 10, 12], [0, 0, 0, 0], [5, 0, 15, 24]], jnp.int32)
+  out = np.asarray(jax.jit(erase)(jax.random.key(0), images, boxes))
+  changed = out != 7.0
+  expected = np.zeros(out.shape, bool)
+  expected[0, 2:12, 3:15] = True
+  expected[2, 5:20, 0:24] = True
+  np.testing.assert_array_equal(changed, expected)
+  noise = out[expected]
+  assert abs(noise.mean()) < 0.1 and 0.9 < noise.std() < 1.1
+  # The same key draws the same noise (a resumed run erases the same).
+  np.testing.assert_array_equal(out, np.asarray(erase(jax.random.key(0), images, boxes)))
 
 
 def test_finetune_extras_plug_into_the_train_transform():
   config = data.default_data_config(image_size=12, randaugment_ops=2, random_erasing=0.25)
   image = np.random.default_rng(2).integers(0, 256, (8, 8, 1)).astype(np.uint8)
   out = transforms.train_transform(image, np.random.default_rng(5), config)
-  assert out.shape == (12, 12, 1) and out.dtype == np.float32
+  assert out.shape == (12, 12, 1) and out.dtype == np.uint8
+  # The pipeline ships one erasing box per example beside the uint8 image.
+  batch = next(
+    data.make_iterator(
+      config,
+      split="train",
+      global_batch_size=16,
+      train=True,
+      seed=0,
+      process_index=0,
+      process_count=1,
+    )
+  )
+  assert batch["image"].dtype == np.uint8
+  assert batch["erase_box"].shape == (16, 4) and batch["erase_box"].dtype == np.int32
+  assert 0 < (batch["erase_box"][:, 2] > 0).sum() < 16
+  plain = data.default_data_config(image_size=12)
+  assert "erase_box" not in next(
+    data.make_iterator(
+      plain,
+      split="train",
+      global_batch_size=16,
+      train=True,
+      seed=0,
+      process_index=0,
+      process_count=1,
+    )
+  )
   with pytest.raises(ValueError, match="randaugment_ops"):
     data.validate_data_config(data.default_data_config(randaugment_ops=-1))

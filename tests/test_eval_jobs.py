@@ -318,6 +318,20 @@ def test_sigterm_during_fine_tuning_saves_and_resumes(tmp_path):
   )
 
 
+def test_fine_tuning_erases_on_the_device_from_the_pipelines_boxes(tmp_path):
+  """With random erasing on, the pipeline ships boxes and the step erases
+  inside them: the run trains, and differs from the same run without."""
+  losses = {}
+  for erasing in (0.0, 1.0):
+    config = eval_config(finetune_config, baseline="random_init", num_train_steps=2)
+    config.data.random_erasing = erasing
+    workdir = str(tmp_path / f"erasing_{erasing}")
+    run_job(config, workdir)
+    lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    losses[erasing] = [line["loss"] for line in lines if "loss" in line]
+  assert all(np.isfinite(losses[1.0])) and losses[1.0] != losses[0.0]
+
+
 def _finetune_step(accum: int):
   """One fine-tuning step on 16 images over an 8-device data mesh, Mixup /
   CutMix and label smoothing on (the digits preset's), drop path off."""

@@ -4,6 +4,7 @@ process, then a look at sys.modules."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
@@ -31,17 +32,23 @@ print("TENSORFLOW MODULES:", loaded)
 """
 
 
-def test_pretraining_and_every_evaluation_job_run_without_tensorflow(tmp_path):
+def run_script(script: str, *args: str, env: dict, timeout: int) -> str:
+  """Runs `script` in a fresh Python process; its stdout, once it succeeded."""
   result = subprocess.run(
-    [sys.executable, "-c", SCRIPT, str(tmp_path)],
+    [sys.executable, "-c", script, *args],
     cwd=REPO,
-    env=environment(8),
+    env=env,
     capture_output=True,
     text=True,
-    timeout=900,
+    timeout=timeout,
   )
   assert result.returncode == 0, result.stderr[-4000:]
-  assert "TENSORFLOW MODULES: []" in result.stdout
+  return result.stdout
+
+
+def test_pretraining_and_every_evaluation_job_run_without_tensorflow(tmp_path):
+  stdout = run_script(SCRIPT, str(tmp_path), env=environment(8), timeout=900)
+  assert "TENSORFLOW MODULES: []" in stdout
 
 
 GCS_SCRIPT = """
@@ -59,22 +66,12 @@ print("TENSORFLOW LOADED:", "tensorflow" in sys.modules)
 
 
 def test_bucket_paths_go_through_gcsfs_even_with_tensorflow_installed():
-  import importlib.util
-
   # The test environment has TensorFlow (to build TFDS datasets), which is
   # what would make epath pick TensorFlow's file system for gs://.
   assert importlib.util.find_spec("tensorflow") is not None
   env = environment(1)
   env.pop("EPATH_USE_TF", None)
   env["FSSPEC_GS_TOKEN"] = "anon"  # No network, no credentials lookup.
-  result = subprocess.run(
-    [sys.executable, "-c", GCS_SCRIPT],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=120,
-  )
-  assert result.returncode == 0, result.stderr[-4000:]
-  assert "FILE SYSTEM: gcsfs" in result.stdout and "'gs'" in result.stdout
-  assert "TENSORFLOW LOADED: False" in result.stdout
+  stdout = run_script(GCS_SCRIPT, env=env, timeout=120)
+  assert "FILE SYSTEM: gcsfs" in stdout and "'gs'" in stdout
+  assert "TENSORFLOW LOADED: False" in stdout

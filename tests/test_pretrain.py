@@ -20,6 +20,7 @@ import pytest
 from configs import pretrain as pretrain_config
 from mae_jax.core import checkpointing, optim, sharding
 from mae_jax.core.batches import to_global
+from mae_jax.core.pixels import PixelNormalization
 from mae_jax.core.plan import make_plan
 from mae_jax.core.state import create_state, mesh_context, state_specs
 from mae_jax.core.train_step import make_train_step
@@ -27,6 +28,10 @@ from mae_jax.model.config import ModelConfig
 from mae_jax.model.mae import MaskedAutoencoder
 from mae_jax.train.pretrain import train_and_evaluate
 from tests.helpers import apply_changes, final_params, nan_batch_at, tiny_config, without_key_bias
+
+# One grey channel; the steps normalise uint8 batches with it and take
+# float batches as already normalised.
+PIXELS = PixelNormalization(mean=(0.5,), std=(0.25,))
 
 
 def test_config_presets_and_options():
@@ -145,7 +150,9 @@ def _steps_on_mesh(mesh, batch, steps=2):
       jax.random.key(0)
     )
     step = jax.jit(
-      make_train_step(model, tx, schedule, grad_accum_steps=2, seed_key=jax.random.key(1)),
+      make_train_step(
+        model, tx, schedule, grad_accum_steps=2, seed_key=jax.random.key(1), pixels=PIXELS
+      ),
       in_shardings=(shardings, batch_sharding),
       out_shardings=(shardings, sharding.replicated(mesh)),
       donate_argnums=(0,),
@@ -160,7 +167,8 @@ def test_train_step_is_the_same_on_every_mesh():
   assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
   rng = np.random.default_rng(0)
   batch = {
-    "image": rng.normal(size=(16, 16, 16, 1)).astype(np.float32),
+    # uint8, as the pipeline sends them: normalised inside the sharded step.
+    "image": rng.integers(0, 256, size=(16, 16, 16, 1)).astype(np.uint8),
     "mask": np.ones((16,), np.float32),
   }
   devices = jax.devices()
@@ -263,7 +271,9 @@ def test_gradient_accumulation_equals_the_full_batch_step():
   results = {}
   for accum in (1, 4):
     step = jax.jit(
-      make_train_step(model, tx, schedule, grad_accum_steps=accum, seed_key=jax.random.key(1))
+      make_train_step(
+        model, tx, schedule, grad_accum_steps=accum, seed_key=jax.random.key(1), pixels=PIXELS
+      )
     )
     results[accum] = step(state, batch)
   (full, full_metrics), (accumulated, accumulated_metrics) = results[1], results[4]
@@ -300,7 +310,9 @@ def test_bfloat16_compute_keeps_float32_master_weights():
     tx = optim.adamw(schedule, b1=0.9, b2=0.95, weight_decay=0.05)
     state = create_state(model, tx, jax.random.key(0))
     step = jax.jit(
-      make_train_step(model, tx, schedule, grad_accum_steps=1, seed_key=jax.random.key(1))
+      make_train_step(
+        model, tx, schedule, grad_accum_steps=1, seed_key=jax.random.key(1), pixels=PIXELS
+      )
     )
     state, metrics = step(state, batch)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))

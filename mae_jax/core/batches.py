@@ -77,11 +77,13 @@ def check_labels(labels: np.ndarray, mask: np.ndarray, num_classes: int, where: 
 
 
 def labelled_batch(local: dict, batch_sharding, num_classes: int, where: str) -> dict:
-  """Per-host numpy batch -> global arrays of images, labels and the padding mask."""
+  """Per-host numpy batch -> global arrays of images, labels and the padding
+  mask, and fine-tuning's random-erasing boxes when the pipeline drew them."""
   check_labels(local["label"], local["mask"], num_classes, where)
   return {
     key: jax.make_array_from_process_local_data(batch_sharding, np.asarray(local[key]))
-    for key in ("image", "label", "mask")
+    for key in ("image", "label", "mask", "erase_box")
+    if key in local
   }
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from mae_jax.core import accuracy
 from mae_jax.core import batches as batches_lib
+from mae_jax.core.pixels import PixelNormalization, on_pixels
 from mae_jax.model.features import frozen_features
 
 
@@ -104,7 +105,9 @@ def make_knn_monitor(
   train split (eval transform; the first `config.knn_train_batches` batches,
   -1 = all) against its eval split, on the encoder's cls feature
   (`config.knn_feature`). For periodic use during pretraining."""
-  features_fn = frozen_features(model_config, config.knn_feature)
+  features_fn = on_pixels(
+    frozen_features(model_config, config.knn_feature), PixelNormalization.of(config.data)
+  )
 
   def monitor(encoder_params) -> dict:
     train = batches_lib.split_batches(

@@ -27,6 +27,7 @@ import optax
 from mae_jax.core import optim, sharding
 from mae_jax.core.accumulate import accumulate
 from mae_jax.core.nonfinite import guarded_update
+from mae_jax.core.pixels import PixelNormalization
 from mae_jax.core.state import TrainState, create_state, mesh_context, state_specs, with_shardings
 from mae_jax.model.config import ModelConfig
 from mae_jax.model.loss import patch_targets
@@ -44,8 +45,12 @@ def make_train_step(
   *,
   grad_accum_steps: int,
   seed_key: jax.Array,
+  pixels: PixelNormalization,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Returns train_step(state, batch) -> (state, metrics).
+
+  batch["image"] is uint8 from the input pipeline; `pixels` normalises it
+  first, inside the step.
 
   With gradient accumulation the global batch (and its noise) is split into
   `grad_accum_steps` micro-batches (`mae_jax.core.accumulate`), scanned;
@@ -60,7 +65,7 @@ def make_train_step(
   grad_fn = jax.value_and_grad(loss_fn)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    images = batch["image"]
+    images = pixels(batch["image"])
     noise = jax.random.uniform(
       masking_key(seed_key, state.step), (images.shape[0], model.config.num_patches)
     )
@@ -92,7 +97,9 @@ def make_train_step(
   return train_step
 
 
-def make_eval_step(model: MaskedAutoencoder, *, seed_key: jax.Array) -> Callable:
+def make_eval_step(
+  model: MaskedAutoencoder, *, seed_key: jax.Array, pixels: PixelNormalization
+) -> Callable:
   """eval_step(params, batch, index) -> summed losses and counts.
 
   Masks come from a fixed key per eval batch, so eval losses are comparable
@@ -104,7 +111,7 @@ def make_eval_step(model: MaskedAutoencoder, *, seed_key: jax.Array) -> Callable
   eval_key = jax.random.fold_in(seed_key, 0x5EED)
 
   def eval_step(params, batch: dict, index: jax.Array) -> dict:
-    images, valid = batch["image"], batch["mask"].astype(jnp.float32)
+    images, valid = pixels(batch["image"]), batch["mask"].astype(jnp.float32)
     out = model.apply(
       {"params": params}, images, rngs={"masking": jax.random.fold_in(eval_key, index)}, train=False
     )
@@ -142,6 +149,7 @@ class TrainStepProgram:
   abstract_batch: dict
   init_key: jax.Array
   seed_key: jax.Array
+  pixels: PixelNormalization
 
   def lower(self):
     with mesh_context(self.mesh, self.rules):
@@ -166,6 +174,7 @@ def build_train_step(
   global_batch_size: int,
   grad_accum_steps: int,
   seed: int,
+  pixels: PixelNormalization,
   donate: bool = True,
 ) -> TrainStepProgram:
   model = MaskedAutoencoder(model_config)
@@ -176,14 +185,22 @@ def build_train_step(
   batch_sharding = sharding.batch_sharding(mesh, rules)
   cfg = model_config
   image = (global_batch_size, cfg.image_size, cfg.image_size, cfg.channels)
-  # "mask" (1 for a real example) travels with every batch; training ignores it.
+  # uint8 pixels, as the pipeline sends them; "mask" (1 for a real example)
+  # travels with every batch; training ignores it.
   abstract_batch = {
-    "image": jax.ShapeDtypeStruct(image, jnp.float32, sharding=batch_sharding),
+    "image": jax.ShapeDtypeStruct(image, jnp.uint8, sharding=batch_sharding),
     "mask": jax.ShapeDtypeStruct(image[:1], jnp.float32, sharding=batch_sharding),
   }
   with mesh_context(mesh, rules):
     step = jax.jit(
-      make_train_step(model, tx, schedule, grad_accum_steps=grad_accum_steps, seed_key=seed_key),
+      make_train_step(
+        model,
+        tx,
+        schedule,
+        grad_accum_steps=grad_accum_steps,
+        seed_key=seed_key,
+        pixels=pixels,
+      ),
       in_shardings=(state_shardings, batch_sharding),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=(0,) if donate else (),
@@ -201,6 +218,7 @@ def build_train_step(
     abstract_batch=abstract_batch,
     init_key=init_key,
     seed_key=seed_key,
+    pixels=pixels,
   )
 
 
@@ -218,4 +236,5 @@ def train_step_from_config(config, plan, mesh: jax.sharding.Mesh) -> TrainStepPr
     global_batch_size=config.global_batch_size,
     grad_accum_steps=config.grad_accum_steps,
     seed=config.seed,
+    pixels=PixelNormalization.of(config.data),
   )

@@ -36,10 +36,6 @@ def default_data_config(**overrides: Any) -> ml_collections.ConfigDict:
       crop_scale=(0.2, 1.0),  # fraction of the image area
       crop_ratio=(3 / 4, 4 / 3),  # width / height
       horizontal_flip=False,  # digits must not be mirrored
-      # JPEGs: decode at a reduced DCT scale when the crop allows it (and
-      # libjpeg-turbo's fast IDCT); False = always full size, as the
-      # reference. Eval always decodes at full size. See transforms.py.
-      jpeg_reduced_decode=True,
       # Fine-tuning augmentations (randaugment.py), off by default; the
       # reference fine-tuning recipe: 2 ops, magnitude 9, std 0.5, erasing 0.25.
       randaugment_ops=0,  # operations per image; 0 = no RandAugment

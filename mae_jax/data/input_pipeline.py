@@ -1,7 +1,8 @@
 """The Grain pipeline: one global, random-access data order for train and eval.
 
 Batches are dicts of numpy arrays
-  "image":    float32 [B_local, S, S, C], normalised;
+  "image":    uint8 [B_local, S, S, C], the pixels: the jitted steps
+              normalise them on the device (`mae_jax.core.pixels`);
   "label":    int32 [B_local] (-1 for datasets without labels);
   "mask":     float32 [B_local], 1 for real examples, 0 for eval padding;
   "replaced": int32 [B_local], 1 where the image at that position did not
@@ -42,7 +43,7 @@ import grain
 import numpy as np
 from absl import flags, logging
 
-from mae_jax.data import sources, transforms
+from mae_jax.data import randaugment, sources, transforms
 
 # An image that does not decode is replaced by the next one of the split;
 # this many consecutive failures mean the data, not one file, is broken.
@@ -193,12 +194,19 @@ class _TrainExample:
     image, label, replaced = _load(
       self.records, int(index), lambda raw: transforms.train_transform(raw, rng, self.settings)
     )
-    return {
+    example = {
       "image": image,
       "label": np.int32(label),
       "mask": np.float32(1.0),
       "replaced": np.int32(replaced),
     }
+    if self.settings.random_erasing:
+      # The reference's last augmentation, so its draws come last.
+      size = self.settings.image_size
+      example["erase_box"] = randaugment.random_erasing_box(
+        rng, size, size, probability=self.settings.random_erasing
+      )
+    return example
 
 
 class _EvalExample:
@@ -210,7 +218,7 @@ class _EvalExample:
   def _padding(self, replaced: int) -> dict[str, Any]:
     size, channels = self.settings.image_size, self.settings.channels
     return {
-      "image": np.zeros((size, size, channels), np.float32),
+      "image": np.zeros((size, size, channels), np.uint8),
       "label": np.int32(0),  # A valid class: safe to gather.
       "mask": np.float32(0.0),
       "replaced": np.int32(replaced),

@@ -170,22 +170,27 @@ def rand_augment(
   return out[..., None] if grey else out
 
 
-def random_erasing(
-  image: np.ndarray,
+def random_erasing_box(
   rng: np.random.Generator,
+  height: int,
+  width: int,
   *,
   probability: float,
   area: tuple[float, float] = (0.02, 1 / 3),
   log_ratio: tuple[float, float] = (math.log(0.3), math.log(1 / 0.3)),
 ) -> np.ndarray:
-  """timm's RandomErasing(mode="pixel", count 1) on a normalised image.
+  """The rectangle of timm's RandomErasing(mode="pixel", count 1).
 
   With `probability`, the first of 10 (area, aspect ratio) draws that fits
-  strictly inside the image is filled with N(0, 1) noise per pixel.
+  strictly inside the image: int32 (top, left, height, width); all zeros
+  when nothing is erased. The reference fills it with N(0, 1) noise per
+  pixel of the normalised image; here the fine-tuning step does that on
+  the device (`mae_jax.evaluate.erasing`), since images travel as uint8.
+  The draws are the reference's, in its order, so the boxes are too.
   """
+  none = np.zeros(4, np.int32)
   if rng.uniform() >= probability:
-    return image
-  height, width, channels = image.shape
+    return none
   for _ in range(_ERASE_ATTEMPTS):
     target = height * width * rng.uniform(*area)
     ratio = math.exp(rng.uniform(*log_ratio))
@@ -194,9 +199,5 @@ def random_erasing(
     if erase_height < height and erase_width < width:
       top = int(rng.integers(0, height - erase_height + 1))
       left = int(rng.integers(0, width - erase_width + 1))
-      image = image.copy()
-      image[top : top + erase_height, left : left + erase_width] = rng.standard_normal(
-        (erase_height, erase_width, channels), dtype=np.float32
-      )
-      return image
-  return image
+      return np.array([top, left, erase_height, erase_width], np.int32)
+  return none

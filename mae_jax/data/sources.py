@@ -60,7 +60,6 @@ REQUIRED_FIELDS = (
   "crop_scale",
   "crop_ratio",
   "horizontal_flip",
-  "jpeg_reduced_decode",
   "randaugment_ops",
   "randaugment_magnitude",
   "randaugment_magnitude_std",
@@ -522,7 +521,7 @@ def check_fields(config: Any) -> None:
   low, high = _number_pair(config, "crop_ratio")
   if not 0 < low <= high:
     raise _invalid("crop_ratio", config.crop_ratio, "expected 0 < low <= high (width / height)")
-  for field in ("random_resized_crop", "horizontal_flip", "jpeg_reduced_decode"):
+  for field in ("random_resized_crop", "horizontal_flip"):
     if not isinstance(getattr(config, field), (bool, np.bool_)):
       raise _invalid(field, getattr(config, field), "expected True or False")
   if not is_int(config.randaugment_ops) or not 0 <= config.randaugment_ops <= 15:

@@ -2,26 +2,24 @@
 
 Training follows the reference MAE recipe: torchvision's RandomResizedCrop
 (scale 0.2-1 of the area, log-uniform width/height ratio 3/4-4/3, ten draws
-then a centre-crop fallback, bicubic), a random horizontal flip, mean/std
-normalisation. Evaluation resizes the short side to image_size /
+then a centre-crop fallback, bicubic), a random horizontal flip; mean/std
+normalisation happens on the device. Evaluation resizes the short side to image_size /
 crop_fraction and takes the centre crop. Pillow's bicubic resize is the one
 the reference runs (torchvision on PIL images), antialiasing included.
 
-Fast JPEG decoding (`data.jpeg_reduced_decode`, on by default): the crop box
-is drawn from the JPEG header alone, then libjpeg-turbo (through
-`simplejpeg`) decodes at the smallest of its DCT scales (1/2, 1/4, 1/8) that
-still leaves the crop at least image_size pixels on each side, and Pillow
-resizes that. Shrinking in the DCT is a box-like average before the bicubic,
-so pixels differ slightly from decoding at full size (docs/data.md has the
-figures); the crop boxes, and so the augmentation distribution, are the
-same. Off: every image is decoded at full size, as the reference.
+JPEGs are decoded by libjpeg-turbo (through `simplejpeg`) straight to RGB
+with its accurate integer IDCT and smooth chroma upsampling: the same
+pixels as Pillow's decoder, which the reference runs, and faster than
+Pillow (docs/data.md has the measurements, and why the reduced-DCT-scale
+and fast-IDCT modes that were here before are gone).
 
 All randomness comes from the `numpy.random.Generator` the pipeline passes
 in, seeded from (seed, global example position): the same seed gives the
 same images in any process, worker or host count, and after a restart.
 
 Images in: encoded JPEG/PNG bytes, or uint8 [H, W, C] arrays (digits).
-Images out: float32 [size, size, channels], normalised.
+Images out: uint8 [size, size, channels]; the jitted steps normalise them
+on the device (`mae_jax.core.pixels`).
 """
 
 from __future__ import annotations
@@ -69,23 +67,12 @@ def image_size_of(image: bytes | np.ndarray) -> tuple[int, int]:
     raise UndecodableImage(f"{type(error).__name__}: {error}") from error
 
 
-def decode_image(
-  image: bytes | np.ndarray,
-  channels: int,
-  *,
-  min_height: int = 0,
-  min_width: int = 0,
-  fast: bool = False,
-) -> Image.Image:
-  """Encoded bytes (or uint8 pixels) -> a Pillow image ("L", "RGB", "RGBX").
+def decode_image(image: bytes | np.ndarray, channels: int) -> Image.Image:
+  """Encoded bytes (or uint8 pixels) -> a Pillow image ("L" or "RGB").
 
-  For JPEGs, `min_height`/`min_width` > 0 let libjpeg-turbo decode at a
-  reduced DCT scale whose result is still at least that large, and `fast`
-  uses its faster integer IDCT and chroma upsampling (a few % faster, pixel
-  values within a few levels); other formats and arrays come back at full
-  size. Colour JPEGs are decoded to RGBX, Pillow's own pixel layout, so
-  handing them to Pillow copies nothing (`to_array` drops the X). What libjpeg-turbo cannot convert (CMYK
-  JPEGs) goes through Pillow. Corrupt or truncated files raise
+  JPEGs go through libjpeg-turbo (accurate IDCT, smooth upsampling: the
+  pixels Pillow's own decoder gives); what it cannot convert (CMYK JPEGs)
+  and other formats go through Pillow. Corrupt or truncated files raise
   `UndecodableImage` (strict: a "premature end" is an error, not a
   half-grey image).
   """
@@ -97,16 +84,12 @@ def decode_image(
     try:
       pixels = simplejpeg.decode_jpeg(
         image,
-        colorspace="GRAY" if channels == 1 else "RGBX",
-        min_height=min_height,
-        min_width=min_width,
-        fastdct=fast,
-        fastupsample=fast,
+        colorspace="GRAY" if channels == 1 else "RGB",
+        fastdct=False,
+        fastupsample=False,
         strict=True,
       )
-      raw_mode = "L" if channels == 1 else "RGBX"
-      size = (pixels.shape[1], pixels.shape[0])
-      return Image.frombuffer(mode, size, pixels, "raw", raw_mode, 0, 1)
+      return Image.fromarray(pixels[..., 0] if channels == 1 else pixels)
     except ValueError:
       pass  # Pillow decides: CMYK decodes there, a corrupt file fails there too.
   try:
@@ -117,9 +100,7 @@ def decode_image(
 
 
 def to_array(image: Image.Image) -> np.ndarray:
-  """A Pillow "L", "RGB" or "RGBX" image -> uint8 [H, W, 1 or 3]."""
-  if image.mode == "RGBX":
-    image = image.convert("RGB")
+  """A Pillow "L" or "RGB" image -> uint8 [H, W, 1 or 3]."""
   pixels = np.asarray(image)
   return pixels if pixels.ndim == 3 else pixels[..., None]
 
@@ -203,71 +184,24 @@ def resize_box(
   )
 
 
-def _decode_box(
-  image: bytes | np.ndarray, box: Box, size: int, channels: int, reduced: bool
-) -> Image.Image:
-  """Decodes `image` and resizes its full-size `box` to size x size.
-
-  With `reduced`, a JPEG is decoded at the smallest DCT scale that keeps
-  the box at least `size` pixels on each side, and the box is scaled to
-  the decoded image's coordinates (a float box: the window is not rounded).
-  """
-  top, left, box_height, box_width = box
-  if not reduced or isinstance(image, np.ndarray) or not _is_jpeg(image):
-    return resize_box(decode_image(image, channels), box, size, size)
-  # Only the power-of-two scales: libjpeg-turbo's others (3/8, 5/8, ...)
-  # decode slower than full size.
-  reduction = 1
-  while reduction < 8 and min(box_height, box_width) >= 2 * reduction * size:
-    reduction *= 2
-  height, width = image_size_of(image)
-  decoded = decode_image(
-    image,
-    channels,
-    min_height=math.ceil(height / reduction) if reduction > 1 else 0,
-    min_width=math.ceil(width / reduction) if reduction > 1 else 0,
-    fast=True,
-  )
-  scale_y, scale_x = decoded.height / height, decoded.width / width
-  scaled = (top * scale_y, left * scale_x, box_height * scale_y, box_width * scale_x)
-  return resize_box(decoded, scaled, size, size)
-
-
-# -------------------------------------------------------------- normalise --
-
-
-def normalize(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-  """uint8 [H, W, C] -> (pixel / 255 - mean) / std, float32.
-
-  One multiply-add per value in float32, over rows viewed as W * C values
-  with the per-channel constants tiled along them: broadcasting a length-C
-  vector directly makes numpy run C-long inner loops, about 20x slower.
-  """
-  height, width, channels = pixels.shape
-  std = np.asarray(std, np.float32)
-  scale = np.tile(1.0 / (255.0 * std), width).astype(np.float32)
-  offset = np.tile(-np.asarray(mean, np.float32) / std, width).astype(np.float32)
-  # astype first: it copies any view (a flip) into a contiguous array, so
-  # the reshape is free.
-  out = pixels.astype(np.float32).reshape(height, width * channels)
-  out *= scale
-  out += offset
-  return out.reshape(height, width, channels)
-
-
 # ------------------------------------------------------------- transforms --
 
 
 def train_transform(
   image: bytes | np.ndarray, rng: np.random.Generator, data_config: Any
 ) -> np.ndarray:
-  """Encoded image (or uint8 pixels) -> augmented, normalised float32.
+  """Encoded image (or uint8 pixels) -> augmented uint8 [size, size, C].
+
+  Random erasing, the reference's last step, fills its box with noise in
+  the normalised space, so only its box is drawn on the host
+  (`randaugment.random_erasing_box`, by the pipeline after this) and the
+  fine-tuning step erases on the device.
 
   Args:
     rng: this example's generator (from its seed and global position).
     data_config: reads image_size, channels, random_resized_crop,
-      crop_scale, crop_ratio, horizontal_flip, jpeg_reduced_decode, mean,
-      std, and the fine-tuning extras randaugment_* and random_erasing.
+      crop_scale, crop_ratio, horizontal_flip, mean (RandAugment's fill)
+      and the fine-tuning extras randaugment_*.
   """
   size, channels = data_config.image_size, data_config.channels
   height, width = image_size_of(image)
@@ -277,9 +211,9 @@ def train_transform(
     )
   else:
     box = (0, 0, height, width)
-  window = _decode_box(image, box, size, channels, bool(data_config.jpeg_reduced_decode))
+  window = resize_box(decode_image(image, channels), box, size, size)
   # Drawn even when flipping is off, so that turning it on or off leaves
-  # the later draws (RandAugment, erasing) where they were.
+  # the later draws (RandAugment, the erasing box) where they were.
   flip = rng.uniform() < 0.5
   if data_config.horizontal_flip and flip:
     window = window.transpose(Image.FLIP_LEFT_RIGHT)
@@ -293,17 +227,11 @@ def train_transform(
       magnitude_std=data_config.randaugment_magnitude_std,
       fill=tuple(round(255 * m) for m in data_config.mean),
     )
-  out = normalize(pixels, data_config.mean, data_config.std)
-  if data_config.random_erasing:
-    out = randaugment.random_erasing(out, rng, probability=data_config.random_erasing)
-  return out
+  return pixels
 
 
 def eval_transform(image: bytes | np.ndarray, data_config: Any) -> np.ndarray:
-  """Encoded image (or uint8 pixels) -> resized, centre-cropped, normalised.
-
-  Always decoded at full size: evaluation is the number people compare.
-  """
+  """Encoded image (or uint8 pixels) -> resized, centre-cropped uint8."""
   size = data_config.image_size
   decoded = decode_image(image, data_config.channels)
   height, width = decoded.height, decoded.width
@@ -312,5 +240,4 @@ def eval_transform(image: bytes | np.ndarray, data_config: Any) -> np.ndarray:
     decoded = resize_box(decoded, (0, 0, height, width), new_height, new_width)
   top = int(round((new_height - size) / 2))
   left = int(round((new_width - size) / 2))
-  pixels = to_array(decoded)[top : top + size, left : left + size]
-  return normalize(pixels, data_config.mean, data_config.std)
+  return to_array(decoded)[top : top + size, left : left + size]

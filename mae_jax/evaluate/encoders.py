@@ -12,15 +12,18 @@ from typing import Any, Callable
 import jax
 
 from mae_jax.core import pretrained
+from mae_jax.core.pixels import PixelNormalization, on_pixels
 from mae_jax.model.features import frozen_features
 from mae_jax.model.mae import Encoder
 
 
 def frozen_encoder(config, plan, mesh, key: jax.Array) -> tuple[Callable, Any]:
-  """(features_fn(params, images) -> (N, D), params) for the configured feature source."""
+  """(features_fn(params, images) -> (N, D), params) for the configured
+  feature source; features_fn takes the pipeline's uint8 images."""
+  pixels = PixelNormalization.of(config.data)
   if config.baseline == "raw_pixels":
-    return frozen_features(plan.model, "pixels"), None
-  features_fn = frozen_features(plan.model, config.feature)
+    return on_pixels(frozen_features(plan.model, "pixels"), pixels), None
+  features_fn = on_pixels(frozen_features(plan.model, config.feature), pixels)
   if config.baseline == "random_init":
     shardings, _ = pretrained.param_specs(Encoder(plan.model), mesh, plan.rules)
     return features_fn, pretrained.random_params(Encoder(plan.model), key, shardings)

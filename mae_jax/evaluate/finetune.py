@@ -4,8 +4,9 @@ Reference recipe (main_finetune.py): the pretrained encoder plus a head
 (global average pool of the patch tokens -> fc_norm -> Linear with std
 2e-5); AdamW (0.9, 0.999), weight decay 0.05 on kernels only, layer-wise
 lr decay, drop path, Mixup 0.8 / CutMix 1.0 (switch 0.5) with label
-smoothing 0.1 (on the device, in the step), RandAugment (9, 0.5) and random
-erasing 0.25 (in tf.data), lr = base_lr * batch / 256 with warm-up then
+smoothing 0.1 (on the device, in the step), RandAugment (9, 0.5) on the
+host and random erasing 0.25 (its box drawn on the host, its noise added
+in the step, after normalisation and before mixing, as the reference), lr = base_lr * batch / 256 with warm-up then
 cosine to min_lr, where batch is the global batch also under gradient
 accumulation (`grad_accum_steps`, the reference's accum_iter).
 `config.baseline = "random_init"` trains the same network from its
@@ -28,12 +29,18 @@ from mae_jax.core import batches as batches_lib
 from mae_jax.core.accumulate import accumulate
 from mae_jax.core.loop import LoopSettings, Periodic, run_steps
 from mae_jax.core.nonfinite import guarded_update
+from mae_jax.core.pixels import PixelNormalization
 from mae_jax.core.state import TrainState, create_state, mesh_context, state_specs, with_shardings
 from mae_jax.evaluate import job as job_lib
+from mae_jax.evaluate.erasing import erase
 from mae_jax.evaluate.layer_decay import finetune_adamw
 from mae_jax.evaluate.mixup import mix_batch, soft_cross_entropy
 from mae_jax.evaluate.models import ViTClassifier
 from mae_jax.model.mae import Encoder
+
+# Random erasing's noise: a key beside (not split from) the mixing and drop
+# path keys, so turning erasing on or off leaves their draws unchanged.
+_ERASE_STREAM = 0xE7A5E
 
 
 def make_finetune_step(
@@ -57,9 +64,15 @@ def make_finetune_step(
   )
   accum = config.grad_accum_steps
 
+  pixels = PixelNormalization.of(config.data)
+
   def step(state: TrainState, batch: dict):
-    mix_key, drop_key = jax.random.split(jax.random.fold_in(seed_key, state.step))
-    mixed = mix_batch(mix_key, batch["image"], batch["label"], **mix)
+    step_key = jax.random.fold_in(seed_key, state.step)
+    mix_key, drop_key = jax.random.split(step_key)
+    images = pixels(batch["image"])
+    if "erase_box" in batch:
+      images = erase(jax.random.fold_in(step_key, _ERASE_STREAM), images, batch["erase_box"])
+    mixed = mix_batch(mix_key, images, batch["label"], **mix)
 
     def loss_fn(params, micro, index):
       images, targets = micro
@@ -88,9 +101,9 @@ def make_finetune_step(
   return step
 
 
-def make_finetune_eval_step(model: ViTClassifier) -> Callable:
+def make_finetune_eval_step(model: ViTClassifier, pixels: PixelNormalization) -> Callable:
   def eval_step(state: TrainState, batch: dict) -> dict:
-    logits = model.apply({"params": state.params}, batch["image"], train=False)
+    logits = model.apply({"params": state.params}, pixels(batch["image"]), train=False)
     return accuracy.accuracy_sums(logits, batch["label"], batch["mask"])
 
   return eval_step
@@ -155,7 +168,7 @@ def run_finetune(config, workdir: str, *, train_batches=None) -> dict:
       donate_argnums=(0,),
     )
     eval_step = jax.jit(
-      make_finetune_eval_step(model),
+      make_finetune_eval_step(model, PixelNormalization.of(config.data)),
       in_shardings=(state_shardings, batch_sharding),
       out_shardings=replicated,
     )

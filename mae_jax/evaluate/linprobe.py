@@ -160,7 +160,7 @@ def run_linear_probe(config, workdir: str, *, train_batches=None) -> dict:
   with mesh_context(mesh, plan.rules), checkpointing.completing_saves(mngr):
     features_fn, encoder_params = frozen_encoder(config, plan, mesh, encoder_key)
     image = jax.ShapeDtypeStruct(
-      (1, plan.model.image_size, plan.model.image_size, plan.model.channels), jnp.float32
+      (1, plan.model.image_size, plan.model.image_size, plan.model.channels), jnp.uint8
     )
     feature_dim = jax.eval_shape(features_fn, encoder_params, image).shape[-1]
     create = lambda key: create_probe_state(head, tx, key, feature_dim)

@@ -154,7 +154,7 @@ def reconstruction_evaluator(config, plan, program, param_shardings):
   first `config.eval_batches` batches; -1 = all), with fixed masks."""
   replicated = sharding.replicated(program.mesh)
   eval_step = jax.jit(
-    make_eval_step(program.model, seed_key=program.seed_key),
+    make_eval_step(program.model, seed_key=program.seed_key, pixels=program.pixels),
     in_shardings=(param_shardings, program.batch_sharding, replicated),
     out_shardings=replicated,
   )
@@ -211,11 +211,12 @@ def write_reconstructions(config, plan, workdir, program, params, is_main) -> st
     seed=config.seed,
   )
   batch = batches_lib.to_global(next(eval_iter), program.batch_sharding)
-  model, seed_key = program.model, program.seed_key
+  model, seed_key, pixels = program.model, program.seed_key, program.pixels
   replicated = sharding.replicated(program.mesh)
 
   @jax.jit
   def predict(params, images):
+    images = pixels(images)
     out = model.apply(
       {"params": params},
       images,
