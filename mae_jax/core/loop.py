@@ -1,13 +1,20 @@
 """The step loop of every training job: pretraining, the linear probe, fine-tuning.
 
 Each step: take the next global batch (the time spent waiting for it is the
-input wait), run the train step, record whether it was finite, and answer a
-preemption notice (save, wait, exit "resumable", 75). At log steps: the
-interval's summary to metrics.jsonl and TensorBoard (means, except `loss`
-and `learning_rate`, the logged step's own), skipped non-finite steps,
-undecodable images replaced (summed over hosts) and throughput, which counts
-train steps only. Then the periodic hooks (evaluation, the k-NN monitor),
-each at its own interval and at the last step, and checkpoints.
+input wait), run the train step, record whether it was finite. At log
+steps: the interval's summary to metrics.jsonl and TensorBoard (means,
+except `loss` and `learning_rate`, the logged step's own), skipped
+non-finite steps, undecodable images replaced (summed over hosts) and
+throughput, which counts train steps only. Then the periodic hooks
+(evaluation, the k-NN monitor), each at its own interval and at the last
+step, and checkpoints. Last, a preemption notice is answered (save, wait,
+exit "resumable", 75): after the step's row and hooks, so a preempted
+step is never missing from metrics.jsonl.
+
+Every checkpoint also carries the loop's unfinished logging interval (the
+metrics of the steps since the last log step, the replaced-image count,
+the skipped steps so far) in its metadata: a run resumed from it logs the
+very rows an uninterrupted run logs (timing fields aside).
 
 What differs between jobs is passed in: the step, a batches factory (start
 step -> iterator, so a resumed run continues the same stream) and the hooks.
@@ -30,6 +37,9 @@ from mae_jax.core.metrics import MetricsWriter
 from mae_jax.core.nonfinite import FiniteCheck
 from mae_jax.core.preemption import PreemptionWatcher, save_and_stop
 from mae_jax.core.progress import make_progress
+
+# The checkpoint metadata key of the loop's unfinished logging interval.
+LOOP_METADATA = "loop_interval"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +110,9 @@ def run_steps(
   progress = make_progress(settings.progress_bar, start, total, is_main)
   watcher = PreemptionWatcher()
   run = _Run(settings, mngr, metadata, writer, progress, watcher, hooks)
+  carried = _carried_interval(mngr, start)
   try:
-    return run(state, train_step, batches(start), start)
+    return run(state, train_step, batches(start), start, carried)
   finally:
     watcher.close()
     progress.close()
@@ -118,16 +129,20 @@ class _Run:
   watcher: PreemptionWatcher
   hooks: Sequence[Periodic]
 
-  def __call__(self, state, train_step, stream, start):
+  def __call__(self, state, train_step, stream, start, carried: dict):
     settings, progress = self.settings, self.progress
     total = settings.total_steps
     finite_check = FiniteCheck(settings.nonfinite, self.mngr)
+    finite_check.skipped_steps = carried.get("skipped_steps", 0)
     final: dict = {"step": start}
-    pending: list[dict] = []
+    # The interval's metrics so far; after a resume, those the checkpoint carried.
+    pending: list[dict] = list(carried.get("pending", []))
     # Throughput counts train steps only: hook and checkpoint time is
     # subtracted from the interval (`paused`).
     interval_start, input_wait, interval_steps, paused = time.perf_counter(), 0.0, 0, 0.0
-    replaced = 0  # this host's undecodable images replaced in the interval
+    # This host's undecodable images replaced in the interval; a carried
+    # count is the sum over hosts, so only process 0 takes it back.
+    replaced = carried.get("replaced", 0) if jax.process_index() == 0 else 0
     in_flight = None
     for step in range(start, total):
       fetch_start = time.perf_counter()
@@ -143,9 +158,6 @@ class _Run:
       interval_steps += 1
       done = step + 1
       finite_check.record(done, metrics)
-      if self.watcher.reached(done):
-        finite_check.check()
-        save_and_stop(self.mngr, done, state.to_checkpoint(), self.metadata, progress.log)
       if step == start:  # the first step includes compilation: time it apart
         jax.block_until_ready(metrics)
         compile_seconds = time.perf_counter() - interval_start
@@ -172,15 +184,35 @@ class _Run:
         if done % hook.every_steps == 0 or last:
           # Before the next step donates the state's buffers; synchronous.
           final.update(self.run_hook(hook, done, state))
-      if done % settings.checkpoint_every_steps == 0 or last:
-        finite_check.check()
-        checkpointing.save(self.mngr, done, state.to_checkpoint(), self.metadata)
+      saved = done % settings.checkpoint_every_steps == 0 or last
+      if saved:
+        self.save(done, state, finite_check, pending, replaced)
       paused += time.perf_counter() - pause_start
       final["step"] = done
+      # Answered last: the step's row, hooks and checkpoint are all done.
+      if self.watcher.reached(done):
+        if not saved:
+          self.save(done, state, finite_check, pending, replaced, force=True)
+        save_and_stop(self.mngr, done, progress.log)
     if start >= total:  # a finished run asked again: just report
       for hook in self.hooks:
         final.update(hook.run(state))
     return state, final
+
+  def save(self, done, state, finite_check, pending, replaced, *, force=False) -> None:
+    """Checkpoints `done` (after the non-finite check: never a bad state)
+    with the unfinished logging interval in its metadata."""
+    skipped = finite_check.check()
+    interval = {
+      "pending": [
+        {key: float(value) for key, value in metrics.items()} for metrics in jax.device_get(pending)
+      ],
+      # Collective: every host saves at the same steps.
+      "replaced": int(np.sum(multihost_utils.process_allgather(replaced))),
+      "skipped_steps": skipped,
+    }
+    metadata = {**self.metadata, LOOP_METADATA: interval}
+    checkpointing.save(self.mngr, done, state.to_checkpoint(), metadata, force=force)
 
   def run_hook(self, hook: Periodic, done: int, state) -> dict:
     hook_start = time.perf_counter()
@@ -195,12 +227,24 @@ class _Run:
     return metrics
 
 
+def _carried_interval(mngr, start: int) -> dict:
+  """The unfinished logging interval saved with checkpoint `start` ({} for a
+  fresh run, or a checkpoint from before intervals were carried)."""
+  if start == 0 or start not in mngr.all_steps():
+    return {}
+  metadata = checkpointing.read_metadata(str(mngr.directory), start)
+  return metadata.get(LOOP_METADATA, {})
+
+
 def summarise(pending: list[dict]) -> dict:
   """Means over the logging interval, except `loss` and `learning_rate`: the
-  logged step's own values, so a resumed run logs the very same numbers
-  even when it restarts mid-interval (`loss_avg` is the interval mean)."""
+  logged step's own values (`loss_avg` is the interval mean). Means are
+  taken in float32, the steps' dtype, so an interval carried through a
+  checkpoint (as Python floats) gives the same numbers."""
   stacked = jax.device_get(pending)
-  summary = {key: float(np.mean([m[key] for m in stacked])) for key in stacked[0]}
+  summary = {
+    key: float(np.mean(np.asarray([m[key] for m in stacked], np.float32))) for key in stacked[0]
+  }
   summary["loss_avg"] = summary["loss"]
   summary["loss"] = float(stacked[-1]["loss"])
   summary["learning_rate"] = float(stacked[-1]["learning_rate"])

@@ -34,10 +34,9 @@ class Preempted(Exception):
     )
 
 
-def save_and_stop(mngr, step: int, checkpoint, metadata, log) -> None:
-  """The preemption exit of every training loop: save `step`, wait until
-  the save is complete, log it, raise Preempted."""
-  checkpointing.save(mngr, step, checkpoint, metadata, force=True)
+def save_and_stop(mngr, step: int, log) -> None:
+  """The preemption exit of every training loop, once it has started the
+  save of `step`: wait until that save is complete, log it, raise Preempted."""
   checkpointing.wait_for_saves(mngr)
   log(f"Preempted at step {step}: checkpoint complete.")
   raise Preempted(step, str(mngr.directory))
