@@ -332,6 +332,33 @@ def test_fine_tuning_erases_on_the_device_from_the_pipelines_boxes(tmp_path):
   assert all(np.isfinite(losses[1.0])) and losses[1.0] != losses[0.0]
 
 
+def damage_state(checkpoint_dir: str, step: int) -> None:
+  """Truncates every non-trivial file of checkpoint `step`'s state."""
+  damaged = 0
+  for root, _, files in os.walk(os.path.join(checkpoint_dir, str(step), "state")):
+    for name in files:
+      path = os.path.join(root, name)
+      if os.path.getsize(path) > 64:
+        with open(path, "r+b") as f:
+          f.truncate(16)
+        damaged += 1
+  assert damaged
+
+
+@pytest.mark.parametrize("module", [linprobe_config, finetune_config], ids=["probe", "finetune"])
+def test_damaged_probe_or_fine_tuning_checkpoint_is_a_checkpoint_error(tmp_path, module):
+  from mae_jax.errors import CheckpointError
+
+  workdir = str(tmp_path / "run")
+  run_job(eval_config(module, baseline="random_init", num_train_steps=2), workdir)
+  checkpoints = os.path.join(workdir, "checkpoints")
+  damage_state(checkpoints, 2)
+  before = sorted(os.listdir(checkpoints))
+  with pytest.raises(CheckpointError, match="step 2 .* could not be read.*move"):
+    run_job(eval_config(module, baseline="random_init"), workdir)
+  assert sorted(os.listdir(checkpoints)) == before
+
+
 def _finetune_step(accum: int):
   """One fine-tuning step on 16 images over an 8-device data mesh, Mixup /
   CutMix and label smoothing on (the digits preset's), drop path off."""

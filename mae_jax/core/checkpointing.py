@@ -230,6 +230,27 @@ def restore_state(directory: str, abstract_state: Any, step: int | None = None) 
   return mngr.restore(step, args=ocp.args.Composite(**{STATE: args}))[STATE]
 
 
+def restore_run_state(directory: str, step: int, abstract_state: Any) -> Any:
+  """A training job's own state at checkpoint `step`, for every job
+  (pretraining, the probe, fine-tuning): the one place a run resumes.
+
+  `abstract_state` (shapes, dtypes, shardings) has `to_checkpoint()` and its
+  class `from_checkpoint(tree)`. A checkpoint that cannot be read, whatever
+  orbax or tensorstore raise, is a CheckpointError saying what to do.
+  """
+  try:
+    restored = restore_state(directory, abstract_state.to_checkpoint(), step=step)
+  except Exception as error:  # orbax/tensorstore raise many types for a damaged file
+    raise CheckpointError(
+      f"checkpoint step {step} in {directory} could not be read ({type(error).__name__}: "
+      f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}). It is damaged "
+      "or was written by another program. Nothing was changed: move "
+      f"{os.path.join(directory, str(step))} aside to resume from the previous step, "
+      "or use a new --workdir."
+    ) from error
+  return type(abstract_state).from_checkpoint(restored)
+
+
 def saved_param_groups(directory: str, step: int | None = None) -> set[str]:
   """Top-level parameter groups in a checkpoint, e.g. {"encoder", "decoder"}."""
   mngr = manager(directory, read_only=True)

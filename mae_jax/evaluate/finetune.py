@@ -143,12 +143,10 @@ def run_finetune(config, workdir: str, *, train_batches=None) -> dict:
   with mesh_context(mesh, plan.rules), checkpointing.completing_saves(mngr):
     if job.resume_step is not None:
       logging.info("Resuming fine-tuning from step %d.", job.resume_step)
-      state = TrainState.from_checkpoint(
-        checkpointing.restore_state(
-          job_lib.checkpoint_dir(workdir),
-          with_shardings(abstract_state, state_shardings).to_checkpoint(),
-          step=job.resume_step,
-        )
+      state = checkpointing.restore_run_state(
+        job_lib.checkpoint_dir(workdir),
+        job.resume_step,
+        with_shardings(abstract_state, state_shardings),
       )
     else:
       state = jax.jit(lambda k: create_state(model, tx, k), out_shardings=state_shardings)(init_key)

@@ -31,7 +31,7 @@ from mae_jax.core import accuracy, checkpointing
 from mae_jax.core import batches as batches_lib
 from mae_jax.core.loop import LoopSettings, Periodic, run_steps
 from mae_jax.core.nonfinite import guarded_update
-from mae_jax.core.state import mesh_context, with_shardings
+from mae_jax.core.state import mesh_context
 from mae_jax.evaluate import job as job_lib
 from mae_jax.evaluate.encoders import feature_source, frozen_encoder
 from mae_jax.evaluate.lars import lars
@@ -166,11 +166,12 @@ def run_linear_probe(config, workdir: str, *, train_batches=None) -> dict:
     create = lambda key: create_probe_state(head, tx, key, feature_dim)
     if job.resume_step is not None:
       logging.info("Resuming the probe from step %d.", job.resume_step)
-      abstract = with_shardings(jax.eval_shape(create, head_key), replicated)
-      state = ProbeState.from_checkpoint(
-        checkpointing.restore_state(
-          job_lib.checkpoint_dir(workdir), abstract.to_checkpoint(), step=job.resume_step
-        )
+      abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+        jax.eval_shape(create, head_key),
+      )
+      state = checkpointing.restore_run_state(
+        job_lib.checkpoint_dir(workdir), job.resume_step, abstract
       )
     else:
       state = jax.jit(create, out_shardings=replicated)(head_key)

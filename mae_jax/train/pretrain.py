@@ -25,7 +25,7 @@ from mae_jax.core import checkpointing, knn, pretrained, sharding
 from mae_jax.core import plan as plan_lib
 from mae_jax.core import workdir as workdir_lib
 from mae_jax.core.loop import LoopSettings, Periodic, run_steps
-from mae_jax.core.state import TrainState, mesh_context
+from mae_jax.core.state import mesh_context
 from mae_jax.core.train_step import make_eval_step, train_step_from_config
 from mae_jax.core.workdir import (
   check_same_experiment,
@@ -35,7 +35,6 @@ from mae_jax.core.workdir import (
   write_run_info,
 )
 from mae_jax.data import make_iterator
-from mae_jax.errors import CheckpointError
 from mae_jax.visualize import reconstruction_panels, save_reconstructions
 
 # start step -> this host's batches from there on (numpy, the pipeline's format).
@@ -99,7 +98,9 @@ def _pretrain(config, workdir, plan, mesh, mngr, metadata, resume_step, is_main,
   if resume_step is not None:
     logging.info("Resuming from %s step %d.", mngr.directory, resume_step)
     with mesh_context(mesh, plan.rules):
-      state = restore_train_state(str(mngr.directory), resume_step, program.abstract_state)
+      state = checkpointing.restore_run_state(
+        str(mngr.directory), resume_step, program.abstract_state
+      )
   elif start_from is not None:
     # Groups the checkpoint lacks (the decoder of an encoder-only file) keep
     # their fresh initialisation; AdamW's initial state does not depend on
@@ -182,19 +183,6 @@ def reconstruction_evaluator(config, plan, program, param_shardings):
     }
 
   return evaluate
-
-
-def restore_train_state(directory: str, step: int, abstract_state: TrainState) -> TrainState:
-  try:
-    restored = checkpointing.restore_state(directory, abstract_state.to_checkpoint(), step=step)
-  except Exception as error:  # orbax/tensorstore raise many types for a damaged file
-    raise CheckpointError(
-      f"checkpoint step {step} in {directory} could not be read ({type(error).__name__}: "
-      f"{error}). It is damaged or was written by another program. Nothing was changed: "
-      f"move {os.path.join(directory, str(step))} aside to resume from the previous step, "
-      "or use a new --workdir."
-    ) from error
-  return TrainState.from_checkpoint(restored)
 
 
 def write_reconstructions(config, plan, workdir, program, params, is_main) -> str:
