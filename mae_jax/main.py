@@ -119,10 +119,12 @@ def main(argv):
     jax.device_count(),
     jax.devices()[0].device_kind,
   )
+  from mae_jax.core import compilation_cache
   from mae_jax.core.checkpointing import CheckpointSaveError
   from mae_jax.core.preemption import PREEMPTED_EXIT_CODE, Preempted
 
   try:
+    compilation_cache.enable(_CONFIG.value.get("compilation_cache", ""), _WORKDIR.value)
     run_job(_CONFIG.value, _WORKDIR.value)
   except Preempted as preempted:
     # Distinct status so schedulers and launch scripts can requeue the job.
@@ -204,5 +206,19 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail_for_user(reason)
 
 
+def cli(argv: list[str]) -> int:
+  """The command line with `argv` (argv[0] the program): its exit status.
+  What `python -m mae_jax.main` runs; tests call it in process."""
+  # ml_collections finds the --config.* overrides in sys.argv itself.
+  saved_argv, sys.argv = sys.argv, list(argv)
+  try:
+    app.run(main, argv=argv, flags_parser=parse_flags)
+  except SystemExit as exit_:
+    return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+  finally:
+    sys.argv = saved_argv
+  return 0
+
+
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  sys.exit(cli(sys.argv))

@@ -21,6 +21,8 @@ import jax
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from mae_jax.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical name -> mesh axes. Names absent here are replicated.
@@ -46,26 +48,26 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 def mesh_shape(requested: dict[str, int], num_devices: int) -> tuple[int, ...]:
   """Resolves one -1 entry to fill the devices; checks the product.
 
-  Raises ValueError (before anything is compiled) when the shape cannot be
+  Raises ConfigError (before anything is compiled) when the shape cannot be
   laid over `num_devices`.
   """
   sizes = [int(requested.get(axis, 1)) for axis in MESH_AXES]
   unknown = [i for i, size in enumerate(sizes) if size == -1]
   if len(unknown) > 1 or any(size == 0 or size < -1 for size in sizes):
-    raise ValueError(
+    raise ConfigError(
       f"config.mesh={dict(zip(MESH_AXES, sizes))}: sizes must be positive, "
       "with at most one -1 (= use the remaining devices)."
     )
   known = math.prod(size for size in sizes if size != -1)
   if unknown:
     if num_devices % known:
-      raise ValueError(
+      raise ConfigError(
         f"config.mesh={dict(zip(MESH_AXES, sizes))}: the fixed axes use {known} "
         f"devices, which does not divide the {num_devices} devices present."
       )
     sizes[unknown[0]] = num_devices // known
   if math.prod(sizes) != num_devices:
-    raise ValueError(
+    raise ConfigError(
       f"config.mesh={dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices "
       f"but {num_devices} are present: make the product of the mesh sizes equal "
       "the device count (or set one axis to -1)."

@@ -7,6 +7,7 @@ from typing import Any
 import ml_collections
 
 from mae_jax.data import digits
+from mae_jax.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -53,7 +54,7 @@ def default_data_config(**overrides: Any) -> ml_collections.ConfigDict:
   )
   unknown = sorted(set(overrides) - set(config.keys()))
   if unknown:
-    raise ValueError(f"unknown data config field(s) {unknown}; known: {sorted(config.keys())}")
+    raise ConfigError(f"unknown data config field(s) {unknown}; known: {sorted(config.keys())}")
   config.update(overrides)
   return config
 

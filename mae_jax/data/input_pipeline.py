@@ -83,11 +83,11 @@ def make_dataset(
   process_index, process_count = _resolve_processes(process_index, process_count)
   local_batch_size = _local_batch_size(global_batch_size, process_count)
   if not sources.is_int(seed):
-    raise ValueError(f"seed={seed!r} is invalid: expected an integer")
+    raise sources.DataConfigError(f"seed={seed!r} is invalid: expected an integer")
   if not sources.is_int(start_step) or start_step < 0:
-    raise ValueError(f"start_step={start_step!r} is invalid: expected an integer >= 0")
+    raise sources.DataConfigError(f"start_step={start_step!r} is invalid: expected an integer >= 0")
   if start_step and not train:
-    raise ValueError(
+    raise sources.DataConfigError(
       f"start_step={start_step} is invalid for eval "
       "(train=False), which always reads the whole split"
     )
@@ -256,9 +256,11 @@ def _resolve_processes(process_index: int | None, process_count: int | None) -> 
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if not sources.is_int(process_count) or process_count < 1:
-    raise ValueError(f"process_count={process_count!r} is invalid: expected an integer >= 1")
+    raise sources.DataConfigError(
+      f"process_count={process_count!r} is invalid: expected an integer >= 1"
+    )
   if not sources.is_int(process_index) or not 0 <= process_index < process_count:
-    raise ValueError(
+    raise sources.DataConfigError(
       f"process_index={process_index!r} is invalid: expected "
       f"0 <= process_index < process_count={process_count}"
     )
@@ -267,11 +269,11 @@ def _resolve_processes(process_index: int | None, process_count: int | None) -> 
 
 def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   if not sources.is_int(global_batch_size) or global_batch_size < 1:
-    raise ValueError(
+    raise sources.DataConfigError(
       f"global_batch_size={global_batch_size!r} is invalid: expected an integer >= 1"
     )
   if global_batch_size % process_count:
-    raise ValueError(
+    raise sources.DataConfigError(
       f"global_batch_size={global_batch_size} is invalid: it must be "
       f"divisible by process_count={process_count} (each host loads "
       "global_batch_size // process_count examples)"

@@ -2,7 +2,7 @@
 
 A `ModelConfig` is a frozen (hashable) dataclass so it can be a field of a
 linen module and a static argument of `jax.jit`. `validate()` raises a
-`ValueError` naming the field, the value and what is allowed; the model calls
+`ConfigError` (a `ValueError`; the CLI prints it in one line, exit 2) naming the field, the value and what is allowed; the model calls
 it in `setup`, i.e. before anything is traced.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from mae_jax.errors import ConfigError
 from mae_jax.model.masking import num_kept
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -77,7 +78,7 @@ class ModelConfig:
     return dataclasses.replace(self, **changes)
 
   def validate(self) -> "ModelConfig":
-    """Raises ValueError for any size or switch the model cannot honour."""
+    """Raises ConfigError for any size or switch the model cannot honour."""
     for name in (
       "image_size",
       "patch_size",
@@ -90,11 +91,11 @@ class ModelConfig:
     ):
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"model.{name}={value!r}: must be a positive integer.")
+        raise ConfigError(f"model.{name}={value!r}: must be a positive integer.")
     if self.channels not in (1, 3):
-      raise ValueError(f"model.channels={self.channels!r}: must be 1 or 3.")
+      raise ConfigError(f"model.channels={self.channels!r}: must be 1 or 3.")
     if self.image_size % self.patch_size:
-      raise ValueError(
+      raise ConfigError(
         f"model.image_size={self.image_size} is not divisible by "
         f"model.patch_size={self.patch_size}: choose an image size that is a "
         f"multiple of the patch size (e.g. "
@@ -103,12 +104,12 @@ class ModelConfig:
     for width_field, heads_field in (("width", "heads"), ("decoder_width", "decoder_heads")):
       width, heads = getattr(self, width_field), getattr(self, heads_field)
       if width % heads:
-        raise ValueError(
+        raise ConfigError(
           f"model.{heads_field}={heads} does not divide "
           f"model.{width_field}={width}: the head count must divide the width."
         )
     if self.width % 4 or self.decoder_width % 4:
-      raise ValueError(
+      raise ConfigError(
         f"model.width={self.width} and model.decoder_width="
         f"{self.decoder_width} must be multiples of 4 (2-D sin-cos "
         "positional embedding)."
@@ -116,29 +117,29 @@ class ModelConfig:
     for name in ("mlp_ratio", "decoder_mlp_ratio"):
       value = getattr(self, name)
       if not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"model.{name}={value!r}: must be > 0.")
+        raise ConfigError(f"model.{name}={value!r}: must be > 0.")
     if not 0.0 <= self.mask_ratio < 1.0:
-      raise ValueError(
+      raise ConfigError(
         f"model.mask_ratio={self.mask_ratio!r}: must be in [0, 1) (the reference uses 0.75)."
       )
     if self.num_visible < 1:
-      raise ValueError(
+      raise ConfigError(
         f"model.mask_ratio={self.mask_ratio} keeps no patch of "
         f"{self.num_patches}: int(L * (1 - mask_ratio)) must be >= 1."
       )
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in ("float32", "bfloat16", "float16"):
-        raise ValueError(
+        raise ConfigError(
           f"model.{name}={getattr(self, name)!r}: must be one of 'float32', 'bfloat16', 'float16'."
         )
     if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(
+      raise ConfigError(
         f"model.remat_policy={self.remat_policy!r}: must be one of {REMAT_POLICIES}."
       )
     if not 0.0 <= self.drop_path_rate < 1.0:
-      raise ValueError(f"model.drop_path_rate={self.drop_path_rate!r}: must be in [0, 1).")
+      raise ConfigError(f"model.drop_path_rate={self.drop_path_rate!r}: must be in [0, 1).")
     if self.attention_impl not in ("xla", "cudnn", None):
-      raise ValueError(
+      raise ConfigError(
         f"model.attention_impl={self.attention_impl!r}: must be 'xla', 'cudnn' or None."
       )
     return self
@@ -169,7 +170,7 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
   }
   key = aliases.get(name, name)
   if key not in _ENCODER_SIZES:
-    raise ValueError(
+    raise ConfigError(
       f"model preset {name!r} is unknown: choose one of {list(PRESETS)} "
       f"(or {list(aliases)}), or give the sizes explicitly."
     )
