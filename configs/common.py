@@ -89,6 +89,10 @@ def base_training_config() -> ml_collections.ConfigDict:
   c.init_from = ""  # checkpoint dir to start from (fine-tuning chains)
   c.device_prefetch = 2  # batches transferred to the devices ahead of the step
   c.nonfinite = "stop"  # non-finite loss/gradient: "stop" the run, or "skip" the step
+  # Persistent XLA compilation cache, so a restart (preemption, resume) reuses
+  # the compiled step: "auto" = <workdir>/compilation_cache, a path (gs:// ok),
+  # or "" (off). A JAX_COMPILATION_CACHE_DIR environment variable wins.
+  c.compilation_cache = "auto"
   knn_fields(c)
   return c
 
