@@ -27,7 +27,9 @@ stamp=".venv/.installed-$(cat "$requirements" requirements.txt requirements-tfds
 if [[ ! -f "$stamp" ]]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -r "$requirements"
-  .venv/bin/python -m pip install --quiet --no-deps -e .
+  # setuptools announces every editable install with a multi-line warning
+  # (whatever the strategy); it says nothing about this project: hush it.
+  PYTHONWARNINGS=ignore .venv/bin/python -m pip install --quiet --no-deps -e .
   if [[ "$requirements" == requirements-test.txt ]]; then
     # libtpu for the AOT tests, outside site-packages (see requirements-tpu-aot.txt).
     .venv/bin/python -m pip install --quiet --no-deps --upgrade --target .venv/libtpu-aot \

@@ -8,15 +8,20 @@ from absl import logging
 
 
 class LibraryInfoFilter:
-  """Drops orbax's per-save and TFDS's per-read INFO records (their
-  warnings and errors stay)."""
+  """Drops orbax's per-save and TFDS's per-read INFO records, and JAX's
+  INFO line for each platform it probed and did not find ("Unable to
+  initialize backend 'tpu'" on every CPU or GPU machine). Warnings and
+  errors all stay: a GPU that is present but unusable is a JAX warning."""
 
   NOISY = ("/orbax/", "/tensorflow_datasets/")
+  ABSENT_BACKEND = "Unable to initialize backend"
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or not any(
-      part in record.pathname for part in self.NOISY
-    )
+    if record.levelno >= std_logging.WARNING:
+      return True
+    if any(part in record.pathname for part in self.NOISY):
+      return False
+    return not str(record.msg).startswith(self.ABSENT_BACKEND)
 
 
 def quiet_library_info() -> None:

@@ -102,3 +102,19 @@ def test_config_value_mistake_is_one_line_and_exit_2(tmp_path):
   assert result.returncode == errors.USAGE_EXIT_CODE, result.stderr[-2000:]
   assert "Traceback" not in result.stderr
   assert "error: ConfigError: config.nonfinite='ignore': 'stop' or 'skip'." in result.stderr
+
+
+def test_log_filter_drops_absent_backend_and_library_info_but_keeps_warnings():
+  import logging as std_logging
+
+  from mae_jax.log_filters import LibraryInfoFilter
+
+  def record(level, path, msg):
+    return std_logging.LogRecord("x", level, path, 1, msg, (), None)
+
+  keep = LibraryInfoFilter().filter
+  tpu = "Unable to initialize backend 'tpu': INTERNAL: Failed to open libtpu.so"
+  assert not keep(record(std_logging.INFO, "/jax/_src/xla_bridge.py", tpu))
+  assert not keep(record(std_logging.INFO, "/site/orbax/checkpoint/x.py", "saved"))
+  assert keep(record(std_logging.WARNING, "/jax/_src/xla_bridge.py", tpu))
+  assert keep(record(std_logging.INFO, "/mae_jax/core/loop.py", "First step took 3 s."))
