@@ -257,6 +257,29 @@ def test_finetune_job_from_a_pretrained_encoder(pretrained, tmp_path):
   assert np.isfinite(np.asarray(restored["params"]["head"]["kernel"])).all()
 
 
+def test_finetune_and_knn_at_another_resolution(pretrained, tmp_path):
+  """Pretrained at 16 px (a 4x4 grid), fine-tuned and probed at 24 px (6x6):
+  the position table starts as the pretrained one resized (the reference's
+  interpolate_pos_embed) and fine-tuning trains it."""
+  from mae_jax.model.pos_embed import interpolate_pos_embed, sincos_2d
+
+  at_24 = lambda module, **kw: eval_config(module, init_from=pretrained, **kw)
+  config = at_24(finetune_config, num_train_steps=2, checkpoint_every_steps=2)
+  config.model.image_size = config.data.image_size = 24
+  workdir = str(tmp_path / "finetune24")
+  assert run_job(config, workdir)["step"] == 2
+  table = jax.ShapeDtypeStruct((1, 37, 32), jnp.float32)
+  trained = checkpointing.restore_state(
+    os.path.join(workdir, "checkpoints"), {"params": {"encoder": {"pos_embed": table}}}, step=2
+  )["params"]["encoder"]["pos_embed"]
+  start = interpolate_pos_embed(sincos_2d(32, 4)[None], 6)
+  assert 0 < np.abs(np.asarray(trained) - start).max() < 0.1
+
+  knn = at_24(knn_config)
+  knn.model.image_size = knn.data.image_size = 24
+  assert 0 <= run_job(knn, str(tmp_path / "knn24"))["top1"] <= 100
+
+
 def _checkpoint_steps(workdir: str) -> list[int]:
   return sorted(
     checkpointing.manager(os.path.join(workdir, "checkpoints"), read_only=True).all_steps()

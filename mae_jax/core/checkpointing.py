@@ -251,13 +251,18 @@ def restore_run_state(directory: str, step: int, abstract_state: Any) -> Any:
   return type(abstract_state).from_checkpoint(restored)
 
 
-def saved_param_groups(directory: str, step: int | None = None) -> set[str]:
-  """Top-level parameter groups in a checkpoint, e.g. {"encoder", "decoder"}."""
+def saved_params_metadata(directory: str, step: int | None = None) -> dict:
+  """The checkpoint's `params` tree of orbax array metadata (shape, dtype), read without the data."""
   mngr = manager(directory, read_only=True)
   step = _latest_step(mngr, directory, step)
   metadata = ocp.PyTreeCheckpointer().metadata(os.path.join(directory, str(step), STATE))
   tree = getattr(metadata.item_metadata, "tree", metadata.item_metadata)
-  return set(tree["params"])
+  return tree["params"]
+
+
+def saved_param_groups(directory: str, step: int | None = None) -> set[str]:
+  """Top-level parameter groups in a checkpoint, e.g. {"encoder", "decoder"}."""
+  return set(saved_params_metadata(directory, step))
 
 
 def model_metadata(config: ModelConfig) -> dict:

@@ -30,12 +30,14 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import numpy as np
 import optax
 from etils import epath
 
 from mae_jax.core import checkpointing
 from mae_jax.core.state import create_state, state_specs, with_shardings
 from mae_jax.errors import CheckpointError
+from mae_jax.model import pos_embed
 from mae_jax.model.config import ModelConfig
 from mae_jax.model.mae import MaskedAutoencoder
 from mae_jax.model.stacking import stack_layers, unstack_layers
@@ -157,12 +159,39 @@ def restore_encoder(
   # derived from that layout, then convert to this run's layout if it differs.
   stored_config = config.replace(scan_layers=checkpoint.scanned)
   stored_shardings, stored_abstract = param_specs(make_module(stored_config), mesh, rules)
+  # A learned position table is set apart: its size follows the resolution.
+  learned_pos = stored_abstract.pop("pos_embed", None) is not None
+  stored_shardings.pop("pos_embed", None)
   wanted = {"encoder": with_shardings(stored_abstract, stored_shardings)}
   restored = _restore(checkpoint, wanted, "encoder")["encoder"]
   if checkpoint.scanned != config.scan_layers:
     convert = stack_layers if config.scan_layers else unstack_layers
-    restored = jax.jit(convert, out_shardings=run_shardings)(restored)
+    run_trunk = {name: s for name, s in run_shardings.items() if name != "pos_embed"}
+    restored = jax.jit(convert, out_shardings=run_trunk)(restored)
+  if learned_pos:
+    table = pos_embed.interpolate_pos_embed(
+      checkpoint_pos_table(checkpoint, mesh), config.grid_size
+    )
+    dtype = jax.numpy.dtype(config.param_dtype)
+    restored["pos_embed"] = jax.device_put(table.astype(dtype), run_shardings["pos_embed"])
   return restored
+
+
+def checkpoint_pos_table(checkpoint: InitCheckpoint, mesh) -> np.ndarray:
+  """The encoder's (1, 1 + L, D) position table at the checkpoint's own grid:
+  its learned `pos_embed` when it stores one (a fine-tuned model), else the
+  fixed sin-cos table pretraining used (which pretraining checkpoints and
+  converted ones do not store, as the authors' `pos_embed` buffer)."""
+  saved = checkpoint.metadata["model"]
+  encoder = checkpointing.saved_params_metadata(checkpoint.directory, checkpoint.step)["encoder"]
+  if "pos_embed" not in encoder:
+    return pos_embed.sincos_2d(saved["width"], saved["image_size"] // saved["patch_size"])[None]
+  stored = encoder["pos_embed"]
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  abstract = jax.ShapeDtypeStruct(stored.shape, stored.dtype, sharding=replicated)
+  wanted = {"encoder": {"pos_embed": abstract}}
+  table = _restore(checkpoint, wanted, "position-embedding")["encoder"]["pos_embed"]
+  return np.asarray(jax.device_get(table), np.float32)
 
 
 def restore_pretraining_params(

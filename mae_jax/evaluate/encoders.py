@@ -23,11 +23,23 @@ def frozen_encoder(config, plan, mesh, key: jax.Array) -> tuple[Callable, Any]:
   pixels = PixelNormalization.of(config.data)
   if config.baseline == "raw_pixels":
     return on_pixels(frozen_features(plan.model, "pixels"), pixels), None
-  features_fn = on_pixels(frozen_features(plan.model, config.feature), pixels)
+  # The reference's evaluation ViT: its position table is a (frozen)
+  # parameter, the checkpoint's table resized to this resolution.
+  features_fn = on_pixels(
+    frozen_features(plan.model, config.feature, learned_pos_embed=True), pixels
+  )
   if config.baseline == "random_init":
-    shardings, _ = pretrained.param_specs(Encoder(plan.model), mesh, plan.rules)
-    return features_fn, pretrained.random_params(Encoder(plan.model), key, shardings)
-  return features_fn, pretrained.restore_encoder(plan.init, Encoder, plan.model, mesh, plan.rules)
+    encoder = evaluation_encoder(plan.model)
+    shardings, _ = pretrained.param_specs(encoder, mesh, plan.rules)
+    return features_fn, pretrained.random_params(encoder, key, shardings)
+  return features_fn, pretrained.restore_encoder(
+    plan.init, evaluation_encoder, plan.model, mesh, plan.rules
+  )
+
+
+def evaluation_encoder(config, *, final_norm: bool = True) -> Encoder:
+  """The encoder of every evaluation job: learned position table (models_vit.py)."""
+  return Encoder(config, final_norm=final_norm, learned_pos_embed=True)
 
 
 def feature_source(config) -> str:

@@ -1,6 +1,6 @@
 """Fine-tuning AdamW with layer-wise learning-rate decay (reference util/lr_decay.py).
 
-Layer ids: the patch embedding and cls token are layer 0, encoder block i
+Layer ids: the patch embedding, cls token and position table are layer 0, encoder block i
 is layer i + 1, everything else (final norm, fc_norm, head) is layer
 depth + 1. A parameter's learning rate is multiplied by
 
@@ -8,9 +8,8 @@ depth + 1. A parameter's learning rate is multiplied by
 
 so the head trains at the full rate and the patch embedding at
 layer_decay ** (depth + 1). Weight decay applies to weight kernels only:
-not to biases, norms (the reference's 1-D rule) nor the cls token (its
-no-weight-decay list; the positional embedding is fixed here, not a
-parameter). The scale multiplies the whole AdamW update, decay included,
+not to biases, norms (the reference's 1-D rule), the cls token nor the
+learned position table (its no-weight-decay list). The scale multiplies the whole AdamW update, decay included,
 as the reference's per-group learning rate does.
 """
 
@@ -24,7 +23,7 @@ import optax
 
 from mae_jax.model.stacking import LAYER_KEY
 
-_EMBEDDING_NAMES = ("patch_embed", "cls_token")
+_EMBEDDING_NAMES = ("patch_embed", "cls_token", "pos_embed")
 
 
 def _names(path) -> list[str]:
@@ -63,7 +62,7 @@ def layer_scales(params: Any, *, layer_decay: float, depth: int) -> Any:
 
 
 def decay_mask(params: Any) -> Any:
-  """True for weight kernels (the reference's >= 2-D weights, cls token excluded)."""
+  """True for weight kernels (the reference's >= 2-D weights, cls token and pos_embed excluded)."""
   return jax.tree_util.tree_map_with_path(lambda path, _: _names(path)[-1] == "kernel", params)
 
 

@@ -4,7 +4,9 @@
 pretraining `mae_jax.model.mae.Encoder` on all patches (so pretrained
 encoder parameters load unchanged) plus a head. With global pooling the
 encoder's final norm is left out (`final_norm=False`) and the pooled feature
-is normalised by `fc_norm` instead, as in the reference.
+is normalised by `fc_norm` instead, as in the reference. The position
+table is a parameter (`pos_embed`, cls row included), set from the
+checkpoint's table resized to this resolution, and fine-tuned.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ class ViTClassifier(nn.Module):
   def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
     kw = dtypes(self.config)
     pool = self.feature == "pool"
-    tokens = Encoder(self.config, final_norm=not pool, name="encoder")(images, train=train)
+    tokens = Encoder(self.config, final_norm=not pool, learned_pos_embed=True, name="encoder")(
+      images, train=train
+    )
     if pool:
       x = layer_norm(name="fc_norm", **kw)(tokens[:, 1:].mean(axis=1))
     else:

@@ -8,14 +8,16 @@ from mae_jax.model.config import ModelConfig
 from mae_jax.model.mae import Encoder
 
 
-def frozen_features(config: ModelConfig, feature: str):
+def frozen_features(config: ModelConfig, feature: str, *, learned_pos_embed: bool = False):
   """features(encoder_params, images) -> (N, D) of the frozen MAE encoder:
   the cls token after the final norm, or the mean of the patch tokens
   after it ("pool"); feature "pixels" is the flattened image itself (the
-  raw-pixel baseline), which ignores the parameters."""
+  raw-pixel baseline), which ignores the parameters. `learned_pos_embed`:
+  the evaluation encoder, whose position table is a parameter (restored
+  from a checkpoint at this resolution; see `Encoder`)."""
   if feature == "pixels":
     return lambda params, images: images.reshape(images.shape[0], -1).astype(jnp.float32)
-  encoder = Encoder(config)
+  encoder = Encoder(config, learned_pos_embed=learned_pos_embed)
 
   def features(params, images):
     tokens = encoder.apply({"params": params}, images, None, train=False)

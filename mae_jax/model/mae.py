@@ -69,10 +69,19 @@ class Encoder(nn.Module):
   fine-tuning with global pooling normalises the pooled feature instead, as
   the reference does; the other parameter names are the same, so
   pretrained weights load unchanged.
+
+  `learned_pos_embed=True` is the evaluation ViT's position embedding (the
+  reference's models_vit.py, a timm ViT): a parameter `pos_embed` of shape
+  (1, 1 + L, D), cls row included and added to the cls token, initialised
+  to the sin-cos table. Fine-tuning trains it; restoring a checkpoint sets
+  it to the checkpoint's table, resized to this grid
+  (`mae_jax.core.pretrained.restore_encoder`). Pretraining keeps the fixed
+  table, which is not a parameter.
   """
 
   config: ModelConfig
   final_norm: bool = True
+  learned_pos_embed: bool = False
 
   @nn.compact
   def __call__(
@@ -81,7 +90,20 @@ class Encoder(nn.Module):
     cfg = self.config
     kw = dtypes(cfg)
     patches = patchify(images.astype(kw["dtype"]), cfg.patch_size)
-    pos = jnp.asarray(sincos_2d(cfg.width, cfg.grid_size), kw["dtype"])[None, 1:]
+    if self.learned_pos_embed:
+      # A "params" variable, not self.param: its initialiser draws no key,
+      # so every other parameter initialises exactly as without it.
+      table = self.variable(
+        "params",
+        "pos_embed",
+        nn.with_logical_partitioning(
+          lambda: jnp.asarray(sincos_2d(cfg.width, cfg.grid_size)[None], kw["param_dtype"]),
+          (None, None, "embed"),
+        ),
+      ).value.astype(kw["dtype"])
+    else:
+      table = jnp.asarray(sincos_2d(cfg.width, cfg.grid_size), kw["dtype"])[None]
+    pos = table[:, 1:]
     visible_only = masking is not None and not cfg.encoder_mask_tokens
     if visible_only:
       # Keeping the visible patches before the embedding (not after, as the
@@ -101,13 +123,16 @@ class Encoder(nn.Module):
         kw["param_dtype"],
       )
       x = jnp.where(masking.mask[..., None] > 0, enc_mask_token.astype(x.dtype) + pos, x)
-    # The cls row of the positional table is zero, so cls + pos[0] == cls.
     cls_token = self.param(
       "cls_token",
       normal_init(TOKEN_INIT_STD, (None, None, "embed")),
       (1, 1, cfg.width),
       kw["param_dtype"],
     )
+    # The fixed table's cls row is zero, so cls + pos[0] == cls; a learned
+    # table's cls row is added, as timm does.
+    if self.learned_pos_embed:
+      cls_token = cls_token.astype(x.dtype) + table[:, :1]
     cls_tokens = jnp.broadcast_to(cls_token.astype(x.dtype), (x.shape[0], 1, cfg.width))
     x = jnp.concatenate([cls_tokens, x], axis=1)
     x = nn.with_logical_constraint(x, BATCH_LENGTH_EMBED)
