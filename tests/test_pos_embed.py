@@ -17,9 +17,8 @@ import torch
 from mae_jax.core import checkpointing, sharding
 from mae_jax.core import pretrained as pretrained_lib
 from mae_jax.core.state import mesh_context
-from mae_jax.evaluate.encoders import evaluation_encoder
 from mae_jax.evaluate.layer_decay import decay_mask, layer_scales
-from mae_jax.evaluate.models import ViTClassifier
+from mae_jax.evaluate.models import ViTClassifier, evaluation_encoder
 from mae_jax.model.config import ModelConfig
 from mae_jax.model.mae import MaskedAutoencoder
 from mae_jax.model.pos_embed import bicubic_matrix, interpolate_pos_embed, sincos_2d

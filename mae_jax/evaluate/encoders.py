@@ -13,8 +13,8 @@ import jax
 
 from mae_jax.core import pretrained
 from mae_jax.core.pixels import PixelNormalization, on_pixels
+from mae_jax.evaluate.models import evaluation_encoder
 from mae_jax.model.features import frozen_features
-from mae_jax.model.mae import Encoder
 
 
 def frozen_encoder(config, plan, mesh, key: jax.Array) -> tuple[Callable, Any]:
@@ -35,11 +35,6 @@ def frozen_encoder(config, plan, mesh, key: jax.Array) -> tuple[Callable, Any]:
   return features_fn, pretrained.restore_encoder(
     plan.init, evaluation_encoder, plan.model, mesh, plan.rules
   )
-
-
-def evaluation_encoder(config, *, final_norm: bool = True) -> Encoder:
-  """The encoder of every evaluation job: learned position table (models_vit.py)."""
-  return Encoder(config, final_norm=final_norm, learned_pos_embed=True)
 
 
 def feature_source(config) -> str:

@@ -32,11 +32,10 @@ from mae_jax.core.nonfinite import guarded_update
 from mae_jax.core.pixels import PixelNormalization
 from mae_jax.core.state import TrainState, create_state, mesh_context, state_specs, with_shardings
 from mae_jax.evaluate import job as job_lib
-from mae_jax.evaluate.encoders import evaluation_encoder
 from mae_jax.evaluate.erasing import erase
 from mae_jax.evaluate.layer_decay import finetune_adamw
 from mae_jax.evaluate.mixup import mix_batch, soft_cross_entropy
-from mae_jax.evaluate.models import ViTClassifier
+from mae_jax.evaluate.models import ViTClassifier, evaluation_encoder
 
 # Random erasing's noise: a key beside (not split from) the mixing and drop
 # path keys, so turning erasing on or off leaves their draws unchanged.

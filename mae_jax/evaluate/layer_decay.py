@@ -1,16 +1,17 @@
 """Fine-tuning AdamW with layer-wise learning-rate decay (reference util/lr_decay.py).
 
-Layer ids: the patch embedding, cls token and position table are layer 0, encoder block i
-is layer i + 1, everything else (final norm, fc_norm, head) is layer
-depth + 1. A parameter's learning rate is multiplied by
+Layer ids: the patch embedding, cls token and position table are layer 0,
+encoder block i is layer i + 1, everything else (final norm, fc_norm,
+head) is layer depth + 1. A parameter's learning rate is multiplied by
 
   layer_decay ** (depth + 1 - layer_id)
 
 so the head trains at the full rate and the patch embedding at
 layer_decay ** (depth + 1). Weight decay applies to weight kernels only:
 not to biases, norms (the reference's 1-D rule), the cls token nor the
-learned position table (its no-weight-decay list). The scale multiplies the whole AdamW update, decay included,
-as the reference's per-group learning rate does.
+learned position table (its no-weight-decay list). The scale multiplies
+the whole AdamW update, decay included, as the reference's per-group
+learning rate does.
 """
 
 from __future__ import annotations

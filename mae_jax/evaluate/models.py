@@ -26,6 +26,11 @@ def reference_trunc_normal(stddev: float):
   return jax.nn.initializers.truncated_normal(stddev, lower=-2.0 / stddev, upper=2.0 / stddev)
 
 
+def evaluation_encoder(config: ModelConfig, *, final_norm: bool = True, name=None) -> Encoder:
+  """The encoder of every evaluation job: learned position table (models_vit.py)."""
+  return Encoder(config, final_norm=final_norm, learned_pos_embed=True, name=name)
+
+
 class ViTClassifier(nn.Module):
   """ViT + head. feature "pool": mean of the patch tokens -> fc_norm -> head
   (the reference fine-tuning default); "cls": final norm -> cls token -> head."""
@@ -39,9 +44,8 @@ class ViTClassifier(nn.Module):
   def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
     kw = dtypes(self.config)
     pool = self.feature == "pool"
-    tokens = Encoder(self.config, final_norm=not pool, learned_pos_embed=True, name="encoder")(
-      images, train=train
-    )
+    encoder = evaluation_encoder(self.config, final_norm=not pool, name="encoder")
+    tokens = encoder(images, train=train)
     if pool:
       x = layer_norm(name="fc_norm", **kw)(tokens[:, 1:].mean(axis=1))
     else:
