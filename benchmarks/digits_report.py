@@ -27,6 +27,8 @@ import time
 
 from absl import app, flags
 
+from benchmarks.common import machine_report
+
 _WORKDIR = flags.DEFINE_string("workdir", "runs/digits_eval", "Where every run goes.")
 _DATA_DIR = flags.DEFINE_string(
   "data_dir",
@@ -102,10 +104,13 @@ def table(results: dict, seconds: dict) -> str:
     for name in ("pretrain", "linear probes", "k-NN", "fine-tuning")
     if name in seconds
   )
-  cpus = os.cpu_count()
+  machine = machine_report()
+  kind = "AVX-512" if "avx512f" in machine["cpu_flags"] else "AVX2-only"
   return "\n".join(
     [
-      f"Made by `{COMMAND}` in {total / 60:.1f} minutes on {cpus} CPU cores (minutes: {timing}).",
+      f"Made by `{COMMAND}` in {total / 60:.1f} minutes on {machine['logical_cpus']} cores of "
+      f"an {kind} CPU ({machine['cpu']}, flags {' '.join(machine['cpu_flags'])}; minutes: "
+      f"{timing}).",
       "",
       *lines,
     ]

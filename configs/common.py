@@ -93,6 +93,10 @@ def base_training_config() -> ml_collections.ConfigDict:
   # the compiled step: "auto" = <workdir>/compilation_cache, a path (gs:// ok),
   # or "" (off). A JAX_COMPILATION_CACHE_DIR environment variable wins.
   c.compilation_cache = "auto"
+  # Multi-process runs: seconds without a heartbeat from another process
+  # before it is declared lost; the survivors then exit 75 (resumable), one
+  # line naming it and the last complete checkpoint (mae_jax.core.host_watch).
+  c.host_timeout_seconds = 60.0
   knn_fields(c)
   return c
 

@@ -12,6 +12,7 @@
 #   CONFIG     default configs/pretrain.py:vit_base
 #   DATA_DIR   TFDS data_dir holding imagenet2012 (not needed for digits configs)
 #   GPUS       which GPUs, e.g. 0 (one GPU) or 0,1,2,3; default: all
+#   MAX_RERUNS reruns after a resumable exit 75 (launch/resumable.sh), default 3
 #
 # Every command is printed before it runs; --dry-run only prints them.
 set -euo pipefail
@@ -43,6 +44,6 @@ case "$COMMAND" in
     [[ -n "${DATA_DIR:-}" ]] && flags+=(--config.data.data_dir="$DATA_DIR")
     visible=()
     [[ -n "${GPUS:-}" ]] && visible=(env CUDA_VISIBLE_DEVICES="$GPUS")
-    run "${visible[@]}" .venv/bin/python -m mae_jax.main "${flags[@]}"
+    run launch/resumable.sh "${visible[@]}" .venv/bin/python -m mae_jax.main "${flags[@]}"
     ;;
 esac

@@ -8,7 +8,8 @@
 #            pinned requirements and jax[tpu] (repeatable: only changes are installed)
 #   run      start pretraining on every worker (--worker=all) in the background;
 #            the workdir and TFDS data live in the bucket; MAIN_FLAGS after --
-#            are passed on, e.g. -- --config.mesh.fsdp=8
+#            are passed on, e.g. -- --config.mesh.fsdp=8. A resumable exit 75
+#            (preempted, a host lost) is rerun up to MAX_RERUNS times (default 3)
 #   logs     follow worker 0's log
 #   stop     SIGTERM on every worker: the job saves a checkpoint and exits 75;
 #            `run` again resumes from it
@@ -25,6 +26,7 @@
 #   RUN_NAME          default TPU_NAME
 #   RUNTIME_VERSION   default: the TPU software version for the accelerator
 #   QUEUED=1, SPOT=1  see create
+#   MAX_RERUNS        see run (launch/resumable.sh)
 #
 # Every command is printed before it runs; --dry-run only prints them.
 set -euo pipefail
@@ -99,7 +101,9 @@ PYTHON=python3.11 bash setup.sh; .venv/bin/pip install -q 'jax[tpu]==0.10.2'"
     flags=(--config="$CONFIG" --workdir="$BUCKET/mae/$RUN_NAME"
       --config.data.data_dir="$BUCKET/tensorflow_datasets" --distributed=on "${MAIN_FLAGS[@]}")
     printf -v quoted ' %q' "${flags[@]}"
-    on_workers all "cd mae_jax && nohup .venv/bin/python -m mae_jax.main$quoted > $log 2>&1 & echo \$! > $pid"
+    reruns=$(quote "${MAX_RERUNS:-3}")
+    on_workers all "cd mae_jax && MAX_RERUNS=$reruns nohup launch/resumable.sh \
+.venv/bin/python -m mae_jax.main$quoted > $log 2>&1 & echo \$! > $pid"
     echo "Started on every worker. Follow it: $0 logs; stop it (checkpoint, exit 75): $0 stop"
     ;;
   logs)

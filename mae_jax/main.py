@@ -13,6 +13,8 @@ Multi-host: Cloud TPU VMs and SLURM jobs are detected and
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
 
 Exit status: 0 done; 75 preempted, resumable (requeue the same command);
+75 also when another process of a multi-process run was lost (one line names
+it and the last complete checkpoint; rerun on every host);
 74 a checkpoint could not be written (disk full, permissions): earlier
 checkpoints are intact, fix the cause and rerun; 2 a mistake in the command,
 config, data, checkpoint or workdir (one line says what and what to do, no
@@ -59,8 +61,26 @@ def cluster_detected(environ=os.environ) -> bool:
   return False
 
 
-def initialize_distributed() -> None:
+def host_timeout(config) -> float:
+  """config.host_timeout_seconds, checked before any process waits for another."""
+  from mae_jax.core.host_watch import DEFAULT_TIMEOUT_SECONDS
+
+  value = config.get("host_timeout_seconds", DEFAULT_TIMEOUT_SECONDS)
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    raise ConfigError(
+      f"config.host_timeout_seconds={value!r}: expected a positive number of seconds "
+      "(how long another process may be silent before it is declared lost), e.g. 60."
+    )
+  return float(value)
+
+
+def initialize_distributed(timeout: float) -> None:
   import jax
+
+  from mae_jax.core.host_watch import jax_heartbeat_timeout
+
+  # JAX's own heartbeat timeout, longer than the host watch's (see host_watch).
+  heartbeat = {"heartbeat_timeout_seconds": jax_heartbeat_timeout(timeout)}
 
   explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if any(value is not None for value in explicit) and None in explicit:
@@ -73,9 +93,10 @@ def initialize_distributed() -> None:
       coordinator_address=_COORDINATOR.value,
       num_processes=_NUM_PROCESSES.value,
       process_id=_PROCESS_ID.value,
+      **heartbeat,
     )
   elif _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and cluster_detected()):
-    jax.distributed.initialize()
+    jax.distributed.initialize(**heartbeat)
 
 
 def run_job(config, workdir: str):
@@ -107,7 +128,11 @@ def main(argv):
   from mae_jax.log_filters import quiet_library_info
 
   quiet_library_info()
-  initialize_distributed()
+  try:
+    timeout = host_timeout(_CONFIG.value)
+  except UserError as mistake:
+    fail_for_user(f"{type(mistake).__name__}: {mistake}")
+  initialize_distributed(timeout)
   import jax
 
   if jax.process_index() != 0:
@@ -119,10 +144,12 @@ def main(argv):
     jax.device_count(),
     jax.devices()[0].device_kind,
   )
-  from mae_jax.core import compilation_cache
+  from mae_jax.core import compilation_cache, host_watch
   from mae_jax.core.checkpointing import CheckpointSaveError
   from mae_jax.core.preemption import PREEMPTED_EXIT_CODE, Preempted
+  from mae_jax.core.workdir import checkpoint_dir
 
+  watch = host_watch.start(timeout, checkpoint_dir(_WORKDIR.value))
   try:
     compilation_cache.enable(_CONFIG.value.get("compilation_cache", ""), _WORKDIR.value)
     run_job(_CONFIG.value, _WORKDIR.value)
@@ -138,6 +165,15 @@ def main(argv):
   except UserError as mistake:
     # The message is the whole story; a traceback would only bury it.
     fail_for_user(f"{type(mistake).__name__}: {mistake}")
+  except Exception:
+    # A collective that failed because another host died (Gloo raises at
+    # once): let the watch say so and exit 75, instead of a traceback.
+    if watch is not None:
+      watch.await_loss()
+    raise
+  finally:
+    if watch is not None:
+      watch.stop()
 
 
 def fail_for_user(message: str) -> None:

@@ -3,9 +3,9 @@
 Each mistake must end in one line on stderr and exit status 2, before
 anything compiles. The cases run in process through `mae_jax.main.cli`
 (the function `python -m mae_jax.main` runs), traced: the test fails if a
-`raise` of `ModelConfig.validate` or `sharding.mesh_shape` is left
-unvisited, so a new check without a case here fails too. One subprocess
-checks the real exit status.
+`raise` of `ModelConfig.validate`, `sharding.mesh_shape` or
+`main.host_timeout` is left unvisited, so a new check without a case here
+fails too. One subprocess checks the real exit status.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from mae_jax.errors import USAGE_EXIT_CODE
 from mae_jax.model.config import ModelConfig
 from tests.helpers import REPO, environment
 
-VALIDATORS = (ModelConfig.validate, sharding.mesh_shape)
+VALIDATORS = (ModelConfig.validate, sharding.mesh_shape, main_lib.host_timeout)
 
 # (override, a fragment of the message). The suite has 8 fake CPU devices.
 CASES = [
@@ -43,6 +43,7 @@ CASES = [
   ("--config.mesh.data=0", "sizes must be positive"),
   ("--config.mesh.fsdp=3", "does not divide the 8 devices"),
   ("--config.mesh.data=2", "needs 2 devices but 8 are present"),
+  ("--config.host_timeout_seconds=0", "config.host_timeout_seconds=0.0: expected a positive"),
 ]
 
 

@@ -1,14 +1,17 @@
 """The launch scripts: shellcheck-clean, dry runs print every command and run
 none, missing variables are refused by name, and a real run executes exactly
-what the dry run printed (gcloud, xpk, srun and scontrol are stubs here)."""
+what the dry run printed (gcloud, xpk, srun and scontrol are stubs here).
+launch/resumable.sh reruns a fake job on exit 75, and never after a stop."""
 
 from __future__ import annotations
 
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -131,6 +134,12 @@ def test_every_script_passes_shellcheck():
         "--distributed=on --config.mesh.fsdp=8",
       ],
     ),
+    (
+      "tpu_vm.sh",
+      ["run"],
+      {**TPU, "MAX_RERUNS": "5"},
+      ["MAX_RERUNS=5 nohup launch/resumable.sh .venv/bin/python -m mae_jax.main"],
+    ),
     ("tpu_vm.sh", ["stop"], TPU, ["--worker=all", "kill -TERM"]),
     (
       "tpu_vm.sh",
@@ -161,7 +170,7 @@ def test_every_script_passes_shellcheck():
       ["run"],
       {**GPU, "GPUS": "0"},
       [
-        "env CUDA_VISIBLE_DEVICES=0 .venv/bin/python -m mae_jax.main",
+        "launch/resumable.sh env CUDA_VISIBLE_DEVICES=0 .venv/bin/python -m mae_jax.main",
         "--config.data.data_dir=/shared/tfds",
       ],
     ),
@@ -235,3 +244,82 @@ def test_slurm_job_requeues_itself_when_preempted(stubs):
   result = launch(stubs, "slurm_gpu.sbatch", **GPU, SLURM_JOB_ID="42", STUB_EXIT_SRUN="75")
   assert result.returncode == 75
   assert calls(stubs)[-1] == "scontrol requeue 42"
+
+
+def test_slurm_job_stops_requeueing_after_max_reruns(stubs):
+  result = launch(
+    stubs,
+    "slurm_gpu.sbatch",
+    **GPU,
+    SLURM_JOB_ID="42",
+    STUB_EXIT_SRUN="75",
+    SLURM_RESTART_COUNT="2",
+    MAX_RERUNS="2",
+  )
+  assert result.returncode == 75
+  assert "not requeued" in result.stderr
+  assert not any(call.startswith("scontrol") for call in calls(stubs))
+  result = launch(stubs, "slurm_gpu.sbatch", **GPU, SLURM_JOB_ID="42", MAX_RERUNS="many")
+  assert result.returncode == 2 and "MAX_RERUNS=many" in result.stderr
+
+
+def fake_job(tmp_path, statuses: str) -> str:
+  """A command that exits with the next of `statuses` (one per run, counted
+  in a file) and answers SIGTERM like the job: exit 75."""
+  script = tmp_path / "job.sh"
+  script.write_text(
+    "#!/usr/bin/env bash\n"
+    f'runs={tmp_path}/runs; echo run >> "$runs"; n=$(wc -l < "$runs")\n'
+    "trap 'echo TERM >> " + str(tmp_path) + "/signals; exit 75' TERM\n"
+    f"statuses=({statuses}); status=${{statuses[$((n - 1))]:-0}}\n"
+    'if [[ "$status" == wait ]]; then touch ' + str(tmp_path) + "/waiting; "
+    "while :; do sleep 0.1; done; fi\n"
+    'exit "$status"\n'
+  )
+  script.chmod(0o755)
+  return str(script)
+
+
+def resumable(tmp_path, statuses: str, **variables) -> subprocess.Popen:
+  return subprocess.Popen(
+    ["bash", os.path.join(REPO, "launch", "resumable.sh"), fake_job(tmp_path, statuses)],
+    env={"PATH": os.environ["PATH"], **variables},
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+
+
+def runs(tmp_path) -> int:
+  return len((tmp_path / "runs").read_text().splitlines())
+
+
+def test_resumable_reruns_on_75_until_the_command_succeeds(tmp_path):
+  process = resumable(tmp_path, "75 75 0")
+  assert process.wait(timeout=30) == 0
+  assert runs(tmp_path) == 3
+  assert "rerun 2 of 3" in process.stderr.read()
+
+
+def test_resumable_gives_up_after_max_reruns_and_passes_other_statuses_on(tmp_path):
+  process = resumable(tmp_path, "75 75 75 0", MAX_RERUNS="1")
+  assert process.wait(timeout=30) == 75
+  assert runs(tmp_path) == 2 and "giving up" in process.stderr.read()
+  other = tmp_path / "other"
+  other.mkdir()
+  process = resumable(other, "3")
+  assert process.wait(timeout=30) == 3
+  process = resumable(tmp_path, "0", MAX_RERUNS="x")
+  assert process.wait(timeout=30) == 2 and "MAX_RERUNS=x" in process.stderr.read()
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_stop_reaches_the_job_as_sigterm_and_is_not_rerun(tmp_path, signal_name):
+  process = resumable(tmp_path, "wait 0")
+  deadline = time.monotonic() + 30
+  while not (tmp_path / "waiting").exists():
+    assert time.monotonic() < deadline
+    time.sleep(0.05)
+  process.send_signal(getattr(signal, signal_name))
+  assert process.wait(timeout=30) == 75
+  assert runs(tmp_path) == 1
+  assert (tmp_path / "signals").read_text() == "TERM\n"
