@@ -29,6 +29,25 @@ def check_workdir_writable(workdir: str) -> None:
     ) from error
 
 
+def open_run(workdir: str, config, plan, mesh, metadata: dict, *, is_main: bool):
+  """The start of every job, pretraining and evaluation alike: the workdir
+  is writable, its checkpoints are of this experiment, run_info.json is
+  written. Returns (the run's CheckpointManager, the step to resume from, or
+  None for a new run); `checkpointing.restore_run_state` then restores it."""
+  check_workdir_writable(workdir)
+  directory = checkpoint_dir(workdir)
+  mngr = checkpointing.manager_for_run(directory, config)
+  try:
+    resume_step = mngr.latest_step()
+    if resume_step is not None:
+      check_same_experiment(directory, mngr, resume_step, metadata)
+    write_run_info(workdir, config, plan, mesh, resume_step, enabled=is_main)
+  except BaseException:
+    checkpointing.finish(mngr, after_error=True, quiet=True)
+    raise
+  return mngr, resume_step
+
+
 def check_same_experiment(directory, mngr, step, metadata) -> None:
   import orbax.checkpoint as ocp
 

@@ -143,7 +143,7 @@ def run_finetune(config, workdir: str, *, train_batches=None) -> dict:
     if job.resume_step is not None:
       logging.info("Resuming fine-tuning from step %d.", job.resume_step)
       state = checkpointing.restore_run_state(
-        job_lib.checkpoint_dir(workdir),
+        str(mngr.directory),
         job.resume_step,
         with_shardings(abstract_state, state_shardings),
       )

@@ -12,15 +12,9 @@ import jax
 import jax.numpy as jnp
 from etils import epath
 
-from mae_jax.core import checkpointing, optim, sharding
+from mae_jax.core import optim, sharding
 from mae_jax.core.accuracy import accuracy_metrics
-from mae_jax.core.workdir import (
-  check_same_experiment,
-  checkpoint_dir,
-  checkpoint_metadata,
-  experiment_identity,
-  write_run_info,
-)
+from mae_jax.core.workdir import checkpoint_metadata, experiment_identity, open_run
 from mae_jax.evaluate.plan import make_eval_plan
 
 PROTOCOLS = {"linprobe": "linear_probe", "finetune": "finetune", "knn": "knn"}
@@ -88,12 +82,9 @@ def start_job(config, workdir: str) -> JobSetup:
 
 
 def open_workdir(config, plan, workdir: str, mesh, is_main: bool):
-  """(manager, resume step or None, metadata) for the run's own checkpoints.
-
-  A workdir of another experiment is refused before anything is touched.
-  """
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  directory = checkpoint_dir(workdir)
+  """(manager, resume step or None, metadata) for the job's own checkpoints,
+  through the start every job shares (`workdir.open_run`): a workdir of
+  another experiment is refused before anything is touched."""
   identity = experiment_identity(
     config,
     job=config.job,
@@ -104,11 +95,7 @@ def open_workdir(config, plan, workdir: str, mesh, is_main: bool):
   metadata = checkpoint_metadata(
     config, plan.model, identity, source=f"mae_jax {PROTOCOLS[config.job]}"
   )
-  mngr = checkpointing.manager_for_run(directory, config)
-  resume_step = mngr.latest_step()
-  if resume_step is not None:
-    check_same_experiment(directory, mngr, resume_step, metadata)
-  write_run_info(workdir, config, plan, mesh, resume_step, enabled=is_main)
+  mngr, resume_step = open_run(workdir, config, plan, mesh, metadata, is_main=is_main)
   return mngr, resume_step, metadata
 
 

@@ -9,13 +9,12 @@ the step of the checkpoint evaluated, and results.json the accuracies.
 from __future__ import annotations
 
 import jax
-from etils import epath
 
 from mae_jax.core import batches as batches_lib
 from mae_jax.core import knn, sharding
 from mae_jax.core.metrics import MetricsWriter
 from mae_jax.core.state import mesh_context
-from mae_jax.core.workdir import write_run_info
+from mae_jax.core.workdir import check_workdir_writable, write_run_info
 from mae_jax.evaluate import job as job_lib
 from mae_jax.evaluate.encoders import feature_source, frozen_encoder
 from mae_jax.evaluate.plan import make_eval_plan
@@ -25,7 +24,8 @@ def run_knn(config, workdir: str) -> dict:
   plan = make_eval_plan(config, num_devices=jax.device_count(), process_count=jax.process_count())
   mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
   is_main = jax.process_index() == 0
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  # No checkpoints of its own: only the writable workdir of every job's start.
+  check_workdir_writable(workdir)
   write_run_info(workdir, config, plan, mesh, None, enabled=is_main)
   batch_sharding = sharding.batch_sharding(mesh, plan.rules)
   with mesh_context(mesh, plan.rules):

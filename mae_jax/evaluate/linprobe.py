@@ -170,9 +170,7 @@ def run_linear_probe(config, workdir: str, *, train_batches=None) -> dict:
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
         jax.eval_shape(create, head_key),
       )
-      state = checkpointing.restore_run_state(
-        job_lib.checkpoint_dir(workdir), job.resume_step, abstract
-      )
+      state = checkpointing.restore_run_state(str(mngr.directory), job.resume_step, abstract)
     else:
       state = jax.jit(create, out_shardings=replicated)(head_key)
 

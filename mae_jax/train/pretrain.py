@@ -28,11 +28,8 @@ from mae_jax.core.loop import LoopSettings, Periodic, run_steps
 from mae_jax.core.state import mesh_context
 from mae_jax.core.train_step import make_eval_step, train_step_from_config
 from mae_jax.core.workdir import (
-  check_same_experiment,
-  check_workdir_writable,
   checkpoint_metadata,
   experiment_identity,
-  write_run_info,
 )
 from mae_jax.data import make_iterator
 from mae_jax.visualize import reconstruction_panels, save_reconstructions
@@ -55,20 +52,15 @@ def train_and_evaluate(
   )
   mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
   is_main = jax.process_index() == 0
-  check_workdir_writable(workdir)
   checkpoint_dir = workdir_lib.checkpoint_dir(workdir)
   metadata = checkpoint_metadata(
     config, plan.model, experiment_identity(config), source="mae_jax pretraining"
   )
-  mngr = checkpointing.manager_for_run(checkpoint_dir, config)
+  mngr, resume_step = workdir_lib.open_run(workdir, config, plan, mesh, metadata, is_main=is_main)
   # Whatever happens (an error, a preemption), a save in flight completes:
   # saved work is never lost to an exception. A save that fails (disk full)
   # raises CheckpointSaveError naming the checkpoints that are still intact.
   with checkpointing.completing_saves(mngr):
-    resume_step = mngr.latest_step()
-    if resume_step is not None:
-      check_same_experiment(checkpoint_dir, mngr, resume_step, metadata)
-    write_run_info(workdir, config, plan, mesh, resume_step, enabled=is_main)
     final, picture = _pretrain(
       config, workdir, plan, mesh, mngr, metadata, resume_step, is_main, train_batches
     )
