@@ -23,7 +23,7 @@ if [[ ! -x .venv/bin/python ]]; then
   "$python" -m venv .venv
 fi
 # Skip pip entirely when everything is already installed (fast re-runs).
-stamp=".venv/.installed-$(cat "$requirements" requirements.txt requirements-tfds.txt requirements-tpu-aot.txt pyproject.toml | cksum | cut -d' ' -f1)"
+stamp=".venv/.installed-$(cat "$requirements" requirements.txt requirements-tfds.txt requirements-tpu-aot.txt requirements-gpu-aot.txt pyproject.toml | cksum | cut -d' ' -f1)"
 if [[ ! -f "$stamp" ]]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -r "$requirements"
@@ -34,6 +34,9 @@ if [[ ! -f "$stamp" ]]; then
     # libtpu for the AOT tests, outside site-packages (see requirements-tpu-aot.txt).
     .venv/bin/python -m pip install --quiet --no-deps --upgrade --target .venv/libtpu-aot \
       -r requirements-tpu-aot.txt
+    # The CUDA plugin for the GPU AOT tests, likewise (see requirements-gpu-aot.txt).
+    .venv/bin/python -m pip install --quiet --no-deps --upgrade --target .venv/gpu-aot \
+      -r requirements-gpu-aot.txt
   fi
   touch "$stamp"
 fi

@@ -1,4 +1,4 @@
-r"""Will this run fit that pod? Compile the real train step for a TPU topology here.
+r"""Will this run fit that pod or those GPUs? Compile the real train step here.
 
   python -m mae_jax.aot --config=configs/pretrain.py:vit_huge --topology=v5p:4x4x8 \
       --config.model.dtype=bfloat16 --config.mesh.data=1 --config.mesh.fsdp=-1
@@ -11,6 +11,10 @@ FLOPs per step, an estimated step time and the implied MFU. No TPU and no
 dataset is needed: ImageNet-1k's and the bundled digits' sizes are known
 (`KNOWN_TRAIN_SIZES`); other datasets need --config.num_train_steps.
 `--topology=cpu` compiles for this machine's CPU devices instead.
+`--topology=h100:8` (8 GPUs on one host) or `h100:8x4` (4 hosts) compiles
+for NVIDIA GPUs (a100-80, h100, h200, b200) with jaxlib's CUDA plugin and no
+GPU (requirements-gpu-aot.txt); memory is checked against JAX's share of the
+GPU (XLA_PYTHON_CLIENT_MEM_FRACTION, default 75 %).
 
 Exit status: 0 the plan fits; 1 it does not (the message names the knobs to
 turn); 2 bad input, reported before anything compiles.
@@ -22,7 +26,8 @@ Where the numbers come from:
              donated arguments, and the program itself. A plan the compiler
              cannot place in HBM fails to compile; that failure is reported
              as "does not fit" with the compiler's own numbers.
-  FLOPs      `compiled.cost_analysis()["flops"]` is per chip, counts what the
+  FLOPs      `compiled.cost_analysis()["flops"]` (on GPUs, which give none,
+             XLA's HLO cost analysis of the compiled module) is per chip, counts what the
              compiled program executes (remat recomputation included);
              "model FLOPs" is the textbook count of the MAE's matmuls and
              attention (forward x 3), the numerator of MFU.
@@ -40,6 +45,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import re
 import sys
 
 import jax
@@ -86,6 +93,8 @@ class Report:
   step_seconds: float | None = None
   step_time_source: str = ""
   mfu: float | None = None
+  collectives: dict = dataclasses.field(default_factory=dict)  # op -> count in the HLO
+  memory_note: str = ""
   fits: bool = True
   compile_error: str = ""
   suggestions: list = dataclasses.field(default_factory=list)
@@ -98,8 +107,14 @@ def check_plan(
   devices = topologies.devices(topology)
   plan = plan_without_data(config, devices)
   mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)), devices=devices)
-  lowered, abstract, shardings = lower_train_step(config, plan, mesh)
+  try:
+    lowered, abstract, shardings = lower_train_step(config, plan, mesh)
+  except (NotImplementedError, RuntimeError) as error:
+    if plan.model.attention_impl != "cudnn":
+      raise
+    raise ValueError(cudnn_refusal(error)) from error
   cfg, chip = plan.model, topology.chip
+  memory_limit, memory_note = memory_limit_of(chip, hbm_bytes)
   report = Report(
     topology=topology.name,
     accelerator_type=topology.accelerator_type,
@@ -114,7 +129,8 @@ def check_plan(
     grad_accum_steps=config.grad_accum_steps,
     dtype=cfg.dtype,
     remat_policy=cfg.remat_policy,
-    hbm_bytes=hbm_bytes or (chip.hbm_bytes if chip else None),
+    hbm_bytes=memory_limit,
+    memory_note=memory_note,
     state_bytes=per_device_bytes(abstract, shardings),
     model_flops=config.global_batch_size * train_flops_per_image(cfg),
   )
@@ -131,12 +147,57 @@ def check_plan(
   return report
 
 
+# JAX on a GPU preallocates this fraction of its memory and lives within it
+# (XLA_PYTHON_CLIENT_MEM_FRACTION; XLA_PYTHON_CLIENT_PREALLOCATE=false only
+# makes the allocation lazy): a plan must fit in that share.
+DEFAULT_GPU_MEMORY_FRACTION = 0.75
+
+
+def memory_limit_of(chip, hbm_bytes: int | None) -> tuple[int | None, str]:
+  """(bytes a plan may use per device, where that figure comes from)."""
+  if hbm_bytes:
+    return hbm_bytes, "--hbm_gib"
+  if chip is None:
+    return None, ""
+  if chip.gpu is None:
+    return chip.hbm_bytes, "HBM"
+  text = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "")
+  try:
+    fraction = float(text) if text else DEFAULT_GPU_MEMORY_FRACTION
+  except ValueError:
+    raise ValueError(
+      f"XLA_PYTHON_CLIENT_MEM_FRACTION={text!r}: expected a fraction such as 0.9."
+    ) from None
+  source = "XLA_PYTHON_CLIENT_MEM_FRACTION" if text else "JAX's default preallocation"
+  return int(chip.hbm_bytes * fraction), (
+    f"{100 * fraction:.0f} % of the GPU's {gib(chip.hbm_bytes)}, {source}"
+  )
+
+
 def lower_train_step(config, plan, mesh):
   """The train step of `pretrain.train_and_evaluate` (the same builder,
   `core.train_step.train_step_from_config`), lowered for `mesh` with
   abstract (shape, dtype, sharding) arguments: nothing is allocated."""
   program = train_step_from_config(config, plan, mesh)
   return program.lower(), program.abstract_state, program.state_shardings
+
+
+CUDNN_HINT = (
+  "the cuDNN wheel in the plugin directory: .venv/bin/pip install --no-deps "
+  "--target .venv/gpu-aot nvidia-cudnn-cu13 (about 900 MB installed)"
+)
+
+
+def cudnn_refusal(error: Exception) -> str:
+  """Why attention_impl=cudnn could not be lowered, and what to do."""
+  text = str(error).strip().splitlines()[0]
+  if "not detected" in text or "not found" in text:
+    return f"model.attention_impl='cudnn' needs cuDNN at compile time ({text}): {CUDNN_HINT}."
+  return (
+    f"model.attention_impl='cudnn': JAX's cuDNN attention refuses this model ({text}); "
+    "in training it needs even sequence lengths, and MAE's are odd at most sizes "
+    "(the decoder's 1 + 196 tokens at 224 px). Use model.attention_impl='xla'."
+  )
 
 
 def plan_without_data(config, devices):
@@ -203,6 +264,9 @@ def read_compiled(report: Report, compiled, chip) -> None:
   report.memory = parts
   cost = compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+  if not cost:
+    cost = module_cost(compiled)
+  report.collectives = collectives_in(compiled.as_text())
   report.compiler_flops = float(cost.get("flops", 0.0)) or None
   report.bytes_accessed = float(cost.get("bytes accessed", 0.0)) or None
   if report.hbm_bytes is not None and parts["total"] > report.hbm_bytes:
@@ -226,6 +290,32 @@ def read_compiled(report: Report, compiled, chip) -> None:
     )
   if report.step_seconds:
     report.mfu = report.model_flops / (report.chips * chip.peak_bf16_flops * report.step_seconds)
+
+
+def module_cost(compiled) -> dict:
+  """FLOPs and bytes accessed of the compiled per-device program, where the
+  compiler's own cost analysis has none (XLA:GPU in jaxlib 0.10 returns None):
+  XLA's HLO cost analysis run by the CPU client over the optimised module
+  (its fusions, cuBLAS calls and remat recomputation as compiled)."""
+  from jax._src.lib import xla_client
+
+  modules = compiled.runtime_executable().hlo_modules()
+  cpu = jax.devices("cpu")[0].client
+  return dict(xla_client._xla.hlo_module_cost_analysis(cpu, modules[0]))
+
+
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+def collectives_in(hlo_text: str) -> dict:
+  """How many of each collective the compiled program launches (async pairs
+  counted once, by their -start)."""
+  counts = {}
+  for op in COLLECTIVES:
+    count = len(re.findall(rf"\b{op}(?:-start)?\(", hlo_text))
+    if count:
+      counts[op] = count
+  return counts
 
 
 def is_out_of_memory(error: Exception) -> bool:
@@ -279,8 +369,13 @@ def format_report(r: Report) -> str:
   if across:
     mesh += " (across slices: " + " ".join(f"{a}={n}" for a, n in across.items()) + ")"
   hbm = gib(r.hbm_bytes) if r.hbm_bytes else "no limit known"
+  if r.memory_note == "HBM":
+    hbm += " HBM"
+  elif r.memory_note:
+    hbm += f" usable ({r.memory_note})"
+  units = "GPUs" if " x " in r.accelerator_type and "host" in r.accelerator_type else "chips"
   lines = [
-    f"AOT plan on {r.topology} ({r.accelerator_type}: {r.chips} chips, {r.hosts} hosts)",
+    f"AOT plan on {r.topology} ({r.accelerator_type}: {r.chips} {units}, {r.hosts} hosts)",
     f"  model            {r.model}, {r.params / 1e6:.1f}M parameters, {r.dtype}, "
     f"remat {r.remat_policy}",
     f"  mesh             {mesh}",
@@ -291,7 +386,7 @@ def format_report(r: Report) -> str:
   if r.memory:
     m = r.memory
     lines.append(
-      f"  memory per chip  {gib(m['total'])} of {hbm} HBM: arguments {gib(m['argument'])}, "
+      f"  memory per chip  {gib(m['total'])} of {hbm}: arguments {gib(m['argument'])}, "
       f"temporaries {gib(m['temp'])}, outputs {gib(m['output'] - m['alias'])}, "
       f"code {gib(m['generated_code'])}"
     )
@@ -303,9 +398,12 @@ def format_report(r: Report) -> str:
       f"({r.compiler_flops:.3e} per chip, recomputation included), "
       f"{r.model_flops:.3e} model"
     )
+  if r.collectives:
+    lines.append("  collectives      " + ", ".join(f"{op} x{n}" for op, n in r.collectives.items()))
   if r.step_seconds:
     lines.append(
-      f"  step time        {r.step_seconds * 1e3:.1f} ms estimated by {r.step_time_source}"
+      f"  step time        {r.step_seconds * 1e3:.1f} ms predicted (not measured) by "
+      f"{r.step_time_source}"
     )
     lines.append(
       f"  implied MFU      {100 * r.mfu:.1f} % (model FLOPs / (chips x peak bf16 "

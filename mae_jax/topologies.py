@@ -1,4 +1,4 @@
-"""TPU chips and slice topologies, for compiling a pod's program on a CPU machine.
+"""TPU slices and GPU hosts, for compiling a pod's program on a CPU machine.
 
 `--topology=v5p:4x4x4` names a chip generation and the slice's shape in
 chips. `devices(topology)` returns compile-only devices laid out like that
@@ -6,6 +6,11 @@ slice, made by libtpu through `jax.experimental.topologies`; nothing runs on
 them, but XLA compiles for them exactly as it would on the pod. `cpu` (or
 `cpu:N`) stands for this machine's own (fake) CPU devices, so the same code
 path runs without libtpu.
+
+`--topology=h100:8` is one host of 8 H100s, `h100:8x4` four such hosts (also
+a100-80, h200, b200: `mae_jax.gpu_targets`). Their compile-only devices come
+from jaxlib's CUDA plugin, handed each GPU's description, with no GPU and no
+CUDA driver (requirements-gpu-aot.txt).
 
 Chip figures are Google Cloud's public per-chip specifications
 (cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e): peak bf16 FLOP/s, HBM
@@ -21,6 +26,8 @@ import math
 import os
 import sys
 
+from mae_jax import gpu_targets
+
 GiB = 1024**3
 GB = 1000**3
 
@@ -34,6 +41,7 @@ class Chip:
   dims: int  # 3: v4/v5p 3-D torus; 2: v5e/v6e 2-D torus
   cores_per_chip: int  # how accelerator types count (v5p-8 = 4 chips)
   chip_config: str  # libtpu's name for one JAX device per chip
+  gpu: gpu_targets.GpuSpec | None = None  # set for NVIDIA GPUs
 
 
 CHIPS = {
@@ -46,6 +54,13 @@ CHIPS = {
   "v5p": Chip("v5p", 95 * GB, 459e12, 2765 * GB, 3, 2, "megacore"),
   # v6e (Trillium): 918 TFLOP/s bf16, 32 GB HBM at 1638 GB/s.
   "v6e": Chip("v6e", 32 * GB, 918e12, 1638 * GB, 2, 1, "default"),
+}
+# GPUs: a topology is GPUS_PER_HOST[xHOSTS] (dims 2: the second may be left out).
+GPU_CHIPS = {
+  name: Chip(
+    name, spec.memory_bytes, spec.peak_bf16_flops, spec.memory_bytes_per_second, 2, 1, "", spec
+  )
+  for name, spec in gpu_targets.GPUS.items()
 }
 
 
@@ -62,10 +77,18 @@ class Topology:
     return math.prod(self.shape) * self.num_slices
 
   @property
+  def hosts(self) -> int | None:
+    """GPU hosts (gpus_per_host x hosts); None for TPU slices, whose hosts
+    libtpu lays out."""
+    return self.shape[1] if self.chip is not None and self.chip.gpu else None
+
+  @property
   def name(self) -> str:
     if self.chip is None:
       return f"cpu:{self.shape[0]}"
     shape = "x".join(map(str, self.shape))
+    if self.chip.gpu and self.shape[1] == 1:
+      shape = str(self.shape[0])
     slices = f" x {self.num_slices} slices" if self.num_slices > 1 else ""
     return f"{self.chip.name}:{shape}{slices}"
 
@@ -74,6 +97,9 @@ class Topology:
     """gcloud's --accelerator-type for one slice (v5e is 'v5litepod')."""
     if self.chip is None:
       return "cpu"
+    if self.chip.gpu:
+      per_host, hosts = self.shape
+      return f"{hosts} host{'s' if hosts > 1 else ''} x {per_host} {self.chip.gpu.device_name}"
     family = "v5litepod" if self.chip.name == "v5e" else self.chip.name
     return f"{family}-{math.prod(self.shape) * self.chip.cores_per_chip}"
 
@@ -91,10 +117,21 @@ def parse(text: str, num_slices: int = 1) -> Topology:
     if num_slices != 1:
       raise ValueError("--num_slices needs a TPU topology; cpu has one 'slice'.")
     return Topology(None, (count or _local_device_count(),))
+  if name in GPU_CHIPS:
+    parts = shape_text.split("x") if shape_text else []
+    if len(parts) not in (1, 2) or num_slices != 1:
+      raise ValueError(
+        f"--topology={text!r}: GPUs are GPUS_PER_HOST or GPUS_PER_HOSTxHOSTS, "
+        f"e.g. {name}:8 (one host) or {name}:8x4 (4 hosts); no --num_slices."
+      )
+    per_host, hosts = (_positive_int(p, text) for p in (parts + ["1"])[:2])
+    return Topology(GPU_CHIPS[name], (per_host, hosts))
   if name not in CHIPS:
     raise ValueError(
       f"--topology={text!r}: unknown chip {name!r}; use one of {sorted(CHIPS)} "
-      "followed by the slice shape in chips, e.g. v5p:4x4x4, v5e:8x8, or 'cpu'."
+      "followed by the slice shape in chips, e.g. v5p:4x4x4, v5e:8x8, one of "
+      f"the GPUs {sorted(GPU_CHIPS)} followed by GPUs per host, e.g. h100:8 or "
+      "h100:8x4 (4 hosts), or 'cpu'."
     )
   chip = CHIPS[name]
   parts = shape_text.split("x") if shape_text else []
@@ -132,6 +169,8 @@ def devices(topology: Topology) -> list:
     return local[: topology.shape[0]]
   from jax.experimental import topologies as jax_topologies
 
+  if topology.chip.gpu:
+    return _gpu_devices(topology, jax_topologies)
   _point_jax_at_libtpu(topology)
   chip = topology.chip
   shape = topology.shape + (1,) * (3 - len(topology.shape))
@@ -189,3 +228,63 @@ def _point_jax_at_libtpu(topology: Topology) -> None:
   # libtpu locks /tmp/libtpu_lockfile so that one process owns the TPU;
   # compiling touches no TPU, so several AOT checks may run side by side.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+
+def _find_cudnn() -> None:
+  """JAX looks for the plugin's cuDNN bindings once, when it is imported,
+  which is before the plugin directory joins sys.path here: look again, so
+  that attention_impl=cudnn lowers where the cuDNN wheel is installed."""
+  try:
+    from jax._src.cudnn import fused_attention_stablehlo
+  except ImportError:
+    return
+  if fused_attention_stablehlo.cuda_versions is not None:
+    return
+  try:
+    import importlib
+
+    versions = importlib.import_module("jax_cuda13_plugin._versions")
+  except ImportError:
+    return
+  fused_attention_stablehlo.cuda_versions = versions
+
+
+GPU_PLUGIN_HINT = (
+  ".venv/bin/pip install --no-deps --target .venv/gpu-aot -r requirements-gpu-aot.txt "
+  "(bash setup.sh --test does it; kept out of site-packages so that CPU runs "
+  "never probe for a GPU)"
+)
+
+
+def gpu_plugin_dir() -> str | None:
+  """<venv>/gpu-aot when it holds the CUDA plugin, else None (then an
+  installed jax[cuda13], e.g. on a GPU machine, is used as it is)."""
+  beside_venv = os.path.join(sys.prefix, "gpu-aot")
+  plugin = os.path.join(beside_venv, "jax_plugins", "xla_cuda13")
+  return beside_venv if os.path.isdir(plugin) else None
+
+
+def _gpu_devices(topology: Topology, jax_topologies) -> list:
+  plugin_dir = gpu_plugin_dir()
+  if plugin_dir and plugin_dir not in sys.path:
+    # JAX finds PJRT plugins in the jax_plugins namespace package on sys.path
+    # when a platform is first asked for; ptxas comes from nvidia/cuda_nvcc.
+    sys.path.append(plugin_dir)
+  # The plugin checks the local CUDA driver and libraries at load; there are
+  # none on a CPU machine and compiling needs neither.
+  os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+  _find_cudnn()
+  per_host, hosts = topology.shape
+  try:
+    description = jax_topologies.get_topology_desc(
+      platform="cuda",
+      target_config=gpu_targets.target_config(topology.chip.gpu),
+      topology=f"1x{hosts}x{per_host}",
+    )
+  except Exception as error:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+    raise ValueError(
+      f"cannot make GPU topology {topology.name} ({text}); it needs jaxlib's CUDA "
+      f"plugin: {GPU_PLUGIN_HINT}."
+    ) from error
+  return list(description.devices)

@@ -41,13 +41,15 @@ def tiny_config(**overrides):
   return config
 
 
-def run_aot(tmp_path, topology: str, *flags: str) -> tuple[subprocess.CompletedProcess, dict]:
+def run_aot(
+  tmp_path, topology: str, *flags: str, config: str = "configs/pretrain.py:digits"
+) -> tuple[subprocess.CompletedProcess, dict]:
   out = tmp_path / "report.json"
   cmd = [
     sys.executable,
     "-m",
     "mae_jax.aot",
-    "--config=configs/pretrain.py:digits",
+    f"--config={config}",
     f"--topology={topology}",
     f"--json={out}",
     *flags,
