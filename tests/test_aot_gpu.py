@@ -130,10 +130,11 @@ def test_cudnn_attention_is_refused_with_what_to_do(tmp_path):
   )  # fmt: skip
   assert result.returncode == 2
   message = result.stderr.strip().splitlines()[-1]
-  if cudnn_installed():
-    assert "refuses this model" in message and "attention_impl='xla'" in message
-  else:
-    assert "needs cuDNN at compile time" in message and "nvidia-cudnn-cu13" in message
+  # jax 0.10 without the cuDNN wheel stops at the missing library; with it,
+  # and on jax 0.12 either way, at the odd sequence lengths (5 tokens here).
+  needs_wheel = "needs cuDNN at compile time" in message and "nvidia-cudnn-cu13" in message
+  refused = "refuses this model" in message and "attention_impl='xla'" in message
+  assert refused or (needs_wheel and not cudnn_installed()), message
 
 
 @pytest.mark.cudnn
