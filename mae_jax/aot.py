@@ -95,6 +95,7 @@ class Report:
   mfu: float | None = None
   collectives: dict = dataclasses.field(default_factory=dict)  # op -> count in the HLO
   memory_note: str = ""
+  device_noun: str = "chips"  # "GPUs" for GPU topologies
   fits: bool = True
   compile_error: str = ""
   suggestions: list = dataclasses.field(default_factory=list)
@@ -131,6 +132,7 @@ def check_plan(
     remat_policy=cfg.remat_policy,
     hbm_bytes=memory_limit,
     memory_note=memory_note,
+    device_noun="GPUs" if chip is not None and chip.gpu else "chips",
     state_bytes=per_device_bytes(abstract, shardings),
     model_flops=config.global_batch_size * train_flops_per_image(cfg),
   )
@@ -373,9 +375,8 @@ def format_report(r: Report) -> str:
     hbm += " HBM"
   elif r.memory_note:
     hbm += f" usable ({r.memory_note})"
-  units = "GPUs" if " x " in r.accelerator_type and "host" in r.accelerator_type else "chips"
   lines = [
-    f"AOT plan on {r.topology} ({r.accelerator_type}: {r.chips} {units}, {r.hosts} hosts)",
+    f"AOT plan on {r.topology} ({r.accelerator_type}: {r.chips} {r.device_noun}, {r.hosts} hosts)",
     f"  model            {r.model}, {r.params / 1e6:.1f}M parameters, {r.dtype}, "
     f"remat {r.remat_policy}",
     f"  mesh             {mesh}",

@@ -12,13 +12,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 from mae_jax.core import host_watch
-from tests.helpers import REPO, environment
-from tests.test_multiprocess import PROCESSES, TINY, free_port, run_processes
+from tests.test_multiprocess import PROCESSES, TINY, free_port, run_processes, start_process
 
 
 class FakeStore:
@@ -147,22 +144,7 @@ def test_killing_process_1_makes_process_0_exit_75_with_one_line_then_both_resum
   try:
     for index in range(PROCESSES):
       logs.append(open(tmp_path / f"process{index}.log", "w+"))
-      command = [
-        sys.executable,
-        "-m",
-        "mae_jax.main",
-        "--config=configs/pretrain.py:digits",
-        f"--workdir={workdir}",
-        *(f"--config.{k}={v}" for k, v in overrides.items()),
-        f"--coordinator_address=127.0.0.1:{port}",
-        f"--num_processes={PROCESSES}",
-        f"--process_id={index}",
-      ]
-      processes.append(
-        subprocess.Popen(
-          command, cwd=REPO, env=environment(2), stdout=logs[-1], stderr=subprocess.STDOUT
-        )
-      )
+      processes.append(start_process(workdir, overrides, port, index, logs[-1]))
     deadline = time.monotonic() + 300
     while not os.path.isdir(os.path.join(checkpoints, "4")):
       assert time.monotonic() < deadline and all(p.poll() is None for p in processes)

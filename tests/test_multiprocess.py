@@ -71,6 +71,24 @@ def free_port() -> int:
     return sock.getsockname()[1]
 
 
+def start_process(workdir: str, overrides: dict, port: int, index: int, log) -> subprocess.Popen:
+  """Process `index` of PROCESSES running the real CLI, its output in `log`."""
+  command = [
+    sys.executable,
+    "-m",
+    "mae_jax.main",
+    "--config=configs/pretrain.py:digits",
+    f"--workdir={workdir}",
+    *(f"--config.{k}={v}" for k, v in overrides.items()),
+    f"--coordinator_address=127.0.0.1:{port}",
+    f"--num_processes={PROCESSES}",
+    f"--process_id={index}",
+  ]
+  return subprocess.Popen(
+    command, cwd=REPO, env=environment(DEVICES_PER_PROCESS), stdout=log, stderr=subprocess.STDOUT
+  )
+
+
 def run_processes(workdir: str, steps: int) -> list[str]:
   """Runs the job in PROCESSES processes and returns their outputs. As soon as
   one fails (or all run past the deadline) the others are killed, so no
@@ -80,27 +98,8 @@ def run_processes(workdir: str, steps: int) -> list[str]:
   processes, logs = [], []
   try:
     for index in range(PROCESSES):
-      cmd = [
-        sys.executable,
-        "-m",
-        "mae_jax.main",
-        "--config=configs/pretrain.py:digits",
-        f"--workdir={workdir}",
-        *(f"--config.{k}={v}" for k, v in overrides.items()),
-        f"--coordinator_address=127.0.0.1:{port}",
-        f"--num_processes={PROCESSES}",
-        f"--process_id={index}",
-      ]
       logs.append(open(os.path.join(os.path.dirname(workdir), f"process{index}-{steps}.log"), "w+"))
-      processes.append(
-        subprocess.Popen(
-          cmd,
-          cwd=REPO,
-          env=environment(DEVICES_PER_PROCESS),
-          stdout=logs[-1],
-          stderr=subprocess.STDOUT,
-        )
-      )
+      processes.append(start_process(workdir, overrides, port, index, logs[-1]))
     deadline = time.monotonic() + 300
     while (
       any(p.poll() is None for p in processes)
