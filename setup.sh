@@ -40,4 +40,10 @@ if [[ ! -f "$stamp" ]]; then
   fi
   touch "$stamp"
 fi
+# The native JPEG crop decoder (mae_jax/data/crop_resize.c): optional, about
+# 2x the input rate with the same pixels; without a C compiler or libjpeg's
+# headers mae_jax falls back to simplejpeg + Pillow and says so.
+if [[ ! -f mae_jax/data/_crop_resize.so || mae_jax/data/crop_resize.c -nt mae_jax/data/_crop_resize.so ]]; then
+  .venv/bin/python -m mae_jax.build_native || true
+fi
 echo "mae_jax is installed in .venv ($requirements)."

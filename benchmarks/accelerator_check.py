@@ -171,13 +171,15 @@ def measure_model(
     "devices": len(devices),
     "per_chip_batch": per_chip_batch,
   }
-  cfg = steps.model_config(
-    fields.get("preset"),
-    **{k: v for k, v in fields.items() if k != "preset"},
-    dtype=dtype,
-    attention_impl=attention,
-  )
   try:
+    # cuDNN attention refuses odd sequence lengths (197 tokens at 224 px):
+    # the model's validation says so, and the row records it.
+    cfg = steps.model_config(
+      fields.get("preset"),
+      **{k: v for k, v in fields.items() if k != "preset"},
+      dtype=dtype,
+      attention_impl=attention,
+    )
     step = steps.MaeStep(cfg, batch, mesh=mesh)
   except Exception as error:  # e.g. cuDNN attention unavailable for this shape or chip
     return {**row, "error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"}

@@ -29,29 +29,83 @@ import numpy as np
 JPEG_SHAPE = (375, 500)
 
 
+# What the JPEGs hold: "natural" crops of scikit-learn's two sample photos
+# (a temple, a flower; random 500x375 windows, mirrored at random), or
+# "synthetic" blocks of random colour with Gaussian noise (sd 12), whose
+# noise makes entropy decoding slower than a photo's.
+CONTENTS = ("natural", "synthetic")
+
+
+def _natural_image(rng: np.random.Generator, shape) -> np.ndarray:
+  from sklearn.datasets import load_sample_images
+
+  photo = load_sample_images().images[int(rng.integers(2))]
+  height, width = shape
+  top = int(rng.integers(photo.shape[0] - height + 1))
+  left = int(rng.integers(photo.shape[1] - width + 1))
+  window = photo[top : top + height, left : left + width]
+  return window[:, ::-1] if rng.uniform() < 0.5 else window
+
+
+def _synthetic_image(rng: np.random.Generator, shape) -> np.ndarray:
+  height, width = shape
+  coarse = rng.uniform(0, 255, size=(height // 25 + 1, width // 25 + 1, 3))
+  image = np.kron(coarse, np.ones((25, 25, 1)))[:height, :width]
+  image = image + rng.normal(0, 12, size=image.shape)
+  return np.clip(image, 0, 255).astype(np.uint8)
+
+
 def write_jpegs(
-  root: str, count: int, *, shape=JPEG_SHAPE, seed: int = 0, quality: int = 90
+  root: str,
+  count: int,
+  *,
+  shape=JPEG_SHAPE,
+  seed: int = 0,
+  quality: int = 90,
+  content: str = "natural",
+  records: int = 0,
 ) -> str:
-  """root/train/<class>/*.jpg with smooth, photo-like random content."""
+  """root/train/<class>/*.jpg: `count` JPEGs of `shape` with `content` (see
+  CONTENTS), then links to them up to `records` entries in all.
+
+  The links make the split as long as a real one for Grain's global
+  shuffle, whose cost per example falls with the split's length (measured,
+  one core: 112 us at 256 examples, 65 at 512, 12 at 4,096, 5 at 65,536,
+  4.7 at ImageNet's 1,281,167): a 512-image folder would charge the
+  pipeline 13 times what ImageNet costs.
+  """
   from PIL import Image
 
+  if content not in CONTENTS:
+    raise ValueError(f"content={content!r}: expected one of {CONTENTS}")
+  make = _natural_image if content == "natural" else _synthetic_image
   rng = np.random.default_rng(seed)
-  height, width = shape
   for index in range(count):
     folder = os.path.join(root, "train", f"class_{index % 4}")
     os.makedirs(folder, exist_ok=True)
-    # Low-frequency colour field plus mild texture: decodes like a photo
-    # (pure noise would be unrealistically slow to decode).
-    coarse = rng.uniform(0, 255, size=(height // 25 + 1, width // 25 + 1, 3))
-    image = np.kron(coarse, np.ones((25, 25, 1)))[:height, :width]
-    image = image + rng.normal(0, 12, size=image.shape)
     encoded = io.BytesIO()
-    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(
+    Image.fromarray(np.ascontiguousarray(make(rng, shape))).save(
       encoded, format="JPEG", quality=quality
     )
-    with open(os.path.join(folder, f"{index:05d}.jpg"), "wb") as f:
+    with open(os.path.join(folder, f"{index:06d}.jpg"), "wb") as f:
       f.write(encoded.getvalue())
+  for index in range(count, records):
+    folder = os.path.join(root, "train", f"class_{index % 4}")
+    os.symlink(
+      os.path.join(root, "train", f"class_{index % count % 4}", f"{index % count:06d}.jpg"),
+      os.path.join(folder, f"{index:06d}.jpg"),
+    )
   return root
+
+
+def jpeg_files(root: str) -> list[str]:
+  """The distinct JPEGs under root/train (not the links to them)."""
+  return sorted(
+    os.path.join(folder, name)
+    for folder, _, names in os.walk(os.path.join(root, "train"))
+    for name in names
+    if not os.path.islink(os.path.join(folder, name))
+  )
 
 
 def _in_child(spec: dict) -> dict:
@@ -91,12 +145,7 @@ def _measure_transform(spec: dict) -> dict:
   from mae_jax.data import transforms
 
   config = _folder_config(spec["root"], spec)
-  paths = sorted(
-    os.path.join(folder, name)
-    for folder, _, names in os.walk(os.path.join(spec["root"], "train"))
-    for name in names
-  )
-  encoded = [open(path, "rb").read() for path in paths]
+  encoded = [open(path, "rb").read() for path in jpeg_files(spec["root"])]
   count = spec["batches"] * spec["batch_size"]
   for index in range(min(16, len(encoded))):  # warm-up: imports, caches
     transforms.train_transform(encoded[index], np.random.default_rng(index), config)
@@ -109,8 +158,11 @@ def _measure_transform(spec: dict) -> dict:
 
 
 def _measure(spec: dict) -> dict:
-  from mae_jax.data import make_iterator
+  from mae_jax.data import crop_resize, make_iterator
 
+  # False: the simplejpeg + Pillow fallback, for the side-by-side rows
+  # (threads in this process only: worker processes start afresh).
+  crop_resize.enabled = spec.get("native", True)
   if spec.get("cores"):
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: spec["cores"]])
   if spec["kind"] == "transform":
@@ -148,14 +200,19 @@ def jpeg_throughput(
   *,
   cores: int,
   workers: int,
-  threads: int = 2,
+  threads: int = 1,
   image_size: int = 224,
   batch_size: int = 32,
   batches: int = 16,
+  native: bool = True,
 ) -> dict[str, Any]:
   """Images/s of the training pipeline (decode, RandomResizedCrop, flip,
   batch as uint8) over the JPEG folder at `root`, on `cores` CPUs with
-  `workers` Grain worker processes (0: `threads` threads in one process)."""
+  `workers` Grain worker processes of `threads` threads each (0 workers:
+  the threads run in the measuring process); `native=False`: the
+  simplejpeg + Pillow fallback instead of the native crop decoder."""
+  if native is False and workers:
+    raise ValueError("native=False is measured in-process only (workers=0)")
   spec = dict(
     kind="throughput",
     root=root,
@@ -165,15 +222,21 @@ def jpeg_throughput(
     image_size=image_size,
     batch_size=batch_size,
     batches=batches,
+    native=native,
   )
   result = _in_child(spec)
-  result.update(cores=cores, workers=workers, threads=threads)
+  result.update(cores=cores, workers=workers, threads=threads, native=native)
   result["images_per_s_per_core"] = result["images_per_s"] / cores
   return result
 
 
 def transform_throughput(
-  root: str, *, image_size: int = 224, batch_size: int = 32, batches: int = 16
+  root: str,
+  *,
+  image_size: int = 224,
+  batch_size: int = 32,
+  batches: int = 16,
+  native: bool = True,
 ) -> dict[str, Any]:
   """Images/s of `train_transform` alone on one core, on the same files and
   boxes as `jpeg_throughput`: the ceiling the pipeline's rate is held to."""
@@ -184,8 +247,42 @@ def transform_throughput(
     image_size=image_size,
     batch_size=batch_size,
     batches=batches,
+    native=native,
   )
-  return _in_child(spec)
+  result = _in_child(spec)
+  result["native"] = native
+  return result
+
+
+def crop_fidelity(root: str, *, image_size: int = 224, boxes: int = 256) -> dict[str, Any]:
+  """The native crop decoder against the reference (Pillow's decode, then
+  `resize(BICUBIC, box)`) on `boxes` RandomResizedCrop boxes of the JPEGs
+  at `root`: the largest difference in levels and how many crops differ."""
+  from PIL import Image
+
+  from mae_jax.data import crop_resize, transforms
+
+  if not crop_resize.available():
+    return {"boxes": 0, "native": False}
+  rng = np.random.default_rng(0)
+  paths = jpeg_files(root)
+  largest, differing = 0, 0
+  for index in range(boxes):
+    encoded = open(paths[index % len(paths)], "rb").read()
+    reference = Image.open(io.BytesIO(encoded)).convert("RGB")
+    box = transforms.random_resized_crop_box(
+      rng, reference.height, reference.width, (0.2, 1.0), (3 / 4, 4 / 3)
+    )
+    top, left, height, width = box
+    expected = np.asarray(
+      reference.resize(
+        (image_size, image_size), Image.BICUBIC, box=(left, top, left + width, top + height)
+      )
+    )
+    ours = crop_resize.crop_resize(encoded, 3, box, (image_size, image_size))
+    difference = int(np.abs(ours.astype(np.int16) - expected).max())
+    largest, differing = max(largest, difference), differing + (difference > 0)
+  return {"boxes": boxes, "native": True, "max_levels": largest, "crops_differing": differing}
 
 
 def resume_times(

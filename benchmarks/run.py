@@ -68,6 +68,9 @@ class StandardSet:
   variant_steps: int = 5
   matmul_size: int = 2048
   jpeg_images: int = 512
+  jpeg_records: int = 65536  # the split's length, with links (input_bench.write_jpegs)
+  jpeg_content: str = "natural"  # or "synthetic" (input_bench.CONTENTS)
+  jpeg_fidelity_boxes: int = 256
   jpeg_image_size: int = 224
   jpeg_batch: int = 32
   jpeg_batches: int = 16
@@ -122,6 +125,8 @@ class StandardSet:
       variant_steps=2,
       matmul_size=256,
       jpeg_images=8,
+      jpeg_records=0,
+      jpeg_fidelity_boxes=4,
       jpeg_image_size=32,
       jpeg_batch=4,
       jpeg_batches=2,
@@ -319,34 +324,47 @@ def measure_matmul(dtype: str, size: int) -> dict:
 
 
 def measure_input(jpeg_dir: str, spec: StandardSet) -> dict:
-  """JPEG throughput on 1 core and on every core (Grain worker processes,
-  one per core), and the resume time at 0-400 epochs."""
+  """The native crop decoder's pixels against the reference; the transform
+  alone and the pipeline on one core, native and fallback side by side;
+  one worker process per core on 1 and on every core; the resume time at
+  0-400 epochs."""
   from benchmarks import input_bench
 
   if not os.path.isdir(os.path.join(jpeg_dir, "train")):
-    input_bench.write_jpegs(jpeg_dir, spec.jpeg_images)
+    input_bench.write_jpegs(
+      jpeg_dir, spec.jpeg_images, records=spec.jpeg_records, content=spec.jpeg_content
+    )
   cores = len(os.sched_getaffinity(0))
+  sizes = dict(
+    image_size=spec.jpeg_image_size, batch_size=spec.jpeg_batch, batches=spec.jpeg_batches
+  )
   out = {
-    "transform": input_bench.transform_throughput(
-      jpeg_dir,
-      image_size=spec.jpeg_image_size,
-      batch_size=spec.jpeg_batch,
-      batches=spec.jpeg_batches,
-    )
+    "images": spec.jpeg_images,
+    "content": spec.jpeg_content,
+    "records": max(spec.jpeg_records, spec.jpeg_images),
+    "fidelity": input_bench.crop_fidelity(
+      jpeg_dir, image_size=spec.jpeg_image_size, boxes=spec.jpeg_fidelity_boxes
+    ),
   }
-  log(f"train transform alone, 1 core: {out['transform']['images_per_s']:.1f} img/s")
-  for name, count in (("one_core", 1), ("all_cores", cores)):
-    result = input_bench.jpeg_throughput(
-      jpeg_dir,
-      cores=count,
-      workers=count,
-      threads=2,
-      image_size=spec.jpeg_image_size,
-      batch_size=spec.jpeg_batch,
-      batches=spec.jpeg_batches,
+  fidelity = out["fidelity"]
+  if fidelity["native"]:
+    log(
+      f"native crops vs the reference: {fidelity['crops_differing']} of {fidelity['boxes']} "
+      f"differ, by at most {fidelity['max_levels']} levels"
     )
-    out[name] = result
-    log(f"input pipeline, {count} core(s): {result['images_per_s']:.1f} img/s")
+  # Native and fallback alternate, so that drift on a shared machine hits both.
+  for key, native in (("transform", True), ("transform_fallback", False)):
+    out[key] = input_bench.transform_throughput(jpeg_dir, native=native, **sizes)
+    log(f"train transform alone, 1 core, native={native}: {out[key]['images_per_s']:.1f} img/s")
+  runs = (
+    ("one_core_in_process", dict(cores=1, workers=0, native=True)),
+    ("one_core_fallback", dict(cores=1, workers=0, native=False)),
+    ("one_core", dict(cores=1, workers=1)),
+    ("all_cores", dict(cores=cores, workers=cores)),
+  )
+  for key, settings in runs:
+    out[key] = input_bench.jpeg_throughput(jpeg_dir, threads=1, **settings, **sizes)
+    log(f"input pipeline, {key} {settings}: {out[key]['images_per_s']:.1f} img/s")
   out["resume"] = input_bench.resume_times(
     jpeg_dir, batch_size=spec.jpeg_batch, image_size=spec.jpeg_image_size
   )
@@ -527,6 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
   inputs.add_argument("--images", type=int, default=256)
   inputs.add_argument("--image-size", type=int, default=224)
   inputs.add_argument("--batches", type=int, default=16)
+  inputs.add_argument("--content", default="natural", choices=("natural", "synthetic"))
   inputs.add_argument("--digits-metrics", default="", help="also read this run's input wait")
   return parser
 
@@ -658,6 +677,7 @@ def main(argv: list[str] | None = None) -> dict:
         jpeg_images=args.images,
         jpeg_image_size=args.image_size,
         jpeg_batches=args.batches,
+        jpeg_content=args.content,
       )
       result = measure_input(os.path.join(scratch, "jpegs"), spec)
     if args.digits_metrics:

@@ -32,7 +32,7 @@ LAYERS = (
   ("data",),  # Grain input pipeline
   ("core", "visualize", "topologies"),  # what the jobs share
   ("train", "evaluate", "convert"),  # the jobs
-  ("main", "aot"),  # entry points
+  ("main", "aot", "build_native"),  # entry points
 )
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 

@@ -255,3 +255,20 @@ def test_accelerator_check_imports_only_what_the_gpu_image_has():
   )
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip() == "[]"
+
+
+def test_accelerator_check_records_the_cudnn_refusal_as_a_row():
+  """cuDNN attention refuses odd sequence lengths (the tiny model has 5 and
+  17 tokens): the check keeps going with the reason in the row."""
+  row = accelerator_check.measure_model(
+    "tiny",
+    dict(accelerator_check.TINY_FIELDS),
+    2,
+    dtype="float32",
+    attention="cudnn",
+    warmup=0,
+    steps_count=1,
+    matmul_rate=1e9,
+    peak=None,
+  )
+  assert "refuses odd sequence lengths" in row["error"] and row["attention"] == "cudnn"

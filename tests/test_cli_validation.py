@@ -40,6 +40,7 @@ CASES = [
   ("--config.model.remat_policy=most", "model.remat_policy='most'"),
   ("--config.model.drop_path_rate=1.0", "model.drop_path_rate=1.0"),
   ("--config.model.attention_impl=flash", "model.attention_impl='flash'"),
+  ("--config.model.attention_impl=cudnn", "cuDNN attention refuses odd sequence lengths"),
   ("--config.mesh.data=0", "sizes must be positive"),
   ("--config.mesh.fsdp=3", "does not divide the 8 devices"),
   ("--config.mesh.data=2", "needs 2 devices but 8 are present"),

@@ -35,6 +35,7 @@ so every host runs the same number of (collective) eval steps.
 
 from __future__ import annotations
 
+import functools
 import math
 import types
 from typing import Any, Iterator
@@ -43,7 +44,7 @@ import grain
 import numpy as np
 from absl import flags, logging
 
-from mae_jax.data import randaugment, sources, transforms
+from mae_jax.data import crop_resize, randaugment, sources, transforms
 
 # An image that does not decode is replaced by the next one of the split;
 # this many consecutive failures mean the data, not one file, is broken.
@@ -93,21 +94,24 @@ def make_dataset(
     )
   sources.validate_data_config(data_config, splits=(split,))
   records = sources.open_split(data_config, split).records
+  _log_jpeg_path()
   # A plain, picklable copy of the settings for Grain's worker processes.
   settings = types.SimpleNamespace(**data_config.to_dict())
+  # Grain orders and slices positions; each batch is then built by one call
+  # that writes every image straight into the batch's array (no per-image
+  # arrays, no stacking: docs/data.md has what that saved).
   if train:
     order = grain.MapDataset.range(len(records)).shuffle(seed=_order_seed(seed)).repeat()
-    examples = order.map_with_index(_TrainExample(records, settings, seed))
-    # Chunk c of B_local positions; global batch s on host p is chunk
-    # s * P + p.
-    chunks = examples.batch(local_batch_size, drop_remainder=True)
-    host_batches = chunks[start_step * process_count + process_index :: process_count]
+    # Chunk c of B_local (position, index) pairs; global batch s on host p
+    # is chunk s * P + p.
+    chunks = order.map_with_index(_position_and_index).batch(local_batch_size, drop_remainder=True)
+    host_chunks = chunks[start_step * process_count + process_index :: process_count]
+    host_batches = host_chunks.map(_TrainBatch(records, settings, seed))
   else:
     num_batches = math.ceil(len(records) / global_batch_size)
     positions = grain.MapDataset.range(num_batches * global_batch_size)
-    examples = positions.map(_EvalExample(records, settings))
-    chunks = examples.batch(local_batch_size, drop_remainder=True)
-    host_batches = chunks[process_index::process_count]
+    chunks = positions.batch(local_batch_size, drop_remainder=True)
+    host_batches = chunks[process_index::process_count].map(_EvalBatch(records, settings))
   # Each element is a whole batch, so threads and workers change how fast
   # batches come, never what is in them.
   dataset = host_batches.to_iter_dataset(
@@ -161,6 +165,15 @@ def make_iterator(
 # ---------------------------------------------------------------- examples --
 
 
+@functools.lru_cache(maxsize=1)
+def _log_jpeg_path() -> None:
+  """Says once per process how JPEG crops are decoded (crop_resize.py)."""
+  if crop_resize.available():
+    logging.info("%s", crop_resize.describe())
+  else:
+    logging.warning("%s", crop_resize.describe())
+
+
 def _order_seed(seed: int) -> int:
   """A well-mixed 32-bit seed for the order. Grain seeds epoch e with
   seed + e, so raw seeds s and s + 1 would share all but one epoch."""
@@ -183,67 +196,78 @@ def _load(records: Any, index: int, decode) -> tuple[Any, int, int]:
   )
 
 
-class _TrainExample:
-  """(position, index) -> one augmented example; picklable for workers."""
+def _position_and_index(position: int, index: int) -> np.ndarray:
+  """Global example position q and the example `order[q]` it holds."""
+  return np.array([position, index], np.int64)
+
+
+def _empty_batch(settings: Any, size: int) -> dict[str, np.ndarray]:
+  image_size, channels = settings.image_size, settings.channels
+  return {
+    "image": np.empty((size, image_size, image_size, channels), np.uint8),
+    "label": np.empty(size, np.int32),
+    "mask": np.ones(size, np.float32),
+    "replaced": np.zeros(size, np.int32),
+  }
+
+
+class _TrainBatch:
+  """[B_local, 2] (position, index) pairs -> one augmented batch; picklable
+  for Grain's workers. Example i draws from the generator of (seed, its
+  position), so its images are those of any other batching."""
 
   def __init__(self, records: Any, settings: Any, seed: int):
     self.records, self.settings, self.seed = records, settings, int(seed)
 
-  def __call__(self, position: int, index: int) -> dict[str, Any]:
-    rng = np.random.default_rng([self.seed % 2**63, position])
-    image, label, replaced = _load(
-      self.records, int(index), lambda raw: transforms.train_transform(raw, rng, self.settings)
-    )
-    example = {
-      "image": image,
-      "label": np.int32(label),
-      "mask": np.float32(1.0),
-      "replaced": np.int32(replaced),
-    }
-    if self.settings.random_erasing:
-      # The reference's last augmentation, so its draws come last.
-      size = self.settings.image_size
-      example["erase_box"] = randaugment.random_erasing_box(
-        rng, size, size, probability=self.settings.random_erasing
+  def __call__(self, pairs: np.ndarray) -> dict[str, np.ndarray]:
+    batch = _empty_batch(self.settings, len(pairs))
+    boxes = []
+    for i, (position, index) in enumerate(pairs):
+      rng = np.random.default_rng([self.seed % 2**63, int(position)])
+      slot = batch["image"][i]
+      _, batch["label"][i], batch["replaced"][i] = _load(
+        self.records,
+        int(index),
+        lambda raw: transforms.train_transform(raw, rng, self.settings, out=slot),
       )
-    return example
+      if self.settings.random_erasing:
+        # The reference's last augmentation, so its draws come last.
+        size = self.settings.image_size
+        boxes.append(
+          randaugment.random_erasing_box(rng, size, size, probability=self.settings.random_erasing)
+        )
+    if boxes:
+      batch["erase_box"] = np.stack(boxes)
+    return batch
 
 
-class _EvalExample:
-  """Position -> one eval example, or padding past the split's end."""
+class _EvalBatch:
+  """[B_local] positions -> one eval batch; positions past the split's end,
+  and images that do not decode, are padding (mask 0)."""
 
   def __init__(self, records: Any, settings: Any):
     self.records, self.settings = records, settings
 
-  def _padding(self, replaced: int) -> dict[str, Any]:
-    size, channels = self.settings.image_size, self.settings.channels
-    return {
-      "image": np.zeros((size, size, channels), np.uint8),
-      "label": np.int32(0),  # A valid class: safe to gather.
-      "mask": np.float32(0.0),
-      "replaced": np.int32(replaced),
-    }
-
-  def __call__(self, position: int) -> dict[str, Any]:
-    if position >= len(self.records):
-      return self._padding(0)
-    try:
-      image, label = self.records[position]
-      pixels = transforms.eval_transform(image, self.settings)
-    except transforms.UndecodableImage as error:
-      # Masked out rather than replaced: eval counts every example once.
-      logging.warning(
-        "Leaving %s out of eval: it does not decode (%s).",
-        self.records.describe(position),
-        error,
-      )
-      return self._padding(1)
-    return {
-      "image": pixels,
-      "label": np.int32(label),
-      "mask": np.float32(1.0),
-      "replaced": np.int32(0),
-    }
+  def __call__(self, positions: np.ndarray) -> dict[str, np.ndarray]:
+    batch = _empty_batch(self.settings, len(positions))
+    for i, position in enumerate(int(p) for p in positions):
+      if position < len(self.records):
+        try:
+          image, batch["label"][i] = self.records[position]
+          batch["image"][i] = transforms.eval_transform(image, self.settings)
+          continue
+        except transforms.UndecodableImage as error:
+          # Masked out rather than replaced: eval counts every example once.
+          logging.warning(
+            "Leaving %s out of eval: it does not decode (%s).",
+            self.records.describe(position),
+            error,
+          )
+          batch["replaced"][i] = 1
+      batch["image"][i] = 0
+      batch["label"][i] = 0  # A valid class: safe to gather.
+      batch["mask"][i] = 0.0
+    return batch
 
 
 # --------------------------------------------------------------- arguments --

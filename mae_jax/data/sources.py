@@ -106,7 +106,11 @@ class FileRecords:
   def __getitem__(self, index: int) -> tuple[bytes, int]:
     path = self.paths[index]
     try:
-      content = epath.Path(path).read_bytes()
+      if "://" in path:
+        content = epath.Path(path).read_bytes()
+      else:  # Local files: the builtin open costs half of epath's 30 us.
+        with open(path, "rb") as file:
+          content = file.read()
     except OSError as error:
       # A file removed or unreadable since listing: replaced like a bad image.
       raise transforms.UndecodableImage(f"cannot read {path}: {error}") from error
@@ -301,12 +305,28 @@ def _list_image_folder(root: str) -> tuple[dict[str, tuple[list[str], list[int]]
   for split, dirs in class_dirs.items():
     paths, labels = [], []
     for class_dir in dirs:
-      for file in sorted(class_dir.iterdir()):
-        if file.suffix.lower() in IMAGE_EXTENSIONS and not file.is_dir():
-          paths.append(os.fspath(file))
-          labels.append(label_of[class_dir.name])
+      files = _image_files(class_dir)
+      paths += files
+      labels += [label_of[class_dir.name]] * len(files)
     splits[split] = (paths, labels)
   return splits, classes
+
+
+def _image_files(class_dir: epath.Path) -> list[str]:
+  """The sorted image files of one class folder."""
+  folder = os.fspath(class_dir)
+  if "://" in folder:
+    files = sorted(class_dir.iterdir())
+    return [os.fspath(f) for f in files if f.suffix.lower() in IMAGE_EXTENSIONS and not f.is_dir()]
+  # Local: os.scandir lists ImageNet's 1.28M files in seconds; epath's
+  # Path objects take 27 us each (measured), half a minute per process.
+  with os.scandir(folder) as entries:
+    names = sorted(
+      entry.name
+      for entry in entries
+      if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and not entry.is_dir()
+    )
+  return [os.path.join(folder, name) for name in names]
 
 
 def _open_image_folder(root: str, split: str, field: str) -> Split:

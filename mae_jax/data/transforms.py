@@ -32,7 +32,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from mae_jax.data import randaugment
+from mae_jax.data import crop_resize, randaugment
 
 # torchvision's RandomResizedCrop tries this many (area, ratio) draws before
 # falling back to a centre crop.
@@ -53,6 +53,19 @@ def _is_jpeg(encoded: bytes) -> bool:
   return encoded[:3] == b"\xff\xd8\xff"
 
 
+def _is_cmyk_jpeg(encoded: bytes) -> bool:
+  """CMYK and YCCK JPEGs: libjpeg-turbo's conversion to RGB differs from
+  Pillow's (by a level, measured), so Pillow decodes them."""
+  try:
+    return simplejpeg.decode_jpeg_header(encoded)[2] in ("CMYK", "YCCK")
+  except ValueError:
+    return False  # Not a readable header: the decoders below say why.
+
+
+def is_jpeg_bytes(image: bytes | np.ndarray) -> bool:
+  return isinstance(image, bytes) and _is_jpeg(image)
+
+
 def image_size_of(image: bytes | np.ndarray) -> tuple[int, int]:
   """(height, width) without decoding the pixels (JPEG header, PNG header)."""
   if isinstance(image, np.ndarray):
@@ -71,7 +84,7 @@ def decode_image(image: bytes | np.ndarray, channels: int) -> Image.Image:
   """Encoded bytes (or uint8 pixels) -> a Pillow image ("L" or "RGB").
 
   JPEGs go through libjpeg-turbo (accurate IDCT, smooth upsampling: the
-  pixels Pillow's own decoder gives); what it cannot convert (CMYK JPEGs)
+  pixels Pillow's own decoder gives); CMYK JPEGs (whose RGB would differ)
   and other formats go through Pillow. Corrupt or truncated files raise
   `UndecodableImage` (strict: a "premature end" is an error, not a
   half-grey image).
@@ -80,7 +93,7 @@ def decode_image(image: bytes | np.ndarray, channels: int) -> Image.Image:
   if isinstance(image, np.ndarray):
     pixels = match_channels(image, channels)
     return Image.fromarray(pixels[..., 0] if channels == 1 else pixels)
-  if _is_jpeg(image):
+  if _is_jpeg(image) and not _is_cmyk_jpeg(image):
     try:
       pixels = simplejpeg.decode_jpeg(
         image,
@@ -184,13 +197,42 @@ def resize_box(
   )
 
 
+def crop_and_resize(
+  image: bytes | np.ndarray,
+  channels: int,
+  box: Box,
+  shape: tuple[int, int],
+  flip: bool = False,
+  out: np.ndarray | None = None,
+) -> np.ndarray:
+  """Pillow's bicubic resize of `box` of the image to `shape` = (height,
+  width), mirrored if `flip`, uint8 [h, w, channels] (written into `out`
+  when given): JPEGs through the native crop decoder when it is built (only
+  the window the resize reads is decoded, the same pixels), everything else
+  (or a file it refuses) decoded in full."""
+  if is_jpeg_bytes(image):
+    pixels = crop_resize.crop_resize(image, channels, box, shape, flip=flip, out=out)
+    if pixels is not None:
+      return pixels
+  window = resize_box(decode_image(image, channels), box, *shape)
+  pixels = to_array(window.transpose(Image.FLIP_LEFT_RIGHT) if flip else window)
+  if out is None:
+    return pixels
+  out[...] = pixels
+  return out
+
+
 # ------------------------------------------------------------- transforms --
 
 
 def train_transform(
-  image: bytes | np.ndarray, rng: np.random.Generator, data_config: Any
+  image: bytes | np.ndarray,
+  rng: np.random.Generator,
+  data_config: Any,
+  out: np.ndarray | None = None,
 ) -> np.ndarray:
-  """Encoded image (or uint8 pixels) -> augmented uint8 [size, size, C].
+  """Encoded image (or uint8 pixels) -> augmented uint8 [size, size, C],
+  written into `out` when given (the batch's slot for it).
 
   Random erasing, the reference's last step, fills its box with noise in
   the normalised space, so only its box is drawn on the host
@@ -211,14 +253,15 @@ def train_transform(
     )
   else:
     box = (0, 0, height, width)
-  window = resize_box(decode_image(image, channels), box, size, size)
   # Drawn even when flipping is off, so that turning it on or off leaves
   # the later draws (RandAugment, the erasing box) where they were.
   flip = rng.uniform() < 0.5
-  if data_config.horizontal_flip and flip:
-    window = window.transpose(Image.FLIP_LEFT_RIGHT)
-  pixels = to_array(window)
-  if data_config.randaugment_ops:
+  flip = bool(data_config.horizontal_flip and flip)
+  augment = bool(data_config.randaugment_ops)
+  pixels = crop_and_resize(
+    image, channels, box, (size, size), flip=flip, out=None if augment else out
+  )
+  if augment:
     pixels = randaugment.rand_augment(
       pixels,
       rng,
@@ -227,17 +270,27 @@ def train_transform(
       magnitude_std=data_config.randaugment_magnitude_std,
       fill=tuple(round(255 * m) for m in data_config.mean),
     )
+    if out is not None:
+      out[...] = pixels
+      return out
   return pixels
 
 
 def eval_transform(image: bytes | np.ndarray, data_config: Any) -> np.ndarray:
   """Encoded image (or uint8 pixels) -> resized, centre-cropped uint8."""
-  size = data_config.image_size
-  decoded = decode_image(image, data_config.channels)
-  height, width = decoded.height, decoded.width
+  size, channels = data_config.image_size, data_config.channels
+  height, width = image_size_of(image)
   new_height, new_width = eval_resize_shape(height, width, size, data_config.eval_crop_fraction)
-  if (new_height, new_width) != (height, width):
-    decoded = resize_box(decoded, (0, 0, height, width), new_height, new_width)
   top = int(round((new_height - size) / 2))
   left = int(round((new_width - size) / 2))
+  if (new_height, new_width) != (height, width) and is_jpeg_bytes(image):
+    # The native decoder computes only the centre crop of the resize.
+    pixels = crop_resize.crop_resize(
+      image, channels, (0, 0, height, width), (new_height, new_width), (top, left, size, size)
+    )
+    if pixels is not None:
+      return pixels
+  decoded = decode_image(image, channels)
+  if (new_height, new_width) != (height, width):
+    decoded = resize_box(decoded, (0, 0, height, width), new_height, new_width)
   return to_array(decoded)[top : top + size, left : left + size]

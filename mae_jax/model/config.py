@@ -142,6 +142,19 @@ class ModelConfig:
       raise ConfigError(
         f"model.attention_impl={self.attention_impl!r}: must be 'xla', 'cudnn' or None."
       )
+    # JAX's cuDNN attention refuses odd sequence lengths when training
+    # (jax._src.cudnn.fused_attention_stablehlo; measured with a deviceless
+    # GPU compile, docs/tpu_gpu.md): the encoder sees 1 + visible tokens,
+    # the decoder (and fine-tuning's encoder) 1 + all patches.
+    tokens = {"encoder": 1 + self.num_visible, "decoder": 1 + self.num_patches}
+    if self.attention_impl == "cudnn" and any(count % 2 for count in tokens.values()):
+      counts = ", ".join(f"{name} {count}" for name, count in tokens.items())
+      raise ConfigError(
+        f"model.attention_impl='cudnn': JAX's cuDNN attention refuses odd sequence lengths "
+        f"in training, and this model has {counts} tokens (class token included). Use "
+        "attention_impl='xla' (or None), or an image_size / mask_ratio giving even counts "
+        "(e.g. ViT-B/16 at 240 px with mask_ratio=0.755: 56 and 226)."
+      )
     return self
 
 

@@ -1,0 +1,402 @@
+/* The training crop in one call: decode only the JPEG window a bicubic
+ * resize of a box reads, then resize it with Pillow's arithmetic.
+ *
+ * Why: RandomResizedCrop keeps 20-100 % of a photo's area, and on a 2-core
+ * machine the full decode and Pillow's resize were most of an image's time
+ * (docs/data.md has the measurements).
+ *
+ * Decoding (libjpeg-turbo, the settings of mae_jax's full decode and of
+ * Pillow's: accurate integer IDCT, smooth chroma upsampling):
+ * jpeg_crop_scanline() limits the columns that are reconstructed (to whole
+ * iMCU columns around the request), jpeg_skip_scanlines() passes the rows
+ * above the window without reconstructing them, and the rows below it are
+ * never read. The entropy-coded data above and left of the window is still
+ * Huffman-decoded: a JPEG has no index to seek into. A window edge that is
+ * not an image edge can differ from the full decode by a pixel or two (the
+ * upsampler has no neighbour there), so the window is WINDOW_MARGIN pixels
+ * wider than what the resize reads.
+ *
+ * Resizing reproduces Pillow's 8-bit bicubic resample (what the reference
+ * runs, through torchvision on PIL images) exactly: the same double
+ * precision filter weights per output pixel, rounded to the same 22-bit
+ * fixed point, a horizontal pass rounded to uint8, then a vertical pass.
+ * The weights are computed in full-image coordinates, so they are the
+ * reference's to the last bit. The integer passes are reordered to run over
+ * contiguous memory (the window is transposed for the horizontal pass), which
+ * integer sums allow without changing a bit; they are compiled for AVX2 and
+ * AVX-512 where the CPU has them (target_clones), plain otherwise.
+ *
+ * Strict, as the full decode: any libjpeg warning (corrupt data, the data
+ * ending inside the window) is an error.
+ *
+ * Built by `python -m mae_jax.build_native` (setup.sh runs it);
+ * crop_resize.py loads it with ctypes and falls back to simplejpeg + Pillow
+ * when it is missing.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jpeglib.h>
+
+/* Pillow's fixed point for 8-bit resampling: 32 bits less 8 for the pixel
+ * and 2 for the filter's overshoot. */
+#define PRECISION_BITS 22
+/* Extra decoded pixels on each side of what the resize reads. */
+#define WINDOW_MARGIN 3
+/* Bicubic (a = -0.5) reaches 2 pixels at unit scale. */
+#define BICUBIC_SUPPORT 2.0
+
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+#endif
+#ifndef VECTOR_CLONES
+#define VECTOR_CLONES
+#endif
+
+/* ------------------------------------------------------------ weights --- */
+
+static double bicubic(double x) {
+  if (x < 0.0) x = -x;
+  if (x < 1.0) return (1.5 * x - 2.5) * x * x + 1;
+  if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * -0.5;
+  return 0.0;
+}
+
+/* The resample of one axis, for outputs [first, first + count) of a resize
+ * of [in0, in1) (of an axis of in_size pixels) to out_size pixels. */
+typedef struct {
+  int taps;        /* weights per output */
+  int *start;      /* first input pixel of each output */
+  int *length;     /* inputs each output reads */
+  int32_t *weight; /* taps per output, fixed point */
+} Axis;
+
+static void axis_free(Axis *axis) {
+  free(axis->start);
+  free(axis->length);
+  free(axis->weight);
+  axis->start = axis->length = NULL;
+  axis->weight = NULL;
+}
+
+/* The expressions and their order follow Pillow's (double precision; the
+ * box edges as float, as Pillow receives them): any change here changes
+ * pixels. Returns 0 when out of memory. */
+static int axis_init(Axis *axis, int in_size, float in0, float in1, int out_size, int first,
+                     int count) {
+  double scale = (double)(in1 - in0) / out_size;
+  double filterscale = scale < 1.0 ? 1.0 : scale;
+  double support = BICUBIC_SUPPORT * filterscale;
+  double inverse = 1.0 / filterscale;
+  int taps = (int)ceil(support) * 2 + 1;
+  double *raw = malloc((size_t)taps * sizeof(double));
+  axis->taps = taps;
+  axis->start = malloc((size_t)count * sizeof(int));
+  axis->length = malloc((size_t)count * sizeof(int));
+  axis->weight = calloc((size_t)count * (size_t)taps, sizeof(int32_t));
+  if (!raw || !axis->start || !axis->length || !axis->weight) {
+    free(raw);
+    axis_free(axis);
+    return 0;
+  }
+  for (int i = 0; i < count; i++) {
+    double center = in0 + (first + i + 0.5) * scale;
+    double total = 0.0;
+    int low = (int)(center - support + 0.5);
+    int high = (int)(center + support + 0.5);
+    if (low < 0) low = 0;
+    if (high > in_size) high = in_size;
+    int length = high - low;
+    for (int x = 0; x < length; x++) {
+      raw[x] = bicubic((x + low - center + 0.5) * inverse);
+      total += raw[x];
+    }
+    int32_t *weight = axis->weight + (size_t)i * taps;
+    for (int x = 0; x < length; x++) {
+      double w = total != 0.0 ? raw[x] / total : raw[x];
+      weight[x] = w < 0 ? (int32_t)(-0.5 + w * (1 << PRECISION_BITS))
+                        : (int32_t)(0.5 + w * (1 << PRECISION_BITS));
+    }
+    axis->start[i] = low;
+    axis->length[i] = length;
+  }
+  free(raw);
+  return 1;
+}
+
+/* ------------------------------------------------------------- passes --- */
+
+static inline uint8_t clip8(int32_t sum) {
+  int32_t value = sum >> PRECISION_BITS;
+  return value < 0 ? 0 : value > 255 ? 255 : (uint8_t)value;
+}
+
+/* sum[j] = rounding + sum_t rows[t][j] * weight[t] for j < n: one output
+ * line of a pass over `length` input lines `stride` bytes apart. Blocks of
+ * BLOCK sums stay in registers over all the taps. */
+#define BLOCK 32
+VECTOR_CLONES
+static void filter_lines(const uint8_t *restrict rows, size_t stride, int length,
+                         const int32_t *restrict weight, int32_t *restrict sum, int n) {
+  int j = 0;
+  for (; j + BLOCK <= n; j += BLOCK) {
+    int32_t block[BLOCK];
+    for (int b = 0; b < BLOCK; b++) block[b] = 1 << (PRECISION_BITS - 1);
+    for (int t = 0; t < length; t++) {
+      const uint8_t *restrict row = rows + (size_t)t * stride + j;
+      int32_t k = weight[t];
+      for (int b = 0; b < BLOCK; b++) block[b] += row[b] * k;
+    }
+    for (int b = 0; b < BLOCK; b++) sum[j + b] = block[b];
+  }
+  for (; j < n; j++) {
+    int32_t total = 1 << (PRECISION_BITS - 1);
+    for (int t = 0; t < length; t++) total += rows[(size_t)t * stride + j] * weight[t];
+    sum[j] = total;
+  }
+}
+
+/* out[j] = clip8(sum[j]) for j < n. */
+VECTOR_CLONES
+static void store_line(const int32_t *restrict sum, uint8_t *restrict out, int n) {
+  for (int j = 0; j < n; j++) out[j] = clip8(sum[j]);
+}
+
+/* The same for RGBX sums stored as RGB: n pixels. */
+VECTOR_CLONES
+static void store_line_rgb(const int32_t *restrict sum, uint8_t *restrict out, int n) {
+  for (int x = 0; x < n; x++) {
+    out[3 * x + 0] = clip8(sum[4 * x + 0]);
+    out[3 * x + 1] = clip8(sum[4 * x + 1]);
+    out[3 * x + 2] = clip8(sum[4 * x + 2]);
+  }
+}
+
+/* Transposes: in is [rows][cols] elements with rows `in_stride` elements
+ * apart; out is [cols][rows], packed. Pixels are one element: a byte
+ * (grayscale) or a 32-bit word (RGB decoded as RGBX), so both are plain
+ * element moves, in cache-sized blocks. */
+#define TRANSPOSE(name, type)                                                            \
+  static void name(const type *in, size_t in_stride, int rows, int cols, type *out) {   \
+    const int block = 32;                                                                \
+    for (int r0 = 0; r0 < rows; r0 += block) {                                           \
+      int r1 = r0 + block < rows ? r0 + block : rows;                                    \
+      for (int c0 = 0; c0 < cols; c0 += block) {                                         \
+        int c1 = c0 + block < cols ? c0 + block : cols;                                  \
+        for (int c = c0; c < c1; c++)                                                    \
+          for (int r = r0; r < r1; r++) out[(size_t)c * rows + r] = in[(size_t)r * in_stride + c]; \
+      }                                                                                  \
+    }                                                                                    \
+  }
+TRANSPOSE(transpose8, uint8_t)
+TRANSPOSE(transpose32, uint32_t)
+
+/* [rows][cols] pixels of `pixel_bytes` (1 or 4) -> [cols][rows]. */
+static void transpose(const uint8_t *in, size_t in_stride_bytes, int rows, int cols,
+                      int pixel_bytes, uint8_t *out) {
+  if (pixel_bytes == 1)
+    transpose8(in, in_stride_bytes, rows, cols, out);
+  else
+    transpose32((const uint32_t *)in, in_stride_bytes / 4, rows, cols, (uint32_t *)out);
+}
+
+/* ------------------------------------------------------------ decoder --- */
+
+struct strict_errors {
+  struct jpeg_error_mgr base;
+  jmp_buf escape;
+  char message[JMSG_LENGTH_MAX];
+};
+
+static void fail(j_common_ptr info) {
+  struct strict_errors *errors = (struct strict_errors *)info->err;
+  (*info->err->format_message)(info, errors->message);
+  longjmp(errors->escape, 1);
+}
+
+/* Level -1 is a warning (corrupt or truncated data): strict, so fail.
+ * Levels >= 0 are trace messages. */
+static void warn_or_trace(j_common_ptr info, int level) {
+  if (level < 0) fail(info);
+}
+
+int mae_crop_resize_version(void) {
+#ifdef LIBJPEG_TURBO_VERSION_NUMBER
+  return LIBJPEG_TURBO_VERSION_NUMBER;
+#else
+  return 0;
+#endif
+}
+
+/* Decodes the JPEG in data[0:size] as `channels` (1: grayscale, 3: RGB),
+ * resizes its box (top, left, height, width) to resize_height x
+ * resize_width with Pillow's bicubic filter, and writes the part
+ * [out_top, out_top + out_height) x [out_left, out_left + out_width) of the
+ * result to out (uint8, row-major, packed): train crops take all of it,
+ * eval takes the centre crop of a resized whole image. flip != 0 mirrors
+ * the result left to right (for free: the horizontal pass writes its
+ * columns in reverse order).
+ *
+ * Returns 0 on success; 1 with a message (corrupt data, a colour space
+ * libjpeg cannot give as RGB, a box outside the image, no memory), out then
+ * undefined. */
+int mae_crop_resize(const unsigned char *data, size_t size, int channels, int top, int left,
+                    int height, int width, int resize_height, int resize_width, int out_top,
+                    int out_left, int out_height, int out_width, int flip, unsigned char *out,
+                    char *message, size_t message_size) {
+  struct jpeg_decompress_struct info;
+  struct strict_errors errors;
+  /* Set before libjpeg can jump back here, read after: volatile. */
+  Axis *volatile axes = NULL;
+  uint8_t *volatile arena = NULL;
+
+  info.err = jpeg_std_error(&errors.base);
+  errors.base.error_exit = fail;
+  errors.base.emit_message = warn_or_trace;
+  errors.message[0] = '\0';
+  if (setjmp(errors.escape)) {
+    snprintf(message, message_size, "%s", errors.message);
+    goto failed;
+  }
+  jpeg_create_decompress(&info);
+  jpeg_mem_src(&info, data, (unsigned long)size);
+  jpeg_read_header(&info, TRUE);
+  int image_height = (int)info.image_height, image_width = (int)info.image_width;
+  if (channels != 1 && channels != 3) {
+    snprintf(message, message_size, "channels=%d: expected 1 or 3", channels);
+    goto failed;
+  }
+  if (top < 0 || left < 0 || height <= 0 || width <= 0 || top + height > image_height ||
+      left + width > image_width || resize_height <= 0 || resize_width <= 0 || out_top < 0 ||
+      out_left < 0 || out_height <= 0 || out_width <= 0 ||
+      out_top + out_height > resize_height || out_left + out_width > resize_width) {
+    snprintf(message, message_size,
+             "box (%d, %d, %d, %d) to %dx%d, part (%d, %d, %d, %d): not inside the %dx%d image",
+             top, left, height, width, resize_height, resize_width, out_top, out_left, out_height,
+             out_width, image_height, image_width);
+    goto failed;
+  }
+
+  /* Weights first: they say which rows and columns the resize reads. */
+  axes = calloc(2, sizeof(Axis));
+  if (!axes) goto no_memory;
+  Axis *rows = &axes[0], *cols = &axes[1];
+  if (!axis_init(rows, image_height, (float)top, (float)(top + height), resize_height, out_top,
+                 out_height) ||
+      !axis_init(cols, image_width, (float)left, (float)(left + width), resize_width, out_left,
+                 out_width))
+    goto no_memory;
+  int row0 = rows->start[0], row1 = rows->start[0] + rows->length[0];
+  for (int i = 1; i < out_height; i++) {
+    if (rows->start[i] < row0) row0 = rows->start[i];
+    if (rows->start[i] + rows->length[i] > row1) row1 = rows->start[i] + rows->length[i];
+  }
+  int col0 = cols->start[0], col1 = cols->start[0] + cols->length[0];
+  for (int i = 1; i < out_width; i++) {
+    if (cols->start[i] < col0) col0 = cols->start[i];
+    if (cols->start[i] + cols->length[i] > col1) col1 = cols->start[i] + cols->length[i];
+  }
+  int decode_top = row0 - WINDOW_MARGIN < 0 ? 0 : row0 - WINDOW_MARGIN;
+  int decode_bottom = row1 + WINDOW_MARGIN > image_height ? image_height : row1 + WINDOW_MARGIN;
+  JDIMENSION decode_left = (JDIMENSION)(col0 - WINDOW_MARGIN < 0 ? 0 : col0 - WINDOW_MARGIN);
+  int decode_right = col1 + WINDOW_MARGIN > image_width ? image_width : col1 + WINDOW_MARGIN;
+  JDIMENSION decode_width = (JDIMENSION)decode_right - decode_left;
+
+  /* RGB is decoded as RGBX (the same values, a spare byte per pixel): a
+   * pixel is then one 32-bit word, which the transposes move at once. */
+  int pixel_bytes = channels == 1 ? 1 : 4;
+  info.out_color_space = channels == 1 ? JCS_GRAYSCALE : JCS_EXT_RGBX;
+  info.dct_method = JDCT_ISLOW;
+  info.do_fancy_upsampling = TRUE;
+  jpeg_start_decompress(&info);
+  if (info.output_components != pixel_bytes) {
+    snprintf(message, message_size, "the decoder gave %d bytes per pixel, not %d",
+             info.output_components, pixel_bytes);
+    goto failed;
+  }
+  /* Widens the window to whole iMCU columns. */
+  jpeg_crop_scanline(&info, &decode_left, &decode_width);
+
+  int window_rows = decode_bottom - decode_top, used_rows = row1 - row0, used_cols = col1 - col0;
+  size_t window_stride = (size_t)decode_width * pixel_bytes;
+  size_t line_bytes = (size_t)used_rows * pixel_bytes;  /* a column of the window */
+  size_t out_line_bytes = (size_t)out_width * pixel_bytes;
+  size_t longest = line_bytes > out_line_bytes ? line_bytes : out_line_bytes;
+  size_t sum_bytes = longest * sizeof(int32_t);
+  size_t window_bytes = (size_t)window_rows * window_stride;
+  size_t transposed_bytes = (size_t)used_cols * line_bytes;
+  size_t pass_bytes = (size_t)out_width * line_bytes;
+  /* Every part a multiple of 4 bytes long (RGBX) or byte-addressed (grey);
+   * the int32 sums come first, at malloc's alignment. */
+  arena = malloc(sum_bytes + window_bytes + transposed_bytes + 2 * pass_bytes);
+  if (!arena) goto no_memory;
+  int32_t *sum = (int32_t *)arena;
+  uint8_t *window = arena + sum_bytes, *transposed = window + window_bytes;
+  uint8_t *horizontal = transposed + transposed_bytes, *unturned = horizontal + pass_bytes;
+
+  if (decode_top > 0 &&
+      jpeg_skip_scanlines(&info, (JDIMENSION)decode_top) != (JDIMENSION)decode_top) {
+    snprintf(message, message_size, "could not skip %d rows", decode_top);
+    goto failed;
+  }
+  for (int row = 0; row < window_rows;) {
+    JSAMPROW line[1] = {window + (size_t)row * window_stride};
+    JDIMENSION got = jpeg_read_scanlines(&info, line, 1);
+    if (got == 0) {
+      snprintf(message, message_size, "the data ends after row %d", decode_top + row);
+      goto failed;
+    }
+    row += (int)got;
+  }
+  /* The rows below the window are not needed: stop without reading them. */
+  jpeg_abort_decompress(&info);
+
+  /* Horizontal pass over the transposed window (its columns contiguous):
+   * output column x reads window columns [start, start + length). */
+  const uint8_t *used = window + (size_t)(row0 - decode_top) * window_stride +
+                        (size_t)(col0 - (int)decode_left) * pixel_bytes;
+  transpose(used, window_stride, used_rows, used_cols, pixel_bytes, transposed);
+  for (int x = 0; x < out_width; x++) {
+    filter_lines(transposed + (size_t)(cols->start[x] - col0) * line_bytes, line_bytes,
+                 cols->length[x], cols->weight + (size_t)x * cols->taps, sum, (int)line_bytes);
+    int column = flip ? out_width - 1 - x : x;
+    store_line(sum, horizontal + (size_t)column * line_bytes, (int)line_bytes);
+  }
+  /* Vertical pass, rows contiguous again; RGBX packed to RGB at the end. */
+  transpose(horizontal, line_bytes, out_width, used_rows, pixel_bytes, unturned);
+  for (int y = 0; y < out_height; y++) {
+    filter_lines(unturned + (size_t)(rows->start[y] - row0) * out_line_bytes, out_line_bytes,
+                 rows->length[y], rows->weight + (size_t)y * rows->taps, sum,
+                 (int)out_line_bytes);
+    uint8_t *target = out + (size_t)y * out_width * channels;
+    if (pixel_bytes == channels)
+      store_line(sum, target, (int)out_line_bytes);
+    else
+      store_line_rgb(sum, target, out_width);
+  }
+  jpeg_destroy_decompress(&info);
+  axis_free(&axes[0]);
+  axis_free(&axes[1]);
+  free(axes);
+  free(arena);
+  return 0;
+
+no_memory:
+  snprintf(message, message_size, "out of memory");
+failed:
+  jpeg_destroy_decompress(&info);
+  if (axes) {
+    axis_free(&axes[0]);
+    axis_free(&axes[1]);
+    free(axes);
+  }
+  free(arena);
+  return 1;
+}

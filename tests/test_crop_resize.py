@@ -1,0 +1,199 @@
+"""The native crop decoder (mae_jax/data/crop_resize.c) against the
+reference: Pillow's decode and `resize(BICUBIC, box)`, pixel for pixel, on
+natural photos in every JPEG layout the decoder handles differently; and
+its fallbacks (not built, switched off, files it refuses)."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mae_jax import build_native
+from mae_jax.data import crop_resize, default_data_config, transforms
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory):
+  """The library setup.sh built; fails if it could have been built and was
+  not, skips only on a machine without a C compiler or libjpeg headers."""
+  if crop_resize.load() is None:
+    try:
+      crop_resize.build(output=str(tmp_path_factory.mktemp("lib") / "probe.so"))
+    except crop_resize.BuildError as error:
+      pytest.skip(f"the native crop decoder cannot be built here: {error}")
+    pytest.fail("the native crop decoder builds here but is not built: run bash setup.sh")
+  return crop_resize.load()
+
+
+def photo(shape=(375, 500), offset=(0, 0), which=0):
+  from sklearn.datasets import load_sample_images
+
+  image = load_sample_images().images[which]
+  top, left = offset
+  return image[top : top + shape[0], left : left + shape[1]]
+
+
+def encode(pixels, mode="RGB", **options):
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).convert(mode).save(buffer, "JPEG", **options)
+  return buffer.getvalue()
+
+
+def reference(encoded, channels, box, shape):
+  """What the reference runs: Pillow's decoder, then Pillow's resize."""
+  decoded = Image.open(io.BytesIO(encoded)).convert("L" if channels == 1 else "RGB")
+  top, left, height, width = box
+  resized = decoded.resize(
+    (shape[1], shape[0]), Image.BICUBIC, box=(left, top, left + width, top + height)
+  )
+  return transforms.to_array(resized)
+
+
+def random_boxes(rng, height, width, count):
+  boxes = [
+    transforms.random_resized_crop_box(rng, height, width, (0.2, 1.0), (3 / 4, 4 / 3))
+    for _ in range(count)
+  ]
+  # The edges and corners, where the window meets the image's border.
+  boxes += [(0, 0, height, width), (0, 0, height // 3, width // 3)]
+  boxes += [(height - height // 4, width - width // 4, height // 4, width // 4)]
+  return boxes
+
+
+LAYOUTS = {
+  "4:2:0 q90": dict(quality=90),
+  "4:2:0 q75": dict(quality=75),
+  "4:2:2": dict(quality=90, subsampling=1),
+  "4:4:4": dict(quality=90, subsampling=0),
+  "progressive": dict(quality=90, progressive=True),
+  "restart markers, optimized": dict(quality=85, optimize=True, restart_marker_rows=1),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_train_crops_are_the_reference_pixels(native, layout):
+  rng = np.random.default_rng(sorted(LAYOUTS).index(layout))
+  for which in (0, 1):
+    encoded = encode(photo(offset=(40, 60), which=which), **LAYOUTS[layout])
+    for box in random_boxes(rng, 375, 500, 12):
+      ours = crop_resize.crop_resize(encoded, 3, box, (224, 224))
+      np.testing.assert_array_equal(ours, reference(encoded, 3, box, (224, 224)), str(box))
+
+
+def test_grey_odd_sizes_and_upscaling_are_the_reference_pixels(native):
+  rng = np.random.default_rng(7)
+  cases = [
+    (encode(photo(), "L", quality=90), 3),  # a grey JPEG as RGB
+    (encode(photo(), "L", quality=90), 1),
+    (encode(photo((257, 333), (11, 3))), 3),  # sizes that are no multiple of the MCU
+    (encode(photo((97, 131), (200, 300))), 3),  # smaller than the output: upscaled
+  ]
+  for encoded, channels in cases:
+    height, width = Image.open(io.BytesIO(encoded)).size[::-1]
+    for box in random_boxes(rng, height, width, 8):
+      for shape in ((224, 224), (64, 48)):
+        ours = crop_resize.crop_resize(encoded, channels, box, shape)
+        expected = transforms.crop_and_resize(
+          transforms.decode(encoded, channels), channels, box, shape
+        )
+        np.testing.assert_array_equal(ours, expected, f"{box} {shape} {channels}")
+        if channels == 3:
+          np.testing.assert_array_equal(ours, reference(encoded, 3, box, shape))
+
+
+def test_eval_centre_crop_is_the_reference(native):
+  for crop_fraction in (0.875, 1.0):
+    config = default_data_config(image_size=224, channels=3, eval_crop_fraction=crop_fraction)
+    for shape in ((375, 500), (500, 375), (257, 333)):
+      pixels = photo(shape) if shape[0] < shape[1] else photo(shape[::-1]).transpose(1, 0, 2)
+      encoded = encode(np.ascontiguousarray(pixels), quality=90)
+      ours = transforms.eval_transform(encoded, config)
+      crop_resize.enabled = False
+      try:
+        fallback = transforms.eval_transform(encoded, config)
+      finally:
+        crop_resize.enabled = True
+      np.testing.assert_array_equal(ours, fallback)
+      assert ours.shape == (224, 224, 3)
+
+
+def test_the_train_transform_uses_it_and_gives_the_same_images(native):
+  config = default_data_config(
+    image_size=96, channels=3, horizontal_flip=True, randaugment_ops=2, random_erasing=0.25
+  )
+  encoded = encode(photo(), quality=90)
+  rng_seeds = range(6)
+  native_images = [
+    transforms.train_transform(encoded, np.random.default_rng(s), config) for s in rng_seeds
+  ]
+  crop_resize.enabled = False
+  try:
+    assert not crop_resize.available()
+    assert "switched off" in crop_resize.describe()
+    fallback = [
+      transforms.train_transform(encoded, np.random.default_rng(s), config) for s in rng_seeds
+    ]
+  finally:
+    crop_resize.enabled = True
+  for ours, theirs in zip(native_images, fallback):
+    np.testing.assert_array_equal(ours, theirs)
+  assert "native window decode" in crop_resize.describe()
+
+
+def test_files_it_refuses_fall_back_to_the_full_decode(native):
+  good = encode(photo(), quality=90)
+  box = (10, 20, 200, 300)
+  # CMYK: libjpeg cannot give RGB; Pillow's full decode does.
+  cmyk = encode(photo(), "CMYK", quality=90)
+  assert crop_resize.crop_resize(cmyk, 3, box, (64, 64)) is None
+  np.testing.assert_array_equal(
+    transforms.crop_and_resize(cmyk, 3, box, (64, 64)), reference(cmyk, 3, box, (64, 64))
+  )
+  # Trailing bytes after the end-of-image marker: the full decode decides.
+  padded = good + b"\x00" * 16
+  assert crop_resize.crop_resize(padded, 3, box, (64, 64)) is None
+  # Truncated, even below the window: refused as the strict full decode does.
+  truncated = good[: len(good) * 3 // 4]
+  assert crop_resize.crop_resize(truncated, 3, box, (64, 64)) is None
+  with pytest.raises(transforms.UndecodableImage):
+    transforms.crop_and_resize(truncated, 3, box, (64, 64))
+  # Corrupt entropy data inside the window: the library's warning is an error.
+  corrupt = bytearray(good)
+  start = good.index(b"\xff\xda") + 200
+  corrupt[start : start + 400] = bytes(range(256)) + bytes(144)
+  assert crop_resize.crop_resize(bytes(corrupt), 3, (0, 0, 375, 500), (64, 64)) is None
+  # A box outside the image is refused with a message, not a crash.
+  assert crop_resize.crop_resize(good, 3, (300, 0, 200, 100), (64, 64)) is None
+
+
+def test_build_errors_say_what_is_missing(tmp_path, monkeypatch, capsys):
+  with pytest.raises(crop_resize.BuildError, match="no C compiler 'no-such-cc'"):
+    crop_resize.build(compiler="no-such-cc", output=str(tmp_path / "x.so"))
+  # No libjpeg headers: the compiler's error, and which package to install.
+  empty = tmp_path / "include"
+  empty.mkdir()
+  (empty / "jpeglib.h").write_text('#error "jpeglib.h is missing"\n')
+  monkeypatch.setenv("CPATH", str(empty))
+  with pytest.raises(crop_resize.BuildError, match="libjpeg-turbo's headers are missing"):
+    crop_resize.build(output=str(tmp_path / "x.so"))
+  # The command setup.sh runs says so and exits 1; the library in use stays.
+  monkeypatch.setenv("CC", "no-such-cc")
+  assert build_native.main() == 1
+  assert "works without it" in capsys.readouterr().err
+  assert not (tmp_path / "x.so").exists()
+
+
+def test_the_cli_builds_and_reports(native, tmp_path, monkeypatch, capsys):
+  monkeypatch.setattr(crop_resize, "LIBRARY", str(tmp_path / "built.so"))
+  crop_resize.load.cache_clear()
+  try:
+    assert "not built" in crop_resize.describe()
+    assert crop_resize.crop_resize(encode(photo()), 3, (0, 0, 10, 10), (8, 8)) is None
+    assert build_native.main() == 0
+    assert "native window decode" in capsys.readouterr().out
+    assert crop_resize.load() is not None
+  finally:
+    monkeypatch.undo()
+    crop_resize.load.cache_clear()
+  assert crop_resize.load() is not None
