@@ -436,6 +436,14 @@ def render(results: dict) -> str:
       f"{every['images_per_s']:.0f} img/s ({every['images_per_s_per_core']:.0f} per core)",
     ]
   )
+  threads = inputs.get("all_cores_in_process")
+  if threads:
+    rows.append(
+      [
+        f"all {threads['cores']} cores, in-process ({threads['threads']} threads)",
+        f"{threads['images_per_s']:.0f} img/s ({threads['images_per_s_per_core']:.0f} per core)",
+      ]
+    )
   if resume:
     times = ", ".join(
       f"{row['first_batch_s']:.2f} s at epoch {row['epoch']}" for row in resume["rows"]

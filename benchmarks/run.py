@@ -360,10 +360,11 @@ def measure_input(jpeg_dir: str, spec: StandardSet) -> dict:
     ("one_core_in_process", dict(cores=1, workers=0, native=True)),
     ("one_core_fallback", dict(cores=1, workers=0, native=False)),
     ("one_core", dict(cores=1, workers=1)),
-    ("all_cores", dict(cores=cores, workers=cores)),
+    ("all_cores", dict(cores=cores, workers=cores, threads=1)),
+    ("all_cores_in_process", dict(cores=cores, workers=0, threads=cores)),
   )
   for key, settings in runs:
-    out[key] = input_bench.jpeg_throughput(jpeg_dir, threads=1, **settings, **sizes)
+    out[key] = input_bench.jpeg_throughput(jpeg_dir, **{"threads": 1, **settings}, **sizes)
     log(f"input pipeline, {key} {settings}: {out[key]['images_per_s']:.1f} img/s")
   out["resume"] = input_bench.resume_times(
     jpeg_dir, batch_size=spec.jpeg_batch, image_size=spec.jpeg_image_size

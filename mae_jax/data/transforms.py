@@ -7,11 +7,14 @@ normalisation happens on the device. Evaluation resizes the short side to image_
 crop_fraction and takes the centre crop. Pillow's bicubic resize is the one
 the reference runs (torchvision on PIL images), antialiasing included.
 
-JPEGs are decoded by libjpeg-turbo (through `simplejpeg`) straight to RGB
-with its accurate integer IDCT and smooth chroma upsampling: the same
-pixels as Pillow's decoder, which the reference runs, and faster than
-Pillow (docs/data.md has the measurements, and why the reduced-DCT-scale
-and fast-IDCT modes that were here before are gone).
+JPEG crops go through the native crop decoder when it is built
+(`crop_resize`: only the window the resize reads is decoded, then Pillow's
+resize arithmetic; the same pixels, twice the rate). Otherwise, and for
+other formats, images are decoded in full: JPEGs by libjpeg-turbo (through
+`simplejpeg`) straight to RGB with its accurate integer IDCT and smooth
+chroma upsampling, the same pixels as Pillow's decoder, which the reference
+runs (docs/data.md has the measurements, and why the reduced-DCT-scale and
+fast-IDCT modes that were here before are gone).
 
 All randomness comes from the `numpy.random.Generator` the pipeline passes
 in, seeded from (seed, global example position): the same seed gives the
