@@ -197,3 +197,27 @@ def test_the_cli_builds_and_reports(native, tmp_path, monkeypatch, capsys):
     monkeypatch.undo()
     crop_resize.load.cache_clear()
   assert crop_resize.load() is not None
+
+
+def test_a_library_built_from_another_source_is_not_used(native, tmp_path, monkeypatch):
+  """A stale build (its arguments may differ) falls back instead of being called."""
+  source = (
+    open(crop_resize.SOURCE)
+    .read()
+    .replace(
+      f"mae_crop_resize_abi(void) {{ return {crop_resize.ABI}; }}",
+      f"mae_crop_resize_abi(void) {{ return {crop_resize.ABI - 1}; }}",
+    )
+  )
+  assert f"return {crop_resize.ABI - 1};" in source
+  (tmp_path / "old.c").write_text(source)
+  monkeypatch.setattr(crop_resize, "SOURCE", str(tmp_path / "old.c"))
+  monkeypatch.setattr(crop_resize, "LIBRARY", str(tmp_path / "old.so"))
+  try:
+    crop_resize.build()
+    assert crop_resize.load() is None and not crop_resize.available()
+    assert "older source" in crop_resize.describe()
+  finally:
+    monkeypatch.undo()
+    crop_resize.load.cache_clear()
+  assert crop_resize.load() is not None

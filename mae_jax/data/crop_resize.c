@@ -227,6 +227,11 @@ static void warn_or_trace(j_common_ptr info, int level) {
   if (level < 0) fail(info);
 }
 
+/* Bumped with every change of mae_crop_resize's arguments: crop_resize.py
+ * refuses a library built from an older source (a stale build would be
+ * called with the wrong arguments). */
+int mae_crop_resize_abi(void) { return 2; }
+
 int mae_crop_resize_version(void) {
 #ifdef LIBJPEG_TURBO_VERSION_NUMBER
   return LIBJPEG_TURBO_VERSION_NUMBER;

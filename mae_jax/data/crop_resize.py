@@ -33,6 +33,9 @@ LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_crop_resize
 # multiply-adds); target_clones in the source picks AVX2/AVX-512 at run time.
 COMPILE_FLAGS = ("-O3", "-ffp-contract=off", "-fPIC", "-shared")
 MESSAGE_BYTES = 256
+# mae_crop_resize_abi() of the source this module calls; a library built
+# from another version is not used (`python -m mae_jax.build_native`).
+ABI = 2
 # A JPEG that does not end with the end-of-image marker is truncated (or has
 # trailing bytes): the full decode decides, since the window may end before
 # the damage and the strict full decode refuses such files.
@@ -72,7 +75,10 @@ def load() -> ctypes.CDLL | None:
     return None
   try:
     library = ctypes.CDLL(LIBRARY)
-  except OSError:
+    abi = library.mae_crop_resize_abi()
+  except (OSError, AttributeError):  # Not loadable, or older than the ABI check.
+    return None
+  if abi != ABI:
     return None
   function = library.mae_crop_resize
   function.restype = ctypes.c_int
@@ -95,7 +101,8 @@ def describe() -> str:
   if library is None:
     return (
       "JPEG crops: simplejpeg full decode + Pillow resize (the native crop decoder is not "
-      "built; `python -m mae_jax.build_native` builds it, about 2x faster, same pixels)"
+      "built, or built from an older source; `python -m mae_jax.build_native` builds it, "
+      "about 2x faster, same pixels)"
     )
   if not enabled:
     return "JPEG crops: simplejpeg full decode + Pillow resize (native crop decoder switched off)"
