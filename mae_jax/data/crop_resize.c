@@ -131,6 +131,16 @@ static int axis_init(Axis *axis, int in_size, float in0, float in1, int out_size
   return 1;
 }
 
+/* The inputs [*first, *end) that `count` outputs of the axis read. */
+static void axis_span(const Axis *axis, int count, int *first, int *end) {
+  *first = axis->start[0];
+  *end = axis->start[0] + axis->length[0];
+  for (int i = 1; i < count; i++) {
+    if (axis->start[i] < *first) *first = axis->start[i];
+    if (axis->start[i] + axis->length[i] > *end) *end = axis->start[i] + axis->length[i];
+  }
+}
+
 /* ------------------------------------------------------------- passes --- */
 
 static inline uint8_t clip8(int32_t sum) {
@@ -298,16 +308,9 @@ int mae_crop_resize(const unsigned char *data, size_t size, int channels, int to
       !axis_init(cols, image_width, (float)left, (float)(left + width), resize_width, out_left,
                  out_width))
     goto no_memory;
-  int row0 = rows->start[0], row1 = rows->start[0] + rows->length[0];
-  for (int i = 1; i < out_height; i++) {
-    if (rows->start[i] < row0) row0 = rows->start[i];
-    if (rows->start[i] + rows->length[i] > row1) row1 = rows->start[i] + rows->length[i];
-  }
-  int col0 = cols->start[0], col1 = cols->start[0] + cols->length[0];
-  for (int i = 1; i < out_width; i++) {
-    if (cols->start[i] < col0) col0 = cols->start[i];
-    if (cols->start[i] + cols->length[i] > col1) col1 = cols->start[i] + cols->length[i];
-  }
+  int row0, row1, col0, col1;
+  axis_span(rows, out_height, &row0, &row1);
+  axis_span(cols, out_width, &col0, &col1);
   int decode_top = row0 - WINDOW_MARGIN < 0 ? 0 : row0 - WINDOW_MARGIN;
   int decode_bottom = row1 + WINDOW_MARGIN > image_height ? image_height : row1 + WINDOW_MARGIN;
   JDIMENSION decode_left = (JDIMENSION)(col0 - WINDOW_MARGIN < 0 ? 0 : col0 - WINDOW_MARGIN);
