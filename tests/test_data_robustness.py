@@ -270,6 +270,12 @@ def test_unreadable_bucket_names_the_path_and_what_to_check(monkeypatch, error, 
         raise error
       return False
 
+  # TFDS imports itself lazily and reads epath.Path while it does: import it
+  # before the stand-in, or a first import here is left half-done for every
+  # later test of this process.
+  import tensorflow_datasets as tfds
+
+  tfds.core  # noqa: B018  (the lazy attribute access is the import)
   monkeypatch.setattr(sources.epath, "Path", Bucket)
   bucket = "gs://no-such-bucket/tfds"
   config = data.default_data_config(source=source, name="imagenet2012", data_dir=bucket)
