@@ -15,6 +15,12 @@ elif [[ $# -gt 0 ]]; then
 fi
 
 python=${PYTHON:-python3}
+# A name that does not run (pyenv's shim for a version that is installed but
+# not selected prints a page, then fails) is named as such, not as "too old".
+if ! "$python" -c 'pass' >/dev/null 2>&1; then
+  echo "PYTHON=$python does not run; set PYTHON to an interpreter's path (e.g. \$(pyenv prefix 3.12.1)/bin/python)" >&2
+  exit 1
+fi
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
   echo "mae_jax needs Python >= 3.10; set PYTHON=/path/to/python3.11" >&2
   exit 1
