@@ -430,6 +430,15 @@ def render(results: dict) -> str:
       f"{one['images_per_s']:.0f} img/s" + (f" ({share(one, transform)})" if transform else ""),
     ]
   )
+  own_core = inputs.get("one_worker_own_core")
+  if own_core:
+    rows.append(
+      [
+        "one worker process (1 thread) on its own core, the training process on another",
+        f"{own_core['images_per_s']:.0f} img/s"
+        + (f" ({share(own_core, transform)})" if transform else ""),
+      ]
+    )
   rows.append(
     [
       f"all {every['cores']} cores ({every['workers']} worker processes)",

@@ -363,6 +363,11 @@ def measure_input(jpeg_dir: str, spec: StandardSet) -> dict:
     ("all_cores", dict(cores=cores, workers=cores, threads=1)),
     ("all_cores_in_process", dict(cores=cores, workers=0, threads=cores)),
   )
+  if cores >= 2:
+    # A GPU host's layout: the worker has a core, the training process
+    # (which receives the batches) another; "one_core" shares one between
+    # them, so the hand-off's cost lands on the worker's rate there.
+    runs += (("one_worker_own_core", dict(cores=2, workers=1)),)
   for key, settings in runs:
     out[key] = input_bench.jpeg_throughput(jpeg_dir, **{"threads": 1, **settings}, **sizes)
     log(f"input pipeline, {key} {settings}: {out[key]['images_per_s']:.1f} img/s")

@@ -102,6 +102,9 @@ def test_standard_set_runs_at_tiny_sizes(tmp_path):
   assert mask_tokens["flop_ratio"] > 1 and mask_tokens["speedup"] > 0
   assert [row["remat"] for row in results["memory"]] == list(run.StandardSet.tiny().remat_policies)
   assert results["input"]["one_core"]["images_per_s"] > 0
+  if results["input"]["all_cores"]["cores"] >= 2:  # the GPU-host layout needs a second core
+    assert results["input"]["one_worker_own_core"]["images_per_s"] > 0
+    assert "one worker process (1 thread) on its own core" in text
   assert results["digits"]["input_wait_fraction"] == 0.02
   assert json.loads(raw.read_text())["command"].startswith("python -m benchmarks.run standard")
   # Re-rendered with a pod-plan report (`python -m mae_jax.aot --json`) quoted.
