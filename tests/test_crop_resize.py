@@ -4,6 +4,7 @@ natural photos in every JPEG layout the decoder handles differently; and
 its fallbacks (not built, switched off, files it refuses)."""
 
 import io
+import shutil
 
 import numpy as np
 import pytest
@@ -170,13 +171,23 @@ def test_files_it_refuses_fall_back_to_the_full_decode(native):
 def test_build_errors_say_what_is_missing(tmp_path, monkeypatch, capsys):
   with pytest.raises(crop_resize.BuildError, match="no C compiler 'no-such-cc'"):
     crop_resize.build(compiler="no-such-cc", output=str(tmp_path / "x.so"))
-  # No libjpeg headers: the compiler's error, and which package to install.
-  empty = tmp_path / "include"
-  empty.mkdir()
-  (empty / "jpeglib.h").write_text('#error "jpeglib.h is missing"\n')
-  monkeypatch.setenv("CPATH", str(empty))
+  # No libjpeg headers: the compiler's error, and which package to install;
+  # first from a stand-in compiler (runs on a machine without one) ...
+  stand_in = tmp_path / "cc-without-headers"
+  stand_in.write_text(
+    "#!/bin/sh\necho 'crop_resize.c:44:10: fatal error: jpeglib.h: No such file' >&2\nexit 1\n"
+  )
+  stand_in.chmod(0o755)
   with pytest.raises(crop_resize.BuildError, match="libjpeg-turbo's headers are missing"):
-    crop_resize.build(output=str(tmp_path / "x.so"))
+    crop_resize.build(compiler=str(stand_in), output=str(tmp_path / "x.so"))
+  # ... then from the machine's own compiler, where it has one.
+  if shutil.which("cc"):
+    empty = tmp_path / "include"
+    empty.mkdir()
+    (empty / "jpeglib.h").write_text('#error "jpeglib.h is missing"\n')
+    monkeypatch.setenv("CPATH", str(empty))
+    with pytest.raises(crop_resize.BuildError, match="libjpeg-turbo's headers are missing"):
+      crop_resize.build(output=str(tmp_path / "x.so"))
   # The command setup.sh runs says so and exits 1; the library in use stays.
   monkeypatch.setenv("CC", "no-such-cc")
   assert build_native.main() == 1
