@@ -372,7 +372,7 @@ def render(results: dict) -> str:
   )
 
   inputs = results["input"]
-  one, every = inputs["one_core"], inputs["all_cores"]
+  every = inputs["all_cores"]
   resume = inputs.get("resume")
   digits = results["digits"]
   lines += [
@@ -414,31 +414,24 @@ def render(results: dict) -> str:
       ]
     )
 
-  def share(run, ceiling):
-    return f"{100 * run['images_per_s'] / ceiling['images_per_s']:.0f} % of its transform"
+  def rate(run, ceiling):
+    text = f"{run['images_per_s']:.0f} img/s"
+    if ceiling:
+      text += f" ({100 * run['images_per_s'] / ceiling['images_per_s']:.0f} % of its transform)"
+    return text
 
   for key, label, ceiling in (
     ("one_core_in_process", "one core, in-process (1 thread), native", transform),
     ("one_core_fallback", "one core, in-process (1 thread), fallback", fallback),
+    ("one_core", "one core, one worker process (1 thread), native", transform),
+    (
+      "one_worker_own_core",
+      "one worker process (1 thread) on its own core, the training process on another",
+      transform,
+    ),
   ):
-    if key in inputs and ceiling:
-      run = inputs[key]
-      rows.append([label, f"{run['images_per_s']:.0f} img/s ({share(run, ceiling)})"])
-  rows.append(
-    [
-      "one core, one worker process (1 thread), native",
-      f"{one['images_per_s']:.0f} img/s" + (f" ({share(one, transform)})" if transform else ""),
-    ]
-  )
-  own_core = inputs.get("one_worker_own_core")
-  if own_core:
-    rows.append(
-      [
-        "one worker process (1 thread) on its own core, the training process on another",
-        f"{own_core['images_per_s']:.0f} img/s"
-        + (f" ({share(own_core, transform)})" if transform else ""),
-      ]
-    )
+    if key in inputs:
+      rows.append([label, rate(inputs[key], ceiling)])
   rows.append(
     [
       f"all {every['cores']} cores ({every['workers']} worker processes)",

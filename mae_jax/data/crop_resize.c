@@ -282,6 +282,7 @@ int mae_crop_resize(const unsigned char *data, size_t size, int channels, int to
   /* Set before libjpeg can jump back here, read after: volatile. */
   Axis *volatile axes = NULL;
   uint8_t *volatile arena = NULL;
+  volatile int status = 1; /* 0 once out holds the result */
 
   info.err = jpeg_std_error(&errors.base);
   errors.base.error_exit = fail;
@@ -289,7 +290,7 @@ int mae_crop_resize(const unsigned char *data, size_t size, int channels, int to
   errors.message[0] = '\0';
   if (setjmp(errors.escape)) {
     snprintf(message, message_size, "%s", errors.message);
-    goto failed;
+    goto finish;
   }
   jpeg_create_decompress(&info);
   jpeg_mem_src(&info, data, (unsigned long)size);
@@ -297,7 +298,7 @@ int mae_crop_resize(const unsigned char *data, size_t size, int channels, int to
   int image_height = (int)info.image_height, image_width = (int)info.image_width;
   if (channels != 1 && channels != 3) {
     snprintf(message, message_size, "channels=%d: expected 1 or 3", channels);
-    goto failed;
+    goto finish;
   }
   if (top < 0 || left < 0 || height <= 0 || width <= 0 || top + height > image_height ||
       left + width > image_width || resize_height <= 0 || resize_width <= 0 || out_top < 0 ||
@@ -307,7 +308,7 @@ int mae_crop_resize(const unsigned char *data, size_t size, int channels, int to
              "box (%d, %d, %d, %d) to %dx%d, part (%d, %d, %d, %d): not inside the %dx%d image",
              top, left, height, width, resize_height, resize_width, out_top, out_left, out_height,
              out_width, image_height, image_width);
-    goto failed;
+    goto finish;
   }
 
   /* Weights first: they say which rows and columns the resize reads. */
@@ -338,7 +339,7 @@ int mae_crop_resize(const unsigned char *data, size_t size, int channels, int to
   if (info.output_components != pixel_bytes) {
     snprintf(message, message_size, "the decoder gave %d bytes per pixel, not %d",
              info.output_components, pixel_bytes);
-    goto failed;
+    goto finish;
   }
   /* Widens the window to whole iMCU columns. */
   jpeg_crop_scanline(&info, &decode_left, &decode_width);
@@ -363,7 +364,7 @@ int mae_crop_resize(const unsigned char *data, size_t size, int channels, int to
   if (decode_top > 0 &&
       jpeg_skip_scanlines(&info, (JDIMENSION)decode_top) != (JDIMENSION)decode_top) {
     snprintf(message, message_size, "could not skip %d rows", decode_top);
-    goto failed;
+    goto finish;
   }
   /* Several rows a call: the upsampler makes two at a time (4:2:0), and a
    * one-row request costs it a copy through a spare row. */
@@ -374,7 +375,7 @@ int mae_crop_resize(const unsigned char *data, size_t size, int channels, int to
     JDIMENSION got = jpeg_read_scanlines(&info, line, (JDIMENSION)want);
     if (got == 0) {
       snprintf(message, message_size, "the data ends after row %d", decode_top + row);
-      goto failed;
+      goto finish;
     }
     row += (int)got;
   }
@@ -404,16 +405,12 @@ int mae_crop_resize(const unsigned char *data, size_t size, int channels, int to
     else
       store_line_rgb(sum, target, out_width);
   }
-  jpeg_destroy_decompress(&info);
-  axis_free(&axes[0]);
-  axis_free(&axes[1]);
-  free(axes);
-  free(arena);
-  return 0;
+  status = 0;
+  goto finish;
 
 no_memory:
   snprintf(message, message_size, "out of memory");
-failed:
+finish: /* success or failure: status says which */
   jpeg_destroy_decompress(&info);
   if (axes) {
     axis_free(&axes[0]);
@@ -421,5 +418,5 @@ failed:
     free(axes);
   }
   free(arena);
-  return 1;
+  return status;
 }
