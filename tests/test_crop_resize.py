@@ -27,6 +27,48 @@ def native(tmp_path_factory):
   return crop_resize.load()
 
 
+@pytest.fixture(scope="module")
+def clone_libraries(native, tmp_path_factory):
+  """Builds with only the lower vector clones: the CPU's own pick is then
+  AVX2 or plain C, so each clone's pixels are checked on this machine."""
+  folder = tmp_path_factory.mktemp("clones")
+  return {
+    clones: crop_resize.build(output=str(folder / f"{clones}.so"), clones=clones)
+    for clones in ("avx2", "plain")
+  }
+
+
+@pytest.fixture(params=sorted(crop_resize.CLONE_FLAGS))
+def clone(request, clone_libraries, monkeypatch):
+  """The pixel tests run once per build: every clone (setup.sh's), AVX2
+  and plain only, plain only."""
+  if request.param != "all":
+    monkeypatch.setattr(crop_resize, "LIBRARY", clone_libraries[request.param])
+    crop_resize.load.cache_clear()
+  expected = {"avx2": {"AVX2", "plain C"}, "plain": {"plain C"}}
+  assert crop_resize.vector_code() in expected.get(request.param, crop_resize.VECTOR_CODE.values())
+  yield request.param
+  monkeypatch.undo()
+  crop_resize.load.cache_clear()
+
+
+def test_each_build_runs_the_widest_clone_the_cpu_has(native, clone_libraries, monkeypatch):
+  with open("/proc/cpuinfo") as info:
+    flags = set(next(line for line in info if line.startswith("flags")).split())
+  widest = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "plain C"
+  assert crop_resize.vector_code() == widest
+  assert f"{widest} resize" in crop_resize.describe()
+  monkeypatch.setattr(crop_resize, "LIBRARY", clone_libraries["avx2"])
+  crop_resize.load.cache_clear()
+  try:
+    assert crop_resize.vector_code() == ("plain C" if widest == "plain C" else "AVX2")
+  finally:
+    monkeypatch.undo()
+    crop_resize.load.cache_clear()
+  with pytest.raises(ValueError, match="clones="):
+    crop_resize.build(output=str(clone_libraries["avx2"]), clones="avx3")
+
+
 def photo(shape=(375, 500), offset=(0, 0), which=0):
   from sklearn.datasets import load_sample_images
 
@@ -73,7 +115,7 @@ LAYOUTS = {
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_train_crops_are_the_reference_pixels(native, layout):
+def test_train_crops_are_the_reference_pixels(clone, layout):
   rng = np.random.default_rng(sorted(LAYOUTS).index(layout))
   for which in (0, 1):
     encoded = encode(photo(offset=(40, 60), which=which), **LAYOUTS[layout])
@@ -82,7 +124,7 @@ def test_train_crops_are_the_reference_pixels(native, layout):
       np.testing.assert_array_equal(ours, reference(encoded, 3, box, (224, 224)), str(box))
 
 
-def test_grey_odd_sizes_and_upscaling_are_the_reference_pixels(native):
+def test_grey_odd_sizes_and_upscaling_are_the_reference_pixels(clone):
   rng = np.random.default_rng(7)
   cases = [
     (encode(photo(), "L", quality=90), 3),  # a grey JPEG as RGB
@@ -103,7 +145,7 @@ def test_grey_odd_sizes_and_upscaling_are_the_reference_pixels(native):
           np.testing.assert_array_equal(ours, reference(encoded, 3, box, shape))
 
 
-def test_eval_centre_crop_is_the_reference(native):
+def test_eval_centre_crop_is_the_reference(clone):
   for crop_fraction in (0.875, 1.0):
     config = default_data_config(image_size=224, channels=3, eval_crop_fraction=crop_fraction)
     for shape in ((375, 500), (500, 375), (257, 333)):

@@ -56,14 +56,25 @@
 /* x86-64-v4 (AVX-512 F/BW/DQ/VL) lets GCC use 512-bit byte and word
  * instructions, which "avx512f" alone does not: 5 % less time per crop than
  * the "avx512f" clones on the AVX-512 machine (docs/data.md). GCC names the
- * level from version 11; others get the older name. */
+ * level from version 11; others get the older name.
+ *
+ * MAE_CLONES_AVX2 or MAE_CLONES_PLAIN (crop_resize.build(clones=...)) keep
+ * only the lower clones, so that the tests check the pixels of every clone
+ * on an AVX-512 CPU and the benchmark can time the AVX2 code there.
+ * AVX512_PICKED and AVX2_PICKED are the conditions the loader's resolver
+ * tests, for mae_crop_resize_vector_bits(). */
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#if !defined(__clang__) && __GNUC__ >= 11
+#if __has_attribute(target_clones) && !defined(MAE_CLONES_PLAIN)
+#if defined(MAE_CLONES_AVX2)
+#define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#elif !defined(__clang__) && __GNUC__ >= 11
 #define VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#define AVX512_PICKED __builtin_cpu_supports("x86-64-v4")
 #else
 #define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define AVX512_PICKED __builtin_cpu_supports("avx512f")
 #endif
+#define AVX2_PICKED __builtin_cpu_supports("avx2")
 #endif
 #endif
 #ifndef VECTOR_CLONES
@@ -248,10 +259,22 @@ static void warn_or_trace(j_common_ptr info, int level) {
   if (level < 0) fail(info);
 }
 
-/* Bumped with every change of mae_crop_resize's arguments: crop_resize.py
- * refuses a library built from an older source (a stale build would be
- * called with the wrong arguments). */
-int mae_crop_resize_abi(void) { return 2; }
+/* Bumped with every change of mae_crop_resize's arguments or of the
+ * functions crop_resize.py calls: it refuses a library built from an older
+ * source (a stale build would be called with the wrong arguments). */
+int mae_crop_resize_abi(void) { return 3; }
+
+/* The vector width of the resize code this CPU runs: 512 (AVX-512), 256
+ * (AVX2) or 0 (plain C), for crop_resize.describe(). */
+int mae_crop_resize_vector_bits(void) {
+#ifdef AVX512_PICKED
+  if (AVX512_PICKED) return 512;
+#endif
+#ifdef AVX2_PICKED
+  if (AVX2_PICKED) return 256;
+#endif
+  return 0;
+}
 
 int mae_crop_resize_version(void) {
 #ifdef LIBJPEG_TURBO_VERSION_NUMBER

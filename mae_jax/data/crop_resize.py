@@ -28,14 +28,24 @@ import subprocess
 import numpy as np
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "crop_resize.c")
-LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_crop_resize.so")
+# MAE_JAX_CROP_RESIZE_LIBRARY: a build elsewhere (a read-only install, or
+# the AVX2-only build `benchmarks.run input --avx2-code` times); worker
+# processes inherit it.
+LIBRARY = os.environ.get("MAE_JAX_CROP_RESIZE_LIBRARY") or os.path.join(
+  os.path.dirname(os.path.abspath(__file__)), "_crop_resize.so"
+)
 # -ffp-contract=off: the filter weights must round as Pillow's do (no fused
 # multiply-adds); target_clones in the source picks AVX2/AVX-512 at run time.
 COMPILE_FLAGS = ("-O3", "-ffp-contract=off", "-fPIC", "-shared")
 MESSAGE_BYTES = 256
 # mae_crop_resize_abi() of the source this module calls; a library built
 # from another version is not used (`python -m mae_jax.build_native`).
-ABI = 2
+ABI = 3
+# build(clones=...): every vector clone (what setup.sh builds), or only the
+# lower ones, for the tests (each clone's pixels) and the benchmark (the
+# AVX2 code timed on an AVX-512 CPU).
+CLONE_FLAGS = {"all": (), "avx2": ("-DMAE_CLONES_AVX2",), "plain": ("-DMAE_CLONES_PLAIN",)}
+VECTOR_CODE = {512: "AVX-512", 256: "AVX2", 0: "plain C"}
 # A JPEG that does not end with the end-of-image marker is truncated (or has
 # trailing bytes): the full decode decides, since the window may end before
 # the damage and the strict full decode refuses such files.
@@ -49,14 +59,17 @@ class BuildError(RuntimeError):
   """The C compiler or libjpeg's headers are missing, or compiling failed."""
 
 
-def build(compiler: str | None = None, output: str | None = None) -> str:
-  """Compiles crop_resize.c into `output` (default: `LIBRARY`); returns its path."""
+def build(compiler: str | None = None, output: str | None = None, clones: str = "all") -> str:
+  """Compiles crop_resize.c into `output` (default: `LIBRARY`) with the
+  vector clones `clones` names (CLONE_FLAGS); returns its path."""
   compiler = compiler or os.environ.get("CC") or "cc"
   output = output or LIBRARY
+  if clones not in CLONE_FLAGS:
+    raise ValueError(f"clones={clones!r}: use one of {sorted(CLONE_FLAGS)}")
   if shutil.which(compiler) is None:
     raise BuildError(f"no C compiler {compiler!r} on PATH (set CC, or install gcc)")
   partial = f"{output}.{os.getpid()}.tmp"
-  command = [compiler, *COMPILE_FLAGS, "-o", partial, SOURCE, "-ljpeg"]
+  command = [compiler, *COMPILE_FLAGS, *CLONE_FLAGS[clones], "-o", partial, SOURCE, "-ljpeg"]
   result = subprocess.run(command, capture_output=True, text=True, check=False)
   if result.returncode:
     hint = ""
@@ -88,7 +101,15 @@ def load() -> ctypes.CDLL | None:
     + [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
   )
   library.mae_crop_resize_version.restype = ctypes.c_int
+  library.mae_crop_resize_vector_bits.restype = ctypes.c_int
   return library
+
+
+def vector_code() -> str | None:
+  """Which of the resize's clones this CPU runs ("AVX-512", "AVX2",
+  "plain C"), or None when the library is not loaded."""
+  library = load()
+  return None if library is None else VECTOR_CODE[library.mae_crop_resize_vector_bits()]
 
 
 def available() -> bool:
@@ -108,7 +129,9 @@ def describe() -> str:
     return "JPEG crops: simplejpeg full decode + Pillow resize (native crop decoder switched off)"
   version = library.mae_crop_resize_version()
   turbo = f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000}"
-  return f"JPEG crops: native window decode + resize (libjpeg-turbo {turbo})"
+  return (
+    f"JPEG crops: native window decode + resize (libjpeg-turbo {turbo}, {vector_code()} resize)"
+  )
 
 
 def crop_resize(
