@@ -108,6 +108,36 @@ def jpeg_files(root: str) -> list[str]:
   )
 
 
+def avx2_code_environment(scratch: str) -> dict[str, str]:
+  """The environment in which an AVX-512 CPU runs the input pipeline's
+  AVX2 code, as an AVX2-only CPU would: the crop decoder built with its AVX2
+  and plain clones only (built into `scratch`), numpy's AVX-512 loops and
+  glibc's AVX-512 string functions off. libjpeg-turbo (the system's and
+  simplejpeg's), Pillow and Python have no AVX-512 code. What stays this
+  CPU's own: its clock, caches and cores."""
+  from mae_jax.data import crop_resize
+
+  library = crop_resize.build(output=os.path.join(scratch, "crop_resize_avx2.so"), clones="avx2")
+  return {
+    "MAE_JAX_CROP_RESIZE_LIBRARY": library,
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
+    "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD",
+  }
+
+
+def code_in_use() -> dict[str, Any]:
+  """Which vector code this process runs: the crop decoder's resize clone
+  and numpy's dispatched loops (the benchmark records it per row)."""
+  from numpy._core import _multiarray_umath as umath
+
+  from mae_jax.data import crop_resize
+
+  return {
+    "resize_code": crop_resize.vector_code() if crop_resize.available() else None,
+    "numpy_dispatch": [name for name in umath.__cpu_dispatch__ if umath.__cpu_features__.get(name)],
+  }
+
+
 def _in_child(spec: dict) -> dict:
   """Runs `spec` in a fresh Python process (pinned to `spec["cores"]` CPUs
   when given) and returns its JSON result: each measurement starts cold, as
@@ -166,7 +196,7 @@ def _measure(spec: dict) -> dict:
   if spec.get("cores"):
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: spec["cores"]])
   if spec["kind"] == "transform":
-    return _measure_transform(spec)
+    return {**_measure_transform(spec), **code_in_use()}
   config = _folder_config(spec["root"], spec)
   batch_size = spec["batch_size"]
   start = time.perf_counter()
@@ -192,7 +222,7 @@ def _measure(spec: dict) -> dict:
     next(iterator)
   seconds = time.perf_counter() - start
   images = spec["batches"] * batch_size
-  return {"images": images, "seconds": seconds, "images_per_s": images / seconds}
+  return {"images": images, "seconds": seconds, "images_per_s": images / seconds, **code_in_use()}
 
 
 def jpeg_throughput(

@@ -390,8 +390,13 @@ def render(results: dict) -> str:
     "repeat the files: Grain's shuffle costs per example what a split of that length "
     "costs): RandomResizedCrop (bicubic, antialiased), flip, batch as uint8 (normalised "
     "on the device); a fresh process pinned to the cores. Native: the crop decoder "
-    "(only the window the resize reads is decoded); fallback: simplejpeg's full decode "
-    "+ Pillow's resize.",
+    "(only the window the resize reads is decoded"
+    + (
+      f", its {inputs['transform']['resize_code']} resize code"
+      if (inputs.get("transform") or {}).get("resize_code")
+      else ""
+    )
+    + "); fallback: simplejpeg's full decode + Pillow's resize.",
     "",
   ]
   rows = []

@@ -18,6 +18,7 @@ single measurements.
   # The machine's matmul rate, and the input pipeline alone:
   python -m benchmarks.run matmul --dtype float32 --size 2048
   python -m benchmarks.run input --images 256
+  python -m benchmarks.run input --images 256 --avx2-code  # AVX2 code on an AVX-512 CPU
 
 Thread counts: `--threads N` confines the process to N CPUs before JAX or
 torch start (XLA's CPU pool follows the affinity mask; it has no thread
@@ -28,6 +29,7 @@ Nothing here is imported by the library; tests run it at tiny sizes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -323,6 +325,31 @@ def measure_matmul(dtype: str, size: int) -> dict:
   return result
 
 
+@contextlib.contextmanager
+def avx2_code(scratch: str):
+  """Every measuring process (and the fidelity check here) runs the AVX2
+  code paths while inside (input_bench.avx2_code_environment)."""
+  from benchmarks import input_bench
+  from mae_jax.data import crop_resize
+
+  environment = input_bench.avx2_code_environment(scratch)
+  saved = {name: os.environ.get(name) for name in environment}
+  library = crop_resize.LIBRARY
+  os.environ.update(environment)
+  crop_resize.LIBRARY = environment["MAE_JAX_CROP_RESIZE_LIBRARY"]
+  crop_resize.load.cache_clear()
+  try:
+    yield
+  finally:
+    for name, value in saved.items():
+      if value is None:
+        os.environ.pop(name, None)
+      else:
+        os.environ[name] = value
+    crop_resize.LIBRARY = library
+    crop_resize.load.cache_clear()
+
+
 def measure_input(jpeg_dir: str, spec: StandardSet) -> dict:
   """The native crop decoder's pixels against the reference; the transform
   alone and the pipeline on one core, native and fallback side by side;
@@ -553,6 +580,11 @@ def build_parser() -> argparse.ArgumentParser:
   inputs.add_argument("--batches", type=int, default=16)
   inputs.add_argument("--content", default="natural", choices=("natural", "synthetic"))
   inputs.add_argument("--digits-metrics", default="", help="also read this run's input wait")
+  inputs.add_argument(
+    "--avx2-code",
+    action="store_true",
+    help="run the AVX2 code an AVX2-only CPU runs (on an AVX-512 CPU: its AVX-512 code off)",
+  )
   return parser
 
 
@@ -685,7 +717,9 @@ def main(argv: list[str] | None = None) -> dict:
         jpeg_batches=args.batches,
         jpeg_content=args.content,
       )
-      result = measure_input(os.path.join(scratch, "jpegs"), spec)
+      with avx2_code(scratch) if args.avx2_code else contextlib.nullcontext():
+        result = measure_input(os.path.join(scratch, "jpegs"), spec)
+      result["avx2_code"] = args.avx2_code
     if args.digits_metrics:
       from benchmarks import input_bench
 

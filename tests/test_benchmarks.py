@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 
 from benchmarks import accelerator_check, common, input_bench, profile, run, steps
+from mae_jax.data import crop_resize
 from mae_jax.model import flops
 from mae_jax.model.config import ModelConfig, preset
 from tests.helpers import REPO
@@ -102,6 +105,9 @@ def test_standard_set_runs_at_tiny_sizes(tmp_path):
   assert mask_tokens["flop_ratio"] > 1 and mask_tokens["speedup"] > 0
   assert [row["remat"] for row in results["memory"]] == list(run.StandardSet.tiny().remat_policies)
   assert results["input"]["one_core"]["images_per_s"] > 0
+  code = results["input"]["transform"]["resize_code"]
+  assert code == (crop_resize.vector_code() if crop_resize.available() else None)
+  assert code is None or f"its {code} resize code" in text
   if results["input"]["all_cores"]["cores"] >= 2:  # the GPU-host layout needs a second core
     assert results["input"]["one_worker_own_core"]["images_per_s"] > 0
     assert "one worker process (1 thread) on its own core" in text
@@ -136,6 +142,31 @@ def test_standard_set_runs_at_tiny_sizes(tmp_path):
   run.main(["render", "--json", str(raw), "--out", str(rendered), "--aot-json", str(aot)])
   assert "ViT-L/16 step on v5p-128 (64 chips): predicted MFU" in rendered.read_text()
   assert "predicted MFU 31.0 %" in rendered.read_text()
+
+
+def test_avx2_code_runs_in_every_measuring_process(tmp_path):
+  """`benchmarks.run input --avx2-code`: the children run the AVX2 clone
+  of the crop decoder and no AVX-512 numpy loops; the environment is put
+  back afterwards."""
+  probe = [
+    sys.executable,
+    "-c",
+    "import json; from benchmarks import input_bench; print(json.dumps(input_bench.code_in_use()))",
+  ]
+
+  def child_code():
+    result = subprocess.run(probe, cwd=REPO, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+  before = child_code()
+  try:
+    with run.avx2_code(str(tmp_path)):
+      inside = child_code()
+  except crop_resize.BuildError as error:
+    pytest.skip(f"the native crop decoder cannot be built here: {error}")
+  assert inside["resize_code"] in ("AVX2", "plain C")  # plain: a CPU without AVX2
+  assert not {"X86_V4", "AVX512_ICL", "AVX512_SPR"} & set(inside["numpy_dispatch"])
+  assert child_code() == before and "MAE_JAX_CROP_RESIZE_LIBRARY" not in os.environ
 
 
 def test_step_subcommand_any_configuration():
