@@ -56,8 +56,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mae_jax import topologies
+from mae_jax.core import command_line, sharding
 from mae_jax.core import plan as plan_lib
-from mae_jax.core import sharding
 from mae_jax.core.train_step import train_step_from_config
 from mae_jax.core.units import gib
 from mae_jax.model.flops import train_flops_per_image
@@ -465,7 +465,7 @@ def run_cli() -> None:
     ),
     "json": flags.DEFINE_string("json", None, "Also write the report as JSON here."),
   }
-  app.run(lambda argv: main(argv, config, options))
+  app.run(lambda argv: main(argv, config, options), flags_parser=command_line.parse_flags)
 
 
 if __name__ == "__main__":

@@ -21,15 +21,14 @@ config, data, checkpoint or workdir (one line says what and what to do, no
 traceback); 1 anything else (a bug: the traceback is kept).
 """
 
-import difflib
-import importlib.util
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mae_jax.errors import USAGE_EXIT_CODE, ConfigError, UserError
+from mae_jax.core.command_line import fail_for_user, parse_flags
+from mae_jax.errors import ConfigError, UserError
 
 SAVE_FAILED_EXIT_CODE = 74  # sysexits' EX_IOERR
 
@@ -174,72 +173,6 @@ def main(argv):
   finally:
     if watch is not None:
       watch.stop()
-
-
-def fail_for_user(message: str) -> None:
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(USAGE_EXIT_CODE)
-
-
-def config_paths(config, prefix: str = "") -> list[str]:
-  """Every dotted field path of a (nested) ConfigDict: "model.mask_ratio", ..."""
-  paths = []
-  for key, value in config.items():
-    path = f"{prefix}{key}"
-    paths.append(path)
-    if hasattr(value, "items"):
-      paths.extend(config_paths(value, f"{path}."))
-  return paths
-
-
-def unknown_override(argv: list[str]) -> str | None:
-  """Why the first `--config.X=V` override names no field, with a did-you-mean.
-
-  Loads the config file the way ml_collections does (`get_config(arg)`), so
-  the message names the field's full path, e.g. `model.mask_ratio` for a
-  mistyped `--config.mask_ratoi`. None when every override names a field.
-  """
-  spec = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")), None)
-  if spec is None:
-    return None
-  path, _, preset = spec.partition(":")
-  if not os.path.isfile(path):
-    return f"--config={spec}: no config file {path!r}; e.g. configs/pretrain.py:digits."
-  module_spec = importlib.util.spec_from_file_location("_mae_jax_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(preset) if preset else module.get_config()
-  known = config_paths(config)
-  by_leaf = {p.rsplit(".", 1)[-1]: p for p in known}
-  for arg in argv:
-    if not arg.startswith("--config."):
-      continue
-    key = arg[len("--config.") :].split("=", 1)[0]
-    if key in known:
-      continue
-    leaf = key.rsplit(".", 1)[-1]
-    close = [by_leaf[m] for m in difflib.get_close_matches(leaf, by_leaf, n=3)]
-    close += [p for p in difflib.get_close_matches(key, known, n=3) if p not in close]
-    hint = (
-      f"did you mean {' or '.join(repr(c) for c in close[:3])}?"
-      if close
-      else ("see the config file for the fields it has.")
-    )
-    return f"{arg}: the config {spec} has no field {key!r}; {hint}"
-  return None
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with a config override mistake told in one line."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as error:
-    fail_for_user(f"{error}. See --helpfull.")
-  except (AttributeError, KeyError, TypeError, ValueError) as error:
-    # ml_collections raises these, chained three deep, for an override it
-    # cannot apply; say which one and what it could have meant.
-    reason = unknown_override(argv) or f"a --config override cannot be applied ({error})."
-    fail_for_user(reason)
 
 
 def cli(argv: list[str]) -> int:

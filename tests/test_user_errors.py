@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from mae_jax import errors, main
+from mae_jax.core import command_line
 from mae_jax.core.checkpointing import CheckpointSaveError
 from mae_jax.data import DataConfigError
 from tests.helpers import REPO  # noqa: E402
@@ -53,10 +54,11 @@ def test_did_you_mean_names_the_full_path(tmp_path):
     "  return ml_collections.ConfigDict({'seed': 0, 'model': {'mask_ratio': 0.75}})\n"
   )
   argv = ["prog", f"--config={config}", "--config.model.mask_ratio=0.5", "--config.mask_ratoi=0.5"]
-  message = main.unknown_override(argv)
+  loaded = command_line.load_config_file(str(config))
+  message = command_line.unknown_override(argv, loaded)
   assert message.startswith("--config.mask_ratoi=0.5: the config")
   assert "did you mean 'model.mask_ratio'" in message
-  assert main.unknown_override(argv[:3]) is None
+  assert command_line.unknown_override(argv[:3], loaded) is None
 
 
 @pytest.mark.parametrize("job", ["linprobe", "finetune", "knn"])
@@ -68,12 +70,46 @@ def test_evaluation_configs_refuse_pretraining_only_fields(job):
   cwd = os.getcwd()
   os.chdir(REPO)
   try:
-    message = main.unknown_override(argv)
-    config = __import__(f"configs.{job}", fromlist=["get_config"]).get_config("digits")
+    config = command_line.load_config_file(f"configs/{job}.py:digits")
+    message = command_line.unknown_override(argv, config)
   finally:
     os.chdir(cwd)
   assert message.startswith(f"--config.device_prefetch=4: the config configs/{job}.py:digits")
   assert not set(PRETRAINING_ONLY) & set(config.keys())
+
+
+CONFIG_FILE_MISTAKES = {
+  "configs/pretrain.py:digitz": "config preset 'digitz' is unknown: choose one of ['digits',",
+  "configs/pretrain.py:digits,epoch=3": "config option 'epoch' is unknown: known options are",
+  "configs/pretrian.py:digits": "no config file 'configs/pretrian.py'; e.g. configs/pretrain.py",
+  "configs/__init__.py": "configs/__init__.py defines no get_config(); config files are",
+  "{broken}": "does not load: SyntaxError:",
+}
+
+
+@pytest.mark.parametrize("entry", ["mae_jax.main", "mae_jax.aot"])
+def test_config_file_mistakes_are_one_line_and_exit_2(tmp_path, entry):
+  """A mistyped path or preset, an unknown option, a file that is no config
+  or does not load: ml_collections would print a traceback for each."""
+  broken = tmp_path / "broken.py"
+  broken.write_text("def get_config(arg=None)\n  return None\n")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  for spec, expected in CONFIG_FILE_MISTAKES.items():
+    spec = spec.format(broken=broken)
+    extra = ["--topology=cpu"] if entry == "mae_jax.aot" else [f"--workdir={tmp_path / 'run'}"]
+    result = subprocess.run(
+      [sys.executable, "-m", entry, "--config", spec, *extra],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
+    assert result.returncode == errors.USAGE_EXIT_CODE, (spec, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, spec
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: --config={spec}: ") and expected in line, line
+  assert not (tmp_path / "run").exists()
 
 
 def test_mistyped_override_is_one_line_and_exit_2(tmp_path):

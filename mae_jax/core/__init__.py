@@ -27,4 +27,5 @@ Modules, bottom to top:
   progress.py       tqdm bar or plain lines
   workdir.py        writable check, one experiment per workdir, run info
   loop.py           THE step loop (pretraining, probe, fine-tuning), with hooks
+  command_line.py   --config mistakes in one line (main and aot parse with it)
 """
