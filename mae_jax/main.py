@@ -18,7 +18,9 @@ it and the last complete checkpoint; rerun on every host);
 74 a checkpoint could not be written (disk full, permissions): earlier
 checkpoints are intact, fix the cause and rerun; 2 a mistake in the command,
 config, data, checkpoint or workdir (one line says what and what to do, no
-traceback); 1 anything else (a bug: the traceback is kept).
+traceback); 130 stopped by Ctrl-C (a checkpoint of the step in progress is
+saved first, unless Ctrl-C is pressed twice; launchers do not rerun it);
+1 anything else (a bug: the traceback is kept).
 """
 
 import os
@@ -145,7 +147,7 @@ def main(argv):
   )
   from mae_jax.core import compilation_cache, host_watch
   from mae_jax.core.checkpointing import CheckpointSaveError
-  from mae_jax.core.preemption import PREEMPTED_EXIT_CODE, Preempted
+  from mae_jax.core.preemption import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, Preempted
   from mae_jax.core.workdir import checkpoint_dir
 
   watch = host_watch.start(timeout, checkpoint_dir(_WORKDIR.value))
@@ -153,9 +155,20 @@ def main(argv):
     compilation_cache.enable(_CONFIG.value.get("compilation_cache", ""), _WORKDIR.value)
     run_job(_CONFIG.value, _WORKDIR.value)
   except Preempted as preempted:
+    if preempted.interrupted:  # Ctrl-C: a person stopped it, no requeue
+      print(f"INTERRUPTED: {preempted}", flush=True)
+      sys.exit(INTERRUPTED_EXIT_CODE)
     # Distinct status so schedulers and launch scripts can requeue the job.
     print(f"PREEMPTED: {preempted}", flush=True)
     sys.exit(PREEMPTED_EXIT_CODE)
+  except KeyboardInterrupt:
+    # Ctrl-C twice, or outside the step loop (start-up, compiling, k-NN).
+    print(
+      f"INTERRUPTED: stopped without saving; rerun the same command to resume from the "
+      f"last complete checkpoint in {checkpoint_dir(_WORKDIR.value)} (if any).",
+      flush=True,
+    )
+    sys.exit(INTERRUPTED_EXIT_CODE)
   except CheckpointSaveError as failure:
     # Not requeued like a preemption: a full disk needs a person first.
     logging.error("%s", failure)

@@ -1,8 +1,9 @@
 """The real command, `python -m mae_jax.main`, in subprocesses.
 
-A run killed with SIGKILL resumes from its newest complete checkpoint, and
-one sent SIGTERM saves, exits with the "preempted" status and resumes; both
-end bit-identical to an uninterrupted run. A checkpoint written on 8
+A run killed with SIGKILL resumes from its newest complete checkpoint, one
+sent SIGTERM saves, exits with the "preempted" status and resumes, and one
+stopped with Ctrl-C saves, exits 130 and resumes; all end bit-identical to
+an uninterrupted run. A checkpoint written on 8
 devices (fsdp) resumes on 1 device.
 """
 
@@ -19,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from mae_jax.core.preemption import PREEMPTED_EXIT_CODE
+from mae_jax.core.preemption import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
 from tests.helpers import REPO, environment, final_params
 
 
@@ -92,17 +93,26 @@ def saves_in_flight(workdir: str) -> list[str]:
 
 
 def start_and_signal(
-  workdir: str, sig: int, *, during_save: bool = False
+  workdir: str,
+  sig: int,
+  *,
+  during_save: bool = False,
+  overrides: tuple[str, ...] = (),
+  as_a_terminal: bool = False,
+  stderr=subprocess.DEVNULL,
 ) -> tuple[int, list[int], str]:
   """Starts the run, sends `sig` once its first checkpoint is complete (or,
-  with `during_save`, while a later save is half written)."""
+  with `during_save`, while a later save is half written); `as_a_terminal`:
+  to the run's whole process group, its input workers included, as a
+  terminal's Ctrl-C does."""
   process = subprocess.Popen(
-    command(workdir, *STEPS),
+    command(workdir, *STEPS, *overrides),
     cwd=REPO,
     env=environment(1),
     stdout=subprocess.PIPE,
-    stderr=subprocess.DEVNULL,
+    stderr=stderr,
     text=True,
+    start_new_session=as_a_terminal,
   )
   ready = (
     (lambda: committed_steps(workdir) and saves_in_flight(workdir))
@@ -114,7 +124,10 @@ def start_and_signal(
     while not ready() and time.time() < deadline:
       time.sleep(0.002 if during_save else 0.05)
     steps_at_signal = committed_steps(workdir)
-    process.send_signal(sig)
+    if as_a_terminal:
+      os.killpg(process.pid, sig)
+    else:
+      process.send_signal(sig)
     stdout, _ = process.communicate(timeout=120)
   finally:
     if process.poll() is None:
@@ -173,6 +186,31 @@ def test_sigterm_saves_exits_resumable_and_resumes_exactly(tmp_path, uninterrupt
   assert "Pretraining finished at step 120" in result.stdout
   assert json.load(open(f"{preempted}/run_info.json"))["resume"] == f"resuming from step {saved}"
   assert_same_run(preempted, uninterrupted)
+
+
+def test_ctrl_c_saves_exits_130_without_a_traceback_and_resumes_exactly(tmp_path, uninterrupted):
+  """Ctrl-C in a terminal (SIGINT to the process group, a Grain worker
+  process included): the step's checkpoint is saved, one line says so,
+  exit 130 (not 75: no launcher reruns a run a person stopped)."""
+  interrupted = str(tmp_path / "interrupted")
+  with open(tmp_path / "stderr", "w+") as stderr:
+    returncode, steps_at_signal, stdout = start_and_signal(
+      interrupted,
+      signal.SIGINT,
+      overrides=("--config.data.num_workers=1",),
+      as_a_terminal=True,
+      stderr=stderr,
+    )
+    stderr.seek(0)
+    errors = stderr.read()
+  assert returncode == INTERRUPTED_EXIT_CODE == 130, (stdout[-2000:], errors[-3000:])
+  assert "Traceback" not in errors and "KeyboardInterrupt" not in errors, errors[-3000:]
+  saved = committed_steps(interrupted)[-1]
+  assert steps_at_signal[-1] <= saved < 120
+  assert f"INTERRUPTED: interrupted at step {saved}: checkpoint saved in" in stdout
+  assert "Ctrl-C: saving a checkpoint after this step" in errors
+  run(command(interrupted, *STEPS))
+  assert_same_run(interrupted, uninterrupted)  # workers change speed, never the batches
 
 
 def test_checkpoint_from_8_devices_resumes_on_1(tmp_path):

@@ -16,7 +16,7 @@ Modules, bottom to top:
   optim.py          the reference's AdamW and warm-up + cosine schedule
   accumulate.py     gradient accumulation by scanning micro-batches
   nonfinite.py      a non-finite step never reaches the parameters
-  preemption.py     SIGTERM / preemption sync point -> save and exit 75
+  preemption.py     SIGTERM / sync point -> save, exit 75; Ctrl-C -> save, exit 130
   state.py          TrainState, its shardings, the mesh context
   plan.py           config checks before compiling; pretraining's plan
   pretrained.py     what init_from names: one resolver, one layout rule

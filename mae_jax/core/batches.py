@@ -29,18 +29,30 @@ def replaced_count(local_batch: dict) -> int:
   return int(np.sum(local_batch.get("replaced", 0)))
 
 
+def close_iterator(iterator: Any) -> None:
+  """Closes a batch stream that stopped early (a stop, an error), and so
+  the Grain iterator under it: its worker processes stop and the batches
+  they had ready in shared memory are released now, not at shutdown."""
+  close = getattr(iterator, "close", None)
+  if close is not None:
+    close()
+
+
 def device_prefetch(local_batches: Iterator[dict], batch_sharding, size: int) -> Iterator[dict]:
   """Keeps `size` batches already transferred to the devices ahead of the
   step that consumes them, so host-to-device copies overlap compute."""
   queue: collections.deque = collections.deque()
-  for local_batch in local_batches:
-    global_batch = to_global(local_batch, batch_sharding)
-    global_batch[NUM_REPLACED] = replaced_count(local_batch)
-    queue.append(global_batch)
-    if len(queue) > size:
+  try:
+    for local_batch in local_batches:
+      global_batch = to_global(local_batch, batch_sharding)
+      global_batch[NUM_REPLACED] = replaced_count(local_batch)
+      queue.append(global_batch)
+      if len(queue) > size:
+        yield queue.popleft()
+    while queue:
       yield queue.popleft()
-  while queue:
-    yield queue.popleft()
+  finally:
+    close_iterator(local_batches)
 
 
 def to_global(local_batch: dict, batch_sharding) -> dict:
@@ -91,10 +103,13 @@ def labelled_train_batches(
   local_batches: Iterator[dict], batch_sharding, num_classes: int
 ) -> Iterator[dict]:
   """Training batches of the evaluation jobs, with the replaced-image count for the loop."""
-  for local in local_batches:
-    batch = labelled_batch(local, batch_sharding, num_classes, "training data")
-    batch[NUM_REPLACED] = replaced_count(local)
-    yield batch
+  try:
+    for local in local_batches:
+      batch = labelled_batch(local, batch_sharding, num_classes, "training data")
+      batch[NUM_REPLACED] = replaced_count(local)
+      yield batch
+  finally:
+    close_iterator(local_batches)
 
 
 def global_from_host(array: np.ndarray, batch_sharding) -> jax.Array:
@@ -141,8 +156,11 @@ def split_batches(
   local = make_iterator(
     config.data, split=split, global_batch_size=batch_size, train=False, seed=config.seed
   )
-  for batch in local:
-    yield labelled_batch(batch, batch_sharding, num_classes, f"data split {split!r}")
+  try:
+    for batch in local:
+      yield labelled_batch(batch, batch_sharding, num_classes, f"data split {split!r}")
+  finally:
+    close_iterator(local)
 
 
 def extract_features(

@@ -32,7 +32,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from mae_jax.core import checkpointing
-from mae_jax.core.batches import NUM_REPLACED
+from mae_jax.core.batches import NUM_REPLACED, close_iterator
 from mae_jax.core.metrics import MetricsWriter
 from mae_jax.core.nonfinite import FiniteCheck
 from mae_jax.core.preemption import PreemptionWatcher, save_and_stop
@@ -111,9 +111,11 @@ def run_steps(
   watcher = PreemptionWatcher()
   run = _Run(settings, mngr, metadata, writer, progress, watcher, hooks)
   carried = _carried_interval(mngr, start)
+  stream = batches(start)
   try:
-    return run(state, train_step, batches(start), start, carried)
+    return run(state, train_step, stream, start, carried)
   finally:
+    close_iterator(stream)
     watcher.close()
     progress.close()
     writer.close()
@@ -193,7 +195,7 @@ class _Run:
       if self.watcher.reached(done):
         if not saved:
           self.save(done, state, finite_check, pending, replaced, force=True)
-        save_and_stop(self.mngr, done, progress.log)
+        save_and_stop(self.mngr, done, progress.log, self.watcher.interrupted)
     if start >= total:  # a finished run asked again: just report
       for hook in self.hooks:
         final.update(hook.run(state))

@@ -1,4 +1,5 @@
-"""Stopping cleanly when the scheduler wants the machine back.
+"""Stopping cleanly when the scheduler wants the machine back, or the user
+presses Ctrl-C.
 
 A Cloud TPU VM or a SLURM job gets SIGTERM some time before it is killed.
 On one process we catch SIGTERM ourselves; across processes JAX's
@@ -7,10 +8,18 @@ every host the same step at which to stop, so they all save that step
 together. Either way the loop saves a checkpoint, waits for it to be
 complete, and the job exits with `PREEMPTED_EXIT_CODE`: "preempted,
 resumable" — rerunning the same command continues from that step.
+
+Ctrl-C (SIGINT) on one process does the same at the end of the current
+step, but exits with `INTERRUPTED_EXIT_CODE` (128 + SIGINT, as a shell
+reports it), which the launchers do not rerun: a person stopped the job.
+A second Ctrl-C stops at once (KeyboardInterrupt; mae_jax.main says which
+checkpoint is the last). Across processes Ctrl-C is not synchronised (a
+host stopping alone would leave the others waiting): it stops at once.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -21,40 +30,60 @@ from mae_jax.core import checkpointing
 
 # EX_TEMPFAIL from sysexits.h: a temporary failure, try again.
 PREEMPTED_EXIT_CODE = 75
+INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT
 
 
 class Preempted(Exception):
-  """Raised after the preemption checkpoint is complete."""
+  """Raised after the preemption (or Ctrl-C) checkpoint is complete."""
 
-  def __init__(self, step: int, checkpoint_dir: str):
-    self.step, self.checkpoint_dir = step, checkpoint_dir
+  def __init__(self, step: int, checkpoint_dir: str, interrupted: bool = False):
+    self.step, self.checkpoint_dir, self.interrupted = step, checkpoint_dir, interrupted
     super().__init__(
-      f"preempted at step {step}: checkpoint saved in {checkpoint_dir}; "
-      "rerun the same command to resume."
+      f"{'interrupted' if interrupted else 'preempted'} at step {step}: checkpoint saved in "
+      f"{checkpoint_dir}; rerun the same command to resume."
     )
 
 
-def save_and_stop(mngr, step: int, log) -> None:
+def save_and_stop(mngr, step: int, log, interrupted: bool = False) -> None:
   """The preemption exit of every training loop, once it has started the
   save of `step`: wait until that save is complete, log it, raise Preempted."""
   checkpointing.wait_for_saves(mngr)
-  log(f"Preempted at step {step}: checkpoint complete.")
-  raise Preempted(step, str(mngr.directory))
+  log(f"{'Interrupted' if interrupted else 'Preempted'} at step {step}: checkpoint complete.")
+  raise Preempted(step, str(mngr.directory), interrupted)
 
 
 class PreemptionWatcher:
-  """`reached(step)` is True once a preemption notice has arrived."""
+  """`reached(step)` is True once a preemption notice (or, on one process,
+  a first Ctrl-C) has arrived; `interrupted` says it was Ctrl-C."""
 
   def __init__(self):
     self._signalled = threading.Event()
-    self._previous_handler = None
+    self.interrupted = False
+    self._previous_handlers = {}
     self._multi_process = jax.process_count() > 1
     if not self._multi_process and threading.current_thread() is threading.main_thread():
-      self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+      handlers = {signal.SIGTERM: self._on_sigterm}
+      # A process started with Ctrl-C ignored (a launcher's background job:
+      # launch/resumable.sh turns it into SIGTERM) keeps ignoring it.
+      if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        handlers[signal.SIGINT] = self._on_sigint
+      for signum, handler in handlers.items():
+        self._previous_handlers[signum] = signal.signal(signum, handler)
 
   def _on_sigterm(self, signum, frame):
     del signum, frame
     self._signalled.set()
+
+  def _on_sigint(self, signum, frame):
+    del signum, frame
+    if self._signalled.is_set():  # the second Ctrl-C: stop now
+      raise KeyboardInterrupt
+    self.interrupted = True
+    self._signalled.set()
+    # os.write, not print: the handler may run in the middle of a print.
+    os.write(
+      2, b"\nCtrl-C: saving a checkpoint after this step, then stopping (again: stop now).\n"
+    )
 
   def reached(self, step: int) -> bool:
     if self._multi_process:
@@ -65,6 +94,6 @@ class PreemptionWatcher:
     return self._signalled.is_set()
 
   def close(self) -> None:
-    if self._previous_handler is not None:
-      signal.signal(signal.SIGTERM, self._previous_handler)
-      self._previous_handler = None
+    for signum, handler in self._previous_handlers.items():
+      signal.signal(signum, handler)
+    self._previous_handlers = {}

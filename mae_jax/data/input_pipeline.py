@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import math
+import signal
 import types
 from typing import Any, Iterator
 
@@ -128,9 +129,18 @@ def make_dataset(
     dataset = dataset.mp_prefetch(
       grain.MultiprocessingOptions(
         num_workers=data_config.num_workers, per_worker_buffer_size=data_config.prefetch
-      )
+      ),
+      worker_init_fn=_leave_ctrl_c_to_the_trainer,
     )
   return dataset
+
+
+def _leave_ctrl_c_to_the_trainer(worker_index: int, worker_count: int) -> None:
+  """A terminal's Ctrl-C reaches the workers too: they ignore it, so the
+  training process saves its checkpoint and then shuts them down, with no
+  traceback from each worker."""
+  del worker_index, worker_count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def make_iterator(

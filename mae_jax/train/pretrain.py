@@ -161,12 +161,15 @@ def reconstruction_evaluator(config, plan, program, param_shardings):
       seed=config.seed,
     )
     totals = None
-    for index, local_batch in enumerate(eval_iter):
-      if 0 <= config.eval_batches <= index:
-        break
-      batch = batches_lib.to_global(local_batch, program.batch_sharding)
-      sums = eval_step(params, batch, jnp.asarray(index, jnp.int32))
-      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    try:
+      for index, local_batch in enumerate(eval_iter):
+        if 0 <= config.eval_batches <= index:
+          break
+        batch = batches_lib.to_global(local_batch, program.batch_sharding)
+        sums = eval_step(params, batch, jnp.asarray(index, jnp.int32))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    finally:
+      batches_lib.close_iterator(eval_iter)
     totals = jax.device_get(totals)
     removed = max(float(totals["removed_patches"]), 1.0)
     return {
@@ -190,7 +193,10 @@ def write_reconstructions(config, plan, workdir, program, params, is_main) -> st
     train=False,
     seed=config.seed,
   )
-  batch = batches_lib.to_global(next(eval_iter), program.batch_sharding)
+  try:
+    batch = batches_lib.to_global(next(eval_iter), program.batch_sharding)
+  finally:
+    batches_lib.close_iterator(eval_iter)
   model, seed_key, pixels = program.model, program.seed_key, program.pixels
   replicated = sharding.replicated(program.mesh)
 
