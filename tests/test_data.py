@@ -547,6 +547,17 @@ def test_tfrecord_only_copy_is_refused_with_the_conversion_command(tfrecord_digi
   assert convert.main(["convert", str(tmp_path / "nope")]) == 2
 
 
+def test_ctrl_c_during_a_conversion_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+  (tmp_path / "dataset_info.json").write_text("{}")
+
+  def interrupted(dataset_dir):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(convert, "convert_dataset_dir", interrupted)
+  assert convert.cli(["convert", str(tmp_path)]) == 130
+  assert "interrupted: the shards converted so far are kept; rerun" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------- bad configs --
 
 

@@ -95,5 +95,17 @@ def main(argv: Sequence[str]) -> int:
   return 0
 
 
+def cli(argv: Sequence[str]) -> int:
+  """`main`, with Ctrl-C told in one line (exit 130) instead of a traceback."""
+  try:
+    return main(argv)
+  except KeyboardInterrupt:  # the finished shards are kept
+    print(
+      "\ninterrupted: the shards converted so far are kept; rerun the same command to finish.",
+      file=sys.stderr,
+    )
+    return 130
+
+
 if __name__ == "__main__":
-  sys.exit(main(sys.argv))
+  sys.exit(cli(sys.argv))
