@@ -213,6 +213,32 @@ def test_ctrl_c_saves_exits_130_without_a_traceback_and_resumes_exactly(tmp_path
   assert_same_run(interrupted, uninterrupted)  # workers change speed, never the batches
 
 
+def test_a_damaged_data_file_is_one_short_line_at_resume(tmp_path):
+  """Half of the largest array file gone: the restore fails on one read
+  while the others complete in the background; one short line, exit 2, and
+  none of the reports orbax's other reads would print at exit."""
+  workdir = str(tmp_path / "run")
+  run(command(workdir, "--config.num_train_steps=2", "--config.checkpoint_every_steps=2"))
+  state = os.path.join(workdir, "checkpoints", "2", "state")
+  files = [os.path.join(root, name) for root, _, names in os.walk(state) for name in names]
+  largest = max(files, key=os.path.getsize)
+  os.truncate(largest, os.path.getsize(largest) // 2)
+  result = subprocess.run(
+    command(workdir, "--config.num_train_steps=4"),
+    cwd=REPO,
+    env=environment(1),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+  (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert "checkpoint step 2" in line and "could not be read" in line and len(line) < 600, line
+  assert "TensorStore details" not in line
+  assert committed_steps(workdir) == [2]
+
+
 def test_checkpoint_from_8_devices_resumes_on_1(tmp_path):
   workdir = str(tmp_path / "run")
   run(

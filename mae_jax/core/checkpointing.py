@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import errno
 import os
+import sys
 from typing import Any, Mapping
 
 import jax
@@ -241,14 +242,43 @@ def restore_run_state(directory: str, step: int, abstract_state: Any) -> Any:
   try:
     restored = restore_state(directory, abstract_state.to_checkpoint(), step=step)
   except Exception as error:  # orbax/tensorstore raise many types for a damaged file
+    _drop_closed_event_loop_reports()
     raise CheckpointError(
       f"checkpoint step {step} in {directory} could not be read ({type(error).__name__}: "
-      f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}). It is damaged "
+      f"{_first_words(error)}). It is damaged "
       "or was written by another program. Nothing was changed: move "
       f"{os.path.join(directory, str(step))} aside to resume from the previous step, "
       "or use a new --workdir."
     ) from error
   return type(abstract_state).from_checkpoint(restored)
+
+
+def _first_words(error: Exception, limit: int = 160) -> str:
+  """The start of an orbax/tensorstore error: its first line, without the
+  TensorStore spec it appends (hundreds of characters of internals)."""
+  text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+  text = text.split(" See full TensorStore details")[0]
+  return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _drop_closed_event_loop_reports() -> None:
+  """A damaged checkpoint fails on its first bad read while tensorstore
+  finishes the others; their completion callbacks then find orbax's event
+  loop closed ("RuntimeError: Event loop is closed"), and orbax's other
+  failed read coroutines are collected unawaited: each is reported as
+  unraisable, with a traceback, as the job exits. Those reports alone are
+  dropped: the CheckpointError has said what happened."""
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    value, code = unraisable.exc_value, getattr(unraisable.object, "cr_code", None)
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+      return
+    if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+      return
+    previous(unraisable)
+
+  sys.unraisablehook = hook
 
 
 def saved_params_metadata(directory: str, step: int | None = None) -> dict:
