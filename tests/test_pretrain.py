@@ -407,6 +407,10 @@ def test_init_from_converts_a_scanned_checkpoint_to_this_runs_layout(tmp_path):
 def test_bad_init_from_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="nothing there"):
     train_and_evaluate(tiny_config(init_from=str(tmp_path / "nothing")), str(tmp_path / "a"))
+  weights = tmp_path / "mae_pretrain_vit_base.pth"
+  weights.write_bytes(b"torch")
+  with pytest.raises(ValueError, match="is a file .a PyTorch file: convert it first"):
+    train_and_evaluate(tiny_config(init_from=str(weights)), str(tmp_path / "a"))
   half_written = tmp_path / "half" / "checkpoints" / "5.orbax-checkpoint-tmp-123"
   half_written.mkdir(parents=True)
   with pytest.raises(ValueError, match="half-written"):

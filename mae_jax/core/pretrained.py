@@ -71,6 +71,13 @@ def locate(init_from: str, step: int | None = None) -> InitCheckpoint:
     path = os.path.abspath(path)  # recorded in the metadata: the same from any cwd
   if not path or not epath.Path(path).exists():
     raise CheckpointError(f"config.init_from={init_from!r}: nothing there; {_EXPECTED}.")
+  if not epath.Path(path).is_dir():
+    convert = (
+      " (a PyTorch file: convert it first, `python -m mae_jax.convert --input FILE --output DIR`)"
+      if path.endswith((".pth", ".pt", ".bin", ".safetensors", ".npz"))
+      else ""
+    )
+    raise CheckpointError(f"config.init_from={init_from!r} is a file{convert}; {_EXPECTED}.")
   if epath.Path(path, "checkpoints").is_dir():
     path = os.path.join(path, "checkpoints")
   elif re.fullmatch(r"\d+", os.path.basename(path)) and step is None:
