@@ -9,7 +9,11 @@ All subclass `ValueError`, so callers and tests that expect a ValueError
 keep working.
 """
 
+import signal
+
 USAGE_EXIT_CODE = 2  # as absl's and argparse's usage errors
+# Stopped by Ctrl-C: 128 + SIGINT, as a shell reports it (every command line).
+INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT
 
 
 class UserError(ValueError):

@@ -30,7 +30,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mae_jax.core.command_line import fail_for_user, parse_flags
-from mae_jax.errors import ConfigError, UserError
+from mae_jax.errors import INTERRUPTED_EXIT_CODE, ConfigError, UserError
 
 SAVE_FAILED_EXIT_CODE = 74  # sysexits' EX_IOERR
 
@@ -147,7 +147,7 @@ def main(argv):
   )
   from mae_jax.core import compilation_cache, host_watch
   from mae_jax.core.checkpointing import CheckpointSaveError
-  from mae_jax.core.preemption import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, Preempted
+  from mae_jax.core.preemption import PREEMPTED_EXIT_CODE, Preempted
   from mae_jax.core.workdir import checkpoint_dir
 
   watch = host_watch.start(timeout, checkpoint_dir(_WORKDIR.value))

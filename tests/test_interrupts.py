@@ -11,7 +11,8 @@ import pytest
 from absl import flags
 
 from mae_jax import main as main_lib
-from mae_jax.core.preemption import INTERRUPTED_EXIT_CODE, PreemptionWatcher
+from mae_jax.core.preemption import PreemptionWatcher
+from mae_jax.errors import INTERRUPTED_EXIT_CODE
 
 
 @pytest.fixture

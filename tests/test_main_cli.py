@@ -20,7 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from mae_jax.core.preemption import INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE
+from mae_jax.core.preemption import PREEMPTED_EXIT_CODE
+from mae_jax.errors import INTERRUPTED_EXIT_CODE
 from tests.helpers import REPO, environment, final_params
 
 

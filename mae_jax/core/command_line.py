@@ -93,7 +93,6 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with a mistake in --config or a --config.X
   override told in one line (ml_collections would print a traceback)."""
   spec = config_spec(argv)
-  config = None
   if spec is not None:
     try:
       config = load_config_file(spec)

@@ -10,7 +10,7 @@ complete, and the job exits with `PREEMPTED_EXIT_CODE`: "preempted,
 resumable" — rerunning the same command continues from that step.
 
 Ctrl-C (SIGINT) on one process does the same at the end of the current
-step, but exits with `INTERRUPTED_EXIT_CODE` (128 + SIGINT, as a shell
+step, but exits with `mae_jax.errors.INTERRUPTED_EXIT_CODE` (128 + SIGINT, as a shell
 reports it), which the launchers do not rerun: a person stopped the job.
 A second Ctrl-C stops at once (KeyboardInterrupt; mae_jax.main says which
 checkpoint is the last). Across processes Ctrl-C is not synchronised (a
@@ -30,7 +30,6 @@ from mae_jax.core import checkpointing
 
 # EX_TEMPFAIL from sysexits.h: a temporary failure, try again.
 PREEMPTED_EXIT_CODE = 75
-INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT
 
 
 class Preempted(Exception):

@@ -26,6 +26,8 @@ from typing import Sequence
 
 from etils import epath
 
+from mae_jax.errors import INTERRUPTED_EXIT_CODE
+
 ARRAY_RECORD = "array_record"
 
 
@@ -104,7 +106,7 @@ def cli(argv: Sequence[str]) -> int:
       "\ninterrupted: the shards converted so far are kept; rerun the same command to finish.",
       file=sys.stderr,
     )
-    return 130
+    return INTERRUPTED_EXIT_CODE
 
 
 if __name__ == "__main__":
