@@ -19,8 +19,8 @@ import optax
 from benchmarks import common
 from mae_jax.core import optim, sharding
 from mae_jax.core.pixels import PixelNormalization
-from mae_jax.core.train_step import build_train_step
 from mae_jax.model.config import ModelConfig
+from mae_jax.train.steps import build_pretraining_step
 
 # The reference recipe's AdamW; the learning rate does not change the cost.
 ADAMW = dict(b1=0.9, b2=0.95, weight_decay=0.05)
@@ -83,7 +83,7 @@ class MaeStep:
       schedule = optax.constant_schedule(LEARNING_RATE)
       optimizer = (schedule, optim.adamw(schedule, **ADAMW))
     # The trainer's own builder: this is the step pretraining runs.
-    self.program = build_train_step(
+    self.program = build_pretraining_step(
       cfg,
       *optimizer,
       self.mesh,

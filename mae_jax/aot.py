@@ -58,9 +58,9 @@ from ml_collections import config_flags
 from mae_jax import topologies
 from mae_jax.core import command_line, sharding
 from mae_jax.core import plan as plan_lib
-from mae_jax.core.train_step import train_step_from_config
 from mae_jax.core.units import gib
 from mae_jax.model.flops import train_flops_per_image
+from mae_jax.train.steps import pretraining_program
 
 # Training-set sizes known without reading the dataset (steps per epoch only
 # shape the learning-rate schedule, never memory or FLOPs).
@@ -178,9 +178,9 @@ def memory_limit_of(chip, hbm_bytes: int | None) -> tuple[int | None, str]:
 
 def lower_train_step(config, plan, mesh):
   """The train step of `pretrain.train_and_evaluate` (the same builder,
-  `core.train_step.train_step_from_config`), lowered for `mesh` with
+  `mae_jax.train.steps.pretraining_program`), lowered for `mesh` with
   abstract (shape, dtype, sharding) arguments: nothing is allocated."""
-  program = train_step_from_config(config, plan, mesh)
+  program = pretraining_program(config, plan, mesh)
   return program.lower(), program.abstract_state, program.state_shardings
 
 

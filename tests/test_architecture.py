@@ -20,8 +20,8 @@ import pytest
 from mae_jax import aot
 from mae_jax.core import sharding
 from mae_jax.core.plan import make_plan
-from mae_jax.core.train_step import train_step_from_config
 from mae_jax.train.pretrain import train_and_evaluate
+from mae_jax.train.steps import pretraining_program
 from tests.helpers import REPO, tiny_config
 
 # Bottom to top. A module may import from a lower layer or from its own
@@ -121,7 +121,7 @@ def test_the_walker_sees_function_level_imports(tmp_path):
   """The checks above would pass vacuously if the walker missed imports in functions."""
   graph = import_graph()
   assert "mae_jax.train.pretrain" in graph["mae_jax.main"]  # imported inside main's dispatch
-  assert "mae_jax.core.train_step" in graph["mae_jax.train.pretrain"]
+  assert "mae_jax.train.steps" in graph["mae_jax.train.pretrain"]
   assert {"mae_jax.core.sharding", "mae_jax.model.mae"} <= graph["mae_jax.core.state"]
 
 
@@ -163,7 +163,7 @@ def test_trainer_aot_planner_and_benchmark_lower_the_same_train_step(tmp_path):
   lowered, _, _ = aot.lower_train_step(config, plan, mesh)
   assert _without_locations(lowered.as_text()) == trainer
 
-  program = train_step_from_config(config, plan, mesh)  # its optimizer, for the benchmark
+  program = pretraining_program(config, plan, mesh)  # its optimizer, for the benchmark
   benchmark = MaeStep(
     plan.model,
     config.global_batch_size,

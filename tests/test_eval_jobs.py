@@ -27,7 +27,9 @@ from mae_jax.core import batches as batches_lib
 from mae_jax.core import checkpointing, knn, sharding
 from mae_jax.core import pretrained as pretrained_lib
 from mae_jax.core.nonfinite import NonFiniteError
+from mae_jax.core.pixels import PixelNormalization
 from mae_jax.core.state import create_state, mesh_context, state_specs
+from mae_jax.core.train_step import make_train_step
 from mae_jax.evaluate import finetune, linprobe
 from mae_jax.evaluate import job as job_lib
 from mae_jax.evaluate.layer_decay import finetune_adamw
@@ -130,6 +132,12 @@ def test_scanned_encoder_only_checkpoint_restores_unscanned(pretrained, tmp_path
   jax.tree.map(np.testing.assert_array_equal, encoder, jax.device_get(params["encoder"]))
 
 
+def probe_step(head, tx, schedule, features_fn):
+  """The probe's train step as the engine makes it: step(state, batch, *frozen)."""
+  task = linprobe.probe_task(head, features_fn)
+  return make_train_step(task, tx, schedule, grad_accum_steps=1, seed_key=jax.random.key(0))
+
+
 def test_frozen_encoder_is_not_differentiated():
   """The probe step holds no encoder state and runs no backward pass through it:
   it has no more matrix products than the encoder's forward plus the head's."""
@@ -139,10 +147,10 @@ def test_frozen_encoder_is_not_differentiated():
   head, tx = ProbeHead(10), optax.sgd(0.1)
   state = linprobe.create_probe_state(head, tx, jax.random.key(1), config.width)
   assert set(state.params) == {"linear"} and set(state.batch_stats) == {"bn"}
-  step = linprobe.make_probe_step(head, tx, optax.constant_schedule(0.1), features_fn)
+  step = probe_step(head, tx, optax.constant_schedule(0.1), features_fn)
   batch = {"image": images(), "label": jnp.arange(4)}
   before = jax.tree.map(np.array, encoder_params)
-  new_state, _ = jax.jit(step)(state, encoder_params, batch)
+  new_state, _ = jax.jit(step)(state, batch, encoder_params)
   jax.tree.map(np.testing.assert_array_equal, encoder_params, before)
   assert not jax.tree.all(jax.tree.map(jnp.array_equal, new_state.params, state.params))
 
@@ -150,7 +158,7 @@ def test_frozen_encoder_is_not_differentiated():
     return jaxpr_text.count("dot_general")
 
   forward = dots(str(jax.make_jaxpr(features_fn)(encoder_params, batch["image"])))
-  whole = dots(str(jax.make_jaxpr(step)(state, encoder_params, batch)))
+  whole = dots(str(jax.make_jaxpr(step)(state, batch, encoder_params)))
   assert whole <= forward + 3, (whole, forward)  # head: forward, two for its gradient
 
 
@@ -173,7 +181,7 @@ def test_probe_separates_linearly_separable_features():
     jax.random.key(0)
   )
   step = jax.jit(
-    linprobe.make_probe_step(head, tx, schedule, None),
+    probe_step(head, tx, schedule, None),
     out_shardings=(replicated, replicated),
     donate_argnums=(0,),
   )
@@ -181,7 +189,7 @@ def test_probe_separates_linearly_separable_features():
     {"features": features, "label": labels}, 32, batch_sharding, seed=0, start_step=0
   )
   for _ in range(100):
-    state, metrics = step(state, None, next(stream))
+    state, metrics = step(state, next(stream))
     jax.block_until_ready(metrics)  # as the loop does for evaluation jobs (one_step_in_flight)
   eval_step = jax.jit(linprobe.make_probe_eval_step(head, None), out_shardings=replicated)
   result = job_lib.evaluate(
@@ -197,10 +205,10 @@ def test_probe_step_keeps_its_state_on_non_finite_features():
   """BatchNorm's running statistics too: NaN features would poison them for good."""
   head, tx = ProbeHead(4), optax.sgd(0.1, momentum=0.9)
   state = linprobe.create_probe_state(head, tx, jax.random.key(0), 8)
-  step = jax.jit(linprobe.make_probe_step(head, tx, optax.constant_schedule(0.1), None))
+  step = jax.jit(probe_step(head, tx, optax.constant_schedule(0.1), None))
   features = np.random.default_rng(0).normal(size=(8, 8)).astype(np.float32)
   features[3, 1] = np.nan
-  new_state, metrics = step(state, None, {"features": features, "label": np.arange(8) % 4})
+  new_state, metrics = step(state, {"features": features, "label": np.arange(8) % 4})
   assert float(metrics["nonfinite"]) == 1.0 and int(new_state.step) == 1
   jax.tree.map(
     np.testing.assert_array_equal,
@@ -406,7 +414,13 @@ def _finetune_step(accum: int):
       jax.random.key(0)
     )
     step = jax.jit(
-      finetune.make_finetune_step(model, tx, schedule, seed_key=jax.random.key(1), config=config),
+      make_train_step(
+        finetune.finetune_task(model, PixelNormalization.of(config.data), config),
+        tx,
+        schedule,
+        grad_accum_steps=config.grad_accum_steps,
+        seed_key=jax.random.key(1),
+      ),
       in_shardings=(shardings, batch_sharding),
       out_shardings=(shardings, sharding.replicated(mesh)),
     )

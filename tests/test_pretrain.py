@@ -27,6 +27,7 @@ from mae_jax.core.train_step import make_train_step
 from mae_jax.model.config import ModelConfig
 from mae_jax.model.mae import MaskedAutoencoder
 from mae_jax.train.pretrain import train_and_evaluate
+from mae_jax.train.steps import build_pretraining_step, pretraining_task
 from tests.helpers import apply_changes, final_params, nan_batch_at, tiny_config, without_key_bias
 
 # One grey channel; the steps normalise uint8 batches with it and take
@@ -142,23 +143,21 @@ def _steps_on_mesh(mesh, batch, steps=2):
   )
   schedule = optax.constant_schedule(1e-3)
   tx = optim.adamw(schedule, b1=0.9, b2=0.95, weight_decay=0.05)
-  rules = sharding.DEFAULT_RULES
-  shardings, _ = state_specs(model, tx, mesh, rules)
-  batch_sharding = sharding.batch_sharding(mesh, rules)
-  with mesh_context(mesh, rules):
-    state = jax.jit(lambda k: create_state(model, tx, k), out_shardings=shardings)(
-      jax.random.key(0)
-    )
-    step = jax.jit(
-      make_train_step(
-        model, tx, schedule, grad_accum_steps=2, seed_key=jax.random.key(1), pixels=PIXELS
-      ),
-      in_shardings=(shardings, batch_sharding),
-      out_shardings=(shardings, sharding.replicated(mesh)),
-      donate_argnums=(0,),
-    )
+  program = build_pretraining_step(
+    model.config,
+    schedule,
+    tx,
+    mesh,
+    sharding.DEFAULT_RULES,
+    global_batch_size=batch["image"].shape[0],
+    grad_accum_steps=2,
+    seed=1,
+    pixels=PIXELS,
+  )
+  state = program.initial_state()
+  with mesh_context(mesh, sharding.DEFAULT_RULES):
     for _ in range(steps):
-      state, metrics = step(state, to_global(batch, batch_sharding))
+      state, metrics = program.step(state, to_global(batch, program.batch_sharding))
   return jax.device_get(state.params), float(metrics["loss"])
 
 
@@ -272,7 +271,11 @@ def test_gradient_accumulation_equals_the_full_batch_step():
   for accum in (1, 4):
     step = jax.jit(
       make_train_step(
-        model, tx, schedule, grad_accum_steps=accum, seed_key=jax.random.key(1), pixels=PIXELS
+        pretraining_task(model, PIXELS),
+        tx,
+        schedule,
+        grad_accum_steps=accum,
+        seed_key=jax.random.key(1),
       )
     )
     results[accum] = step(state, batch)
@@ -311,7 +314,11 @@ def test_bfloat16_compute_keeps_float32_master_weights():
     state = create_state(model, tx, jax.random.key(0))
     step = jax.jit(
       make_train_step(
-        model, tx, schedule, grad_accum_steps=1, seed_key=jax.random.key(1), pixels=PIXELS
+        pretraining_task(model, PIXELS),
+        tx,
+        schedule,
+        grad_accum_steps=1,
+        seed_key=jax.random.key(1),
       )
     )
     state, metrics = step(state, batch)

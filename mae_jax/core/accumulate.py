@@ -1,4 +1,4 @@
-"""Gradient accumulation shared by the pretraining and fine-tuning steps.
+"""Gradient accumulation for the step engine (every training job).
 
 The global batch is split into micro-batches that are scanned, and the
 loss and gradients averaged: the reference's loss / accum_iter. When every
@@ -23,14 +23,15 @@ def split_micro_batches(x: jax.Array, steps: int) -> jax.Array:
 
 
 def accumulate(
-  grad_fn: Callable[[Any, Any, jax.Array], tuple[jax.Array, Any]],
+  grad_fn: Callable[[Any, Any, jax.Array], Any],
   params: Any,
   batch: Any,
   steps: int,
-) -> tuple[jax.Array, Any]:
-  """Mean (loss, grads) of `grad_fn(params, micro_batch, index)` over the
-  `steps` micro-batches of `batch` (a pytree of arrays with the batch
-  first), scanned so only one micro-batch's activations are live.
+) -> Any:
+  """The mean of `grad_fn(params, micro_batch, index)` (a pytree of arrays:
+  the loss, its gradients, any auxiliary values) over the `steps`
+  micro-batches of `batch` (a pytree of arrays with the batch first),
+  scanned so only one micro-batch's activations are live.
 
   `index` (0..steps-1, traced) lets a caller draw per micro-batch
   randomness. steps == 1 is one plain call on the whole batch, index 0.
@@ -43,6 +44,8 @@ def accumulate(
     return jax.tree.map(jnp.add, carry, grad_fn(params, micro_batch, index)), None
 
   micro_batches = jax.tree.map(lambda x: split_micro_batches(x, steps), batch)
-  zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-  (loss, grads), _ = jax.lax.scan(add, zeros, (micro_batches, jnp.arange(steps)))
-  return jax.tree.map(lambda x: x / steps, (loss, grads))
+  first = jax.tree.map(lambda x: x[0], micro_batches)
+  shapes = jax.eval_shape(lambda p, m: grad_fn(p, m, 0), params, first)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  sums, _ = jax.lax.scan(add, zeros, (micro_batches, jnp.arange(steps)))
+  return jax.tree.map(lambda x: x / steps, sums)

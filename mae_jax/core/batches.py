@@ -88,6 +88,20 @@ def check_labels(labels: np.ndarray, mask: np.ndarray, num_classes: int, where: 
     )
 
 
+def labelled_batch_fields(config, model_config, batch_size: int) -> dict:
+  """{name: (shape, dtype)} of the labelled global batches `labelled_batch`
+  makes from the pipeline (for a step lowered with abstract inputs)."""
+  cfg, rows = model_config, (batch_size,)
+  fields = {
+    "image": (rows + (cfg.image_size, cfg.image_size, cfg.channels), np.uint8),
+    "label": (rows, np.int32),
+    "mask": (rows, np.float32),
+  }
+  if config.data.random_erasing:
+    fields["erase_box"] = (rows + (4,), np.int32)
+  return fields
+
+
 def labelled_batch(local: dict, batch_sharding, num_classes: int, where: str) -> dict:
   """Per-host numpy batch -> global arrays of images, labels and the padding
   mask, and fine-tuning's random-erasing boxes when the pipeline drew them."""

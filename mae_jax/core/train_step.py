@@ -1,18 +1,29 @@
-"""The jitted pretraining and evaluation steps.
+"""The step engine: one builder turns a job's loss into its jitted train step.
 
-Randomness is a pure function of (seed, step): the masking noise of step s
-is drawn for the whole *global* batch from `fold_in(seed_key, s)`, one row
-per image. So a resumed run draws exactly the masks an uninterrupted run
-would; with JAX's partitionable threefry each device generates only its own
-rows, yet the masks do not depend on the mesh (deliberately unlike folding
-in the device index, which would tie the result to the device count); and
-gradient accumulation slices the same noise as the large batch would use,
-so k micro-batches give the update of one full batch.
+A job (pretraining, the linear probe, fine-tuning) describes only what it
+differentiates, as a `Task`:
 
-`build_train_step` is the one place the jitted, sharded, state-donating
-train step is made: pretraining runs it, `mae_jax.aot` lowers it for pod
-topologies and the benchmarks time it (tests/test_architecture.py checks
-that the three lower to the same program).
+  prepare(state, batch, frozen, step_key) -> inputs
+      the whole global batch made ready for the loss: pixels normalised,
+      masking noise drawn, Mixup applied, frozen features computed. Runs
+      once per step, outside the differentiated function.
+  loss(params, state, micro_inputs, step_key, index) -> (loss, (metrics, updates))
+      the mean loss of one micro-batch (`index` counts micro-batches under
+      gradient accumulation), extra metrics, and new values of state fields
+      other than params and opt_state (BatchNorm statistics), applied with
+      the update.
+
+The engine does the rest, the same way for every job: the step key
+fold_in(seed_key, step) (so a resumed run draws what an uninterrupted one
+would, on any mesh), gradient accumulation (`mae_jax.core.accumulate`),
+the optimizer, the non-finite guard (`mae_jax.core.nonfinite`), the common
+metrics, and `build_step_program`'s `jax.jit` with the state's and the
+batch's shardings and the donated state. Frozen inputs (the probe's encoder)
+are extra, undonated arguments: `step(state, batch, *frozen)`.
+
+`build_step_program` is the only place a train step is jitted. The jobs run
+it, `mae_jax.aot` lowers it for pod topologies and the benchmarks time it
+(tests/test_architecture.py checks the three lower to the same program).
 """
 
 from __future__ import annotations
@@ -21,69 +32,66 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import optax
 
-from mae_jax.core import optim, sharding
+from mae_jax.core import sharding
 from mae_jax.core.accumulate import accumulate
 from mae_jax.core.nonfinite import guarded_update
-from mae_jax.core.pixels import PixelNormalization
-from mae_jax.core.state import TrainState, create_state, mesh_context, state_specs, with_shardings
-from mae_jax.model.config import ModelConfig
-from mae_jax.model.loss import patch_targets
-from mae_jax.model.mae import MaskedAutoencoder
+from mae_jax.core.state import mesh_context, with_shardings
+
+# (params, state, micro_inputs, step_key, index) -> (loss, (metrics, state updates))
+LossFn = Callable[..., tuple[jax.Array, tuple[dict, dict]]]
 
 
-def masking_key(seed_key: jax.Array, step: jax.Array) -> jax.Array:
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """What one training job differentiates (see the module docstring)."""
+
+  prepare: Callable[[Any, dict, tuple, jax.Array], Any]
+  loss: LossFn
+
+
+def step_key(seed_key: jax.Array, step: jax.Array) -> jax.Array:
+  """The randomness of step `step`: masks, Mixup, drop path."""
   return jax.random.fold_in(seed_key, step)
 
 
 def make_train_step(
-  model: MaskedAutoencoder,
+  task: Task,
   tx: optax.GradientTransformation,
   schedule: optax.Schedule,
   *,
   grad_accum_steps: int,
   seed_key: jax.Array,
-  pixels: PixelNormalization,
-) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """Returns train_step(state, batch) -> (state, metrics).
+) -> Callable:
+  """train_step(state, batch, *frozen) -> (state, metrics).
 
-  batch["image"] is uint8 from the input pipeline; `pixels` normalises it
-  first, inside the step.
-
-  With gradient accumulation the global batch (and its noise) is split into
-  `grad_accum_steps` micro-batches (`mae_jax.core.accumulate`), scanned;
-  gradients are averaged, which equals the reference's loss / accum_iter
-  and, since every micro-batch removes the same number of patches, the
-  full-batch gradient.
+  `state` is any flax struct with `step`, `params` and `opt_state` (and the
+  fields a task's loss updates). With `grad_accum_steps` = k the prepared
+  inputs are split into k micro-batches and scanned; losses and gradients
+  are averaged, the reference's loss / accum_iter.
   """
+  grad_fn = jax.value_and_grad(task.loss, has_aux=True)
 
-  def loss_fn(params, images, noise):
-    return model.apply({"params": params}, images, noise, train=True).loss
-
-  grad_fn = jax.value_and_grad(loss_fn)
-
-  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    images = pixels(batch["image"])
-    noise = jax.random.uniform(
-      masking_key(seed_key, state.step), (images.shape[0], model.config.num_patches)
-    )
-    loss, grads = accumulate(
-      lambda params, micro, _: grad_fn(params, *micro),
+  def train_step(state, batch: dict, *frozen):
+    key = step_key(seed_key, state.step)
+    inputs = task.prepare(state, batch, frozen, key)
+    (loss, (extra_metrics, updates)), grads = accumulate(
+      lambda params, micro, index: grad_fn(params, state, micro, key, index),
       state.params,
-      (images, noise),
+      inputs,
       grad_accum_steps,
     )
+    fields = sorted(updates)
 
-    def apply_update(params, opt_state):
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), opt_state
+    def apply_update(params, opt_state, *_old_fields):
+      changes, opt_state = tx.update(grads, opt_state, params)
+      return (optax.apply_updates(params, changes), opt_state, *(updates[f] for f in fields))
 
-    # A non-finite loss or gradient never reaches the parameters: the step
-    # keeps the old state (the loop then stops or counts, per config).
-    (params, opt_state), grad_norm, nonfinite = guarded_update(
-      loss, grads, apply_update, state.params, state.opt_state
+    # A non-finite loss or gradient never reaches the state: the step keeps
+    # the old one (the loop then stops or counts, per config).
+    (params, opt_state, *new_fields), grad_norm, nonfinite = guarded_update(
+      loss, grads, apply_update, state.params, state.opt_state, *(getattr(state, f) for f in fields)
     )
     metrics = {
       "loss": loss,
@@ -91,121 +99,101 @@ def make_train_step(
       "grad_norm": grad_norm,
       "param_norm": optax.tree.norm(params),
       "nonfinite": nonfinite,
+      **extra_metrics,
     }
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    new_state = state.replace(
+      step=state.step + 1, params=params, opt_state=opt_state, **dict(zip(fields, new_fields))
+    )
+    return new_state, metrics
 
   return train_step
 
 
-def make_eval_step(
-  model: MaskedAutoencoder, *, seed_key: jax.Array, pixels: PixelNormalization
-) -> Callable:
-  """eval_step(params, batch, index) -> summed losses and counts.
-
-  Masks come from a fixed key per eval batch, so eval losses are comparable
-  across the run. Returns sums (not means) so padded examples (mask 0) and
-  batches of any size combine exactly. `baseline_loss` is the loss of
-  predicting zeros, i.e. the per-patch mean under norm-pix: the trivial
-  predictor (about 1.0 with norm-pix).
-  """
-  eval_key = jax.random.fold_in(seed_key, 0x5EED)
-
-  def eval_step(params, batch: dict, index: jax.Array) -> dict:
-    images, valid = pixels(batch["image"]), batch["mask"].astype(jnp.float32)
-    out = model.apply(
-      {"params": params}, images, rngs={"masking": jax.random.fold_in(eval_key, index)}, train=False
-    )
-    target = patch_targets(images, model.config.patch_size, model.config.norm_pix_loss)
-    removed = out.mask * valid[:, None]
-    per_patch = jnp.mean((out.pred.astype(jnp.float32) - target) ** 2, axis=-1)
-    baseline = jnp.mean(target**2, axis=-1)
-    return {
-      "loss_sum": jnp.sum(per_patch * removed),
-      "baseline_sum": jnp.sum(baseline * removed),
-      "removed_patches": jnp.sum(removed),
-    }
-
-  return eval_step
-
-
 @dataclasses.dataclass(frozen=True)
-class TrainStepProgram:
-  """The jitted pretraining step on a mesh, and what calling or lowering it needs.
+class StepProgram:
+  """A job's jitted train step on a mesh, and what calling or lowering it needs.
 
-  `step(state, batch) -> (state, metrics)` donates the state. The abstract
-  arguments carry shape, dtype and sharding, so `lower()` allocates nothing
-  (the AOT planner lowers for devices it cannot hold data on).
+  `step(state, batch, *frozen) -> (state, metrics)` donates the state. The
+  abstract arguments carry shape, dtype and sharding, so `lower()`
+  allocates nothing (the AOT planner lowers for devices it cannot hold data
+  on). `model`, `pixels` and the keys are what the job's evaluation needs.
   """
 
-  step: Any  # jax.jit-wrapped train_step
-  model: MaskedAutoencoder
+  step: Any  # the jax.jit-wrapped train_step
+  model: Any
   tx: optax.GradientTransformation
   schedule: optax.Schedule
   mesh: jax.sharding.Mesh
   rules: tuple
-  state_shardings: TrainState
+  state_shardings: Any
   batch_sharding: jax.sharding.NamedSharding
-  abstract_state: TrainState
+  abstract_state: Any
   abstract_batch: dict
+  abstract_frozen: tuple
   init_key: jax.Array
   seed_key: jax.Array
-  pixels: PixelNormalization
+  create_state: Callable[[jax.Array], Any]
+  pixels: Any = None
 
   def lower(self):
     with mesh_context(self.mesh, self.rules):
-      return self.step.lower(self.abstract_state, self.abstract_batch)
+      return self.step.lower(self.abstract_state, self.abstract_batch, *self.abstract_frozen)
 
-  def initial_state(self) -> TrainState:
+  def initial_state(self) -> Any:
     """A fresh state from `init_key`, created directly in its shardings."""
     with mesh_context(self.mesh, self.rules):
-      init = jax.jit(
-        lambda key: create_state(self.model, self.tx, key), out_shardings=self.state_shardings
-      )
+      init = jax.jit(self.create_state, out_shardings=self.state_shardings)
       return init(self.init_key)
 
+  def bind(self, *frozen) -> Callable:
+    """step(state, batch) with the frozen inputs filled in (for the loop)."""
+    return lambda state, batch: self.step(state, batch, *frozen)
 
-def build_train_step(
-  model_config: ModelConfig,
-  schedule: optax.Schedule,
+
+def abstract_batch(fields: dict[str, tuple[tuple, Any]], batch_sharding) -> dict:
+  """{name: (shape, dtype)} -> abstract arrays split like the batch."""
+  return {
+    name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+    for name, (shape, dtype) in fields.items()
+  }
+
+
+def build_step_program(
+  task: Task,
+  *,
+  model: Any,
   tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
   mesh: jax.sharding.Mesh,
   rules,
-  *,
-  global_batch_size: int,
+  create_state: Callable[[jax.Array], Any],
+  state_shardings: Any,
+  abstract_state: Any,
+  batch_fields: dict[str, tuple[tuple, Any]],
+  frozen: tuple = (),
   grad_accum_steps: int,
   seed: int,
-  pixels: PixelNormalization,
+  pixels: Any = None,
   donate: bool = True,
-) -> TrainStepProgram:
-  model = MaskedAutoencoder(model_config)
+) -> StepProgram:
+  """The one `jax.jit` of a train step: `task`'s step with the state's and
+  the batch's shardings (frozen inputs keep their own), the state donated.
+
+  `frozen`: abstract arrays (with shardings) of the undonated extra inputs.
+  """
   # Made outside the mesh context: under it, jax would place the keys on the
   # mesh's devices, which for the AOT planner are compile-only.
   init_key, seed_key = jax.random.split(jax.random.key(seed))
-  state_shardings, abstract_state = state_specs(model, tx, mesh, rules)
   batch_sharding = sharding.batch_sharding(mesh, rules)
-  cfg = model_config
-  image = (global_batch_size, cfg.image_size, cfg.image_size, cfg.channels)
-  # uint8 pixels, as the pipeline sends them; "mask" (1 for a real example)
-  # travels with every batch; training ignores it.
-  abstract_batch = {
-    "image": jax.ShapeDtypeStruct(image, jnp.uint8, sharding=batch_sharding),
-    "mask": jax.ShapeDtypeStruct(image[:1], jnp.float32, sharding=batch_sharding),
-  }
+  frozen_shardings = tuple(jax.tree.map(lambda a: a.sharding, f) for f in frozen)
   with mesh_context(mesh, rules):
     step = jax.jit(
-      make_train_step(
-        model,
-        tx,
-        schedule,
-        grad_accum_steps=grad_accum_steps,
-        seed_key=seed_key,
-        pixels=pixels,
-      ),
-      in_shardings=(state_shardings, batch_sharding),
+      make_train_step(task, tx, schedule, grad_accum_steps=grad_accum_steps, seed_key=seed_key),
+      in_shardings=(state_shardings, batch_sharding, *frozen_shardings),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=(0,) if donate else (),
     )
-  return TrainStepProgram(
+  return StepProgram(
     step=step,
     model=model,
     tx=tx,
@@ -215,26 +203,10 @@ def build_train_step(
     state_shardings=state_shardings,
     batch_sharding=batch_sharding,
     abstract_state=with_shardings(abstract_state, state_shardings),
-    abstract_batch=abstract_batch,
+    abstract_batch=abstract_batch(batch_fields, batch_sharding),
+    abstract_frozen=tuple(frozen),
     init_key=init_key,
     seed_key=seed_key,
+    create_state=create_state,
     pixels=pixels,
-  )
-
-
-def train_step_from_config(config, plan, mesh: jax.sharding.Mesh) -> TrainStepProgram:
-  """The step of a pretraining config and its plan (`mae_jax.core.plan`)."""
-  schedule, tx = optim.from_config(
-    config, warmup_steps=plan.warmup_steps, total_steps=plan.total_steps
-  )
-  return build_train_step(
-    plan.model,
-    schedule,
-    tx,
-    mesh,
-    plan.rules,
-    global_batch_size=config.global_batch_size,
-    grad_accum_steps=config.grad_accum_steps,
-    seed=config.seed,
-    pixels=PixelNormalization.of(config.data),
   )

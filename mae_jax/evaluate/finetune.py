@@ -26,11 +26,11 @@ from absl import logging
 
 from mae_jax.core import accuracy, checkpointing, pretrained
 from mae_jax.core import batches as batches_lib
-from mae_jax.core.accumulate import accumulate
+from mae_jax.core.batches import labelled_batch_fields
 from mae_jax.core.loop import LoopSettings, Periodic, run_steps
-from mae_jax.core.nonfinite import guarded_update
 from mae_jax.core.pixels import PixelNormalization
-from mae_jax.core.state import TrainState, create_state, mesh_context, state_specs, with_shardings
+from mae_jax.core.state import TrainState, create_state, mesh_context, state_specs
+from mae_jax.core.train_step import StepProgram, Task, build_step_program
 from mae_jax.evaluate import job as job_lib
 from mae_jax.evaluate.erasing import erase
 from mae_jax.evaluate.layer_decay import finetune_adamw
@@ -42,17 +42,15 @@ from mae_jax.evaluate.models import ViTClassifier, evaluation_encoder
 _ERASE_STREAM = 0xE7A5E
 
 
-def make_finetune_step(
-  model: ViTClassifier, tx, schedule, *, seed_key: jax.Array, config
-) -> Callable:
-  """step(state, batch) -> (state, metrics); mixing and drop path draw from
-  fold_in(seed_key, step), so a resumed run repeats them exactly.
+def finetune_task(model: ViTClassifier, pixels: PixelNormalization, config) -> Task:
+  """Cross-entropy on mixed labels; mixing and drop path draw from the
+  engine's step key, so a resumed run repeats them exactly.
 
   With `config.grad_accum_steps` = k > 1 the global batch is mixed once, as
   without accumulation (Mixup pairs image i with image N-1-i of the whole
   batch), then split into k micro-batches whose mean loss and gradient make
   the update; micro-batch i draws drop path from fold_in(drop_key, i). With
-  k = 1 drop path uses drop_key itself, as before accumulation existed.
+  k = 1 drop path uses drop_key itself.
   """
   mix = dict(
     num_classes=model.num_classes,
@@ -63,41 +61,63 @@ def make_finetune_step(
   )
   accum = config.grad_accum_steps
 
-  pixels = PixelNormalization.of(config.data)
-
-  def step(state: TrainState, batch: dict):
-    step_key = jax.random.fold_in(seed_key, state.step)
-    mix_key, drop_key = jax.random.split(step_key)
+  def prepare(state, batch, frozen, key):
+    mix_key, _ = jax.random.split(key)
     images = pixels(batch["image"])
     if "erase_box" in batch:
-      images = erase(jax.random.fold_in(step_key, _ERASE_STREAM), images, batch["erase_box"])
-    mixed = mix_batch(mix_key, images, batch["label"], **mix)
+      images = erase(jax.random.fold_in(key, _ERASE_STREAM), images, batch["erase_box"])
+    return mix_batch(mix_key, images, batch["label"], **mix)
 
-    def loss_fn(params, micro, index):
-      images, targets = micro
-      key = drop_key if accum == 1 else jax.random.fold_in(drop_key, index)
-      logits = model.apply({"params": params}, images, train=True, rngs={"dropout": key})
-      return soft_cross_entropy(logits, targets).mean()
+  def loss(params, state, micro, key, index):
+    images, targets = micro
+    _, drop_key = jax.random.split(key)
+    drop_key = drop_key if accum == 1 else jax.random.fold_in(drop_key, index)
+    logits = model.apply({"params": params}, images, train=True, rngs={"dropout": drop_key})
+    return soft_cross_entropy(logits, targets).mean(), ({}, {})
 
-    loss, grads = accumulate(jax.value_and_grad(loss_fn), state.params, mixed, accum)
+  return Task(prepare=prepare, loss=loss)
 
-    def apply_update(params, opt_state):
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), opt_state
 
-    # As pretraining: a non-finite step keeps the old state, the loop stops or counts.
-    (params, opt_state), grad_norm, nonfinite = guarded_update(
-      loss, grads, apply_update, state.params, state.opt_state
-    )
-    metrics = {
-      "loss": loss,
-      "learning_rate": schedule(state.step),
-      "grad_norm": grad_norm,
-      "nonfinite": nonfinite,
-    }
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-  return step
+def finetune_program(config, plan, mesh, schedule) -> StepProgram:
+  """The fine-tuning step of `config` on `mesh` (the job runs it, the AOT
+  planner lowers it): the classifier, layer-decayed AdamW, the batch the
+  pipeline sends (uint8 images, labels, padding mask, erasing boxes)."""
+  opt = config.optimizer
+  model = ViTClassifier(
+    plan.model,
+    num_classes=plan.num_classes,
+    feature=config.feature,
+    head_init_std=config.head_init_std,
+  )
+  abstract_params = jax.eval_shape(
+    lambda k: create_state(model, optax.identity(), k).params, jax.random.key(0)
+  )
+  tx = finetune_adamw(
+    schedule,
+    abstract_params,
+    depth=plan.model.depth,
+    layer_decay=opt.layer_decay,
+    b1=opt.b1,
+    b2=opt.b2,
+    weight_decay=opt.weight_decay,
+  )
+  state_shardings, abstract_state = state_specs(model, tx, mesh, plan.rules)
+  pixels = PixelNormalization.of(config.data)
+  return build_step_program(
+    finetune_task(model, pixels, config),
+    model=model,
+    tx=tx,
+    schedule=schedule,
+    mesh=mesh,
+    rules=plan.rules,
+    create_state=lambda key: create_state(model, tx, key),
+    state_shardings=state_shardings,
+    abstract_state=abstract_state,
+    batch_fields=labelled_batch_fields(config, plan.model, config.global_batch_size),
+    grad_accum_steps=config.grad_accum_steps,
+    seed=config.seed,
+    pixels=pixels,
+  )
 
 
 def make_finetune_eval_step(model: ViTClassifier, pixels: PixelNormalization) -> Callable:
@@ -117,38 +137,17 @@ def run_finetune(config, workdir: str, *, train_batches=None) -> dict:
   job = job_lib.start_job(config, workdir)
   plan, mesh, is_main, mngr = job.plan, job.mesh, job.is_main, job.mngr
   batch_sharding, replicated = job.batch_sharding, job.replicated
-  opt = config.optimizer
-  model = ViTClassifier(
-    plan.model,
-    num_classes=plan.num_classes,
-    feature=config.feature,
-    head_init_std=config.head_init_std,
-  )
-  init_key, seed_key = jax.random.split(jax.random.key(config.seed))
-  abstract_params = jax.eval_shape(
-    lambda k: create_state(model, optax.identity(), k).params, init_key
-  )
-  tx = finetune_adamw(
-    job.schedule,
-    abstract_params,
-    depth=plan.model.depth,
-    layer_decay=opt.layer_decay,
-    b1=opt.b1,
-    b2=opt.b2,
-    weight_decay=opt.weight_decay,
-  )
-  state_shardings, abstract_state = state_specs(model, tx, mesh, plan.rules)
+  program = finetune_program(config, plan, mesh, job.schedule)
+  state_shardings = program.state_shardings
 
   with mesh_context(mesh, plan.rules), checkpointing.completing_saves(mngr):
     if job.resume_step is not None:
       logging.info("Resuming fine-tuning from step %d.", job.resume_step)
       state = checkpointing.restore_run_state(
-        str(mngr.directory),
-        job.resume_step,
-        with_shardings(abstract_state, state_shardings),
+        str(mngr.directory), job.resume_step, program.abstract_state
       )
     else:
-      state = jax.jit(lambda k: create_state(model, tx, k), out_shardings=state_shardings)(init_key)
+      state = program.initial_state()
       if plan.init is not None:
         # AdamW's initial state does not depend on the values: swapping in the
         # pretrained encoder keeps it valid.
@@ -158,14 +157,8 @@ def run_finetune(config, workdir: str, *, train_batches=None) -> dict:
 
     host_batches = train_batches or (lambda start: batches_lib.train_split_batches(config, start))
 
-    train_step = jax.jit(
-      make_finetune_step(model, tx, job.schedule, seed_key=seed_key, config=config),
-      in_shardings=(state_shardings, batch_sharding),
-      out_shardings=(state_shardings, replicated),
-      donate_argnums=(0,),
-    )
     eval_step = jax.jit(
-      make_finetune_eval_step(model, PixelNormalization.of(config.data)),
+      make_finetune_eval_step(program.model, program.pixels),
       in_shardings=(state_shardings, batch_sharding),
       out_shardings=replicated,
     )
@@ -185,7 +178,7 @@ def run_finetune(config, workdir: str, *, train_batches=None) -> dict:
       mngr,
       job.metadata,
       state,
-      train_step,
+      program.step,
       lambda start: batches_lib.labelled_train_batches(
         host_batches(start), batch_sharding, plan.num_classes
       ),

@@ -27,13 +27,14 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from mae_jax.core import accuracy, checkpointing
+from mae_jax.core import accuracy, checkpointing, sharding
 from mae_jax.core import batches as batches_lib
+from mae_jax.core.batches import labelled_batch_fields
 from mae_jax.core.loop import LoopSettings, Periodic, run_steps
-from mae_jax.core.nonfinite import guarded_update
 from mae_jax.core.state import mesh_context
+from mae_jax.core.train_step import StepProgram, Task, build_step_program
 from mae_jax.evaluate import job as job_lib
-from mae_jax.evaluate.encoders import feature_source, frozen_encoder
+from mae_jax.evaluate.encoders import abstract_encoder, feature_source, features_of, frozen_encoder
 from mae_jax.evaluate.lars import lars
 from mae_jax.evaluate.models import ProbeHead
 
@@ -74,55 +75,77 @@ def create_probe_state(head: ProbeHead, tx, key, feature_dim: int) -> ProbeState
   )
 
 
-def make_probe_step(head: ProbeHead, tx, schedule, features_fn: Callable | None) -> Callable:
-  """step(state, encoder_params, batch) -> (state, metrics).
-
-  The features are computed outside the differentiated function, so the
+def probe_task(head: ProbeHead, features_fn: Callable | None) -> Task:
+  """Cross-entropy of the head on frozen features. The features are
+  computed in `prepare`, outside the differentiated function, so the
   encoder gets no gradient; `features_fn=None` reads batch["features"]
-  (cached features).
-  """
+  (cached features). BatchNorm's running statistics are a state field the
+  loss updates (kept, like the rest, when a step is not finite)."""
 
-  def step(state: ProbeState, encoder_params, batch: dict):
+  def prepare(state, batch, frozen, key):
     if features_fn is None:
-      features = batch["features"]
-    else:
-      features = jax.lax.stop_gradient(features_fn(encoder_params, batch["image"]))
+      return batch["features"], batch["label"]
+    encoder_params = frozen[0] if frozen else None
+    return jax.lax.stop_gradient(features_fn(encoder_params, batch["image"])), batch["label"]
 
-    def loss_fn(params):
-      logits, updates = head.apply(
-        {"params": params, "batch_stats": state.batch_stats},
-        features,
-        train=True,
-        mutable=["batch_stats"],
-      )
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-      return loss, (logits, updates["batch_stats"])
-
-    (loss, (logits, new_batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params
+  def loss(params, state, micro, key, index):
+    features, labels = micro
+    logits, updates = head.apply(
+      {"params": params, "batch_stats": state.batch_stats},
+      features,
+      train=True,
+      mutable=["batch_stats"],
     )
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    top1 = 100.0 * jnp.mean(jnp.argmax(logits, -1) == labels)
+    return loss, ({"train_top1": top1}, {"batch_stats": updates["batch_stats"]})
 
-    def apply_update(params, opt_state, _):
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), opt_state, new_batch_stats
+  return Task(prepare=prepare, loss=loss)
 
-    # As pretraining: a non-finite step keeps the old state, BatchNorm's running
-    # statistics included (non-finite features would poison them for good).
-    (params, opt_state, batch_stats), grad_norm, nonfinite = guarded_update(
-      loss, grads, apply_update, state.params, state.opt_state, state.batch_stats
-    )
-    metrics = {
-      "loss": loss,
-      "learning_rate": schedule(state.step),
-      "grad_norm": grad_norm,
-      "nonfinite": nonfinite,
-      "train_top1": 100.0 * jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+
+def probe_program(config, plan, mesh, schedule, *, cached: bool) -> StepProgram:
+  """The probe's step on `mesh` (the job runs it, the AOT planner lowers
+  it): LARS on the head, the frozen encoder an undonated input (none for
+  raw pixels or cached features), the state replicated."""
+  opt = config.optimizer
+  tx = lars(
+    schedule,
+    momentum=opt.momentum,
+    trust_coefficient=opt.trust_coefficient,
+    weight_decay=opt.weight_decay,
+  )
+  head = ProbeHead(plan.num_classes, init_std=config.head_init_std)
+  features_fn = features_of(config, plan)
+  encoder = abstract_encoder(config, plan, mesh)
+  cfg = plan.model
+  image = jax.ShapeDtypeStruct((1, cfg.image_size, cfg.image_size, cfg.channels), jnp.uint8)
+  feature = jax.eval_shape(features_fn, encoder, image)
+  create = lambda key: create_probe_state(head, tx, key, feature.shape[-1])
+  abstract_state = jax.eval_shape(create, jax.random.key(0))
+  replicated = sharding.replicated(mesh)
+  batch = config.global_batch_size
+  if cached:
+    fields = {
+      "features": ((batch, feature.shape[-1]), feature.dtype),
+      "label": ((batch,), jnp.int32),
     }
-    return ProbeState(
-      step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
-    ), metrics
-
-  return step
+  else:
+    fields = labelled_batch_fields(config, cfg, batch)
+  return build_step_program(
+    probe_task(head, None if cached else features_fn),
+    model=head,
+    tx=tx,
+    schedule=schedule,
+    mesh=mesh,
+    rules=plan.rules,
+    create_state=create,
+    state_shardings=jax.tree.map(lambda _: replicated, abstract_state),
+    abstract_state=abstract_state,
+    batch_fields=fields,
+    frozen=() if cached or encoder is None else (encoder,),
+    grad_accum_steps=config.grad_accum_steps,
+    seed=config.seed,
+  )
 
 
 def make_probe_eval_step(head: ProbeHead, features_fn: Callable | None) -> Callable:
@@ -147,38 +170,26 @@ def run_linear_probe(config, workdir: str, *, train_batches=None) -> dict:
   job = job_lib.start_job(config, workdir)
   plan, mesh, is_main, mngr = job.plan, job.mesh, job.is_main, job.mngr
   batch_sharding, replicated = job.batch_sharding, job.replicated
-  opt = config.optimizer
-  tx = lars(
-    job.schedule,
-    momentum=opt.momentum,
-    trust_coefficient=opt.trust_coefficient,
-    weight_decay=opt.weight_decay,
-  )
-  head = ProbeHead(plan.num_classes, init_std=config.head_init_std)
-  head_key, encoder_key = jax.random.split(jax.random.key(config.seed))
+  # The program's init key (the head) is the first half of the seed's split.
+  _, encoder_key = jax.random.split(jax.random.key(config.seed))
+  cached = bool(config.cache_features and train_batches is None)
+  program = probe_program(config, plan, mesh, job.schedule, cached=cached)
 
   with mesh_context(mesh, plan.rules), checkpointing.completing_saves(mngr):
     features_fn, encoder_params = frozen_encoder(config, plan, mesh, encoder_key)
-    image = jax.ShapeDtypeStruct(
-      (1, plan.model.image_size, plan.model.image_size, plan.model.channels), jnp.uint8
-    )
-    feature_dim = jax.eval_shape(features_fn, encoder_params, image).shape[-1]
-    create = lambda key: create_probe_state(head, tx, key, feature_dim)
     if job.resume_step is not None:
       logging.info("Resuming the probe from step %d.", job.resume_step)
-      abstract = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
-        jax.eval_shape(create, head_key),
+      state = checkpointing.restore_run_state(
+        str(mngr.directory), job.resume_step, program.abstract_state
       )
-      state = checkpointing.restore_run_state(str(mngr.directory), job.resume_step, abstract)
     else:
-      state = jax.jit(create, out_shardings=replicated)(head_key)
+      state = program.initial_state()
 
-    if config.cache_features and train_batches is None:
+    if cached:
       logging.info(
         "Caching features of %s and %s.", config.data.train_split, config.data.eval_split
       )
-      cached = {}
+      features_cache = {}
       for name, split in (("train", config.data.train_split), ("eval", config.data.eval_split)):
         features, labels = batches_lib.extract_features(
           features_fn,
@@ -188,16 +199,16 @@ def run_linear_probe(config, workdir: str, *, train_batches=None) -> dict:
           ),
           mesh,
         )
-        cached[name] = {"features": features, "label": labels}
+        features_cache[name] = {"features": features, "label": labels}
       global_batches = lambda start: batches_lib.epoch_batches(
-        cached["train"],
+        features_cache["train"],
         config.global_batch_size,
         batch_sharding,
         seed=config.seed,
         start_step=start,
       )
       eval_batches = lambda: batches_lib.array_batches(
-        cached["eval"], plan.eval_batch_size, batch_sharding
+        features_cache["eval"], plan.eval_batch_size, batch_sharding
       )
       step_features = None
     else:
@@ -212,12 +223,9 @@ def run_linear_probe(config, workdir: str, *, train_batches=None) -> dict:
       )
       step_features = features_fn
 
-    train_step = jax.jit(
-      make_probe_step(head, tx, job.schedule, step_features),
-      out_shardings=(replicated, replicated),
-      donate_argnums=(0,),
+    eval_step = jax.jit(
+      make_probe_eval_step(program.model, step_features), out_shardings=replicated
     )
-    eval_step = jax.jit(make_probe_eval_step(head, step_features), out_shardings=replicated)
     evaluate = lambda s: job_lib.evaluate(
       lambda s_, batch: eval_step(s_, encoder_params, batch), s, eval_batches(), plan.num_classes
     )
@@ -232,7 +240,7 @@ def run_linear_probe(config, workdir: str, *, train_batches=None) -> dict:
       mngr,
       job.metadata,
       state,
-      lambda s, batch: train_step(s, encoder_params, batch),
+      program.bind(*(() if cached or encoder_params is None else (encoder_params,))),
       global_batches,
       [Periodic(config.eval_every_steps, evaluate, digits=3)],
       is_main=is_main,

@@ -26,12 +26,12 @@ from mae_jax.core import plan as plan_lib
 from mae_jax.core import workdir as workdir_lib
 from mae_jax.core.loop import LoopSettings, Periodic, run_steps
 from mae_jax.core.state import mesh_context
-from mae_jax.core.train_step import make_eval_step, train_step_from_config
 from mae_jax.core.workdir import (
   checkpoint_metadata,
   experiment_identity,
 )
 from mae_jax.data import make_iterator
+from mae_jax.train.steps import make_eval_step, pretraining_program
 from mae_jax.visualize import reconstruction_panels, save_reconstructions
 
 # start step -> this host's batches from there on (numpy, the pipeline's format).
@@ -85,7 +85,7 @@ def _pretrain(config, workdir, plan, mesh, mngr, metadata, resume_step, is_main,
   if resume_step is None and config.init_from:
     start_from = pretrained.locate(config.init_from)
     checkpointing.check_architecture(start_from.directory, start_from.metadata, plan.model)
-  program = train_step_from_config(config, plan, mesh)
+  program = pretraining_program(config, plan, mesh)
   shardings = program.state_shardings
   if resume_step is not None:
     logging.info("Resuming from %s step %d.", mngr.directory, resume_step)
