@@ -28,6 +28,7 @@ import time
 from absl import app, flags
 
 from benchmarks.common import machine_report
+from mae_jax.jobs import run_job
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/digits_eval", "Where every run goes.")
 _DATA_DIR = flags.DEFINE_string(
@@ -126,22 +127,6 @@ def write_readme(path: str, text: str) -> None:
   readme = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, readme, flags=re.S)
   with open(path, "w") as f:
     f.write(readme)
-
-
-def run_job(config, workdir: str) -> dict:
-  """mae_jax.main.run_job without importing main (its flags would clash with ours)."""
-  from mae_jax.evaluate.finetune import run_finetune
-  from mae_jax.evaluate.knn_job import run_knn
-  from mae_jax.evaluate.linprobe import run_linear_probe
-  from mae_jax.train.pretrain import train_and_evaluate
-
-  jobs = {
-    "pretrain": train_and_evaluate,
-    "linprobe": run_linear_probe,
-    "finetune": run_finetune,
-    "knn": run_knn,
-  }
-  return jobs[config.get("job", "pretrain")](config, workdir)
 
 
 def main(argv):

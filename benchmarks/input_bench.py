@@ -359,7 +359,7 @@ def digits_input_wait(
   """Runs a short digits pretraining (the bundled preset) and reads its
   `input_wait_fraction`; `overrides` change config fields (tests: tiny)."""
   from configs import pretrain as pretrain_config
-  from mae_jax.train.pretrain import train_and_evaluate
+  from mae_jax.jobs.pretrain import train_and_evaluate
 
   config = pretrain_config.get_config("digits")
   config.num_train_steps = steps

@@ -19,8 +19,8 @@ import optax
 from benchmarks import common
 from mae_jax.core import optim, sharding
 from mae_jax.core.pixels import PixelNormalization
+from mae_jax.jobs.pretrain_step import build_pretraining_step
 from mae_jax.model.config import ModelConfig
-from mae_jax.train.steps import build_pretraining_step
 
 # The reference recipe's AdamW; the learning rate does not change the cost.
 ADAMW = dict(b1=0.9, b2=0.95, weight_decay=0.05)
@@ -50,7 +50,7 @@ def typical_normalization(channels: int) -> PixelNormalization:
 
 class MaeStep:
   """The real pretraining step (`make_train_step`, AdamW, donated state),
-  sharded over `mesh` exactly as `mae_jax.train.pretrain` does it.
+  sharded over `mesh` exactly as `mae_jax.jobs.pretrain` does it.
 
   Compilation happens in the constructor and is timed apart (`lower_s`,
   `compile_s`); `compiler_options` are XLA debug options for this program

@@ -3,7 +3,7 @@ r"""Will this run fit that pod or those GPUs? Compile the real train step here.
   python -m mae_jax.aot --config=configs/pretrain.py:vit_huge --topology=v5p:4x4x8 \
       --config.model.dtype=bfloat16 --config.mesh.data=1 --config.mesh.fsdp=-1
 
-builds the sharded train step exactly as `mae_jax.train.pretrain` does
+builds the sharded train step exactly as `mae_jax.jobs.pretrain` does
 (same plan checks, mesh, state shardings and jitted step), compiles it with
 libtpu for compile-only devices laid out like the pod
 (`mae_jax.topologies`), and prints per-chip memory against the chip's HBM,
@@ -55,16 +55,15 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from mae_jax import topologies
+from mae_jax import jobs, topologies
 from mae_jax.core import command_line, sharding
-from mae_jax.core import plan as plan_lib
 from mae_jax.core.units import gib
-from mae_jax.model.flops import train_flops_per_image
-from mae_jax.train.steps import pretraining_program
+from mae_jax.errors import UsageError, UserError
+from mae_jax.model.flops import train_flops_per_example
 
-# Training-set sizes known without reading the dataset (steps per epoch only
-# shape the learning-rate schedule, never memory or FLOPs).
-KNOWN_TRAIN_SIZES = {("tfds", "imagenet2012"): 1_281_167, ("digits", ""): 1_497}
+# (training-set size, classes) of datasets known without reading them (steps
+# per epoch only shape the learning-rate schedule, never memory or FLOPs).
+KNOWN_DATASETS = {("tfds", "imagenet2012"): (1_281_167, 1000), ("digits", ""): (1_497, 10)}
 
 EXIT_DOES_NOT_FIT, EXIT_BAD_INPUT = 1, 2
 
@@ -98,22 +97,25 @@ class Report:
   device_noun: str = "chips"  # "GPUs" for GPU topologies
   fits: bool = True
   compile_error: str = ""
+  job: str = "pretrain"  # config.job: whose train step was planned
+  frozen_bytes: int = 0  # per chip, undonated inputs (the probe's frozen encoder)
   suggestions: list = dataclasses.field(default_factory=list)
 
 
 def check_plan(
   config: ml_collections.ConfigDict, topology: topologies.Topology, *, hbm_bytes: int | None = None
 ) -> Report:
-  """Builds, lowers and compiles the train step; ValueError for bad input."""
+  """Builds, lowers and compiles the job's train step; a UserError for bad input."""
   devices = topologies.devices(topology)
   plan = plan_without_data(config, devices)
   mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)), devices=devices)
   try:
-    lowered, abstract, shardings = lower_train_step(config, plan, mesh)
+    program = step_program(config, plan, mesh)
+    lowered = program.lower()
   except (NotImplementedError, RuntimeError) as error:
     if plan.model.attention_impl != "cudnn":
       raise
-    raise ValueError(cudnn_refusal(error)) from error
+    raise UsageError(cudnn_refusal(error)) from error
   cfg, chip = plan.model, topology.chip
   memory_limit, memory_note = memory_limit_of(chip, hbm_bytes)
   report = Report(
@@ -124,7 +126,7 @@ def check_plan(
     mesh=dict(mesh.shape),
     slices_per_axis=slices_per_axis(mesh),
     model=describe_model(cfg),
-    params=sum(math.prod(x.shape) for x in jax.tree.leaves(abstract.params)),
+    params=sum(math.prod(x.shape) for x in jax.tree.leaves(program.abstract_state.params)),
     global_batch=config.global_batch_size,
     batch_per_chip=plan.micro_batch_size / plan.data_parallel,
     grad_accum_steps=config.grad_accum_steps,
@@ -133,8 +135,13 @@ def check_plan(
     hbm_bytes=memory_limit,
     memory_note=memory_note,
     device_noun="GPUs" if chip is not None and chip.gpu else "chips",
-    state_bytes=per_device_bytes(abstract, shardings),
-    model_flops=config.global_batch_size * train_flops_per_image(cfg),
+    state_bytes=per_device_bytes(program.abstract_state),
+    frozen_bytes=per_device_bytes(program.abstract_frozen),
+    job=config.get("job", "pretrain"),
+    model_flops=config.global_batch_size
+    * train_flops_per_example(
+      config.get("job", "pretrain"), cfg, cached_features=config.get("cache_features", False)
+    ),
   )
   try:
     compiled = lowered.compile()
@@ -167,7 +174,7 @@ def memory_limit_of(chip, hbm_bytes: int | None) -> tuple[int | None, str]:
   try:
     fraction = float(text) if text else DEFAULT_GPU_MEMORY_FRACTION
   except ValueError:
-    raise ValueError(
+    raise UsageError(
       f"XLA_PYTHON_CLIENT_MEM_FRACTION={text!r}: expected a fraction such as 0.9."
     ) from None
   source = "XLA_PYTHON_CLIENT_MEM_FRACTION" if text else "JAX's default preallocation"
@@ -176,12 +183,11 @@ def memory_limit_of(chip, hbm_bytes: int | None) -> tuple[int | None, str]:
   )
 
 
-def lower_train_step(config, plan, mesh):
-  """The train step of `pretrain.train_and_evaluate` (the same builder,
-  `mae_jax.train.steps.pretraining_program`), lowered for `mesh` with
-  abstract (shape, dtype, sharding) arguments: nothing is allocated."""
-  program = pretraining_program(config, plan, mesh)
-  return program.lower(), program.abstract_state, program.state_shardings
+def step_program(config, plan, mesh):
+  """The job's own step program (the builder its run calls, from the job
+  table), for `mesh`: lowered with abstract (shape, dtype, sharding)
+  arguments, nothing is allocated."""
+  return jobs.resolve(jobs.job_of(config).program)(config, plan, mesh)
 
 
 CUDNN_HINT = (
@@ -203,27 +209,35 @@ def cudnn_refusal(error: Exception) -> str:
 
 
 def plan_without_data(config, devices):
-  """`plan.make_plan` for `devices`, with the training-set size looked up
-  instead of read (the AOT machine has no dataset)."""
-  key = (config.data.source, config.data.name or "")
-  if key not in KNOWN_TRAIN_SIZES and config.num_train_steps <= 0:
-    raise ValueError(
-      f"the AOT check does not read data, and the size of {key[0]}:{key[1]} is not "
-      f"known to it ({sorted(KNOWN_TRAIN_SIZES)}): set --config.num_train_steps."
+  """The job's plan (`plan.make_plan`, `evaluate.plan.make_eval_plan`) for
+  `devices`, with the dataset's size and classes looked up instead of read
+  (the AOT machine has no dataset, and no checkpoint for init_from)."""
+  job = jobs.job_of(config)
+  if job.program is None:
+    raise UsageError(
+      f"config.job={config.job!r} trains nothing, so there is no train step to plan; "
+      "plan a pretraining, linprobe or finetune config."
     )
-  sizes = {
-    config.data.train_split: KNOWN_TRAIN_SIZES.get(key, config.global_batch_size),
-    config.data.eval_split: 0,
-  }
+  key = (config.data.source, config.data.name or "")
+  if key not in KNOWN_DATASETS and config.num_train_steps <= 0:
+    raise UsageError(
+      f"the AOT check does not read data, and the size of {key[0]}:{key[1]} is not "
+      f"known to it ({sorted(KNOWN_DATASETS)}): set --config.num_train_steps."
+    )
+  size, classes = KNOWN_DATASETS.get(key, (config.global_batch_size, 1000))
+  if config.get("num_classes", -1) > 0:
+    classes = config.num_classes
+  sizes = {config.data.train_split: size, config.data.eval_split: 0}
   hosts = len({device.process_index for device in devices})
-  # The k-NN monitor needs the dataset's labels, which are not read here; it
-  # runs outside the train step, so the check does without it (a negative
-  # value is still refused).
   config = config.copy_and_resolve_references()
-  config.knn_every_steps = min(config.knn_every_steps, 0)
-  # Everything else make_plan checks (model, batch split, mesh) applies here.
-  return plan_lib.make_plan(
-    config, num_devices=len(devices), process_count=hosts, known_dataset=(sizes, None)
+  if "knn_every_steps" in config:
+    # The k-NN monitor needs the dataset's labels, which are not read here;
+    # it runs outside the train step, so the check does without it (a
+    # negative value is still refused).
+    config.knn_every_steps = min(config.knn_every_steps, 0)
+  # Everything else the job's plan checks (model, batch split, mesh) applies here.
+  return jobs.resolve(job.plan)(
+    config, num_devices=len(devices), process_count=hosts, known_dataset=(sizes, classes)
   )
 
 
@@ -244,13 +258,13 @@ def describe_model(cfg) -> str:
   )
 
 
-def per_device_bytes(abstract, shardings) -> int:
-  """Bytes of the train state one device holds (its shard of every array)."""
+def per_device_bytes(abstract) -> int:
+  """Bytes of `abstract` arrays (each carrying its sharding) one device holds."""
 
-  def shard_bytes(leaf, sharding):
-    return math.prod(sharding.shard_shape(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+  def shard_bytes(leaf):
+    return math.prod(leaf.sharding.shard_shape(leaf.shape)) * np.dtype(leaf.dtype).itemsize
 
-  return int(sum(jax.tree.leaves(jax.tree.map(shard_bytes, abstract, shardings))))
+  return int(sum(shard_bytes(leaf) for leaf in jax.tree.leaves(abstract)))
 
 
 def read_compiled(report: Report, compiled, chip) -> None:
@@ -376,14 +390,17 @@ def format_report(r: Report) -> str:
   elif r.memory_note:
     hbm += f" usable ({r.memory_note})"
   lines = [
-    f"AOT plan on {r.topology} ({r.accelerator_type}: {r.chips} {r.device_noun}, {r.hosts} hosts)",
+    f"AOT plan of the {r.job} step on {r.topology} ({r.accelerator_type}: {r.chips} "
+    f"{r.device_noun}, {r.hosts} hosts)",
     f"  model            {r.model}, {r.params / 1e6:.1f}M parameters, {r.dtype}, "
     f"remat {r.remat_policy}",
     f"  mesh             {mesh}",
     f"  batch            {r.global_batch} global, {r.batch_per_chip:g} per chip per "
     f"micro-batch, grad_accum_steps {r.grad_accum_steps}",
-    f"  state per chip   {gib(r.state_bytes)} (parameters + AdamW moments)",
+    f"  state per chip   {gib(r.state_bytes)} (trained parameters + optimizer moments)",
   ]
+  if r.frozen_bytes:
+    lines.append(f"  frozen per chip  {gib(r.frozen_bytes)} (the frozen encoder's parameters)")
   if r.memory:
     m = r.memory
     lines.append(
@@ -435,7 +452,7 @@ def main(argv, config, options) -> None:
     report = check_plan(
       config.value, topology, hbm_bytes=int(hbm_gib * 1024**3) if hbm_gib else None
     )
-  except ValueError as error:
+  except UserError as error:  # a mistake in the command; a bug keeps its traceback
     print(f"error: {error}", file=sys.stderr)
     sys.exit(EXIT_BAD_INPUT)
   print(format_report(report), flush=True)

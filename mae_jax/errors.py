@@ -30,3 +30,8 @@ class CheckpointError(UserError):
 
 class WorkdirError(UserError):
   """A workdir that cannot be written, or that holds another experiment."""
+
+
+class UsageError(UserError):
+  """A command-line flag or environment variable that cannot work (--topology,
+  --num_slices, XLA_PYTHON_CLIENT_MEM_FRACTION, ...)."""

@@ -31,6 +31,7 @@ from ml_collections import config_flags
 
 from mae_jax.core.command_line import fail_for_user, parse_flags
 from mae_jax.errors import INTERRUPTED_EXIT_CODE, ConfigError, UserError
+from mae_jax.jobs import run_job
 
 SAVE_FAILED_EXIT_CODE = 74  # sysexits' EX_IOERR
 
@@ -98,27 +99,6 @@ def initialize_distributed(timeout: float) -> None:
     )
   elif _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and cluster_detected()):
     jax.distributed.initialize(**heartbeat)
-
-
-def run_job(config, workdir: str):
-  job = config.get("job", "pretrain")
-  if job == "pretrain":
-    from mae_jax.train.pretrain import train_and_evaluate
-
-    return train_and_evaluate(config, workdir)
-  if job == "linprobe":
-    from mae_jax.evaluate.linprobe import run_linear_probe
-
-    return run_linear_probe(config, workdir)
-  if job == "finetune":
-    from mae_jax.evaluate.finetune import run_finetune
-
-    return run_finetune(config, workdir)
-  if job == "knn":
-    from mae_jax.evaluate.knn_job import run_knn
-
-    return run_knn(config, workdir)
-  raise ConfigError(f"config.job={job!r} is unknown: 'pretrain', 'linprobe', 'finetune' or 'knn'.")
 
 
 def main(argv):

@@ -27,6 +27,7 @@ import os
 import sys
 
 from mae_jax import gpu_targets
+from mae_jax.errors import UsageError
 
 GiB = 1024**3
 GB = 1000**3
@@ -107,27 +108,27 @@ class Topology:
 def parse(text: str, num_slices: int = 1) -> Topology:
   """'v5p:4x4x4' -> Topology; 'cpu' or 'cpu:N' -> the local CPU devices.
 
-  Raises ValueError naming the accepted forms.
+  Raises UsageError naming the accepted forms.
   """
   if not isinstance(num_slices, int) or num_slices < 1:
-    raise ValueError(f"--num_slices={num_slices!r}: must be an integer >= 1.")
+    raise UsageError(f"--num_slices={num_slices!r}: must be an integer >= 1.")
   name, _, shape_text = text.strip().lower().partition(":")
   if name == "cpu":
     count = _positive_int(shape_text, text) if shape_text else None
     if num_slices != 1:
-      raise ValueError("--num_slices needs a TPU topology; cpu has one 'slice'.")
+      raise UsageError("--num_slices needs a TPU topology; cpu has one 'slice'.")
     return Topology(None, (count or _local_device_count(),))
   if name in GPU_CHIPS:
     parts = shape_text.split("x") if shape_text else []
     if len(parts) not in (1, 2) or num_slices != 1:
-      raise ValueError(
+      raise UsageError(
         f"--topology={text!r}: GPUs are GPUS_PER_HOST or GPUS_PER_HOSTxHOSTS, "
         f"e.g. {name}:8 (one host) or {name}:8x4 (4 hosts); no --num_slices."
       )
     per_host, hosts = (_positive_int(p, text) for p in (parts + ["1"])[:2])
     return Topology(GPU_CHIPS[name], (per_host, hosts))
   if name not in CHIPS:
-    raise ValueError(
+    raise UsageError(
       f"--topology={text!r}: unknown chip {name!r}; use one of {sorted(CHIPS)} "
       "followed by the slice shape in chips, e.g. v5p:4x4x4, v5e:8x8, one of "
       f"the GPUs {sorted(GPU_CHIPS)} followed by GPUs per host, e.g. h100:8 or "
@@ -136,7 +137,7 @@ def parse(text: str, num_slices: int = 1) -> Topology:
   chip = CHIPS[name]
   parts = shape_text.split("x") if shape_text else []
   if len(parts) != chip.dims:
-    raise ValueError(
+    raise UsageError(
       f"--topology={text!r}: {name} slices have {chip.dims} axes, e.g. "
       f"{name}:{'x'.join(['4'] * chip.dims)}."
     )
@@ -145,7 +146,7 @@ def parse(text: str, num_slices: int = 1) -> Topology:
 
 def _positive_int(part: str, text: str) -> int:
   if not part.isdigit() or int(part) < 1:
-    raise ValueError(f"--topology={text!r}: {part!r} is not a positive integer.")
+    raise UsageError(f"--topology={text!r}: {part!r} is not a positive integer.")
   return int(part)
 
 
@@ -162,7 +163,7 @@ def devices(topology: Topology) -> list:
   if topology.chip is None:
     local = jax.devices()
     if topology.shape[0] > len(local):
-      raise ValueError(
+      raise UsageError(
         f"--topology=cpu:{topology.shape[0]}: only {len(local)} CPU devices here "
         "(set XLA_FLAGS=--xla_force_host_platform_device_count=N for more)."
       )
@@ -186,7 +187,7 @@ def devices(topology: Topology) -> list:
       num_slices=topology.num_slices,
     )
   except Exception as error:  # libtpu's errors are JaxRuntimeError strings
-    raise ValueError(f"libtpu cannot make topology {topology.name}: {error}") from error
+    raise UsageError(f"libtpu cannot make topology {topology.name}: {error}") from error
   return list(description.devices)
 
 
@@ -216,7 +217,7 @@ def libtpu_path() -> str | None:
 def _point_jax_at_libtpu(topology: Topology) -> None:
   path = libtpu_path()
   if path is None:
-    raise ValueError(f"compiling for a TPU topology needs libtpu: {LIBTPU_HINT}.")
+    raise UsageError(f"compiling for a TPU topology needs libtpu: {LIBTPU_HINT}.")
   os.environ["TPU_LIBRARY_PATH"] = path
   # On load libtpu describes the TPU VM it runs on, asking the GCE metadata
   # server and logging errors when there is none. Describe worker 0 of the
@@ -283,7 +284,7 @@ def _gpu_devices(topology: Topology, jax_topologies) -> list:
     )
   except Exception as error:
     text = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-    raise ValueError(
+    raise UsageError(
       f"cannot make GPU topology {topology.name} ({text}); it needs jaxlib's CUDA "
       f"plugin: {GPU_PLUGIN_HINT}."
     ) from error

@@ -14,7 +14,7 @@ from configs import pretrain as pretrain_config
 from mae_jax.core import checkpointing
 from mae_jax.core.batches import train_split_batches
 from mae_jax.core.state import create_state
-from mae_jax.model.config import ModelConfig
+from mae_jax.model.config import TINY, ModelConfig
 from mae_jax.model.mae import MaskedAutoencoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,19 +27,24 @@ def environment(devices: int) -> dict:
   return env
 
 
+# The tiny model preset (mae_jax.model.config.TINY): every test's model,
+# as config fields and as dotted --config overrides.
+TINY_MODEL = dict(TINY)
+TINY_OVERRIDES = {
+  **{f"model.{field}": value for field, value in TINY.items()},
+  "data.image_size": TINY["image_size"],
+}
+
+
+def tiny_model_config(**overrides) -> ModelConfig:
+  """The tiny preset on the digits' one grey channel."""
+  return ModelConfig(**{**TINY, "channels": 1, **overrides}).validate()
+
+
 def tiny_config(**overrides):
   config = pretrain_config.get_config("digits")
-  config.model.update(
-    image_size=16,
-    patch_size=4,
-    width=32,
-    depth=1,
-    heads=2,
-    decoder_width=32,
-    decoder_depth=1,
-    decoder_heads=2,
-  )
-  config.data.image_size = 16
+  config.model.update(TINY_MODEL)
+  config.data.image_size = TINY["image_size"]
   config.global_batch_size = 16
   config.num_train_steps = 6
   config.warmup_epochs = 0.1

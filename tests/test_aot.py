@@ -17,20 +17,10 @@ import pytest
 from configs import pretrain as pretrain_config
 from mae_jax import aot, topologies
 from mae_jax.core import sharding
-from tests.helpers import REPO, environment
+from mae_jax.errors import ConfigError, UsageError
+from tests.helpers import REPO, TINY_OVERRIDES, environment
 
-TINY_MODEL = {
-  "model.image_size": 16,
-  "model.patch_size": 4,
-  "model.width": 32,
-  "model.depth": 1,
-  "model.heads": 2,
-  "model.decoder_width": 32,
-  "model.decoder_depth": 1,
-  "model.decoder_heads": 2,
-  "data.image_size": 16,
-  "global_batch_size": 16,
-}
+TINY_MODEL = {**TINY_OVERRIDES, "global_batch_size": 16}
 
 
 def tiny_config(**overrides):
@@ -222,3 +212,65 @@ def test_the_report_notes_recomputation():
   assert "14 % more FLOPs than the model" in aot.format_report(report)
   report.compiler_flops = 1.2e15 / 64
   assert "more FLOPs" not in aot.format_report(report)
+
+
+def eval_config(module, **changes):
+  """A tiny evaluation config with no checkpoint: the planner reads none."""
+  config = module.get_config("digits")
+  for key, value in {**TINY_MODEL, **changes}.items():
+    section, _, field = key.rpartition(".")
+    (config[section] if section else config)[field] = value
+  return config
+
+
+def test_finetune_and_probe_configs_are_planned_like_pretraining():
+  from configs import finetune as finetune_config
+  from configs import linprobe as linprobe_config
+
+  finetune = aot.check_plan(
+    eval_config(finetune_config, **{"mesh.fsdp": 2}), topologies.parse("cpu:8")
+  )
+  assert finetune.fits and finetune.job == "finetune" and finetune.frozen_bytes == 0
+  assert finetune.compiler_flops > 0 and finetune.model_flops > 0
+  # The probe's encoder is frozen: an input of the step, not part of its state.
+  probe = aot.check_plan(
+    eval_config(linprobe_config, cache_features=False), topologies.parse("cpu:8")
+  )
+  assert probe.fits and probe.job == "linprobe"
+  assert probe.frozen_bytes > probe.state_bytes > 0
+  assert "frozen per chip" in aot.format_report(probe)
+  assert "plan of the linprobe step" in aot.format_report(probe)
+
+
+def test_a_knn_config_has_no_step_to_plan():
+  from configs import knn as knn_config
+
+  with pytest.raises(UsageError, match="trains nothing"):
+    aot.check_plan(eval_config(knn_config), topologies.parse("cpu:8"))
+
+
+def test_the_cli_prints_user_errors_in_one_line_and_keeps_a_bugs_traceback(monkeypatch):
+  class Flag:
+    def __init__(self, value):
+      self.value = value
+
+  options = {
+    "topology": Flag("cpu:8"),
+    "num_slices": Flag(1),
+    "hbm_gib": Flag(None),
+    "json": Flag(None),
+  }
+
+  def fails(error):
+    def check_plan(*args, **kwargs):
+      raise error
+
+    monkeypatch.setattr(aot, "check_plan", check_plan)
+
+  fails(ConfigError("config.x=1: bad."))
+  with pytest.raises(SystemExit) as exit_:
+    aot.main(["aot"], Flag(tiny_config()), options)
+  assert exit_.value.code == aot.EXIT_BAD_INPUT
+  fails(ValueError("a bug"))  # not a user mistake: it propagates with its traceback
+  with pytest.raises(ValueError, match="a bug"):
+    aot.main(["aot"], Flag(tiny_config()), options)

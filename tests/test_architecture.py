@@ -10,6 +10,7 @@ can be there to dodge a cycle.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import glob
 import os
 import re
@@ -20,8 +21,9 @@ import pytest
 from mae_jax import aot
 from mae_jax.core import sharding
 from mae_jax.core.plan import make_plan
-from mae_jax.train.pretrain import train_and_evaluate
-from mae_jax.train.steps import pretraining_program
+from mae_jax.jobs import JOBS
+from mae_jax.jobs.pretrain import train_and_evaluate
+from mae_jax.jobs.pretrain_step import pretraining_program
 from tests.helpers import REPO, tiny_config
 
 # Bottom to top. A module may import from a lower layer or from its own
@@ -31,7 +33,8 @@ LAYERS = (
   ("model",),  # the MAE in linen
   ("data",),  # Grain input pipeline
   ("core", "visualize", "topologies"),  # what the jobs share
-  ("train", "evaluate", "convert"),  # the jobs
+  ("evaluate", "convert"),  # evaluation's heads, optimizers, plan; weights conversion
+  ("jobs",),  # one module per job, and the job table
   ("main", "aot", "build_native"),  # entry points
 )
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
@@ -71,7 +74,16 @@ def imported_modules(path: str, name: str, modules: dict) -> set[str]:
 
 def import_graph() -> dict[str, set[str]]:
   modules = package_modules()
-  return {name: imported_modules(path, name, modules) for name, path in modules.items()}
+  graph = {name: imported_modules(path, name, modules) for name, path in modules.items()}
+  # The job table names its modules as "module:function" strings, imported
+  # when used: they are edges too.
+  graph["mae_jax.jobs"] |= {
+    target.partition(":")[0]
+    for job in JOBS.values()
+    for target in dataclasses.astuple(job)
+    if target
+  }
+  return graph
 
 
 def top(name: str) -> str:
@@ -120,8 +132,9 @@ def test_the_import_graph_has_no_cycle():
 def test_the_walker_sees_function_level_imports(tmp_path):
   """The checks above would pass vacuously if the walker missed imports in functions."""
   graph = import_graph()
-  assert "mae_jax.train.pretrain" in graph["mae_jax.main"]  # imported inside main's dispatch
-  assert "mae_jax.train.steps" in graph["mae_jax.train.pretrain"]
+  assert "mae_jax.core.host_watch" in graph["mae_jax.main"]  # imported inside host_timeout
+  assert "mae_jax.jobs.pretrain" in graph["mae_jax.jobs"]  # named by the job table
+  assert "mae_jax.jobs.pretrain_step" in graph["mae_jax.jobs.pretrain"]
   assert {"mae_jax.core.sharding", "mae_jax.model.mae"} <= graph["mae_jax.core.state"]
 
 
@@ -160,7 +173,7 @@ def test_trainer_aot_planner_and_benchmark_lower_the_same_train_step(tmp_path):
 
   plan = make_plan(config, num_devices=jax.device_count(), process_count=1)
   mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
-  lowered, _, _ = aot.lower_train_step(config, plan, mesh)
+  lowered = aot.step_program(config, plan, mesh).lower()
   assert _without_locations(lowered.as_text()) == trainer
 
   program = pretraining_program(config, plan, mesh)  # its optimizer, for the benchmark
@@ -174,3 +187,46 @@ def test_trainer_aot_planner_and_benchmark_lower_the_same_train_step(tmp_path):
     pixels=program.pixels,
   )
   assert _without_locations(benchmark.lowered.as_text()) == trainer
+
+
+@pytest.mark.parametrize(
+  "job, changes",
+  [
+    ("finetune", {"grad_accum_steps": 2}),
+    ("linprobe", {"cache_features": False}),  # the frozen encoder is an input of the step
+  ],
+)
+def test_evaluation_jobs_run_the_step_the_aot_planner_plans(tmp_path, job, changes):
+  """The fine-tuning and probe steps a real run lowers (IR dump) are the
+  programs `mae_jax.aot` compiles for their configs: one builder per job."""
+  from configs import finetune as finetune_config
+  from configs import linprobe as linprobe_config
+  from mae_jax.evaluate.plan import make_eval_plan
+  from mae_jax.jobs import run_job
+  from tests.helpers import TINY_MODEL
+
+  module = {"finetune": finetune_config, "linprobe": linprobe_config}[job]
+  config = module.get_config("digits")
+  config.model.update(TINY_MODEL)
+  config.data.image_size = 16
+  config.update(
+    baseline="random_init",
+    init_from="",
+    global_batch_size=16,
+    num_train_steps=1,
+    eval_every_steps=1,
+    eval_batch_size=64,
+    progress_bar="off",
+    **changes,
+  )
+  config.mesh.fsdp = 2
+  dump = tmp_path / "ir"
+  jax.config.update("jax_dump_ir_to", str(dump))
+  try:
+    run_job(config, str(tmp_path / "run"))
+  finally:
+    jax.config.update("jax_dump_ir_to", "")
+  plan = make_eval_plan(config, num_devices=jax.device_count(), process_count=1)
+  mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
+  lowered = aot.step_program(config, plan, mesh).lower()
+  assert _without_locations(lowered.as_text()) == _only_module(dump)

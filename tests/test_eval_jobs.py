@@ -30,34 +30,23 @@ from mae_jax.core.nonfinite import NonFiniteError
 from mae_jax.core.pixels import PixelNormalization
 from mae_jax.core.state import create_state, mesh_context, state_specs
 from mae_jax.core.train_step import make_train_step
-from mae_jax.evaluate import finetune, linprobe
-from mae_jax.evaluate import job as job_lib
 from mae_jax.evaluate.layer_decay import finetune_adamw
 from mae_jax.evaluate.models import ProbeHead, ViTClassifier
 from mae_jax.evaluate.plan import make_eval_plan
-from mae_jax.main import run_job
+from mae_jax.jobs import eval_common as job_lib
+from mae_jax.jobs import finetune, linprobe, run_job
 from mae_jax.model.config import ModelConfig
 from mae_jax.model.features import frozen_features
 from mae_jax.model.mae import Encoder, MaskedAutoencoder
 from mae_jax.model.stacking import stack_layers
 from tests.helpers import (
+  TINY_MODEL,
   apply_changes,
   final_params,
   nan_batch_at,
   tiny_config,
   train_stream,
   without_key_bias,
-)
-
-TINY_MODEL = dict(
-  image_size=16,
-  patch_size=4,
-  width=32,
-  depth=1,
-  heads=2,
-  decoder_width=32,
-  decoder_depth=1,
-  decoder_heads=2,
 )
 
 
@@ -448,7 +437,7 @@ def test_finetune_gradient_accumulation_equals_the_full_batch_step():
   [
     (finetune_config, 0, r"grad_accum_steps=0: an integer >= 1"),
     (finetune_config, True, r"grad_accum_steps=True: an integer >= 1"),
-    (finetune_config, 3, r"global_batch_size=16: not divisible by config.grad_accum_steps=3"),
+    (finetune_config, 3, r"global_batch_size=16 is not divisible by config.grad_accum_steps=3"),
     (
       finetune_config,
       4,

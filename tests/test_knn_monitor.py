@@ -19,7 +19,7 @@ from configs import pretrain as pretrain_config
 from mae_jax import aot
 from mae_jax.core.plan import make_plan
 from mae_jax.data import dataset_info
-from mae_jax.train.pretrain import train_and_evaluate
+from mae_jax.jobs.pretrain import train_and_evaluate
 from tests.helpers import final_params, tiny_config
 
 

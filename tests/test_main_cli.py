@@ -22,20 +22,12 @@ import pytest
 
 from mae_jax.core.preemption import PREEMPTED_EXIT_CODE
 from mae_jax.errors import INTERRUPTED_EXIT_CODE
-from tests.helpers import REPO, environment, final_params
+from tests.helpers import REPO, TINY_OVERRIDES, environment, final_params
 
 
 def command(workdir: str, *overrides: str) -> list[str]:
   tiny = dict(
-    model__image_size=16,
-    model__patch_size=4,
-    model__width=32,
-    model__depth=1,
-    model__heads=2,
-    model__decoder_width=32,
-    model__decoder_depth=1,
-    model__decoder_heads=2,
-    data__image_size=16,
+    **TINY_OVERRIDES,
     global_batch_size=16,
     warmup_epochs=0.5,
     log_every_steps=5,
@@ -44,7 +36,7 @@ def command(workdir: str, *overrides: str) -> list[str]:
     progress_bar="off",
     knn_every_steps=0,
   )
-  flags = [f"--config.{key.replace('__', '.')}={value}" for key, value in tiny.items()]
+  flags = [f"--config.{key}={value}" for key, value in tiny.items()]
   return [
     sys.executable,
     "-m",

@@ -26,20 +26,12 @@ import numpy as np
 import pytest
 
 from configs import pretrain as pretrain_config
-from mae_jax.train import pretrain
-from tests.helpers import REPO, environment, final_params, without_key_bias
+from mae_jax.jobs import pretrain
+from tests.helpers import REPO, TINY_OVERRIDES, environment, final_params, without_key_bias
 
 PROCESSES, DEVICES_PER_PROCESS = 2, 2
 TINY = {
-  "model.image_size": 16,
-  "model.patch_size": 4,
-  "model.width": 32,
-  "model.depth": 1,
-  "model.heads": 2,
-  "model.decoder_width": 32,
-  "model.decoder_depth": 1,
-  "model.decoder_heads": 2,
-  "data.image_size": 16,
+  **TINY_OVERRIDES,
   "global_batch_size": 16,
   # Evaluation (2 batches) at the end of each phase only.
   "warmup_epochs": 0.5,

@@ -13,7 +13,7 @@ from tests.helpers import REPO, environment
 SCRIPT = """
 import sys
 from configs import finetune, knn, linprobe
-from mae_jax.main import run_job
+from mae_jax.jobs import run_job
 from tests.test_eval_jobs import eval_config
 from tests.helpers import tiny_config
 

@@ -18,8 +18,8 @@ import pytest
 from configs import finetune as finetune_config
 from configs import linprobe as linprobe_config
 from mae_jax.core.preemption import Preempted, PreemptionWatcher
-from mae_jax.main import run_job
-from tests.helpers import tiny_config
+from mae_jax.jobs import run_job
+from tests.helpers import TINY_MODEL, tiny_config
 
 # Fields that measure time, which no two runs share.
 TIMING = {"compile_seconds", "images_per_sec", "examples_per_sec", "input_wait_fraction"}
@@ -76,10 +76,7 @@ def test_pretraining_preempted_at_any_step_logs_every_row(
 
 def eval_job_config(module):
   config = module.get_config("digits")
-  config.model.update(
-    image_size=16, patch_size=4, width=32, depth=1, heads=2,
-    decoder_width=32, decoder_depth=1, decoder_heads=2,
-  )  # fmt: skip
+  config.model.update(TINY_MODEL)
   config.data.image_size = 16
   config.progress_bar = "off"
   config.baseline = "random_init"

@@ -24,10 +24,10 @@ from mae_jax.core.pixels import PixelNormalization
 from mae_jax.core.plan import make_plan
 from mae_jax.core.state import create_state, mesh_context, state_specs
 from mae_jax.core.train_step import make_train_step
+from mae_jax.jobs.pretrain import train_and_evaluate
+from mae_jax.jobs.pretrain_step import build_pretraining_step, pretraining_task
 from mae_jax.model.config import ModelConfig
 from mae_jax.model.mae import MaskedAutoencoder
-from mae_jax.train.pretrain import train_and_evaluate
-from mae_jax.train.steps import build_pretraining_step, pretraining_task
 from tests.helpers import apply_changes, final_params, nan_batch_at, tiny_config, without_key_bias
 
 # One grey channel; the steps normalise uint8 batches with it and take

@@ -23,8 +23,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mae_jax.core import checkpointing
+from mae_jax.jobs.pretrain import train_and_evaluate
 from mae_jax.main import SAVE_FAILED_EXIT_CODE
-from mae_jax.train.pretrain import train_and_evaluate
 from tests.helpers import final_params, tiny_config
 from tests.test_main_cli import REPO, command, committed_steps, environment
 

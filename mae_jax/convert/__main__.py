@@ -10,6 +10,7 @@ import os
 import sys
 
 from mae_jax.convert.pipeline import export_checkpoint, import_to_checkpoint
+from mae_jax.errors import UsageError, UserError
 from mae_jax.model.config import PRESETS, ModelConfig, preset
 
 DESCRIPTION = """\
@@ -111,7 +112,7 @@ def config_from_args(args: argparse.Namespace) -> ModelConfig:
     return preset(args.model, **overrides)
   missing = [f"--{name}" for name in REQUIRED_WITHOUT_PRESET if name not in overrides]
   if missing:
-    raise ValueError(
+    raise UsageError(
       f"give --model (one of {list(PRESETS)}) or the sizes explicitly; missing {missing}."
     )
   return ModelConfig(**overrides).validate()
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
   if args.export or os.path.isdir(args.input):
     if not os.path.isdir(args.input):
-      raise ValueError(f"--export: {args.input!r} is not a checkpoint directory.")
+      raise UsageError(f"--export: {args.input!r} is not a checkpoint directory.")
     config = export_checkpoint(args.input, args.output)
     print(
       f"wrote {args.output} (authors' layout; width {config.width}, depth "
@@ -142,6 +143,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
   try:
     sys.exit(main())
-  except ValueError as error:  # a user mistake: the message, not a traceback
+  except UserError as error:  # a user mistake: the message, not a traceback
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mae_jax.errors import CheckpointError
 from mae_jax.model.config import ModelConfig
 from mae_jax.model.pos_embed import sincos_2d
 from mae_jax.model.stacking import unstack_layers
@@ -139,7 +140,7 @@ def pos_embed_buffers(config: ModelConfig, with_decoder: bool = True) -> dict[st
 def _check_representable(config: ModelConfig) -> None:
   config.validate()
   if config.encoder_mask_tokens:
-    raise ValueError(
+    raise CheckpointError(
       "model.encoder_mask_tokens=True (the paper's 'w/ [M]' ablation) has no "
       "counterpart in the authors' models_mae.py layout: convert a model "
       "with encoder_mask_tokens=False."
@@ -177,7 +178,7 @@ def params_from_authors(
   """Authors' state dict -> mae_jax params (unscanned, `layer_{i}`).
 
   Without any decoder key the result is encoder-only: {"encoder": ...}.
-  Raises one ValueError listing every missing key, wrong shape, bad sin-cos
+  Raises one CheckpointError listing every missing key, wrong shape, bad sin-cos
   buffer and (unless `allow_unused`) unexpected key. `file_key` gives the
   file's own name of an authors' key, for messages about renamed files.
   """
@@ -216,7 +217,7 @@ def params_from_authors(
       f"e.g. a fine-tuned classifier head): {[file_key(k) for k in unexpected]}"
     )
   if problems:
-    raise ValueError(
+    raise CheckpointError(
       f"the state dict does not fit the model (patch {config.patch_size}, "
       f"width {config.width}, depth {config.depth}, heads {config.heads}, image "
       f"{config.image_size}, channels {config.channels}"
@@ -282,7 +283,7 @@ def authors_from_params(params: Mapping, config: ModelConfig) -> dict[str, np.nd
   if unexpected:
     problems.append(f"parameters the authors' layout has no place for: {unexpected}")
   if problems:
-    raise ValueError("cannot export these parameters:\n  " + _listing(problems))
+    raise CheckpointError("cannot export these parameters:\n  " + _listing(problems))
   state.update(pos_embed_buffers(config, with_decoder))
   return state
 

@@ -18,6 +18,8 @@ from typing import Mapping
 import ml_dtypes  # numpy's bfloat16 (a jax dependency)
 import numpy as np
 
+from mae_jax.errors import CheckpointError
+
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
 
@@ -28,7 +30,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     return _load_safetensors(path)
   if path.endswith(TORCH_SUFFIXES):
     return _load_torch(path)
-  raise ValueError(
+  raise CheckpointError(
     f"{path!r}: unknown weight-file type; expected one of {TORCH_SUFFIXES + (SAFETENSORS_SUFFIX,)}."
   )
 
@@ -53,7 +55,7 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
     contents = torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as error:
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    raise ValueError(
+    raise CheckpointError(
       f"refusing to load {path!r}: it contains pickled Python objects other "
       "than tensors and plain containers, and unpickling them could run "
       "arbitrary code. (A full training checkpoint also stores e.g. "
@@ -63,13 +65,13 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
   if isinstance(contents, Mapping) and isinstance(contents.get("model"), Mapping):
     contents = contents["model"]
   if not isinstance(contents, Mapping):
-    raise ValueError(
+    raise CheckpointError(
       f"{path!r} holds a {type(contents).__name__}, not a state dict "
       "(a mapping of names to tensors, possibly under 'model')."
     )
   not_tensors = sorted(k for k, v in contents.items() if not isinstance(v, torch.Tensor))
   if not_tensors:
-    raise ValueError(f"{path!r}: entries that are not tensors: {not_tensors}.")
+    raise CheckpointError(f"{path!r}: entries that are not tensors: {not_tensors}.")
   return {name: _to_numpy(tensor) for name, tensor in contents.items()}
 
 
@@ -102,7 +104,7 @@ def save_state_dict(state: Mapping[str, np.ndarray], path: str) -> None:
     }
     torch.save({"model": tensors}, path)
   else:
-    raise ValueError(
+    raise CheckpointError(
       f"{path!r}: unknown weight-file type; expected a name ending in "
       f"{TORCH_SUFFIXES + (SAFETENSORS_SUFFIX,)}."
     )

@@ -24,6 +24,8 @@ from typing import Mapping, NamedTuple
 
 import numpy as np
 
+from mae_jax.errors import CheckpointError, UsageError
+
 AUTHORS = "authors"
 TRANSFORMERS = "transformers"
 TRANSFORMERS_OLD = "transformers_old"
@@ -48,7 +50,7 @@ def _strip_vit_prefix(key: str) -> str:
 
 
 def detect_layout(keys) -> str:
-  """One of LAYOUTS, from the names alone; ValueError if none fits."""
+  """One of LAYOUTS, from the names alone; CheckpointError if none fits."""
   keys = set(keys)
   if _AUTHORS_MARKER in keys:
     return AUTHORS
@@ -56,7 +58,7 @@ def detect_layout(keys) -> str:
   if _TRANSFORMERS_MARKER in stripped:
     old = any(k.startswith("encoder.layer.") or ".attention.attention." in k for k in stripped)
     return TRANSFORMERS_OLD if old else TRANSFORMERS
-  raise ValueError(
+  raise CheckpointError(
     "cannot tell which layout this state dict is in: expected the key "
     f"{_AUTHORS_MARKER!r} (facebookresearch/mae) or 'vit.{_TRANSFORMERS_MARKER}' "
     f"(transformers ViTMAE). First keys found: {sorted(keys)[:8]}."
@@ -108,7 +110,7 @@ def to_authors_layout(state: Mapping[str, np.ndarray], layout: str | None = None
   """
   layout = layout or detect_layout(state)
   if layout not in LAYOUTS:
-    raise ValueError(f"layout={layout!r}: must be one of {LAYOUTS}.")
+    raise UsageError(f"layout={layout!r}: must be one of {LAYOUTS}.")
   if layout == AUTHORS:
     return Renamed(dict(state), {k: k for k in state}, layout)
 
@@ -134,13 +136,13 @@ def to_authors_layout(state: Mapping[str, np.ndarray], layout: str | None = None
     missing = [_sibling_key(parts, part, layout) for part in "qkv" if part not in parts]
     if missing:
       found = sorted(file_key for file_key, _ in parts.values())
-      raise ValueError(
+      raise CheckpointError(
         f"missing key(s) {missing}: q, k and v are fused into the authors' "
         f"{key!r} and all three are needed (found {found})."
       )
     shapes = {part: tuple(np.shape(parts[part][1])) for part in "qkv"}
     if len(set(shapes.values())) != 1:
-      raise ValueError(
+      raise CheckpointError(
         f"{key!r}: q, k and v have different shapes "
         + ", ".join(f"{parts[p][0]} {shapes[p]}" for p in "qkv")
         + "."

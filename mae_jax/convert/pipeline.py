@@ -19,6 +19,7 @@ from mae_jax.convert.authors import authors_from_params, params_from_authors
 from mae_jax.convert.files import load_state_dict, save_state_dict
 from mae_jax.convert.layouts import detect_layout, to_authors_layout
 from mae_jax.core import checkpointing
+from mae_jax.errors import CheckpointError
 from mae_jax.model.config import ModelConfig
 from mae_jax.model.mae import MaskedAutoencoder
 from mae_jax.model.stacking import stack_layers, unstack_layers
@@ -104,7 +105,7 @@ def read_checkpoint_params(directory: str) -> tuple[dict, ModelConfig]:
     if part == "decoder" and missing == total:  # an encoder-only checkpoint
       restored = {"encoder": restored["encoder"]}
     elif missing:
-      raise ValueError(
+      raise CheckpointError(
         f"the checkpoint in {directory!r} lacks {missing} of the {total} {part} "
         "parameters its metadata describes."
       )

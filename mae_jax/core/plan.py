@@ -141,6 +141,46 @@ def mesh_plan(
   return mesh_shape, rules, data_parallel
 
 
+def check_batch_split(
+  config: ml_collections.ConfigDict,
+  field: str,
+  mesh_shape: tuple[int, ...],
+  data_parallel: int,
+  process_count: int,
+  *,
+  accum: bool = False,
+) -> int:
+  """The one batch-split rule of every job; the (micro-)batch size.
+
+  `config[field]` is a global batch. Each host reads batch / hosts rows, and
+  the batch is split over the `data_parallel` devices of the mesh's batch
+  axes (which span the hosts), so it must divide by both. With `accum`, the
+  batch is also cut into config.grad_accum_steps micro-batches, each spread
+  over all those devices (strided rows, see mae_jax.core.accumulate), so
+  every micro-batch must split as a whole batch would.
+  """
+  batch, steps = config[field], config.grad_accum_steps if accum else 1
+  if batch % steps:
+    raise ConfigError(
+      f"config.{field}={batch} is not divisible by config.grad_accum_steps={steps}."
+    )
+  micro = batch // steps
+  if micro % data_parallel:
+    what = (
+      f"config.{field}={batch} / config.grad_accum_steps={steps} = {micro} images per "
+      "micro-batch do not"
+      if steps > 1
+      else f"config.{field}={batch} does not"
+    )
+    raise ConfigError(
+      f"{what} split over the {data_parallel} data-parallel devices (mesh {dict(zip(sharding.MESH_AXES, mesh_shape))}): make it a multiple "
+      f"of {data_parallel * steps}."
+    )
+  if batch % process_count:
+    raise ConfigError(f"config.{field}={batch} does not split over {process_count} hosts.")
+  return micro
+
+
 def step_counts(config: ml_collections.ConfigDict, num_train: int) -> tuple[int, int, int]:
   """(steps per epoch, total steps, warm-up steps) of a training job: epochs
   of whole global batches (the remainder of an epoch is dropped), total from
@@ -181,23 +221,9 @@ def make_plan(
   if known_dataset is None:
     validate_data_config(data)
   mesh_shape, rules, data_parallel = mesh_plan(config, num_devices)
-  batch, accum = config.global_batch_size, config.grad_accum_steps
-  if batch % accum:
-    raise ConfigError(
-      f"config.global_batch_size={batch} is not divisible by config.grad_accum_steps={accum}."
-    )
-  micro = batch // accum
-  if micro % data_parallel:
-    raise ConfigError(
-      f"config.global_batch_size={batch} / config.grad_accum_steps={accum} = {micro} "
-      f"images per micro-batch do not split over the {data_parallel} data-parallel "
-      f"devices (mesh {dict(zip(sharding.MESH_AXES, mesh_shape))}): make the global "
-      f"batch a multiple of {data_parallel * accum}."
-    )
-  if batch % process_count:
-    raise ConfigError(
-      f"config.global_batch_size={batch} does not split over {process_count} hosts."
-    )
+  micro = check_batch_split(
+    config, "global_batch_size", mesh_shape, data_parallel, process_count, accum=True
+  )
   splits, num_classes = known_dataset or dataset_info(data)
   if config.knn_every_steps > 0 and num_classes is None:
     raise ConfigError(

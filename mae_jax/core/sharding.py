@@ -111,7 +111,7 @@ def dcn_shape(shape: Sequence[int], slices: int) -> tuple[int, ...]:
   across_data = math.gcd(sizes["data"], slices)
   across_fsdp = slices // across_data
   if sizes["fsdp"] % across_fsdp:
-    raise ValueError(
+    raise ConfigError(
       f"mesh {sizes} cannot span {slices} slices: make config.mesh.data (or "
       f"data x fsdp) a multiple of {slices}, so that only data/fsdp traffic "
       "crosses the network between slices."

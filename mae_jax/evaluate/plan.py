@@ -39,7 +39,9 @@ def _require(ok: bool, field: str, value, what: str) -> None:
     raise ConfigError(f"config.{field}={value!r}: {what}.")
 
 
-def check_job_fields(config: ml_collections.ConfigDict) -> None:
+def check_job_fields(config: ml_collections.ConfigDict, *, reads_checkpoint: bool = True) -> None:
+  """Every field of an evaluation job; `reads_checkpoint=False` (the AOT
+  planner) does without an `init_from`."""
   job = config.job
   _require(job in JOBS, "job", job, f"evaluation jobs are {JOBS}")
   _require(config.baseline in BASELINES, "baseline", config.baseline, f"one of {BASELINES}")
@@ -50,7 +52,7 @@ def check_job_fields(config: ml_collections.ConfigDict) -> None:
       config.init_from,
       f"must be empty with config.baseline={config.baseline!r} (a baseline uses no checkpoint)",
     )
-  else:
+  elif reads_checkpoint:
     _require(
       bool(config.init_from),
       "init_from",
@@ -154,49 +156,37 @@ def check_job_fields(config: ml_collections.ConfigDict) -> None:
 
 
 def make_eval_plan(
-  config: ml_collections.ConfigDict, *, num_devices: int, process_count: int
+  config: ml_collections.ConfigDict,
+  *,
+  num_devices: int,
+  process_count: int,
+  known_dataset: tuple[dict[str, int], int | None] | None = None,
 ) -> EvalPlan:
-  check_job_fields(config)
+  """Checks an evaluation config; the run's numbers. `known_dataset` as in
+  `plan.make_plan` (the AOT planner): the data and `init_from` are not read,
+  and `init` is None."""
+  check_job_fields(config, reads_checkpoint=known_dataset is None)
   model = plan_lib.model_config_from(config)
   data = config.data
   plan_lib.check_data_fits_model(data, model)
-  validate_data_config(data)
+  if known_dataset is None:
+    validate_data_config(data)
   mesh_shape, rules, data_parallel = plan_lib.mesh_plan(config, num_devices)
-  devices = data_parallel * process_count
-  batch, accum = config.global_batch_size, config.grad_accum_steps
-  micro = batch // accum
   # By default the eval batch is the micro-batch, which the train step
   # already fits in memory (as pretraining's evaluation).
-  eval_batch = config.eval_batch_size if config.eval_batch_size > 0 else micro
-  if accum > 1:
-    _require(
-      batch % accum == 0,
-      "global_batch_size",
-      batch,
-      f"not divisible by config.grad_accum_steps={accum}",
-    )
-    # Every micro-batch is spread over all the devices (strided rows, see
-    # mae_jax.core.accumulate), so it must split as a whole batch would.
-    if micro % devices:
-      raise ConfigError(
-        f"config.global_batch_size={batch} / config.grad_accum_steps={accum} = {micro} "
-        f"images per micro-batch do not split over the {data_parallel} data-parallel "
-        f"devices and {process_count} hosts: make the global batch a multiple of "
-        f"{devices * accum}."
-      )
-  batches = {"eval_batch_size": eval_batch}
+  micro = config.global_batch_size // max(config.grad_accum_steps, 1)
   if config.job != "knn":
-    batches["global_batch_size"] = config.global_batch_size
-  for field, size in batches.items():
-    _require(
-      size % devices == 0,
-      field,
-      size,
-      f"must split over the {data_parallel} data-parallel devices and "
-      f"{process_count} hosts: use a multiple of {devices}",
+    micro = plan_lib.check_batch_split(
+      config, "global_batch_size", mesh_shape, data_parallel, process_count, accum=True
     )
+  if config.eval_batch_size <= 0:
+    config = config.copy_and_resolve_references()
+    config.eval_batch_size = micro
+  eval_batch = plan_lib.check_batch_split(
+    config, "eval_batch_size", mesh_shape, data_parallel, process_count
+  )
 
-  splits, dataset_classes = dataset_info(data)
+  splits, dataset_classes = known_dataset or dataset_info(data)
   if dataset_classes is None:
     raise ConfigError(
       f"config.data ({data.source}:{data.name or ''}) has no class labels: "
@@ -216,7 +206,7 @@ def make_eval_plan(
     steps_per_epoch, total, warmup = plan_lib.step_counts(config, num_train)
 
   init = None
-  if not config.baseline:
+  if not config.baseline and known_dataset is None:
     init = pretrained.locate(config.init_from, None if config.init_step < 0 else config.init_step)
     pretrained.check_encoder_architecture(init, model)
   return EvalPlan(

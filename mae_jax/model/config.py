@@ -168,7 +168,20 @@ _ENCODER_SIZES: Mapping[str, dict[str, int]] = {
   "H/14": dict(patch_size=14, width=1280, depth=32, heads=16),
 }
 
-PRESETS = tuple(_ENCODER_SIZES)
+# The smallest model that still has every part (one block on each side, a
+# 4x4 patch grid): the one size of the tests and of the benchmarks' --tiny.
+TINY = dict(
+  image_size=16,
+  patch_size=4,
+  width=32,
+  depth=1,
+  heads=2,
+  decoder_width=32,
+  decoder_depth=1,
+  decoder_heads=2,
+)
+
+PRESETS = (*_ENCODER_SIZES, "tiny")
 
 
 def preset(name: str, **overrides: Any) -> ModelConfig:
@@ -182,6 +195,8 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
     "vit_huge": "H/14",
   }
   key = aliases.get(name, name)
+  if key == "tiny":
+    return ModelConfig(**{**TINY, **overrides}).validate()
   if key not in _ENCODER_SIZES:
     raise ConfigError(
       f"model preset {name!r} is unknown: choose one of {list(PRESETS)} "

@@ -1,4 +1,4 @@
-"""Model FLOPs of the MAE: the numerator of MFU, for the AOT planner and the benchmarks."""
+"""Model FLOPs of each training job: the numerator of MFU, for the AOT planner and the benchmarks."""
 
 from __future__ import annotations
 
@@ -39,3 +39,25 @@ def forward_flops_per_image(cfg) -> dict[str, float]:
 def train_flops_per_image(cfg) -> float:
   """Forward + backward = 3 x forward (the usual MFU numerator)."""
   return 3 * sum(forward_flops_per_image(cfg).values())
+
+
+def classifier_forward_flops_per_image(cfg) -> float:
+  """One forward pass of the evaluation ViT for one image: every patch
+  embedded, 1 + L tokens through the encoder (the head is negligible)."""
+  patches = cfg.num_patches
+  return 2 * patches * cfg.patch_dim * cfg.width + blocks_flops(
+    1 + patches, cfg.width, cfg.depth, cfg.mlp_ratio
+  )
+
+
+def train_flops_per_example(job: str, cfg, *, cached_features: bool = False) -> float:
+  """The MFU numerator of one training example of `job`: pretraining and
+  fine-tuning run forward and backward (3 x forward); the probe runs the
+  frozen encoder forward only (nothing, from cached features)."""
+  if job == "pretrain":
+    return train_flops_per_image(cfg)
+  if job == "finetune":
+    return 3 * classifier_forward_flops_per_image(cfg)
+  if job == "linprobe":
+    return 0.0 if cached_features else classifier_forward_flops_per_image(cfg)
+  raise ValueError(f"no training step in job {job!r}")

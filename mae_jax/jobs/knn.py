@@ -15,9 +15,9 @@ from mae_jax.core import knn, sharding
 from mae_jax.core.metrics import MetricsWriter
 from mae_jax.core.state import mesh_context
 from mae_jax.core.workdir import check_workdir_writable, write_run_info
-from mae_jax.evaluate import job as job_lib
 from mae_jax.evaluate.encoders import feature_source, frozen_encoder
 from mae_jax.evaluate.plan import make_eval_plan
+from mae_jax.jobs import eval_common as job_lib
 
 
 def run_knn(config, workdir: str) -> dict:

@@ -31,11 +31,11 @@ from mae_jax.core.loop import LoopSettings, Periodic, run_steps
 from mae_jax.core.pixels import PixelNormalization
 from mae_jax.core.state import TrainState, create_state, mesh_context, state_specs
 from mae_jax.core.train_step import StepProgram, Task, build_step_program
-from mae_jax.evaluate import job as job_lib
 from mae_jax.evaluate.erasing import erase
 from mae_jax.evaluate.layer_decay import finetune_adamw
 from mae_jax.evaluate.mixup import mix_batch, soft_cross_entropy
 from mae_jax.evaluate.models import ViTClassifier, evaluation_encoder
+from mae_jax.jobs import eval_common as job_lib
 
 # Random erasing's noise: a key beside (not split from) the mixing and drop
 # path keys, so turning erasing on or off leaves their draws unchanged.
@@ -78,11 +78,11 @@ def finetune_task(model: ViTClassifier, pixels: PixelNormalization, config) -> T
   return Task(prepare=prepare, loss=loss)
 
 
-def finetune_program(config, plan, mesh, schedule) -> StepProgram:
+def finetune_program(config, plan, mesh) -> StepProgram:
   """The fine-tuning step of `config` on `mesh` (the job runs it, the AOT
   planner lowers it): the classifier, layer-decayed AdamW, the batch the
   pipeline sends (uint8 images, labels, padding mask, erasing boxes)."""
-  opt = config.optimizer
+  opt, schedule = config.optimizer, job_lib.schedule_of(config, plan)
   model = ViTClassifier(
     plan.model,
     num_classes=plan.num_classes,
@@ -137,7 +137,7 @@ def run_finetune(config, workdir: str, *, train_batches=None) -> dict:
   job = job_lib.start_job(config, workdir)
   plan, mesh, is_main, mngr = job.plan, job.mesh, job.is_main, job.mngr
   batch_sharding, replicated = job.batch_sharding, job.replicated
-  program = finetune_program(config, plan, mesh, job.schedule)
+  program = finetune_program(config, plan, mesh)
   state_shardings = program.state_shardings
 
   with mesh_context(mesh, plan.rules), checkpointing.completing_saves(mngr):

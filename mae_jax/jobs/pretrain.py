@@ -31,7 +31,7 @@ from mae_jax.core.workdir import (
   experiment_identity,
 )
 from mae_jax.data import make_iterator
-from mae_jax.train.steps import make_eval_step, pretraining_program
+from mae_jax.jobs.pretrain_step import make_eval_step, pretraining_program
 from mae_jax.visualize import reconstruction_panels, save_reconstructions
 
 # start step -> this host's batches from there on (numpy, the pipeline's format).

@@ -33,10 +33,10 @@ from mae_jax.core.batches import labelled_batch_fields
 from mae_jax.core.loop import LoopSettings, Periodic, run_steps
 from mae_jax.core.state import mesh_context
 from mae_jax.core.train_step import StepProgram, Task, build_step_program
-from mae_jax.evaluate import job as job_lib
 from mae_jax.evaluate.encoders import abstract_encoder, feature_source, features_of, frozen_encoder
 from mae_jax.evaluate.lars import lars
 from mae_jax.evaluate.models import ProbeHead
+from mae_jax.jobs import eval_common as job_lib
 
 
 @flax.struct.dataclass
@@ -103,11 +103,13 @@ def probe_task(head: ProbeHead, features_fn: Callable | None) -> Task:
   return Task(prepare=prepare, loss=loss)
 
 
-def probe_program(config, plan, mesh, schedule, *, cached: bool) -> StepProgram:
+def probe_program(config, plan, mesh, *, cached: bool | None = None) -> StepProgram:
   """The probe's step on `mesh` (the job runs it, the AOT planner lowers
   it): LARS on the head, the frozen encoder an undonated input (none for
-  raw pixels or cached features), the state replicated."""
-  opt = config.optimizer
+  raw pixels or cached features), the state replicated. `cached`: the
+  batches carry features (default: config.cache_features)."""
+  cached = config.cache_features if cached is None else cached
+  opt, schedule = config.optimizer, job_lib.schedule_of(config, plan)
   tx = lars(
     schedule,
     momentum=opt.momentum,
@@ -173,7 +175,7 @@ def run_linear_probe(config, workdir: str, *, train_batches=None) -> dict:
   # The program's init key (the head) is the first half of the seed's split.
   _, encoder_key = jax.random.split(jax.random.key(config.seed))
   cached = bool(config.cache_features and train_batches is None)
-  program = probe_program(config, plan, mesh, job.schedule, cached=cached)
+  program = probe_program(config, plan, mesh, cached=cached)
 
   with mesh_context(mesh, plan.rules), checkpointing.completing_saves(mngr):
     features_fn, encoder_params = frozen_encoder(config, plan, mesh, encoder_key)

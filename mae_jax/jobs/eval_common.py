@@ -1,5 +1,5 @@
 """What the evaluation jobs share: the start (plan, mesh, the workdir's
-checkpoints, the schedule), accuracy over a pass, results.json and the summary."""
+checkpoints), the schedule, accuracy over a pass, results.json and the summary."""
 
 from __future__ import annotations
 
@@ -51,7 +51,6 @@ class JobSetup:
   metadata: dict
   batch_sharding: Any
   replicated: Any
-  schedule: Any  # warm-up + cosine at lr = base_lr x batch / 256
 
 
 def start_job(config, workdir: str) -> JobSetup:
@@ -61,13 +60,6 @@ def start_job(config, workdir: str) -> JobSetup:
   mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
   is_main = jax.process_index() == 0
   mngr, resume_step, metadata = open_workdir(config, plan, workdir, mesh, is_main)
-  opt = config.optimizer
-  schedule = optim.learning_rate_schedule(
-    peak_lr=optim.peak_learning_rate(opt.base_lr, config.global_batch_size),
-    warmup_steps=plan.warmup_steps,
-    total_steps=plan.total_steps,
-    min_lr=opt.min_lr,
-  )
   return JobSetup(
     plan=plan,
     mesh=mesh,
@@ -77,7 +69,17 @@ def start_job(config, workdir: str) -> JobSetup:
     metadata=metadata,
     batch_sharding=sharding.batch_sharding(mesh, plan.rules),
     replicated=sharding.replicated(mesh),
-    schedule=schedule,
+  )
+
+
+def schedule_of(config, plan):
+  """Warm-up + cosine at lr = base_lr x batch / 256 (the probe's and fine-tuning's)."""
+  opt = config.optimizer
+  return optim.learning_rate_schedule(
+    peak_lr=optim.peak_learning_rate(opt.base_lr, config.global_batch_size),
+    warmup_steps=plan.warmup_steps,
+    total_steps=plan.total_steps,
+    min_lr=opt.min_lr,
   )
 
 

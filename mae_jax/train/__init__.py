@@ -1,1 +1,0 @@
-"""Pretraining: `pretrain.train_and_evaluate(config, workdir)`, built on mae_jax.core."""
