@@ -12,13 +12,15 @@ Multi-host: Cloud TPU VMs and SLURM jobs are detected and
 `jax.distributed.initialize()` is called on every process; anywhere else pass
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
 
-Exit status: 0 done; 75 preempted, resumable (requeue the same command);
+Exit status: 0 done; 75 preempted, resumable (requeue the same command;
+a SIGTERM during start-up or compiling, before the loop could save, also
+exits 75 with one line);
 75 also when another process of a multi-process run was lost (one line names
 it and the last complete checkpoint; rerun on every host);
 74 a checkpoint could not be written (disk full, permissions): earlier
 checkpoints are intact, fix the cause and rerun; 2 a mistake in the command,
-config, data, checkpoint or workdir (one line says what and what to do, no
-traceback); 130 stopped by Ctrl-C (a checkpoint of the step in progress is
+config, data, checkpoint or workdir, a workdir another run holds (one line
+says what and what to do, no traceback); 130 stopped by Ctrl-C (a checkpoint of the step in progress is
 saved first, unless Ctrl-C is pressed twice; launchers do not rerun it);
 1 anything else (a bug: the traceback is kept).
 """
@@ -101,6 +103,34 @@ def initialize_distributed(timeout: float) -> None:
     jax.distributed.initialize(**heartbeat)
 
 
+class StoppedOutsideTheLoop(BaseException):
+  """SIGTERM while no training loop was running to save a checkpoint. A
+  BaseException, as KeyboardInterrupt: library code that catches Exception
+  must not swallow it."""
+
+
+def answer_sigterm_outside_the_loop(workdir: str) -> None:
+  """A SIGTERM during start-up, compiling or the final evaluation ends like
+  a preemption (one line, exit 75, so launchers rerun), not with a bare 143.
+  The training loop's own handler (core.preemption) takes over while it
+  runs. One process only: across processes JAX's coordination service
+  handles SIGTERM. Python runs the handler between bytecodes, so a SIGTERM
+  in the middle of a compile is answered when the compile returns."""
+  import signal
+
+  from mae_jax.core.workdir import checkpoint_dir
+
+  def on_sigterm(signum, frame):
+    del signum, frame
+    raise StoppedOutsideTheLoop(
+      "preempted outside the training loop (start-up, compiling or the final evaluation): "
+      "this stop saved nothing; rerun the same command to resume from the last complete "
+      f"checkpoint in {checkpoint_dir(workdir)} (if any)."
+    )
+
+  signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -116,6 +146,8 @@ def main(argv):
   initialize_distributed(timeout)
   import jax
 
+  if jax.process_count() == 1:
+    answer_sigterm_outside_the_loop(_WORKDIR.value)
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)
   logging.info(
@@ -134,6 +166,9 @@ def main(argv):
   try:
     compilation_cache.enable(_CONFIG.value.get("compilation_cache", ""), _WORKDIR.value)
     run_job(_CONFIG.value, _WORKDIR.value)
+  except StoppedOutsideTheLoop as stopped:
+    print(f"PREEMPTED: {stopped}", flush=True)
+    sys.exit(PREEMPTED_EXIT_CODE)
   except Preempted as preempted:
     if preempted.interrupted:  # Ctrl-C: a person stopped it, no requeue
       print(f"INTERRUPTED: {preempted}", flush=True)

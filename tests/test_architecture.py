@@ -33,7 +33,7 @@ LAYERS = (
   ("model",),  # the MAE in linen
   ("data",),  # Grain input pipeline
   ("core", "visualize", "topologies"),  # what the jobs share
-  ("evaluate", "convert"),  # evaluation's heads, optimizers, plan; weights conversion
+  ("evaluate", "evaluators", "convert"),  # evaluation's pieces; evaluators; weights conversion
   ("jobs",),  # one module per job, and the job table
   ("main", "aot", "build_native"),  # entry points
 )

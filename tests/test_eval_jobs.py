@@ -24,7 +24,7 @@ from configs import finetune as finetune_config
 from configs import knn as knn_config
 from configs import linprobe as linprobe_config
 from mae_jax.core import batches as batches_lib
-from mae_jax.core import checkpointing, knn, sharding
+from mae_jax.core import checkpointing, sharding
 from mae_jax.core import pretrained as pretrained_lib
 from mae_jax.core.nonfinite import NonFiniteError
 from mae_jax.core.pixels import PixelNormalization
@@ -33,7 +33,7 @@ from mae_jax.core.train_step import make_train_step
 from mae_jax.evaluate.layer_decay import finetune_adamw
 from mae_jax.evaluate.models import ProbeHead, ViTClassifier
 from mae_jax.evaluate.plan import make_eval_plan
-from mae_jax.jobs import eval_common as job_lib
+from mae_jax.evaluators import accuracy, knn
 from mae_jax.jobs import finetune, linprobe, run_job
 from mae_jax.model.config import ModelConfig
 from mae_jax.model.features import frozen_features
@@ -180,13 +180,13 @@ def test_probe_separates_linearly_separable_features():
   for _ in range(100):
     state, metrics = step(state, next(stream))
     jax.block_until_ready(metrics)  # as the loop does for evaluation jobs (one_step_in_flight)
-  eval_step = jax.jit(linprobe.make_probe_eval_step(head, None), out_shardings=replicated)
-  result = job_lib.evaluate(
-    lambda s, b: eval_step(s, None, b),
-    state,
-    batches_lib.array_batches({"features": features, "label": labels}, 48, batch_sharding),
+  evaluate = accuracy.accuracy_evaluator(
+    linprobe.probe_logits(head, None),
+    lambda: batches_lib.array_batches({"features": features, "label": labels}, 48, batch_sharding),
     num_classes=4,
+    out_sharding=replicated,
   )
+  result = evaluate(state)
   assert result["eval_top1"] == 100.0
 
 
@@ -541,11 +541,11 @@ def test_knn_monitor_runs_on_pretraining_parameters(pretrained):
   batch_sharding = sharding.batch_sharding(mesh, sharding.DEFAULT_RULES)
   # In pretraining the parameters live on the run's mesh.
   params = jax.device_put(final_params(pretrained, 4), sharding.replicated(mesh))
-  monitor = knn.make_knn_monitor(
+  monitor = knn.knn_evaluator(
     config,
-    ModelConfig(channels=1, **TINY_MODEL),
     mesh,
     batch_sharding,
+    features_fn=knn.monitor_features(config, ModelConfig(channels=1, **TINY_MODEL)),
     batch_size=64,
     num_classes=10,
   )

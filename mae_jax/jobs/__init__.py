@@ -62,5 +62,10 @@ def resolve(target: str) -> Callable:
 
 
 def run_job(config, workdir: str):
-  """Runs the job `config.job` names (default "pretrain")."""
-  return resolve(job_of(config).run)(config, workdir)
+  """Runs the job `config.job` names (default "pretrain"), holding the
+  workdir's lease throughout: one run per workdir (`mae_jax.core.lease`)."""
+  from mae_jax.core import lease
+
+  run = resolve(job_of(config).run)
+  with lease.holding(workdir):
+    return run(config, workdir)

@@ -6,34 +6,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 from etils import epath
 
 from mae_jax.core import optim, sharding
-from mae_jax.core.accuracy import accuracy_metrics
 from mae_jax.core.workdir import checkpoint_metadata, experiment_identity, open_run
 from mae_jax.evaluate.plan import make_eval_plan
 
 PROTOCOLS = {"linprobe": "linear_probe", "finetune": "finetune", "knn": "knn"}
-
-
-# ---------------------------------------------------------------- metrics --
-
-
-def evaluate(
-  eval_step: Callable, state: Any, batches: Iterator[dict], num_classes: int, max_batches: int = -1
-) -> dict:
-  """Top-1 / top-5 (percent) and loss over one pass of `batches`."""
-  totals = None
-  for index, batch in enumerate(batches):
-    if 0 <= max_batches <= index:
-      break
-    sums = eval_step(state, batch)
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  return accuracy_metrics(totals, num_classes)
 
 
 # ---------------------------------------------------------------- workdir --

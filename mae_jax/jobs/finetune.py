@@ -24,17 +24,18 @@ import jax
 import optax
 from absl import logging
 
-from mae_jax.core import accuracy, checkpointing, pretrained
 from mae_jax.core import batches as batches_lib
+from mae_jax.core import checkpointing, pretrained
 from mae_jax.core.batches import labelled_batch_fields
 from mae_jax.core.loop import LoopSettings, Periodic, run_steps
 from mae_jax.core.pixels import PixelNormalization
-from mae_jax.core.state import TrainState, create_state, mesh_context, state_specs
+from mae_jax.core.state import create_state, mesh_context, state_specs
 from mae_jax.core.train_step import StepProgram, Task, build_step_program
 from mae_jax.evaluate.erasing import erase
 from mae_jax.evaluate.layer_decay import finetune_adamw
 from mae_jax.evaluate.mixup import mix_batch, soft_cross_entropy
 from mae_jax.evaluate.models import ViTClassifier, evaluation_encoder
+from mae_jax.evaluators import accuracy
 from mae_jax.jobs import eval_common as job_lib
 
 # Random erasing's noise: a key beside (not split from) the mixing and drop
@@ -120,12 +121,11 @@ def finetune_program(config, plan, mesh) -> StepProgram:
   )
 
 
-def make_finetune_eval_step(model: ViTClassifier, pixels: PixelNormalization) -> Callable:
-  def eval_step(state: TrainState, batch: dict) -> dict:
-    logits = model.apply({"params": state.params}, pixels(batch["image"]), train=False)
-    return accuracy.accuracy_sums(logits, batch["label"], batch["mask"])
-
-  return eval_step
+def finetune_logits(model: ViTClassifier, pixels: PixelNormalization) -> Callable:
+  """logits(state, batch) of the classifier in evaluation mode (no drop path)."""
+  return lambda state, batch: model.apply(
+    {"params": state.params}, pixels(batch["image"]), train=False
+  )
 
 
 def run_finetune(config, workdir: str, *, train_batches=None) -> dict:
@@ -157,18 +157,14 @@ def run_finetune(config, workdir: str, *, train_batches=None) -> dict:
 
     host_batches = train_batches or (lambda start: batches_lib.train_split_batches(config, start))
 
-    eval_step = jax.jit(
-      make_finetune_eval_step(program.model, program.pixels),
-      in_shardings=(state_shardings, batch_sharding),
-      out_shardings=replicated,
-    )
-    evaluate = lambda s: job_lib.evaluate(
-      eval_step,
-      s,
-      batches_lib.split_batches(
+    evaluate = accuracy.accuracy_evaluator(
+      finetune_logits(program.model, program.pixels),
+      lambda: batches_lib.split_batches(
         config, config.data.eval_split, plan.eval_batch_size, batch_sharding, plan.num_classes
       ),
       plan.num_classes,
+      in_shardings=(state_shardings, batch_sharding),
+      out_sharding=replicated,
     )
     state, final = run_steps(
       LoopSettings.from_config(

@@ -1,7 +1,8 @@
 """The k-NN evaluation as a job: `run_knn(config, workdir)` (config.job = "knn").
 
 Features of the train and eval splits (eval transform, no augmentation)
-from the frozen encoder (or a baseline), then `knn.knn_classify`. Nothing
+from the frozen encoder (or a baseline): the k-NN evaluator
+(`mae_jax.evaluators.knn`) run once. Nothing
 is trained, so there are no checkpoints; metrics.jsonl gets one line at
 the step of the checkpoint evaluated, and results.json the accuracies.
 """
@@ -10,13 +11,13 @@ from __future__ import annotations
 
 import jax
 
-from mae_jax.core import batches as batches_lib
-from mae_jax.core import knn, sharding
+from mae_jax.core import sharding
 from mae_jax.core.metrics import MetricsWriter
 from mae_jax.core.state import mesh_context
 from mae_jax.core.workdir import check_workdir_writable, write_run_info
 from mae_jax.evaluate.encoders import feature_source, frozen_encoder
 from mae_jax.evaluate.plan import make_eval_plan
+from mae_jax.evaluators import knn
 from mae_jax.jobs import eval_common as job_lib
 
 
@@ -30,24 +31,15 @@ def run_knn(config, workdir: str) -> dict:
   batch_sharding = sharding.batch_sharding(mesh, plan.rules)
   with mesh_context(mesh, plan.rules):
     features_fn, encoder_params = frozen_encoder(config, plan, mesh, jax.random.key(config.seed))
-    train = batches_lib.split_batches(
-      config, config.data.train_split, plan.eval_batch_size, batch_sharding, plan.num_classes
-    )
-    if config.knn_train_batches >= 0:
-      train = (batch for _, batch in zip(range(config.knn_train_batches), train))
-    held_out = batches_lib.split_batches(
-      config, config.data.eval_split, plan.eval_batch_size, batch_sharding, plan.num_classes
-    )
-    metrics = knn.knn_evaluate(
-      features_fn,
-      encoder_params,
-      train,
-      held_out,
+    evaluate = knn.knn_evaluator(
+      config,
       mesh,
+      batch_sharding,
+      features_fn=features_fn,
+      batch_size=plan.eval_batch_size,
       num_classes=plan.num_classes,
-      k=config.knn_k,
-      temperature=config.knn_temperature,
     )
+    metrics = evaluate(encoder_params)
   step = plan.init.step if plan.init else 0
   # start_step one below: a rerun replaces its line instead of repeating it.
   writer = MetricsWriter(workdir, start_step=step - 1, enabled=is_main)

@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from mae_jax.core import accuracy, checkpointing, sharding
 from mae_jax.core import batches as batches_lib
+from mae_jax.core import checkpointing, sharding
 from mae_jax.core.batches import labelled_batch_fields
 from mae_jax.core.loop import LoopSettings, Periodic, run_steps
 from mae_jax.core.state import mesh_context
@@ -36,6 +36,7 @@ from mae_jax.core.train_step import StepProgram, Task, build_step_program
 from mae_jax.evaluate.encoders import abstract_encoder, feature_source, features_of, frozen_encoder
 from mae_jax.evaluate.lars import lars
 from mae_jax.evaluate.models import ProbeHead
+from mae_jax.evaluators import accuracy
 from mae_jax.jobs import eval_common as job_lib
 
 
@@ -75,6 +76,14 @@ def create_probe_state(head: ProbeHead, tx, key, feature_dim: int) -> ProbeState
   )
 
 
+def batch_features(features_fn: Callable | None, batch: dict, frozen: tuple) -> jax.Array:
+  """The frozen encoder's features of batch["image"] (frozen = (encoder
+  params,), or () for raw pixels), or the cached batch["features"]."""
+  if features_fn is None:
+    return batch["features"]
+  return features_fn(frozen[0] if frozen else None, batch["image"])
+
+
 def probe_task(head: ProbeHead, features_fn: Callable | None) -> Task:
   """Cross-entropy of the head on frozen features. The features are
   computed in `prepare`, outside the differentiated function, so the
@@ -83,10 +92,7 @@ def probe_task(head: ProbeHead, features_fn: Callable | None) -> Task:
   loss updates (kept, like the rest, when a step is not finite)."""
 
   def prepare(state, batch, frozen, key):
-    if features_fn is None:
-      return batch["features"], batch["label"]
-    encoder_params = frozen[0] if frozen else None
-    return jax.lax.stop_gradient(features_fn(encoder_params, batch["image"])), batch["label"]
+    return jax.lax.stop_gradient(batch_features(features_fn, batch, frozen)), batch["label"]
 
   def loss(params, state, micro, key, index):
     features, labels = micro
@@ -150,17 +156,18 @@ def probe_program(config, plan, mesh, *, cached: bool | None = None) -> StepProg
   )
 
 
-def make_probe_eval_step(head: ProbeHead, features_fn: Callable | None) -> Callable:
-  def eval_step(state: ProbeState, encoder_params, batch: dict) -> dict:
-    features = (
-      batch["features"] if features_fn is None else features_fn(encoder_params, batch["image"])
-    )
-    logits = head.apply(
-      {"params": state.params, "batch_stats": state.batch_stats}, features, train=False
-    )
-    return accuracy.accuracy_sums(logits, batch["label"], batch["mask"])
+def probe_logits(head: ProbeHead, features_fn: Callable | None) -> Callable:
+  """logits(state, batch, *frozen) of the head (BatchNorm's running
+  statistics) on frozen features, or on batch["features"] (`features_fn=None`)."""
 
-  return eval_step
+  def logits(state: ProbeState, batch: dict, *frozen) -> jax.Array:
+    return head.apply(
+      {"params": state.params, "batch_stats": state.batch_stats},
+      batch_features(features_fn, batch, frozen),
+      train=False,
+    )
+
+  return logits
 
 
 def run_linear_probe(config, workdir: str, *, train_batches=None) -> dict:
@@ -225,11 +232,13 @@ def run_linear_probe(config, workdir: str, *, train_batches=None) -> dict:
       )
       step_features = features_fn
 
-    eval_step = jax.jit(
-      make_probe_eval_step(program.model, step_features), out_shardings=replicated
-    )
-    evaluate = lambda s: job_lib.evaluate(
-      lambda s_, batch: eval_step(s_, encoder_params, batch), s, eval_batches(), plan.num_classes
+    frozen = () if cached or encoder_params is None else (encoder_params,)
+    evaluate = accuracy.accuracy_evaluator(
+      probe_logits(program.model, step_features),
+      eval_batches,
+      plan.num_classes,
+      out_sharding=replicated,
+      frozen=frozen,
     )
     state, final = run_steps(
       LoopSettings.from_config(
@@ -242,7 +251,7 @@ def run_linear_probe(config, workdir: str, *, train_batches=None) -> dict:
       mngr,
       job.metadata,
       state,
-      program.bind(*(() if cached or encoder_params is None else (encoder_params,))),
+      program.bind(*frozen),
       global_batches,
       [Periodic(config.eval_every_steps, evaluate, digits=3)],
       is_main=is_main,

@@ -16,12 +16,11 @@ import os
 from typing import Callable, Iterator
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
 from mae_jax.core import batches as batches_lib
-from mae_jax.core import checkpointing, knn, pretrained, sharding
+from mae_jax.core import checkpointing, pretrained, sharding
 from mae_jax.core import plan as plan_lib
 from mae_jax.core import workdir as workdir_lib
 from mae_jax.core.loop import LoopSettings, Periodic, run_steps
@@ -30,9 +29,9 @@ from mae_jax.core.workdir import (
   checkpoint_metadata,
   experiment_identity,
 )
-from mae_jax.data import make_iterator
-from mae_jax.jobs.pretrain_step import make_eval_step, pretraining_program
-from mae_jax.visualize import reconstruction_panels, save_reconstructions
+from mae_jax.evaluators import knn
+from mae_jax.evaluators.reconstruction import reconstruction_evaluator, write_reconstructions
+from mae_jax.jobs.pretrain_step import pretraining_program
 
 # start step -> this host's batches from there on (numpy, the pipeline's format).
 HostBatches = Callable[[int], Iterator[dict]]
@@ -114,11 +113,11 @@ def _pretrain(config, workdir, plan, mesh, mngr, metadata, resume_step, is_main,
     if config.knn_every_steps > 0:
       # Batches of the eval micro-batch size, which the training step already
       # fits in memory. No random numbers: the train stream is left untouched.
-      monitor = knn.make_knn_monitor(
+      monitor = knn.knn_evaluator(
         config,
-        plan.model,
         mesh,
         program.batch_sharding,
+        features_fn=knn.monitor_features(config, plan.model),
         batch_size=plan.micro_batch_size,
         num_classes=plan.num_classes,
       )
@@ -140,91 +139,3 @@ def _pretrain(config, workdir, plan, mesh, mngr, metadata, resume_step, is_main,
     )
     picture = write_reconstructions(config, plan, workdir, program, state.params, is_main)
   return final, picture
-
-
-def reconstruction_evaluator(config, plan, program, param_shardings):
-  """params -> {"eval_loss", "eval_baseline_loss"} over the eval split (the
-  first `config.eval_batches` batches; -1 = all), with fixed masks."""
-  replicated = sharding.replicated(program.mesh)
-  eval_step = jax.jit(
-    make_eval_step(program.model, seed_key=program.seed_key, pixels=program.pixels),
-    in_shardings=(param_shardings, program.batch_sharding, replicated),
-    out_shardings=replicated,
-  )
-
-  def evaluate(params) -> dict:
-    eval_iter = make_iterator(
-      config.data,
-      split=config.data.eval_split,
-      global_batch_size=plan.micro_batch_size,
-      train=False,
-      seed=config.seed,
-    )
-    totals = None
-    try:
-      for index, local_batch in enumerate(eval_iter):
-        if 0 <= config.eval_batches <= index:
-          break
-        batch = batches_lib.to_global(local_batch, program.batch_sharding)
-        sums = eval_step(params, batch, jnp.asarray(index, jnp.int32))
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    finally:
-      batches_lib.close_iterator(eval_iter)
-    totals = jax.device_get(totals)
-    removed = max(float(totals["removed_patches"]), 1.0)
-    return {
-      "eval_loss": float(totals["loss_sum"]) / removed,
-      "eval_baseline_loss": float(totals["baseline_sum"]) / removed,
-    }
-
-  return evaluate
-
-
-def write_reconstructions(config, plan, workdir, program, params, is_main) -> str:
-  """reconstructions.png for the first held-out images."""
-  count = config.num_reconstructions
-  path = os.path.join(workdir, "reconstructions.png")
-  if count <= 0:
-    return "(disabled: config.num_reconstructions=0)"
-  eval_iter = make_iterator(
-    config.data,
-    split=config.data.eval_split,
-    global_batch_size=plan.micro_batch_size,
-    train=False,
-    seed=config.seed,
-  )
-  try:
-    batch = batches_lib.to_global(next(eval_iter), program.batch_sharding)
-  finally:
-    batches_lib.close_iterator(eval_iter)
-  model, seed_key, pixels = program.model, program.seed_key, program.pixels
-  replicated = sharding.replicated(program.mesh)
-
-  @jax.jit
-  def predict(params, images):
-    images = pixels(images)
-    out = model.apply(
-      {"params": params},
-      images,
-      rngs={"masking": jax.random.fold_in(seed_key, 0xFACE)},
-      train=False,
-    )
-    # Replicated outputs: every host holds the full arrays.
-    return jax.lax.with_sharding_constraint((images, out.pred, out.mask), replicated)
-
-  images, pred, mask = jax.device_get(predict(params, batch["image"]))
-  if is_main:
-    panels = reconstruction_panels(
-      images[:count],
-      pred[:count],
-      mask[:count],
-      patch_size=plan.model.patch_size,
-      norm_pix_loss=plan.model.norm_pix_loss,
-      mean=config.data.mean,
-      std=config.data.std,
-    )
-    caption = f"held-out images, mask ratio {plan.model.mask_ratio}" + (
-      "; norm-pix: drawn with the TRUE patch mean/std" if plan.model.norm_pix_loss else ""
-    )
-    save_reconstructions(path, panels, caption=caption)
-  return path

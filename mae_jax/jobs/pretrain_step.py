@@ -1,4 +1,4 @@
-"""Pretraining's step: the MAE's loss as a task of the step engine, and its eval step.
+"""Pretraining's step: the MAE's loss as a task of the step engine.
 
 Randomness is a pure function of (seed, step): the masking noise of step s
 is drawn for the whole *global* batch from the engine's step key
@@ -22,7 +22,6 @@ from mae_jax.core.pixels import PixelNormalization
 from mae_jax.core.state import create_state, state_specs
 from mae_jax.core.train_step import StepProgram, Task, build_step_program
 from mae_jax.model.config import ModelConfig
-from mae_jax.model.loss import patch_targets
 from mae_jax.model.mae import MaskedAutoencoder
 
 
@@ -93,32 +92,3 @@ def pretraining_program(config, plan, mesh: jax.sharding.Mesh) -> StepProgram:
     seed=config.seed,
     pixels=PixelNormalization.of(config.data),
   )
-
-
-def make_eval_step(model: MaskedAutoencoder, *, seed_key: jax.Array, pixels: PixelNormalization):
-  """eval_step(params, batch, index) -> summed losses and counts.
-
-  Masks come from a fixed key per eval batch, so eval losses are comparable
-  across the run. Returns sums (not means) so padded examples (mask 0) and
-  batches of any size combine exactly. `baseline_loss` is the loss of
-  predicting zeros, i.e. the per-patch mean under norm-pix: the trivial
-  predictor (about 1.0 with norm-pix).
-  """
-  eval_key = jax.random.fold_in(seed_key, 0x5EED)
-
-  def eval_step(params, batch: dict, index: jax.Array) -> dict:
-    images, valid = pixels(batch["image"]), batch["mask"].astype(jnp.float32)
-    out = model.apply(
-      {"params": params}, images, rngs={"masking": jax.random.fold_in(eval_key, index)}, train=False
-    )
-    target = patch_targets(images, model.config.patch_size, model.config.norm_pix_loss)
-    removed = out.mask * valid[:, None]
-    per_patch = jnp.mean((out.pred.astype(jnp.float32) - target) ** 2, axis=-1)
-    baseline = jnp.mean(target**2, axis=-1)
-    return {
-      "loss_sum": jnp.sum(per_patch * removed),
-      "baseline_sum": jnp.sum(baseline * removed),
-      "removed_patches": jnp.sum(removed),
-    }
-
-  return eval_step

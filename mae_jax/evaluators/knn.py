@@ -6,22 +6,22 @@ takes its k most cosine-similar training images, and each neighbour votes
 for its class with weight exp(similarity / temperature). Defaults k = 20,
 temperature 0.07.
 
-`knn_evaluate(features_fn, encoder_params, train_batches, eval_batches, ...)`
-is the whole protocol on given iterators, so pretraining can call it
-periodically on its own encoder parameters (`make_knn_monitor`).
+`knn_evaluator` is the whole protocol as an evaluator (encoder params ->
+metrics): pretraining runs it periodically on its own encoder, the k-NN job
+once on a restored one.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mae_jax.core import accuracy
 from mae_jax.core import batches as batches_lib
 from mae_jax.core.pixels import PixelNormalization, on_pixels
+from mae_jax.evaluators import accuracy
 from mae_jax.model.features import frozen_features
 
 
@@ -79,54 +79,42 @@ def knn_classify(
   return metrics
 
 
-def knn_evaluate(
-  features_fn: Callable,
-  encoder_params: Any,
-  train_batches: Iterable[dict],
-  eval_batches: Iterable[dict],
-  mesh,
-  *,
-  num_classes: int,
-  k: int = 20,
-  temperature: float = 0.07,
-) -> dict:
-  """Features of both iterators (global batches with image/label/mask), then k-NN."""
-  train_x, train_y = batches_lib.extract_features(features_fn, encoder_params, train_batches, mesh)
-  eval_x, eval_y = batches_lib.extract_features(features_fn, encoder_params, eval_batches, mesh)
-  return knn_classify(
-    train_x, train_y, eval_x, eval_y, num_classes=num_classes, k=k, temperature=temperature
-  )
-
-
-def make_knn_monitor(
-  config, model_config, mesh, batch_sharding, *, batch_size: int, num_classes: int
+def knn_evaluator(
+  config, mesh, batch_sharding, *, features_fn: Callable, batch_size: int, num_classes: int
 ) -> Callable[[Any], dict]:
   """encoder_params -> {"knn_top1", "knn_top5"}: the k-NN of config.data's
-  train split (eval transform; the first `config.knn_train_batches` batches,
-  -1 = all) against its eval split, on the encoder's cls feature
-  (`config.knn_feature`). For periodic use during pretraining."""
-  features_fn = on_pixels(
-    frozen_features(model_config, config.knn_feature), PixelNormalization.of(config.data)
-  )
+  train split (eval transform; the first `config.knn_train_batches`
+  batches, -1 = all) against its eval split, on `features_fn(params,
+  uint8 images)`. Pretraining's periodic monitor and the k-NN job are this
+  one evaluator (`monitor_features` gives the monitor's feature)."""
 
-  def monitor(encoder_params) -> dict:
-    train = batches_lib.split_batches(
-      config, config.data.train_split, batch_size, batch_sharding, num_classes
-    )
+  def evaluate(encoder_params) -> dict:
+    def split(name: str):
+      return batches_lib.split_batches(config, name, batch_size, batch_sharding, num_classes)
+
+    train = split(config.data.train_split)
     if config.knn_train_batches >= 0:
       train = (batch for _, batch in zip(range(config.knn_train_batches), train))
-    held_out = batches_lib.split_batches(
-      config, config.data.eval_split, batch_size, batch_sharding, num_classes
+    train_x, train_y = batches_lib.extract_features(features_fn, encoder_params, train, mesh)
+    eval_x, eval_y = batches_lib.extract_features(
+      features_fn, encoder_params, split(config.data.eval_split), mesh
     )
-    return knn_evaluate(
-      features_fn,
-      encoder_params,
-      train,
-      held_out,
-      mesh,
+    return knn_classify(
+      train_x,
+      train_y,
+      eval_x,
+      eval_y,
       num_classes=num_classes,
       k=config.knn_k,
       temperature=config.knn_temperature,
     )
 
-  return monitor
+  return evaluate
+
+
+def monitor_features(config, model_config) -> Callable:
+  """The pretraining monitor's feature: `config.knn_feature` of the MAE
+  encoder (its fixed sin-cos table), on the pipeline's uint8 images."""
+  return on_pixels(
+    frozen_features(model_config, config.knn_feature), PixelNormalization.of(config.data)
+  )
