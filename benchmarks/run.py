@@ -39,16 +39,8 @@ import tempfile
 import time
 from typing import Any
 
-from benchmarks import common
+from benchmarks import common, report
 from mae_jax.model import flops  # plain Python: imports no jax
-
-# Targets of the performance issue (2-core CPU, float32, same-run ratios).
-TARGET_TORCH_RATIO, AIM_TORCH_RATIO = 1.0, 1.2
-TARGET_PEAK_FRACTION = 0.70
-TARGET_MASK_TOKEN_SPEEDUP = 3.0
-TARGET_IMAGES_PER_CORE = 700.0  # issue 11: twice the tf.data pipeline it replaced
-TARGET_INPUT_WAIT = 0.05
-
 
 # ------------------------------------------------------------ the set ----
 
@@ -502,8 +494,6 @@ def aot_reference(path: str = "") -> dict:
 
 
 def render(results: dict) -> str:
-  from benchmarks import report
-
   return report.render(results)
 
 

@@ -95,7 +95,7 @@ def base_training_config() -> ml_collections.ConfigDict:
   c.compilation_cache = "auto"
   # Multi-process runs: seconds without a heartbeat from another process
   # before it is declared lost; the survivors then exit 75 (resumable), one
-  # line naming it and the last complete checkpoint (mae_jax.core.host_watch).
+  # line naming it and the last complete checkpoint (mae_jax.cli.host_watch).
   c.host_timeout_seconds = 60.0
   knn_fields(c)
   return c

@@ -31,7 +31,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mae_jax.core.command_line import fail_for_user, parse_flags
+from mae_jax.cli.command_line import fail_for_user, parse_flags
 from mae_jax.errors import INTERRUPTED_EXIT_CODE, ConfigError, UserError
 from mae_jax.jobs import run_job
 
@@ -67,7 +67,7 @@ def cluster_detected(environ=os.environ) -> bool:
 
 def host_timeout(config) -> float:
   """config.host_timeout_seconds, checked before any process waits for another."""
-  from mae_jax.core.host_watch import DEFAULT_TIMEOUT_SECONDS
+  from mae_jax.cli.host_watch import DEFAULT_TIMEOUT_SECONDS
 
   value = config.get("host_timeout_seconds", DEFAULT_TIMEOUT_SECONDS)
   if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -81,7 +81,7 @@ def host_timeout(config) -> float:
 def initialize_distributed(timeout: float) -> None:
   import jax
 
-  from mae_jax.core.host_watch import jax_heartbeat_timeout
+  from mae_jax.cli.host_watch import jax_heartbeat_timeout
 
   # JAX's own heartbeat timeout, longer than the host watch's (see host_watch).
   heartbeat = {"heartbeat_timeout_seconds": jax_heartbeat_timeout(timeout)}
@@ -157,7 +157,7 @@ def main(argv):
     jax.device_count(),
     jax.devices()[0].device_kind,
   )
-  from mae_jax.core import compilation_cache, host_watch
+  from mae_jax.cli import compilation_cache, host_watch
   from mae_jax.core.checkpointing import CheckpointSaveError
   from mae_jax.core.preemption import PREEMPTED_EXIT_CODE, Preempted
   from mae_jax.core.workdir import checkpoint_dir

@@ -15,7 +15,8 @@ import sys
 import pytest
 
 from configs import pretrain as pretrain_config
-from mae_jax import aot, topologies
+from mae_jax import aot
+from mae_jax.aot import topologies
 from mae_jax.core import sharding
 from mae_jax.errors import ConfigError, UsageError
 from tests.helpers import REPO, TINY_OVERRIDES, environment

@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from mae_jax import gpu_targets, topologies
+from mae_jax.aot import gpu_targets, topologies
 from tests.test_aot import TINY_MODEL, run_aot
 
 GiB = 1024**3

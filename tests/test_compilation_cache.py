@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import pytest
 
-from mae_jax.core import compilation_cache
+from mae_jax.cli import compilation_cache
 from mae_jax.errors import ConfigError
 
 

@@ -1,6 +1,6 @@
 """A lost host: the survivors say so in one line and exit 75 (resumable).
 
-The watch itself (mae_jax.core.host_watch) runs against a fake key-value
+The watch itself (mae_jax.cli.host_watch) runs against a fake key-value
 store and clock; the real case runs the CLI in 2 processes x 2 CPU devices
 on localhost, SIGKILLs process 1 once a checkpoint is complete, and checks
 that process 0 exits 75 within the configured timeout with one line naming
@@ -14,7 +14,7 @@ import os
 import signal
 import time
 
-from mae_jax.core import host_watch
+from mae_jax.cli import host_watch
 from tests.test_multiprocess import PROCESSES, TINY, free_port, run_processes, start_process
 
 

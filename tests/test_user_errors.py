@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from mae_jax import errors, main
-from mae_jax.core import command_line
+from mae_jax.cli import command_line
 from mae_jax.core.checkpointing import CheckpointSaveError
 from mae_jax.data import DataConfigError
 from tests.helpers import REPO  # noqa: E402

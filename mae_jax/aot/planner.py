@@ -1,71 +1,29 @@
-r"""Will this run fit that pod or those GPUs? Compile the real train step here.
+"""The plan: the job's own step program compiled for a pod or GPU hosts, and what it needs.
 
-  python -m mae_jax.aot --config=configs/pretrain.py:vit_huge --topology=v5p:4x4x8 \
-      --config.model.dtype=bfloat16 --config.mesh.data=1 --config.mesh.fsdp=-1
-
-builds the sharded train step exactly as `mae_jax.jobs.pretrain` does
-(same plan checks, mesh, state shardings and jitted step), compiles it with
-libtpu for compile-only devices laid out like the pod
-(`mae_jax.topologies`), and prints per-chip memory against the chip's HBM,
-FLOPs per step, an estimated step time and the implied MFU. No TPU and no
-dataset is needed: ImageNet-1k's and the bundled digits' sizes are known
-(`KNOWN_TRAIN_SIZES`); other datasets need --config.num_train_steps.
-`--topology=cpu` compiles for this machine's CPU devices instead.
-`--topology=h100:8` (8 GPUs on one host) or `h100:8x4` (4 hosts) compiles
-for NVIDIA GPUs (a100-80, h100, h200, b200) with jaxlib's CUDA plugin and no
-GPU (requirements-gpu-aot.txt); memory is checked against JAX's share of the
-GPU (XLA_PYTHON_CLIENT_MEM_FRACTION, default 75 %).
-
-Exit status: 0 the plan fits; 1 it does not (the message names the knobs to
-turn); 2 bad input, reported before anything compiles.
-
-Where the numbers come from:
-  memory     `compiled.memory_analysis()`, per chip: arguments (the train
-             state shard and the batch shard), temporaries (activations,
-             gradients, collectives' buffers), outputs not aliased to the
-             donated arguments, and the program itself. A plan the compiler
-             cannot place in HBM fails to compile; that failure is reported
-             as "does not fit" with the compiler's own numbers.
-  FLOPs      `compiled.cost_analysis()["flops"]` (on GPUs, which give none,
-             XLA's HLO cost analysis of the compiled module) is per chip, counts what the
-             compiled program executes (remat recomputation included);
-             "model FLOPs" is the textbook count of the MAE's matmuls and
-             attention (forward x 3), the numerator of MFU.
-  step time  XLA:TPU's cost model ("optimal_seconds") when it gives a
-             positive one (not always: -425 s for ViT-B on v5e); otherwise a
-             per-chip roofline: the larger of compiled FLOPs / peak bf16
-             FLOP/s and the compiler's "bytes accessed" / HBM bandwidth.
-             Communication and its overlap are not modelled: treat the step
-             time as optimistic and the MFU as a plan-level estimate, not a
-             measurement.
+See `mae_jax.aot` for where each number comes from.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
-import sys
 
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
 
-from mae_jax import jobs, topologies
-from mae_jax.core import command_line, sharding
+from mae_jax import jobs
+from mae_jax.aot import topologies
+from mae_jax.core import sharding
 from mae_jax.core.units import gib
-from mae_jax.errors import UsageError, UserError
+from mae_jax.errors import UsageError
 from mae_jax.model.flops import train_flops_per_example
 
-# (training-set size, classes) of datasets known without reading them (steps
-# per epoch only shape the learning-rate schedule, never memory or FLOPs).
-KNOWN_DATASETS = {("tfds", "imagenet2012"): (1_281_167, 1000), ("digits", ""): (1_497, 10)}
-
 EXIT_DOES_NOT_FIT, EXIT_BAD_INPUT = 1, 2
+
+KNOWN_DATASETS = {("tfds", "imagenet2012"): (1_281_167, 1000), ("digits", ""): (1_497, 10)}
 
 
 @dataclasses.dataclass
@@ -368,122 +326,3 @@ def suggestions(report: Report, plan) -> list[str]:
   if not tips:
     tips.append("use a larger slice (more chips) or a chip with more HBM")
   return tips
-
-
-def recomputed_fraction(r: Report) -> float:
-  """Compiled FLOPs over the model's, minus 1: what remat (asked for, or done
-  by XLA:TPU on its own to fit HBM) costs. A few % is the optimizer and
-  elementwise work."""
-  if not r.compiler_flops or not r.model_flops:
-    return 0.0
-  return r.compiler_flops * r.chips / r.model_flops - 1
-
-
-def format_report(r: Report) -> str:
-  mesh = " ".join(f"{axis}={size}" for axis, size in r.mesh.items())
-  across = {axis: n for axis, n in r.slices_per_axis.items() if n > 1}
-  if across:
-    mesh += " (across slices: " + " ".join(f"{a}={n}" for a, n in across.items()) + ")"
-  hbm = gib(r.hbm_bytes) if r.hbm_bytes else "no limit known"
-  if r.memory_note == "HBM":
-    hbm += " HBM"
-  elif r.memory_note:
-    hbm += f" usable ({r.memory_note})"
-  lines = [
-    f"AOT plan of the {r.job} step on {r.topology} ({r.accelerator_type}: {r.chips} "
-    f"{r.device_noun}, {r.hosts} hosts)",
-    f"  model            {r.model}, {r.params / 1e6:.1f}M parameters, {r.dtype}, "
-    f"remat {r.remat_policy}",
-    f"  mesh             {mesh}",
-    f"  batch            {r.global_batch} global, {r.batch_per_chip:g} per chip per "
-    f"micro-batch, grad_accum_steps {r.grad_accum_steps}",
-    f"  state per chip   {gib(r.state_bytes)} (trained parameters + optimizer moments)",
-  ]
-  if r.frozen_bytes:
-    lines.append(f"  frozen per chip  {gib(r.frozen_bytes)} (the frozen encoder's parameters)")
-  if r.memory:
-    m = r.memory
-    lines.append(
-      f"  memory per chip  {gib(m['total'])} of {hbm}: arguments {gib(m['argument'])}, "
-      f"temporaries {gib(m['temp'])}, outputs {gib(m['output'] - m['alias'])}, "
-      f"code {gib(m['generated_code'])}"
-    )
-  if r.compile_error:
-    lines.append(f"  compiler         {r.compile_error}")
-  if r.compiler_flops:
-    lines.append(
-      f"  FLOPs per step   {r.compiler_flops * r.chips:.3e} compiled "
-      f"({r.compiler_flops:.3e} per chip, recomputation included), "
-      f"{r.model_flops:.3e} model"
-    )
-  if r.collectives:
-    lines.append("  collectives      " + ", ".join(f"{op} x{n}" for op, n in r.collectives.items()))
-  if r.step_seconds:
-    lines.append(
-      f"  step time        {r.step_seconds * 1e3:.1f} ms predicted (not measured) by "
-      f"{r.step_time_source}"
-    )
-    lines.append(
-      f"  implied MFU      {100 * r.mfu:.1f} % (model FLOPs / (chips x peak bf16 "
-      f"x estimated step time))"
-    )
-  extra = recomputed_fraction(r)
-  if extra > 0.05:
-    lines.append(
-      f"  note             the compiled step does {100 * extra:.0f} % more FLOPs than "
-      "the model: XLA recomputes activations to fit, little headroom is left"
-    )
-  lines.append("  verdict          " + ("fits" if r.fits else "DOES NOT FIT"))
-  lines.extend(f"  try: {tip}" for tip in r.suggestions)
-  return "\n".join(lines)
-
-
-def main(argv, config, options) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}", exitcode=EXIT_BAD_INPUT)
-  if config.value is None or not options["topology"].value:
-    raise app.UsageError("--config and --topology are required.", exitcode=EXIT_BAD_INPUT)
-  # Compile-only TPU devices come from libtpu directly; the runtime itself
-  # stays on the CPU even where libtpu is importable.
-  jax.config.update("jax_platforms", "cpu")
-  try:
-    topology = topologies.parse(options["topology"].value, options["num_slices"].value)
-    hbm_gib = options["hbm_gib"].value
-    report = check_plan(
-      config.value, topology, hbm_bytes=int(hbm_gib * 1024**3) if hbm_gib else None
-    )
-  except UserError as error:  # a mistake in the command; a bug keeps its traceback
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(EXIT_BAD_INPUT)
-  print(format_report(report), flush=True)
-  if options["json"].value:
-    with open(options["json"].value, "w") as f:
-      json.dump(dataclasses.asdict(report), f, indent=2)
-  if not report.fits:
-    sys.exit(EXIT_DOES_NOT_FIT)
-
-
-def run_cli() -> None:
-  # Flags are defined here, not at import: tests import this module next to
-  # mae_jax.main, which defines --config too.
-  config = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/pretrain.py:vit_huge.", lock_config=True
-  )
-  options = {
-    "topology": flags.DEFINE_string(
-      "topology",
-      None,
-      "TPU slice as CHIP:SHAPE (v4:4x4x4, v5e:8x8, v5p:4x4x8, "
-      "v6e:8x16), or 'cpu' / 'cpu:N' for this machine's devices.",
-    ),
-    "num_slices": flags.DEFINE_integer("num_slices", 1, "Slices of that shape."),
-    "hbm_gib": flags.DEFINE_float(
-      "hbm_gib", None, "Memory per chip to check against, instead of the chip's HBM."
-    ),
-    "json": flags.DEFINE_string("json", None, "Also write the report as JSON here."),
-  }
-  app.run(lambda argv: main(argv, config, options), flags_parser=command_line.parse_flags)
-
-
-if __name__ == "__main__":
-  run_cli()

@@ -8,7 +8,7 @@ them, but XLA compiles for them exactly as it would on the pod. `cpu` (or
 path runs without libtpu.
 
 `--topology=h100:8` is one host of 8 H100s, `h100:8x4` four such hosts (also
-a100-80, h200, b200: `mae_jax.gpu_targets`). Their compile-only devices come
+a100-80, h200, b200: `mae_jax.aot.gpu_targets`). Their compile-only devices come
 from jaxlib's CUDA plugin, handed each GPU's description, with no GPU and no
 CUDA driver (requirements-gpu-aot.txt).
 
@@ -26,7 +26,7 @@ import math
 import os
 import sys
 
-from mae_jax import gpu_targets
+from mae_jax.aot import gpu_targets
 from mae_jax.errors import UsageError
 
 GiB = 1024**3
