@@ -13,7 +13,7 @@ What it does, in order (each part within a time budget, --budget-s):
      dispatch does not count;
   2. transformers' PyTorch ViTMAE (forward, backward, AdamW) on the same GPU
      at the same per-chip batch, bfloat16 autocast, eager and torch.compile;
-  3. the trainer's own pretraining step (`core.train_step.build_train_step`,
+  3. the trainer's own pretraining step (`jobs.pretrain_step.build_pretraining_step`,
      AdamW, donated state) for ViT-B/16 and ViT-L/16 at 224 px at a
      realistic per-chip batch (256 and 128), data-parallel over every local
      device, once per attention implementation (`xla`, `cudnn`) side by

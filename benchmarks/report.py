@@ -220,7 +220,7 @@ def _versus_pytorch(results: dict) -> list[str]:
     "",
     "Same model size, batch, image size, dtype and thread count; forward, backward "
     "and AdamW; steps interleaved (mae_jax, PyTorch, mae_jax, ...) after warm-up. "
-    "mae_jax runs the real `make_train_step` (donated state); PyTorch runs "
+    "mae_jax runs the trainer's own step (the step engine's program, donated state); PyTorch runs "
     "`ViTMAEForPreTraining` in eager mode with `torch.optim.AdamW` (foreach) and the "
     "reference's decay groups.",
     "",
@@ -268,9 +268,13 @@ def _throughput(results: dict) -> list[str]:
     "input gradient excluded).",
     "",
   ]
-  step_rows = [row for row in results["compare"]] + [
-    r for row in results["mask_tokens"] for r in (row["visible"], row["mask_tokens"])
-  ]
+  # Fine-tuning: the whole ViT on all 1 + L tokens, forward + backward,
+  # with Mixup, erasing and drop path: the job's own step.
+  step_rows = (
+    list(results["compare"])
+    + [r for row in results["mask_tokens"] for r in (row["visible"], row["mask_tokens"])]
+    + list(results.get("finetune", []))
+  )
   lines += _table(
     ["model", "batch"] + STEP_HEADER,
     [[row["label"], row["batch"]] + _step_cells(row, peak) for row in step_rows],

@@ -54,6 +54,8 @@ class StandardSet:
   memory: list[tuple[str, dict, int]]  # compile-only, for each remat policy
   variants: list[tuple[str, dict]]  # changes to variants_base, interleaved with it
   variants_base: tuple[str, dict, int] | None = None
+  finetune: list[tuple[str, dict, int]] = dataclasses.field(default_factory=list)
+  finetune_steps: int = 5
   remat_policies: tuple[str, ...] = ("none", "full", "dots")
   compare_warmup: int = 2
   compare_steps: int = 12
@@ -83,6 +85,7 @@ class StandardSet:
         ("B/16 scan_layers", {"preset": "B/16", "scan_layers": True}, 64),
       ],
       variants_base=("B/16", {"preset": "B/16"}, 8),
+      finetune=[("B/16", {"preset": "B/16"}, 8)],
       variants=[
         ("scan_layers", {"scan_layers": True}),
         ("remat=full", {"remat_policy": "full"}),
@@ -111,6 +114,8 @@ class StandardSet:
       memory=[("tiny", small, 8)],
       remat_policies=("full",),
       variants_base=("tiny", small, 4),
+      finetune=[("tiny", small, 4)],
+      finetune_steps=2,
       variants=[("state not donated", {"donate": False})],
       compare_warmup=1,
       compare_steps=2,
@@ -161,7 +166,7 @@ def step_row(label: str, step, timing: common.Timing) -> dict:
   """Throughput, FLOPs and memory of one measured mae_jax step."""
   cfg = step.cfg
   batch = step.batch_size
-  model_flops = flops.train_flops_per_image(cfg)
+  model_flops = flops.train_flops_per_example(step.job, cfg)
   cost = step.cost()
   xla_per_image = cost["xla_flops_per_step"] / batch if cost["xla_flops_per_step"] else None
   row = {
@@ -248,6 +253,19 @@ def measure_mask_tokens(
   visible.close()
   with_mask.close()
   return {"label": label, "batch": batch, "speedup": speedup, "flop_ratio": flop_ratio, **rows}
+
+
+def measure_finetune(label: str, fields: dict, batch: int, *, dtype: str, steps_count: int):
+  """The fine-tuning job's own step (the job table's builder) at a model size."""
+  from benchmarks import steps
+
+  log(f"fine-tuning step {label} batch {batch}: compiling")
+  step = steps.FinetuneStep(model_config_from(fields, dtype=dtype), batch)
+  timing = common.interleave({"finetune": step.run}, warmup=1, steps=steps_count)["finetune"]
+  row = step_row(label + " fine-tuning", step, timing)
+  log(f"  {row['images_per_s']:.2f} img/s")
+  step.close()
+  return row
 
 
 def measure_memory(
@@ -443,6 +461,10 @@ def _run_standard(args, spec: StandardSet) -> dict:
     if spec.variants
     else []
   )
+  results["finetune"] = [
+    measure_finetune(label, fields, batch, dtype=dtype, steps_count=spec.finetune_steps)
+    for label, fields, batch in spec.finetune
+  ]
   results["memory"] = [
     row
     for label, fields, batch in spec.memory

@@ -7,6 +7,7 @@ its wall time in seconds, so that `common.interleave` can alternate them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any
@@ -49,7 +50,7 @@ def typical_normalization(channels: int) -> PixelNormalization:
 
 
 class MaeStep:
-  """The real pretraining step (`make_train_step`, AdamW, donated state),
+  """The real pretraining step (the step engine's program, AdamW, donated state),
   sharded over `mesh` exactly as `mae_jax.jobs.pretrain` does it.
 
   Compilation happens in the constructor and is timed apart (`lower_s`,
@@ -58,6 +59,8 @@ class MaeStep:
   can be interleaved in one process. The batch stays on the devices, so `run` times compute only
   (the input pipeline has its own benchmark).
   """
+
+  job = "pretrain"  # whose model FLOPs count (mae_jax.model.flops)
 
   def __init__(
     self,
@@ -94,6 +97,11 @@ class MaeStep:
       pixels=pixels or typical_normalization(cfg.channels),
       donate=donate,
     )
+    self._compile_and_place(execute, compiler_options, random_pixels(cfg, batch, seed))
+
+  def _compile_and_place(self, execute: bool, compiler_options, images: np.ndarray) -> None:
+    """Lowers and compiles `self.program` (timed apart); with `execute`, a
+    fresh state and a batch of `images` (labels 0, no padding) on the devices."""
     start = time.perf_counter()
     self.lowered = self.program.lower()
     self.lower_s = time.perf_counter() - start
@@ -103,10 +111,12 @@ class MaeStep:
     self.state = None
     if execute:
       self.state = self.program.initial_state()
-      batch_sharding = self.program.batch_sharding
+      fields = {"image": images, "mask": np.ones((len(images),), np.float32)}
+      for name, spec in self.program.abstract_batch.items():
+        fields.setdefault(name, np.zeros(spec.shape, spec.dtype))  # labels, erasing boxes
       self.batch = {
-        "image": jax.device_put(random_pixels(cfg, batch, seed), batch_sharding),
-        "mask": jax.device_put(np.ones((batch,), np.float32), batch_sharding),
+        name: jax.device_put(fields[name], self.program.batch_sharding)
+        for name in self.program.abstract_batch
       }
       jax.block_until_ready((self.state, self.batch))
     self.num_params = sum(
@@ -160,6 +170,42 @@ class MaeStep:
 
   def close(self) -> None:
     self.state = self.batch = self.compiled = None
+
+
+class FinetuneStep(MaeStep):
+  """The real fine-tuning step of `configs/finetune.py` (the job table's
+  builder: the classifier, layer-decayed AdamW, Mixup / CutMix, erasing,
+  drop path) at `cfg`'s size on ImageNet's 1000 classes, sharded over
+  `mesh`; timed like `MaeStep`."""
+
+  job = "finetune"
+
+  def __init__(
+    self,
+    cfg: ModelConfig,
+    batch: int,
+    *,
+    mesh: dict[str, int] | None = None,
+    seed: int = 0,
+    execute: bool = True,
+  ):
+    from configs import finetune as finetune_config
+    from mae_jax import aot
+
+    self.cfg, self.batch_size = cfg.validate(), batch
+    mesh_shape = mesh or {"data": 1, "fsdp": 1, "tensor": 1}
+    devices = jax.devices()[: math.prod(mesh_shape.values())]
+    self.mesh = sharding.make_mesh(mesh_shape, devices=devices)
+    config = finetune_config.get_config("vit_base")
+    config.model.update(
+      {**dataclasses.asdict(self.cfg), "attention_impl": cfg.attention_impl or ""}
+    )
+    config.data.image_size, config.data.channels = cfg.image_size, cfg.channels
+    config.update(baseline="random_init", init_from="", global_batch_size=batch, seed=seed)
+    config.mesh.update(mesh_shape)
+    plan = aot.plan_without_data(config, devices)
+    self.program = aot.step_program(config, plan, self.mesh)
+    self._compile_and_place(execute, None, random_pixels(cfg, batch, seed))
 
 
 # ------------------------------------------------------------ torch step --

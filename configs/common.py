@@ -102,7 +102,7 @@ def base_training_config() -> ml_collections.ConfigDict:
 
 
 def knn_fields(config: ml_collections.ConfigDict) -> None:
-  """The k-NN settings (mae_jax.core.knn): the knn job, and the periodic
+  """The k-NN settings (mae_jax.evaluators.knn): the knn job, and the periodic
   monitor a pretraining run runs every `knn_every_steps` (0 = never) and at
   its last step, on the train split (bank) against the eval split; the
   dataset needs class labels. The knn job itself reads `config.feature`."""

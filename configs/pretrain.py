@@ -22,7 +22,7 @@ Options:
   batch=N       global batch size (the learning rate follows base_lr*N/256).
 
 The k-NN monitor (k-NN top-1/top-5 of the eval split against the train
-split, on the current encoder; mae_jax.core.knn) runs every
+split, on the current encoder; mae_jax.evaluators.knn) runs every
 `knn_every_steps` steps and at the last: 220 for digits, 0 (off) for the
 ImageNet presets, where each run is a forward pass over both splits. Turn
 it on with e.g. --config.knn_every_steps=5000 --config.knn_train_batches=50.

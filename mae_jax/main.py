@@ -132,6 +132,17 @@ def answer_sigterm_outside_the_loop(workdir: str) -> None:
 
 
 def main(argv):
+  try:
+    run(argv)
+  except StoppedOutsideTheLoop as stopped:  # wherever it landed, once answered
+    from mae_jax.core.preemption import PREEMPTED_EXIT_CODE
+
+    print(f"PREEMPTED: {stopped}", flush=True)
+    sys.exit(PREEMPTED_EXIT_CODE)
+
+
+def run(argv):
+  """Everything `main` does; a SIGTERM outside the loop ends it (see main)."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None or not _WORKDIR.value:
@@ -166,9 +177,6 @@ def main(argv):
   try:
     compilation_cache.enable(_CONFIG.value.get("compilation_cache", ""), _WORKDIR.value)
     run_job(_CONFIG.value, _WORKDIR.value)
-  except StoppedOutsideTheLoop as stopped:
-    print(f"PREEMPTED: {stopped}", flush=True)
-    sys.exit(PREEMPTED_EXIT_CODE)
   except Preempted as preempted:
     if preempted.interrupted:  # Ctrl-C: a person stopped it, no requeue
       print(f"INTERRUPTED: {preempted}", flush=True)

@@ -4,6 +4,7 @@ with a bad batch, the subprocess environment."""
 from __future__ import annotations
 
 import os
+import sys
 from typing import Callable, Iterator
 
 import jax
@@ -12,12 +13,30 @@ import optax
 
 from configs import pretrain as pretrain_config
 from mae_jax.core import checkpointing
-from mae_jax.core.batches import train_split_batches
+from mae_jax.core.batches import InputSettings, train_split_batches
 from mae_jax.core.state import create_state
 from mae_jax.model.config import TINY, ModelConfig
 from mae_jax.model.mae import MaskedAutoencoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def with_sigint(command: list[str], *, ignored: bool = False) -> list[str]:
+  """`command`, started with SIGINT at its default (as a terminal gives it)
+  or ignored (as a background job gets it), whatever this process inherited.
+
+  A process started with SIGINT ignored (`cmd &` in a script, nohup, some CI
+  runners) passes the ignore on to its children, and neither mae_jax (which
+  keeps an inherited ignore on purpose) nor bash can then catch it: a signal
+  test gives its child the disposition it tests. A Python stub sets it and
+  execs the command (the pid stays); no `preexec_fn`, since running Python
+  in a child forked from a process with JAX's threads can deadlock."""
+  disposition = "SIG_IGN" if ignored else "SIG_DFL"
+  stub = (
+    f"import os, signal, sys; signal.signal(signal.SIGINT, signal.{disposition}); "
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+  )
+  return [sys.executable, "-c", stub, *command]
 
 
 def environment(devices: int) -> dict:
@@ -94,7 +113,7 @@ def without_key_bias(path, a, b):
 
 def train_stream(config, start_step: int) -> Iterator[dict]:
   """This host's training batches of `config` from `start_step`, as the jobs read them."""
-  return train_split_batches(config, start_step)
+  return train_split_batches(InputSettings.from_config(config), start_step)
 
 
 def nan_batch_at(config, bad_batch_index: int) -> Callable[[int], Iterator[dict]]:

@@ -16,6 +16,7 @@ import pytest
 
 from configs import pretrain as pretrain_config
 from mae_jax import aot
+from mae_jax.aot import cli as aot_cli
 from mae_jax.aot import topologies
 from mae_jax.core import sharding
 from mae_jax.errors import ConfigError, UsageError
@@ -266,12 +267,12 @@ def test_the_cli_prints_user_errors_in_one_line_and_keeps_a_bugs_traceback(monke
     def check_plan(*args, **kwargs):
       raise error
 
-    monkeypatch.setattr(aot, "check_plan", check_plan)
+    monkeypatch.setattr(aot_cli, "check_plan", check_plan)
 
   fails(ConfigError("config.x=1: bad."))
   with pytest.raises(SystemExit) as exit_:
-    aot.main(["aot"], Flag(tiny_config()), options)
+    aot_cli.main(["aot"], Flag(tiny_config()), options)
   assert exit_.value.code == aot.EXIT_BAD_INPUT
   fails(ValueError("a bug"))  # not a user mistake: it propagates with its traceback
   with pytest.raises(ValueError, match="a bug"):
-    aot.main(["aot"], Flag(tiny_config()), options)
+    aot_cli.main(["aot"], Flag(tiny_config()), options)

@@ -237,3 +237,31 @@ def test_evaluation_jobs_run_the_step_the_aot_planner_plans(tmp_path, job, chang
   mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
   lowered = aot.step_program(config, plan, mesh).lower()
   assert _without_locations(lowered.as_text()) == _only_module(dump)
+
+
+# ------------------------------------------------------------ the map --
+
+
+def test_the_module_map_is_the_tree():
+  """docs/architecture.md's module map names every module of mae_jax, and
+  only those: a module added, moved or removed without its row fails."""
+  text = open(os.path.join(REPO, "docs", "architecture.md")).read()
+  table = text[text.index("## The module map") : text.index("\n## ", text.index("## The module"))]
+  mapped = set(re.findall(r"^\| `([a-z_/]+\.py)`", table, flags=re.M))
+  tree = {
+    os.path.relpath(path, os.path.join(REPO, "mae_jax"))
+    for path in glob.glob(os.path.join(REPO, "mae_jax", "**", "*.py"), recursive=True)
+  }
+  # A package's __init__ needs no row, unless it holds code (the job table does).
+  tree = {p for p in tree if not p.endswith("__init__.py") and not p.endswith("aot/__main__.py")}
+  mapped.discard("jobs/__init__.py")
+  assert sorted(tree - mapped) == [], "modules missing from docs/architecture.md's map"
+  assert sorted(mapped - tree) == [], "docs/architecture.md maps modules that do not exist"
+
+
+def test_package_docstrings_point_to_the_one_map():
+  """The map is written once: no package docstring lists its modules again."""
+  for path in glob.glob(os.path.join(REPO, "mae_jax", "*", "__init__.py")):
+    doc = ast.get_docstring(ast.parse(open(path).read())) or ""
+    listed = re.findall(r"^\s*[a-z_]+\.py\s", doc, flags=re.M)
+    assert not listed, f"{os.path.relpath(path, REPO)} lists modules {listed}: see the map"

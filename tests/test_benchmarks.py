@@ -104,6 +104,11 @@ def test_standard_set_runs_at_tiny_sizes(tmp_path):
   (mask_tokens,) = results["mask_tokens"]
   assert mask_tokens["flop_ratio"] > 1 and mask_tokens["speedup"] > 0
   assert [row["remat"] for row in results["memory"]] == list(run.StandardSet.tiny().remat_policies)
+  # The fine-tuning job's own step (the job table's builder), timed like pretraining's.
+  (finetune,) = results["finetune"]
+  assert finetune["images_per_s"] > 0 and finetune["label"] == "tiny fine-tuning"
+  assert finetune["model_gflop_per_image"] > mask_tokens["visible"]["model_gflop_per_image"]
+  assert "| tiny fine-tuning | 4 |" in text
   assert results["input"]["one_core"]["images_per_s"] > 0
   code = results["input"]["transform"]["resize_code"]
   assert code == (crop_resize.vector_code() if crop_resize.available() else None)

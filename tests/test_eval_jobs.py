@@ -28,6 +28,7 @@ from mae_jax.core import checkpointing, sharding
 from mae_jax.core import pretrained as pretrained_lib
 from mae_jax.core.nonfinite import NonFiniteError
 from mae_jax.core.pixels import PixelNormalization
+from mae_jax.core.plan import make_plan
 from mae_jax.core.state import create_state, mesh_context, state_specs
 from mae_jax.core.train_step import make_train_step
 from mae_jax.evaluate.layer_decay import finetune_adamw
@@ -541,13 +542,9 @@ def test_knn_monitor_runs_on_pretraining_parameters(pretrained):
   batch_sharding = sharding.batch_sharding(mesh, sharding.DEFAULT_RULES)
   # In pretraining the parameters live on the run's mesh.
   params = jax.device_put(final_params(pretrained, 4), sharding.replicated(mesh))
+  plan = make_plan(config, num_devices=8, process_count=1)  # the monitor's settings
   monitor = knn.knn_evaluator(
-    config,
-    mesh,
-    batch_sharding,
-    features_fn=knn.monitor_features(config, ModelConfig(channels=1, **TINY_MODEL)),
-    batch_size=64,
-    num_classes=10,
+    plan, mesh, batch_sharding, features_fn=knn.monitor_features(plan), batch_size=64
   )
   with mesh_context(mesh, sharding.DEFAULT_RULES):
     metrics = monitor(params["encoder"])

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, with_sigint
 
 SCRIPTS = sorted(
   glob.glob(os.path.join(REPO, "launch", "*.sh"))
@@ -280,13 +280,35 @@ def fake_job(tmp_path, statuses: str) -> str:
   return str(script)
 
 
-def resumable(tmp_path, statuses: str, **variables) -> subprocess.Popen:
-  return subprocess.Popen(
-    ["bash", os.path.join(REPO, "launch", "resumable.sh"), fake_job(tmp_path, statuses)],
+LAUNCHED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_running():
+  """A failed signal test must not leave the launcher and its fake job behind:
+  each runs in its own process group, killed whole at the end of the test."""
+  yield
+  while LAUNCHED:
+    process = LAUNCHED.pop()
+    if process.poll() is None:
+      os.killpg(process.pid, signal.SIGKILL)
+      process.wait(timeout=30)
+
+
+def resumable(tmp_path, statuses: str, *, started="from a terminal", **variables):
+  process = subprocess.Popen(
+    # The disposition of SIGINT the launcher starts with, whatever the suite inherited.
+    with_sigint(
+      ["bash", os.path.join(REPO, "launch", "resumable.sh"), fake_job(tmp_path, statuses)],
+      ignored=started != "from a terminal",
+    ),
     env={"PATH": os.environ["PATH"], **variables},
     stderr=subprocess.PIPE,
     text=True,
+    start_new_session=True,
   )
+  LAUNCHED.append(process)
+  return process
 
 
 def runs(tmp_path) -> int:
@@ -312,9 +334,16 @@ def test_resumable_gives_up_after_max_reruns_and_passes_other_statuses_on(tmp_pa
   assert process.wait(timeout=30) == 2 and "MAX_RERUNS=x" in process.stderr.read()
 
 
-@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
-def test_a_stop_reaches_the_job_as_sigterm_and_is_not_rerun(tmp_path, signal_name):
-  process = resumable(tmp_path, "wait 0")
+@pytest.mark.parametrize(
+  "signal_name, started",
+  [
+    ("SIGTERM", "from a terminal"),
+    ("SIGINT", "from a terminal"),
+    ("SIGTERM", "with SIGINT ignored"),  # a background job: SIGTERM is the way to stop it
+  ],
+)
+def test_a_stop_reaches_the_job_as_sigterm_and_is_not_rerun(tmp_path, signal_name, started):
+  process = resumable(tmp_path, "wait 0", started=started)
   deadline = time.monotonic() + 30
   while not (tmp_path / "waiting").exists():
     assert time.monotonic() < deadline
@@ -322,4 +351,21 @@ def test_a_stop_reaches_the_job_as_sigterm_and_is_not_rerun(tmp_path, signal_nam
   process.send_signal(getattr(signal, signal_name))
   assert process.wait(timeout=30) == 75
   assert runs(tmp_path) == 1
+  assert (tmp_path / "signals").read_text() == "TERM\n"
+
+
+def test_a_launcher_started_with_sigint_ignored_keeps_ignoring_it(tmp_path):
+  """bash cannot trap a signal that was ignored when it started (a script's
+  background job, nohup): Ctrl-C does not reach such a launcher, and SIGTERM
+  is the way to stop it (docs/reliability.md)."""
+  process = resumable(tmp_path, "wait 0", started="with SIGINT ignored")
+  deadline = time.monotonic() + 30
+  while not (tmp_path / "waiting").exists():
+    assert time.monotonic() < deadline
+    time.sleep(0.05)
+  process.send_signal(signal.SIGINT)
+  time.sleep(1.0)
+  assert process.poll() is None and not (tmp_path / "signals").exists()
+  process.send_signal(signal.SIGTERM)
+  assert process.wait(timeout=30) == 75
   assert (tmp_path / "signals").read_text() == "TERM\n"

@@ -22,7 +22,7 @@ import pytest
 
 from mae_jax.core.preemption import PREEMPTED_EXIT_CODE
 from mae_jax.errors import INTERRUPTED_EXIT_CODE
-from tests.helpers import REPO, TINY_OVERRIDES, environment, final_params
+from tests.helpers import REPO, TINY_OVERRIDES, environment, final_params, with_sigint
 
 
 def command(workdir: str, *overrides: str) -> list[str]:
@@ -99,7 +99,8 @@ def start_and_signal(
   to the run's whole process group, its input workers included, as a
   terminal's Ctrl-C does."""
   process = subprocess.Popen(
-    command(workdir, *STEPS, *overrides),
+    # Ctrl-C as a terminal delivers it, however the suite was started.
+    with_sigint(command(workdir, *STEPS, *overrides)),
     cwd=REPO,
     env=environment(1),
     stdout=subprocess.PIPE,

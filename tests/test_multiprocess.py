@@ -63,13 +63,20 @@ def free_port() -> int:
     return sock.getsockname()[1]
 
 
-def start_process(workdir: str, overrides: dict, port: int, index: int, log) -> subprocess.Popen:
+def start_process(
+  workdir: str,
+  overrides: dict,
+  port: int,
+  index: int,
+  log,
+  config: str = "configs/pretrain.py:digits",
+) -> subprocess.Popen:
   """Process `index` of PROCESSES running the real CLI, its output in `log`."""
   command = [
     sys.executable,
     "-m",
     "mae_jax.main",
-    "--config=configs/pretrain.py:digits",
+    f"--config={config}",
     f"--workdir={workdir}",
     *(f"--config.{k}={v}" for k, v in overrides.items()),
     f"--coordinator_address=127.0.0.1:{port}",
@@ -81,17 +88,20 @@ def start_process(workdir: str, overrides: dict, port: int, index: int, log) -> 
   )
 
 
-def run_processes(workdir: str, steps: int) -> list[str]:
+def run_processes(
+  workdir: str, steps: int, *, overrides: dict | None = None, config: str | None = None
+) -> list[str]:
   """Runs the job in PROCESSES processes and returns their outputs. As soon as
   one fails (or all run past the deadline) the others are killed, so no
   process, and no port, outlives the test."""
-  overrides = phase_overrides(steps)
+  overrides = overrides or phase_overrides(steps)
+  extra = {"config": config} if config else {}
   port = free_port()
   processes, logs = [], []
   try:
     for index in range(PROCESSES):
       logs.append(open(os.path.join(os.path.dirname(workdir), f"process{index}-{steps}.log"), "w+"))
-      processes.append(start_process(workdir, overrides, port, index, logs[-1]))
+      processes.append(start_process(workdir, overrides, port, index, logs[-1], **extra))
     deadline = time.monotonic() + 300
     while (
       any(p.poll() is None for p in processes)
@@ -206,3 +216,28 @@ def test_multiprocess_cluster_detection(environ, detected):
   from mae_jax.main import cluster_detected
 
   assert cluster_detected(environ) is detected
+
+
+def test_fine_tuning_on_two_processes_splits_the_batch_as_pretraining_does(tmp_path):
+  """One batch-split rule for every job: 4 images over 2 processes x 2
+  devices (one per device), as pretraining takes them. The evaluation jobs
+  used to ask for a multiple of data-parallel devices x processes (8)."""
+  workdir = str(tmp_path / "finetune" / "run")
+  os.makedirs(os.path.dirname(workdir))
+  overrides = {
+    **TINY_OVERRIDES,
+    "global_batch_size": 4,
+    "eval_batch_size": 4,
+    "num_train_steps": 2,
+    "warmup_epochs": 0.0,
+    "log_every_steps": 1,
+    "eval_every_steps": 2,
+    "checkpoint_every_steps": 2,
+    "progress_bar": "off",
+    "baseline": "random_init",
+  }
+  outputs = run_processes(workdir, 2, overrides=overrides, config="configs/finetune.py:digits")
+  assert "Fine-tuning (" in outputs[0] and "Fine-tuning (" not in outputs[1]
+  assert logged(workdir, "loss").keys() == {1, 2}
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert json.load(f)["num_eval_examples"] > 0

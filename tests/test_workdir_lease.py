@@ -19,7 +19,7 @@ import pytest
 
 from mae_jax.core import lease
 from mae_jax.errors import WorkdirError
-from tests.helpers import REPO, TINY_OVERRIDES, environment
+from tests.helpers import REPO, TINY_OVERRIDES, environment, with_sigint
 
 
 class Clock:
@@ -172,14 +172,12 @@ def test_sigterm_during_start_up_exits_75_with_one_line(tmp_path):
   env = environment(1)
   env["PYTHONUNBUFFERED"] = "1"
   process = subprocess.Popen(
-    command(tmp_path / "run", "--config.num_train_steps=1000"),
+    with_sigint(command(tmp_path / "run", "--config.num_train_steps=1000")),
     cwd=REPO,
     env=env,
     stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT,
     text=True,
-    # Signals as a terminal gives them, whatever this test process inherited.
-    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
   )
   try:
     lines = []

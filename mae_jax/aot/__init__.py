@@ -3,13 +3,14 @@ r"""Will this run fit that pod or those GPUs? Compile the real train step here.
   python -m mae_jax.aot --config=configs/pretrain.py:vit_huge --topology=v5p:4x4x8 \
       --config.model.dtype=bfloat16 --config.mesh.data=1 --config.mesh.fsdp=-1
 
-builds the sharded train step exactly as `mae_jax.jobs.pretrain` does
-(same plan checks, mesh, state shardings and jitted step), compiles it with
+builds the job's sharded train step exactly as the job does (the job
+table's own builder: same plan checks, mesh, state shardings and jitted
+step; pretraining, the linear probe and fine-tuning), compiles it with
 libtpu for compile-only devices laid out like the pod
 (`mae_jax.aot.topologies`), and prints per-chip memory against the chip's HBM,
 FLOPs per step, an estimated step time and the implied MFU. No TPU and no
 dataset is needed: ImageNet-1k's and the bundled digits' sizes are known
-(`KNOWN_TRAIN_SIZES`); other datasets need --config.num_train_steps.
+(`planner.KNOWN_DATASETS`); other datasets need --config.num_train_steps.
 `--topology=cpu` compiles for this machine's CPU devices instead.
 `--topology=h100:8` (8 GPUs on one host) or `h100:8x4` (4 hosts) compiles
 for NVIDIA GPUs (a100-80, h100, h200, b200) with jaxlib's CUDA plugin and no

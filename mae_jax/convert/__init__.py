@@ -1,10 +1,5 @@
-"""Weight conversion between PyTorch MAE checkpoints and mae_jax.
-
-files.py     read/write .pth (torch.load weights_only) and .safetensors
-layouts.py   detect authors' / transformers' layouts; rename to the authors'
-authors.py   the authors' state dict <-> mae_jax params, one table of tensors
-pipeline.py  whole conversions, to and from orbax checkpoints
-__main__.py  the command line: `python -m mae_jax.convert --help`
+"""Weight conversion between PyTorch MAE checkpoints and mae_jax
+(`python -m mae_jax.convert --help`); the module map is docs/architecture.md.
 """
 
 from mae_jax.convert.authors import authors_from_params, params_from_authors, tensor_specs

@@ -9,6 +9,7 @@ k-NN monitor all feed their steps through here.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 from typing import Any, Callable, Iterator
 
@@ -64,15 +65,29 @@ def to_global(local_batch: dict, batch_sharding) -> dict:
   }
 
 
-def train_split_batches(config, start_step: int) -> Iterator[dict]:
-  """This host's numpy batches of `config`'s training split from `start_step`
+@dataclasses.dataclass(frozen=True)
+class InputSettings:
+  """What a run's batch streams read (resolved in its plan): the data
+  section (`mae_jax.data`'s own settings), the global batch, the seed."""
+
+  data: Any
+  global_batch_size: int
+  seed: int
+
+  @classmethod
+  def from_config(cls, config) -> "InputSettings":
+    return cls(config.data, config.global_batch_size, config.seed)
+
+
+def train_split_batches(inputs: InputSettings, start_step: int) -> Iterator[dict]:
+  """This host's numpy batches of the training split from `start_step`
   (the train transform, the global batch, the run's seed)."""
   return make_iterator(
-    config.data,
-    split=config.data.train_split,
-    global_batch_size=config.global_batch_size,
+    inputs.data,
+    split=inputs.data.train_split,
+    global_batch_size=inputs.global_batch_size,
     train=True,
-    seed=config.seed,
+    seed=inputs.seed,
     start_step=start_step,
   )
 
@@ -164,11 +179,11 @@ def epoch_batches(
 
 
 def split_batches(
-  config, split: str, batch_size: int, batch_sharding, num_classes: int
+  inputs: InputSettings, split: str, batch_size: int, batch_sharding, num_classes: int
 ) -> Iterator[dict]:
   """One padded pass over `split` with the eval transform, as labelled global batches."""
   local = make_iterator(
-    config.data, split=split, global_batch_size=batch_size, train=False, seed=config.seed
+    inputs.data, split=split, global_batch_size=batch_size, train=False, seed=inputs.seed
   )
   try:
     for batch in local:

@@ -71,14 +71,26 @@ def manager(
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
-def manager_for_run(directory: str, config) -> ocp.CheckpointManager:
-  """The manager of a training job's own checkpoints, as its config asks
-  (keep_checkpoints, keep_every_steps, async_checkpointing)."""
+@dataclasses.dataclass(frozen=True)
+class CheckpointSettings:
+  """How a training job keeps its own checkpoints (resolved in its plan)."""
+
+  keep: int  # the newest checkpoints kept
+  keep_every_steps: int  # > 0: also every such step, forever
+  asynchronous: bool
+
+  @classmethod
+  def from_config(cls, config) -> "CheckpointSettings":
+    return cls(config.keep_checkpoints, config.keep_every_steps, config.async_checkpointing)
+
+
+def manager_for_run(directory: str, settings: CheckpointSettings) -> ocp.CheckpointManager:
+  """The manager of a training job's own checkpoints."""
   return manager(
     directory,
-    max_to_keep=config.keep_checkpoints,
-    keep_period=config.keep_every_steps,
-    enable_async=config.async_checkpointing,
+    max_to_keep=settings.keep,
+    keep_period=settings.keep_every_steps,
+    enable_async=settings.asynchronous,
   )
 
 

@@ -65,22 +65,26 @@ def adamw(
   return optax.chain(*parts)
 
 
-def from_config(
-  config, *, warmup_steps: int, total_steps: int
-) -> tuple[optax.Schedule, optax.GradientTransformation]:
-  """(schedule, optimizer) of a pretraining config (`config.optimizer`)."""
-  opt = config.optimizer
-  schedule = learning_rate_schedule(
-    peak_lr=peak_learning_rate(opt.base_lr, config.global_batch_size),
-    warmup_steps=warmup_steps,
-    total_steps=total_steps,
-    min_lr=opt.min_lr,
+def schedule_of(optimizer, plan) -> optax.Schedule:
+  """Every training job's schedule: warm-up then cosine to `min_lr`, at
+  lr = base_lr x global batch / 256, over the plan's steps. `optimizer` is
+  the config's optimizer section."""
+  return learning_rate_schedule(
+    peak_lr=peak_learning_rate(optimizer.base_lr, plan.global_batch_size),
+    warmup_steps=plan.warmup_steps,
+    total_steps=plan.total_steps,
+    min_lr=optimizer.min_lr,
   )
+
+
+def pretraining_optimizer(optimizer, plan) -> tuple[optax.Schedule, optax.GradientTransformation]:
+  """(schedule, AdamW) of pretraining, from the config's optimizer section."""
+  schedule = schedule_of(optimizer, plan)
   tx = adamw(
     schedule,
-    b1=opt.b1,
-    b2=opt.b2,
-    weight_decay=opt.weight_decay,
-    grad_clip_norm=opt.grad_clip_norm or None,
+    b1=optimizer.b1,
+    b2=optimizer.b2,
+    weight_decay=optimizer.weight_decay,
+    grad_clip_norm=optimizer.grad_clip_norm or None,
   )
   return schedule, tx

@@ -14,10 +14,27 @@ from typing import Any
 
 import ml_collections
 
-from mae_jax.core import nonfinite, sharding
+from mae_jax.core import checkpointing, nonfinite, sharding
+from mae_jax.core.batches import InputSettings
+from mae_jax.core.loop import LoopSettings
+from mae_jax.core.workdir import checkpoint_metadata, experiment_identity
 from mae_jax.data import dataset_info, validate_data_config
 from mae_jax.errors import ConfigError
 from mae_jax.model.config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class KnnSettings:
+  """The k-NN evaluator's settings (the pretraining monitor's and the k-NN job's)."""
+
+  k: int
+  temperature: float
+  train_batches: int  # -1: the whole train split in the bank
+  feature: str  # cls | pool
+
+  @classmethod
+  def from_config(cls, config, feature: str) -> "KnnSettings":
+    return cls(config.knn_k, config.knn_temperature, config.knn_train_batches, feature)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +53,15 @@ class RunPlan:
   num_train_examples: int
   num_eval_examples: int
   num_classes: int | None = None  # None: the dataset has no class labels
+  # Resolved here once and handed down, so the modules below the jobs take
+  # these, not the config: the batch, the loop's settings, the checkpoint
+  # manager's, and what every checkpoint records about the run.
+  global_batch_size: int = 0
+  inputs: InputSettings | None = None
+  knn: KnnSettings | None = None
+  loop: LoopSettings | None = None
+  checkpoints: checkpointing.CheckpointSettings | None = None
+  metadata: dict = dataclasses.field(default_factory=dict)
 
 
 def model_config_from(config: ml_collections.ConfigDict) -> ModelConfig:
@@ -55,7 +81,11 @@ def _positive(config, name: str, value: Any, *, allow_zero: bool = False) -> Non
     raise ConfigError(f"config.{name}={value!r}: must be {bound}.")
 
 
-def check_training_fields(config: ml_collections.ConfigDict) -> None:
+def check_run_fields(config: ml_collections.ConfigDict) -> None:
+  """The fields every training job shares (configs.common.base_training_config):
+  the batch, the schedule's length and learning rates, the intervals, what
+  a non-finite step does, the progress bar. Pretraining, the probe and
+  fine-tuning all check them here."""
   _positive(config, "global_batch_size", config.global_batch_size)
   _positive(config, "grad_accum_steps", config.grad_accum_steps)
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
@@ -65,22 +95,28 @@ def check_training_fields(config: ml_collections.ConfigDict) -> None:
     )
   _positive(config, "warmup_epochs", config.warmup_epochs, allow_zero=True)
   opt = config.optimizer
-  if opt.name != "adamw":
-    raise ConfigError(f"config.optimizer.name={opt.name!r}: pretraining supports 'adamw'.")
   _positive(config, "optimizer.base_lr", opt.base_lr)
   _positive(config, "optimizer.min_lr", opt.min_lr, allow_zero=True)
   _positive(config, "optimizer.weight_decay", opt.weight_decay, allow_zero=True)
+  for name in ("checkpoint_every_steps", "keep_checkpoints", "log_every_steps", "eval_every_steps"):
+    _positive(config, name, config[name])
+  _positive(config, "keep_every_steps", config.keep_every_steps, allow_zero=True)
+  check_nonfinite(config)
+  if config.progress_bar not in ("auto", "on", "off"):
+    raise ConfigError(f"config.progress_bar={config.progress_bar!r}: auto, on or off.")
+
+
+def check_training_fields(config: ml_collections.ConfigDict) -> None:
+  """Pretraining's fields: the shared ones, AdamW's, and its own."""
+  check_run_fields(config)
+  opt = config.optimizer
+  if opt.name != "adamw":
+    raise ConfigError(f"config.optimizer.name={opt.name!r}: pretraining supports 'adamw'.")
   _positive(config, "optimizer.grad_clip_norm", opt.grad_clip_norm, allow_zero=True)
   for beta in ("b1", "b2"):
     if not 0.0 <= opt[beta] < 1.0:
       raise ConfigError(f"config.optimizer.{beta}={opt[beta]!r}: must be in [0, 1).")
-  for name in ("checkpoint_every_steps", "keep_checkpoints", "log_every_steps", "eval_every_steps"):
-    _positive(config, name, config[name])
-  _positive(config, "keep_every_steps", config.keep_every_steps, allow_zero=True)
   _positive(config, "device_prefetch", config.device_prefetch, allow_zero=True)
-  check_nonfinite(config)
-  if config.progress_bar not in ("auto", "on", "off"):
-    raise ConfigError(f"config.progress_bar={config.progress_bar!r}: auto, on or off.")
   check_knn_monitor_fields(config)
 
 
@@ -246,4 +282,12 @@ def make_plan(
     num_train_examples=num_train,
     num_eval_examples=num_eval,
     num_classes=num_classes,
+    global_batch_size=config.global_batch_size,
+    inputs=InputSettings.from_config(config),
+    knn=KnnSettings.from_config(config, config.knn_feature),
+    loop=LoopSettings.from_config(config, total),
+    checkpoints=checkpointing.CheckpointSettings.from_config(config),
+    metadata=checkpoint_metadata(
+      config, model, experiment_identity(config), source="mae_jax pretraining"
+    ),
   )

@@ -29,19 +29,20 @@ def check_workdir_writable(workdir: str) -> None:
     ) from error
 
 
-def open_run(workdir: str, config, plan, mesh, metadata: dict, *, is_main: bool):
+def open_run(workdir: str, plan, mesh, *, is_main: bool):
   """The start of every job, pretraining and evaluation alike: the workdir
-  is writable, its checkpoints are of this experiment, run_info.json is
-  written. Returns (the run's CheckpointManager, the step to resume from, or
-  None for a new run); `checkpointing.restore_run_state` then restores it."""
+  is writable, its checkpoints are of this experiment (`plan.metadata`),
+  run_info.json is written. Returns (the run's CheckpointManager, the step
+  to resume from, or None for a new run); `checkpointing.restore_run_state`
+  then restores it."""
   check_workdir_writable(workdir)
   directory = checkpoint_dir(workdir)
-  mngr = checkpointing.manager_for_run(directory, config)
+  mngr = checkpointing.manager_for_run(directory, plan.checkpoints)
   try:
     resume_step = mngr.latest_step()
     if resume_step is not None:
-      check_same_experiment(directory, mngr, resume_step, metadata)
-    write_run_info(workdir, config, plan, mesh, resume_step, enabled=is_main)
+      check_same_experiment(directory, mngr, resume_step, plan.metadata)
+    write_run_info(workdir, plan, mesh, resume_step, enabled=is_main)
   except BaseException:
     checkpointing.finish(mngr, after_error=True, quiet=True)
     raise
@@ -68,8 +69,9 @@ def check_same_experiment(directory, mngr, step, metadata) -> None:
     )
 
 
-def write_run_info(workdir, config, plan, mesh, resume_step, *, enabled: bool) -> None:
-  """The resolved config and the run's environment, at the top of the log and in the workdir."""
+def write_run_info(workdir, plan, mesh, resume_step, *, enabled: bool) -> None:
+  """The resolved config (as the plan recorded it) and the run's
+  environment, at the top of the log and in the workdir."""
   import flax
   import grain
   import orbax.checkpoint as ocp
@@ -103,9 +105,10 @@ def write_run_info(workdir, config, plan, mesh, resume_step, *, enabled: bool) -
     },
   }
   logging.info("Run info: %s", json.dumps(info))
-  logging.info("Config:\n%s", config)
+  config_text = json.dumps(plan.metadata["config"], indent=2)
+  logging.info("Config:\n%s", config_text)
   if enabled:
-    epath.Path(workdir, "config.json").write_text(config.to_json_best_effort(indent=2))
+    epath.Path(workdir, "config.json").write_text(config_text)
     epath.Path(workdir, "run_info.json").write_text(json.dumps(info, indent=2))
 
 

@@ -1,13 +1,6 @@
 """Input pipeline of mae_jax: sources, transforms, per-host Grain batches.
 
-Modules, each using only those above it:
-  digits.py          the bundled 8x8 digits, in memory
-  randaugment.py     fine-tuning augmentations (Pillow)
-  transforms.py      decode, RandomResizedCrop, flip, normalise; eval crop
-  config.py          the data settings and presets
-  sources.py         field checks; splits opened for random access
-  input_pipeline.py  the global order, host slices, batches (Grain)
-  convert.py         TFRecord TFDS copy -> ArrayRecord (a command)
+Its modules are listed in docs/architecture.md, the one module map.
 
 Typical use:
 

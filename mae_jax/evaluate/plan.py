@@ -13,12 +13,17 @@ import dataclasses
 
 import ml_collections
 
+from mae_jax.core import checkpointing, pretrained
 from mae_jax.core import plan as plan_lib
-from mae_jax.core import pretrained
+from mae_jax.core.batches import InputSettings
+from mae_jax.core.loop import LoopSettings
+from mae_jax.core.workdir import checkpoint_metadata, experiment_identity
 from mae_jax.data import dataset_info, validate_data_config
 from mae_jax.errors import ConfigError
 
 JOBS = ("linprobe", "finetune", "knn")
+# What results.json and the checkpoints call each job's protocol.
+PROTOCOLS = {"linprobe": "linear_probe", "finetune": "finetune", "knn": "knn"}
 # "" = the checkpoint in init_from; the others are the honest-numbers baselines.
 BASELINES = ("", "random_init", "raw_pixels")
 FEATURES = ("cls", "pool")
@@ -101,22 +106,9 @@ def check_job_fields(config: ml_collections.ConfigDict, *, reads_checkpoint: boo
     _require(config.knn_k >= 1, "knn_k", config.knn_k, "must be >= 1")
     _require(config.knn_temperature > 0, "knn_temperature", config.knn_temperature, "must be > 0")
     return
-  _require(config.global_batch_size > 0, "global_batch_size", config.global_batch_size, "> 0")
-  _require(
-    config.num_epochs > 0 or config.num_train_steps > 0,
-    "num_epochs",
-    config.num_epochs,
-    "set num_epochs or num_train_steps > 0",
-  )
-  _require(config.warmup_epochs >= 0, "warmup_epochs", config.warmup_epochs, ">= 0")
+  plan_lib.check_run_fields(config)  # the batch, schedule, intervals: as pretraining
   _require(config.head_init_std > 0, "head_init_std", config.head_init_std, "> 0")
-  for name in ("checkpoint_every_steps", "keep_checkpoints", "log_every_steps", "eval_every_steps"):
-    _require(config[name] > 0, name, config[name], "> 0")
-  plan_lib.check_nonfinite(config)
   opt = config.optimizer
-  _require(opt.base_lr > 0, "optimizer.base_lr", opt.base_lr, "> 0")
-  _require(opt.min_lr >= 0, "optimizer.min_lr", opt.min_lr, ">= 0")
-  _require(opt.weight_decay >= 0, "optimizer.weight_decay", opt.weight_decay, ">= 0")
   if job == "linprobe":
     _require(opt.name == "lars", "optimizer.name", opt.name, "the linear probe uses 'lars'")
     _require(0 <= opt.momentum < 1, "optimizer.momentum", opt.momentum, "in [0, 1)")
@@ -224,4 +216,26 @@ def make_eval_plan(
     num_eval_examples=num_eval,
     init=init,
     micro_batch_size=micro,
+    global_batch_size=config.global_batch_size,
+    inputs=InputSettings.from_config(config),
+    knn=plan_lib.KnnSettings.from_config(config, config.feature),
+    # Evaluation jobs count examples (cached features are not images) and
+    # keep one step in flight: XLA:CPU's in-process collectives (fake
+    # devices) can jam under a long queue of tiny probe steps.
+    loop=LoopSettings.from_config(
+      config, total, throughput_key="examples_per_sec", one_step_in_flight=True
+    ),
+    checkpoints=checkpointing.CheckpointSettings.from_config(config),
+    metadata=checkpoint_metadata(
+      config,
+      model,
+      experiment_identity(
+        config,
+        job=config.job,
+        baseline=config.baseline,
+        init_from=init.describe() if init else None,
+        num_classes=num_classes,
+      ),
+      source=f"mae_jax {PROTOCOLS[config.job]}",
+    ),
   )

@@ -49,6 +49,11 @@ def accuracy_over(
   for index, batch in enumerate(batches):
     if 0 <= max_batches <= index:
       break
+    if totals is not None:
+      # One step in flight, as the evaluation jobs' loop: XLA:CPU's
+      # collectives between processes (Gloo) can jam under a queue of tiny
+      # steps. The next batch was read meanwhile, so input still overlaps.
+      jax.block_until_ready(totals)
     sums = eval_step(state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   return accuracy_metrics(totals, num_classes)

@@ -80,24 +80,25 @@ def knn_classify(
 
 
 def knn_evaluator(
-  config, mesh, batch_sharding, *, features_fn: Callable, batch_size: int, num_classes: int
+  plan, mesh, batch_sharding, *, features_fn: Callable, batch_size: int
 ) -> Callable[[Any], dict]:
-  """encoder_params -> {"knn_top1", "knn_top5"}: the k-NN of config.data's
-  train split (eval transform; the first `config.knn_train_batches`
-  batches, -1 = all) against its eval split, on `features_fn(params,
-  uint8 images)`. Pretraining's periodic monitor and the k-NN job are this
-  one evaluator (`monitor_features` gives the monitor's feature)."""
+  """encoder_params -> {"knn_top1", "knn_top5"}: the k-NN of the data's
+  train split (eval transform; the first `plan.knn.train_batches` batches,
+  -1 = all) against its eval split, on `features_fn(params, uint8
+  images)`. Pretraining's periodic monitor and the k-NN job are this one
+  evaluator (`monitor_features` gives the monitor's feature)."""
+  inputs, knn, num_classes = plan.inputs, plan.knn, plan.num_classes
 
   def evaluate(encoder_params) -> dict:
     def split(name: str):
-      return batches_lib.split_batches(config, name, batch_size, batch_sharding, num_classes)
+      return batches_lib.split_batches(inputs, name, batch_size, batch_sharding, num_classes)
 
-    train = split(config.data.train_split)
-    if config.knn_train_batches >= 0:
-      train = (batch for _, batch in zip(range(config.knn_train_batches), train))
+    train = split(inputs.data.train_split)
+    if knn.train_batches >= 0:
+      train = (batch for _, batch in zip(range(knn.train_batches), train))
     train_x, train_y = batches_lib.extract_features(features_fn, encoder_params, train, mesh)
     eval_x, eval_y = batches_lib.extract_features(
-      features_fn, encoder_params, split(config.data.eval_split), mesh
+      features_fn, encoder_params, split(inputs.data.eval_split), mesh
     )
     return knn_classify(
       train_x,
@@ -105,16 +106,16 @@ def knn_evaluator(
       eval_x,
       eval_y,
       num_classes=num_classes,
-      k=config.knn_k,
-      temperature=config.knn_temperature,
+      k=knn.k,
+      temperature=knn.temperature,
     )
 
   return evaluate
 
 
-def monitor_features(config, model_config) -> Callable:
-  """The pretraining monitor's feature: `config.knn_feature` of the MAE
+def monitor_features(plan) -> Callable:
+  """The pretraining monitor's feature (`plan.knn.feature`) of the MAE
   encoder (its fixed sin-cos table), on the pipeline's uint8 images."""
   return on_pixels(
-    frozen_features(model_config, config.knn_feature), PixelNormalization.of(config.data)
+    frozen_features(plan.model, plan.knn.feature), PixelNormalization.of(plan.inputs.data)
   )

@@ -51,9 +51,10 @@ def make_eval_step(model: MaskedAutoencoder, *, seed_key: jax.Array, pixels: Pix
   return eval_step
 
 
-def reconstruction_evaluator(config, plan, program, param_shardings):
+def reconstruction_evaluator(plan, program, param_shardings, *, max_batches: int):
   """params -> {"eval_loss", "eval_baseline_loss"} over the eval split (the
-  first `config.eval_batches` batches; -1 = all), with fixed masks."""
+  first `max_batches` batches, config.eval_batches; -1 = all), with fixed masks."""
+  data, seed = plan.inputs.data, plan.inputs.seed
   replicated = sharding.replicated(program.mesh)
   eval_step = jax.jit(
     make_eval_step(program.model, seed_key=program.seed_key, pixels=program.pixels),
@@ -63,16 +64,16 @@ def reconstruction_evaluator(config, plan, program, param_shardings):
 
   def evaluate(params) -> dict:
     eval_iter = make_iterator(
-      config.data,
-      split=config.data.eval_split,
+      data,
+      split=data.eval_split,
       global_batch_size=plan.micro_batch_size,
       train=False,
-      seed=config.seed,
+      seed=seed,
     )
     totals = None
     try:
       for index, local_batch in enumerate(eval_iter):
-        if 0 <= config.eval_batches <= index:
+        if 0 <= max_batches <= index:
           break
         batch = batches_lib.to_global(local_batch, program.batch_sharding)
         sums = eval_step(params, batch, jnp.asarray(index, jnp.int32))
@@ -89,18 +90,18 @@ def reconstruction_evaluator(config, plan, program, param_shardings):
   return evaluate
 
 
-def write_reconstructions(config, plan, workdir, program, params, is_main) -> str:
-  """reconstructions.png for the first held-out images."""
-  count = config.num_reconstructions
+def write_reconstructions(plan, workdir, program, params, is_main, *, count: int) -> str:
+  """reconstructions.png for the first `count` held-out images (config.num_reconstructions)."""
+  data, seed = plan.inputs.data, plan.inputs.seed
   path = os.path.join(workdir, "reconstructions.png")
   if count <= 0:
     return "(disabled: config.num_reconstructions=0)"
   eval_iter = make_iterator(
-    config.data,
-    split=config.data.eval_split,
+    data,
+    split=data.eval_split,
     global_batch_size=plan.micro_batch_size,
     train=False,
-    seed=config.seed,
+    seed=seed,
   )
   try:
     batch = batches_lib.to_global(next(eval_iter), program.batch_sharding)
@@ -129,8 +130,8 @@ def write_reconstructions(config, plan, workdir, program, params, is_main) -> st
       mask[:count],
       patch_size=plan.model.patch_size,
       norm_pix_loss=plan.model.norm_pix_loss,
-      mean=config.data.mean,
-      std=config.data.std,
+      mean=data.mean,
+      std=data.std,
     )
     caption = f"held-out images, mask ratio {plan.model.mask_ratio}" + (
       "; norm-pix: drawn with the TRUE patch mean/std" if plan.model.norm_pix_loss else ""

@@ -2,13 +2,10 @@
 
 Each job is a function `(config, workdir)` that tests call directly; a
 training job also names the builder of its step program (the step engine,
-`mae_jax.core.train_step`), which the AOT planner lowers for a pod:
+`mae_jax.core.train_step`), which the AOT planner lowers for a pod.
 
-  pretrain.py     train_and_evaluate    MAE pretraining (step: pretrain_step.py)
-  linprobe.py     run_linear_probe      frozen encoder, BatchNorm + Linear, LARS
-  finetune.py     run_finetune          the whole ViT, layer-decayed AdamW, Mixup
-  knn.py          run_knn               cosine k-NN on frozen features (no training)
-  eval_common.py  what the evaluation jobs share: their start, accuracy, results.json
+The jobs are pretraining, the linear probe, fine-tuning and k-NN (one
+module each; the module map is docs/architecture.md).
 
 Entries are "module:function" strings, imported when used, so reading the
 table (the command line's checks) imports no JAX.

@@ -11,12 +11,9 @@ from typing import Any
 import jax
 from etils import epath
 
-from mae_jax.core import optim, sharding
-from mae_jax.core.workdir import checkpoint_metadata, experiment_identity, open_run
-from mae_jax.evaluate.plan import make_eval_plan
-
-PROTOCOLS = {"linprobe": "linear_probe", "finetune": "finetune", "knn": "knn"}
-
+from mae_jax.core import sharding
+from mae_jax.core.workdir import open_run
+from mae_jax.evaluate.plan import PROTOCOLS, make_eval_plan
 
 # ---------------------------------------------------------------- workdir --
 
@@ -41,46 +38,18 @@ def start_job(config, workdir: str) -> JobSetup:
   plan = make_eval_plan(config, num_devices=jax.device_count(), process_count=jax.process_count())
   mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
   is_main = jax.process_index() == 0
-  mngr, resume_step, metadata = open_workdir(config, plan, workdir, mesh, is_main)
+  # A workdir of another experiment is refused before anything is touched.
+  mngr, resume_step = open_run(workdir, plan, mesh, is_main=is_main)
   return JobSetup(
     plan=plan,
     mesh=mesh,
     is_main=is_main,
     mngr=mngr,
     resume_step=resume_step,
-    metadata=metadata,
+    metadata=plan.metadata,
     batch_sharding=sharding.batch_sharding(mesh, plan.rules),
     replicated=sharding.replicated(mesh),
   )
-
-
-def schedule_of(config, plan):
-  """Warm-up + cosine at lr = base_lr x batch / 256 (the probe's and fine-tuning's)."""
-  opt = config.optimizer
-  return optim.learning_rate_schedule(
-    peak_lr=optim.peak_learning_rate(opt.base_lr, config.global_batch_size),
-    warmup_steps=plan.warmup_steps,
-    total_steps=plan.total_steps,
-    min_lr=opt.min_lr,
-  )
-
-
-def open_workdir(config, plan, workdir: str, mesh, is_main: bool):
-  """(manager, resume step or None, metadata) for the job's own checkpoints,
-  through the start every job shares (`workdir.open_run`): a workdir of
-  another experiment is refused before anything is touched."""
-  identity = experiment_identity(
-    config,
-    job=config.job,
-    baseline=config.baseline,
-    init_from=plan.init.describe() if plan.init else None,
-    num_classes=plan.num_classes,
-  )
-  metadata = checkpoint_metadata(
-    config, plan.model, identity, source=f"mae_jax {PROTOCOLS[config.job]}"
-  )
-  mngr, resume_step = open_run(workdir, config, plan, mesh, metadata, is_main=is_main)
-  return mngr, resume_step, metadata
 
 
 def write_results(

@@ -25,9 +25,9 @@ import optax
 from absl import logging
 
 from mae_jax.core import batches as batches_lib
-from mae_jax.core import checkpointing, pretrained
+from mae_jax.core import checkpointing, optim, pretrained
 from mae_jax.core.batches import labelled_batch_fields
-from mae_jax.core.loop import LoopSettings, Periodic, run_steps
+from mae_jax.core.loop import Periodic, run_steps
 from mae_jax.core.pixels import PixelNormalization
 from mae_jax.core.state import create_state, mesh_context, state_specs
 from mae_jax.core.train_step import StepProgram, Task, build_step_program
@@ -83,7 +83,7 @@ def finetune_program(config, plan, mesh) -> StepProgram:
   """The fine-tuning step of `config` on `mesh` (the job runs it, the AOT
   planner lowers it): the classifier, layer-decayed AdamW, the batch the
   pipeline sends (uint8 images, labels, padding mask, erasing boxes)."""
-  opt, schedule = config.optimizer, job_lib.schedule_of(config, plan)
+  opt, schedule = config.optimizer, optim.schedule_of(config.optimizer, plan)
   model = ViTClassifier(
     plan.model,
     num_classes=plan.num_classes,
@@ -155,21 +155,25 @@ def run_finetune(config, workdir: str, *, train_batches=None) -> dict:
         encoder = pretrained.restore_encoder(plan.init, trunk, plan.model, mesh, plan.rules)
         state = state.replace(params={**state.params, "encoder": encoder})
 
-    host_batches = train_batches or (lambda start: batches_lib.train_split_batches(config, start))
+    host_batches = train_batches or (
+      lambda start: batches_lib.train_split_batches(plan.inputs, start)
+    )
 
     evaluate = accuracy.accuracy_evaluator(
       finetune_logits(program.model, program.pixels),
       lambda: batches_lib.split_batches(
-        config, config.data.eval_split, plan.eval_batch_size, batch_sharding, plan.num_classes
+        plan.inputs,
+        plan.inputs.data.eval_split,
+        plan.eval_batch_size,
+        batch_sharding,
+        plan.num_classes,
       ),
       plan.num_classes,
       in_shardings=(state_shardings, batch_sharding),
       out_sharding=replicated,
     )
     state, final = run_steps(
-      LoopSettings.from_config(
-        config, plan.total_steps, throughput_key="examples_per_sec", one_step_in_flight=True
-      ),
+      plan.loop,
       workdir,
       mngr,
       job.metadata,

@@ -27,17 +27,12 @@ def run_knn(config, workdir: str) -> dict:
   is_main = jax.process_index() == 0
   # No checkpoints of its own: only the writable workdir of every job's start.
   check_workdir_writable(workdir)
-  write_run_info(workdir, config, plan, mesh, None, enabled=is_main)
+  write_run_info(workdir, plan, mesh, None, enabled=is_main)
   batch_sharding = sharding.batch_sharding(mesh, plan.rules)
   with mesh_context(mesh, plan.rules):
     features_fn, encoder_params = frozen_encoder(config, plan, mesh, jax.random.key(config.seed))
     evaluate = knn.knn_evaluator(
-      config,
-      mesh,
-      batch_sharding,
-      features_fn=features_fn,
-      batch_size=plan.eval_batch_size,
-      num_classes=plan.num_classes,
+      plan, mesh, batch_sharding, features_fn=features_fn, batch_size=plan.eval_batch_size
     )
     metrics = evaluate(encoder_params)
   step = plan.init.step if plan.init else 0

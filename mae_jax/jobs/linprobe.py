@@ -28,9 +28,9 @@ import optax
 from absl import logging
 
 from mae_jax.core import batches as batches_lib
-from mae_jax.core import checkpointing, sharding
+from mae_jax.core import checkpointing, optim, sharding
 from mae_jax.core.batches import labelled_batch_fields
-from mae_jax.core.loop import LoopSettings, Periodic, run_steps
+from mae_jax.core.loop import Periodic, run_steps
 from mae_jax.core.state import mesh_context
 from mae_jax.core.train_step import StepProgram, Task, build_step_program
 from mae_jax.evaluate.encoders import abstract_encoder, feature_source, features_of, frozen_encoder
@@ -115,7 +115,7 @@ def probe_program(config, plan, mesh, *, cached: bool | None = None) -> StepProg
   raw pixels or cached features), the state replicated. `cached`: the
   batches carry features (default: config.cache_features)."""
   cached = config.cache_features if cached is None else cached
-  opt, schedule = config.optimizer, job_lib.schedule_of(config, plan)
+  opt, schedule = config.optimizer, optim.schedule_of(config.optimizer, plan)
   tx = lars(
     schedule,
     momentum=opt.momentum,
@@ -204,7 +204,7 @@ def run_linear_probe(config, workdir: str, *, train_batches=None) -> dict:
           features_fn,
           encoder_params,
           batches_lib.split_batches(
-            config, split, plan.eval_batch_size, batch_sharding, plan.num_classes
+            plan.inputs, split, plan.eval_batch_size, batch_sharding, plan.num_classes
           ),
           mesh,
         )
@@ -221,14 +221,20 @@ def run_linear_probe(config, workdir: str, *, train_batches=None) -> dict:
       )
       step_features = None
     else:
-      host_batches = train_batches or (lambda start: batches_lib.train_split_batches(config, start))
+      host_batches = train_batches or (
+        lambda start: batches_lib.train_split_batches(plan.inputs, start)
+      )
 
       global_batches = lambda start: batches_lib.labelled_train_batches(
         host_batches(start), batch_sharding, plan.num_classes
       )
 
       eval_batches = lambda: batches_lib.split_batches(
-        config, config.data.eval_split, plan.eval_batch_size, batch_sharding, plan.num_classes
+        plan.inputs,
+        plan.inputs.data.eval_split,
+        plan.eval_batch_size,
+        batch_sharding,
+        plan.num_classes,
       )
       step_features = features_fn
 
@@ -241,12 +247,7 @@ def run_linear_probe(config, workdir: str, *, train_batches=None) -> dict:
       frozen=frozen,
     )
     state, final = run_steps(
-      LoopSettings.from_config(
-        config,
-        plan.total_steps,
-        throughput_key="examples_per_sec",
-        one_step_in_flight=True,
-      ),
+      plan.loop,
       workdir,
       mngr,
       job.metadata,

@@ -23,12 +23,8 @@ from mae_jax.core import batches as batches_lib
 from mae_jax.core import checkpointing, pretrained, sharding
 from mae_jax.core import plan as plan_lib
 from mae_jax.core import workdir as workdir_lib
-from mae_jax.core.loop import LoopSettings, Periodic, run_steps
+from mae_jax.core.loop import Periodic, run_steps
 from mae_jax.core.state import mesh_context
-from mae_jax.core.workdir import (
-  checkpoint_metadata,
-  experiment_identity,
-)
 from mae_jax.evaluators import knn
 from mae_jax.evaluators.reconstruction import reconstruction_evaluator, write_reconstructions
 from mae_jax.jobs.pretrain_step import pretraining_program
@@ -52,10 +48,8 @@ def train_and_evaluate(
   mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
   is_main = jax.process_index() == 0
   checkpoint_dir = workdir_lib.checkpoint_dir(workdir)
-  metadata = checkpoint_metadata(
-    config, plan.model, experiment_identity(config), source="mae_jax pretraining"
-  )
-  mngr, resume_step = workdir_lib.open_run(workdir, config, plan, mesh, metadata, is_main=is_main)
+  metadata = plan.metadata
+  mngr, resume_step = workdir_lib.open_run(workdir, plan, mesh, is_main=is_main)
   # Whatever happens (an error, a preemption), a save in flight completes:
   # saved work is never lost to an exception. A save that fails (disk full)
   # raises CheckpointSaveError naming the checkpoints that are still intact.
@@ -106,26 +100,27 @@ def _pretrain(config, workdir, plan, mesh, mngr, metadata, resume_step, is_main,
     state = program.initial_state()
 
   if train_batches is None:
-    train_batches = lambda start: batches_lib.train_split_batches(config, start)  # noqa: E731
+    train_batches = lambda start: batches_lib.train_split_batches(plan.inputs, start)  # noqa: E731
   with mesh_context(mesh, plan.rules):
-    evaluate = reconstruction_evaluator(config, plan, program, shardings.params)
+    evaluate = reconstruction_evaluator(
+      plan, program, shardings.params, max_batches=config.eval_batches
+    )
     hooks = [Periodic(config.eval_every_steps, lambda s: evaluate(s.params))]
     if config.knn_every_steps > 0:
       # Batches of the eval micro-batch size, which the training step already
       # fits in memory. No random numbers: the train stream is left untouched.
       monitor = knn.knn_evaluator(
-        config,
+        plan,
         mesh,
         program.batch_sharding,
-        features_fn=knn.monitor_features(config, plan.model),
+        features_fn=knn.monitor_features(plan),
         batch_size=plan.micro_batch_size,
-        num_classes=plan.num_classes,
       )
       hooks.append(
         Periodic(config.knn_every_steps, lambda s: monitor(s.params["encoder"]), 2, timed=True)
       )
     state, final = run_steps(
-      LoopSettings.from_config(config, plan.total_steps),
+      plan.loop,
       workdir,
       mngr,
       metadata,
@@ -137,5 +132,7 @@ def _pretrain(config, workdir, plan, mesh, mngr, metadata, resume_step, is_main,
       hooks,
       is_main=is_main,
     )
-    picture = write_reconstructions(config, plan, workdir, program, state.params, is_main)
+    picture = write_reconstructions(
+      plan, workdir, program, state.params, is_main, count=config.num_reconstructions
+    )
   return final, picture

@@ -78,9 +78,7 @@ def build_pretraining_step(
 
 def pretraining_program(config, plan, mesh: jax.sharding.Mesh) -> StepProgram:
   """The step of a pretraining config and its plan (`mae_jax.core.plan`)."""
-  schedule, tx = optim.from_config(
-    config, warmup_steps=plan.warmup_steps, total_steps=plan.total_steps
-  )
+  schedule, tx = optim.pretraining_optimizer(config.optimizer, plan)
   return build_pretraining_step(
     plan.model,
     schedule,
