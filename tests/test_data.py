@@ -18,7 +18,7 @@ from PIL import Image
 
 from mae_jax import data
 from mae_jax.core.pixels import PixelNormalization
-from mae_jax.data import convert, digits, sources, transforms
+from mae_jax.data import convert, digits, sources, tfds_splits, transforms
 
 # First labels of the digits test split. The split comes from numpy's frozen
 # legacy RandomState, so these never change; if they do, the split did.
@@ -539,7 +539,7 @@ def test_tfrecord_only_copy_is_refused_with_the_conversion_command(tfrecord_digi
   with open(os.path.join(version_dir, shards[0] + ".incomplete"), "wb") as partial:
     partial.write(b"half")
   assert convert.convert_dataset_dir(version_dir, progress=False) == 1
-  sources._tfds_builder.cache_clear()
+  tfds_splits.tfds_builder.cache_clear()
   sources._open_split.cache_clear()
   data.validate_data_config(config)
   labels = real_examples(batches(config, split="test", global_batch_size=64, train=False))[1]

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from mae_jax import data
-from mae_jax.data import sources, transforms
+from mae_jax.data import records, transforms
 
 RNG = np.random.RandomState(0)
 
@@ -276,7 +276,7 @@ def test_unreadable_bucket_names_the_path_and_what_to_check(monkeypatch, error, 
   import tensorflow_datasets as tfds
 
   tfds.core  # noqa: B018  (the lazy attribute access is the import)
-  monkeypatch.setattr(sources.epath, "Path", Bucket)
+  monkeypatch.setattr(records.epath, "Path", Bucket)  # the etils.epath module itself
   bucket = "gs://no-such-bucket/tfds"
   config = data.default_data_config(source=source, name="imagenet2012", data_dir=bucket)
   with pytest.raises(
