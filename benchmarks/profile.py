@@ -92,10 +92,10 @@ def main(argv: list[str] | None = None) -> str:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
   import jax
 
-  from benchmarks import run, steps
+  from benchmarks import measure, steps
 
-  fields = {"preset": args.preset, "dtype": args.dtype, **run.parse_fields(args.model)}
-  step = steps.MaeStep(run.model_config_from(fields), args.batch)
+  fields = {"preset": args.preset, "dtype": args.dtype, **measure.parse_fields(args.model)}
+  step = steps.MaeStep(measure.model_config_from(fields), args.batch)
   for _ in range(2):
     step.run()
   hlo = step.compiled.as_text()

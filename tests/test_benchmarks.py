@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from benchmarks import accelerator_check, common, input_bench, profile, run, steps
+from benchmarks import accelerator_check, common, input_bench, measure, profile, run, steps
 from mae_jax.data import crop_resize
 from mae_jax.model import flops
 from mae_jax.model.config import ModelConfig, preset
@@ -165,7 +165,7 @@ def test_avx2_code_runs_in_every_measuring_process(tmp_path):
 
   before = child_code()
   try:
-    with run.avx2_code(str(tmp_path)):
+    with measure.avx2_code(str(tmp_path)):
       inside = child_code()
   except crop_resize.BuildError as error:
     pytest.skip(f"the native crop decoder cannot be built here: {error}")
