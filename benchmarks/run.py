@@ -98,16 +98,10 @@ class StandardSet:
 
   @classmethod
   def tiny(cls) -> "StandardSet":
-    small = dict(
-      image_size=32,
-      patch_size=8,
-      width=32,
-      depth=2,
-      heads=2,
-      decoder_width=32,
-      decoder_depth=1,
-      decoder_heads=2,
-    )
+    # Imported here: the harness starts no JAX before it sets its threads.
+    from mae_jax.model.config import TINY
+
+    small = {"preset": "tiny"}  # TINY, the tests' model
     return cls(
       compare=[("tiny", small, 4)],
       mask_tokens=[("tiny", small, 4)],
@@ -133,15 +127,8 @@ class StandardSet:
       digits_log_every=2,
       tiny_sizes=True,
       digits_overrides={
-        "model.image_size": 16,
-        "model.patch_size": 4,
-        "model.width": 32,
-        "model.depth": 1,
-        "model.heads": 2,
-        "model.decoder_width": 32,
-        "model.decoder_depth": 1,
-        "model.decoder_heads": 2,
-        "data.image_size": 16,
+        **{f"model.{field}": value for field, value in TINY.items()},
+        "data.image_size": TINY["image_size"],
         "global_batch_size": 16,
       },
     )

@@ -14,13 +14,11 @@ import pytest
 from benchmarks import accelerator_check, common, input_bench, measure, profile, run, steps
 from mae_jax.data import crop_resize
 from mae_jax.model import flops
-from mae_jax.model.config import ModelConfig, preset
+from mae_jax.model.config import TINY, ModelConfig, preset
 from tests.helpers import REPO
 
-TINY_MODEL = (
-  "image_size=32,patch_size=8,width=32,depth=1,heads=2,decoder_width=32,"
-  "decoder_depth=1,decoder_heads=2"
-)
+# The tiny preset's sizes, given field by field (the --model path).
+TINY_MODEL = ",".join(f"{field}={value}" for field, value in TINY.items())
 
 
 def write_metrics(path, lines):

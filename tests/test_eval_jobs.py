@@ -570,19 +570,11 @@ def test_linear_probe_command_line(pretrained, tmp_path):
   import subprocess
   import sys
 
-  from tests.helpers import REPO, environment
+  from tests.helpers import REPO, TINY_OVERRIDES, environment
 
   workdir = str(tmp_path / "probe_cli")
   flags = dict(
-    model__image_size=16,
-    model__patch_size=4,
-    model__width=32,
-    model__depth=1,
-    model__heads=2,
-    model__decoder_width=32,
-    model__decoder_depth=1,
-    model__decoder_heads=2,
-    data__image_size=16,
+    **{key.replace(".", "__"): value for key, value in TINY_OVERRIDES.items()},
     global_batch_size=16,
     num_train_steps=2,
     eval_batch_size=64,

@@ -19,21 +19,11 @@ from mae_jax.core import pretrained as pretrained_lib
 from mae_jax.core.state import mesh_context
 from mae_jax.evaluate.layer_decay import decay_mask, layer_scales
 from mae_jax.evaluate.models import ViTClassifier, evaluation_encoder
-from mae_jax.model.config import ModelConfig
+from mae_jax.model.config import TINY, ModelConfig
 from mae_jax.model.mae import MaskedAutoencoder
 from mae_jax.model.pos_embed import bicubic_matrix, interpolate_pos_embed, sincos_2d
 
-MODEL = dict(
-  image_size=16,
-  patch_size=4,
-  width=32,
-  depth=2,
-  heads=2,
-  decoder_width=32,
-  decoder_depth=1,
-  decoder_heads=2,
-  channels=1,
-)
+MODEL = dict(TINY, depth=2, channels=1)  # the tiny preset, two blocks deep
 
 
 def reference_interpolation(table: np.ndarray, new_size: int) -> np.ndarray:

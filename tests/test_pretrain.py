@@ -28,7 +28,14 @@ from mae_jax.jobs.pretrain import train_and_evaluate
 from mae_jax.jobs.pretrain_step import build_pretraining_step, pretraining_task
 from mae_jax.model.config import ModelConfig
 from mae_jax.model.mae import MaskedAutoencoder
-from tests.helpers import apply_changes, final_params, nan_batch_at, tiny_config, without_key_bias
+from tests.helpers import (
+  apply_changes,
+  final_params,
+  nan_batch_at,
+  tiny_config,
+  tiny_model_config,
+  without_key_bias,
+)
 
 # One grey channel; the steps normalise uint8 batches with it and take
 # float batches as already normalised.
@@ -128,19 +135,7 @@ def test_bad_configs_fail_before_compiling(change, message):
 
 
 def _steps_on_mesh(mesh, batch, steps=2):
-  model = MaskedAutoencoder(
-    ModelConfig(
-      image_size=16,
-      patch_size=4,
-      channels=1,
-      width=32,
-      depth=2,
-      heads=2,
-      decoder_width=32,
-      decoder_depth=1,
-      decoder_heads=2,
-    )
-  )
+  model = MaskedAutoencoder(tiny_model_config(depth=2))
   schedule = optax.constant_schedule(1e-3)
   tx = optim.adamw(schedule, b1=0.9, b2=0.95, weight_decay=0.05)
   program = build_pretraining_step(
@@ -188,19 +183,7 @@ def test_train_step_is_the_same_on_every_mesh():
 
 def test_fsdp_shards_parameters_and_optimizer_state():
   mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
-  model = MaskedAutoencoder(
-    ModelConfig(
-      image_size=16,
-      patch_size=4,
-      channels=1,
-      width=32,
-      depth=1,
-      heads=2,
-      decoder_width=32,
-      decoder_depth=1,
-      decoder_heads=2,
-    )
-  )
+  model = MaskedAutoencoder(tiny_model_config())
   tx = optim.adamw(optax.constant_schedule(1e-3), b1=0.9, b2=0.95, weight_decay=0.05)
   shardings, _ = state_specs(model, tx, mesh, sharding.DEFAULT_RULES)
   fc1 = shardings.params["encoder"]["blocks"]["layer_0"]["mlp"]["fc1"]["kernel"]
@@ -210,19 +193,7 @@ def test_fsdp_shards_parameters_and_optimizer_state():
 
 
 def test_weight_decay_mask_follows_the_reference():
-  model = MaskedAutoencoder(
-    ModelConfig(
-      image_size=16,
-      patch_size=4,
-      channels=1,
-      width=32,
-      depth=1,
-      heads=2,
-      decoder_width=32,
-      decoder_depth=1,
-      decoder_heads=2,
-    )
-  )
+  model = MaskedAutoencoder(tiny_model_config())
   params = jax.eval_shape(
     lambda k: create_state(model, optax.identity(), k), jax.random.key(0)
   ).params
@@ -250,19 +221,7 @@ def test_learning_rate_schedule_matches_the_reference_formula():
 
 
 def test_gradient_accumulation_equals_the_full_batch_step():
-  model = MaskedAutoencoder(
-    ModelConfig(
-      image_size=16,
-      patch_size=4,
-      channels=1,
-      width=32,
-      depth=1,
-      heads=2,
-      decoder_width=32,
-      decoder_depth=1,
-      decoder_heads=2,
-    )
-  )
+  model = MaskedAutoencoder(tiny_model_config())
   schedule = optax.constant_schedule(1e-3)
   tx = optim.adamw(schedule, b1=0.9, b2=0.95, weight_decay=0.05)
   state = create_state(model, tx, jax.random.key(0))
@@ -294,17 +253,7 @@ def test_gradient_accumulation_equals_the_full_batch_step():
 
 
 def test_bfloat16_compute_keeps_float32_master_weights():
-  config = ModelConfig(
-    image_size=16,
-    patch_size=4,
-    channels=1,
-    width=32,
-    depth=1,
-    heads=2,
-    decoder_width=32,
-    decoder_depth=1,
-    decoder_heads=2,
-  )
+  config = tiny_model_config()
   batch = {"image": jnp.asarray(np.random.default_rng(0).normal(size=(8, 16, 16, 1)), jnp.float32)}
   losses = {}
   for dtype in ("float32", "bfloat16"):

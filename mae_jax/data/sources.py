@@ -119,24 +119,6 @@ def _probe(split: Split, config: Any, split_name: str) -> None:
   )
 
 
-def _probe(split: Split, config: Any, split_name: str) -> None:
-  """Decodes the first few examples; raises if none of them is an image."""
-  count = min(PROBE_EXAMPLES, split.num_examples)
-  failures = []
-  for index in range(count):
-    try:
-      image, _ = split.records[index]
-      transforms.decode(image, config.channels)
-      return
-    except transforms.UndecodableImage as error:
-      failures.append((split.records.describe(index), error))
-  where, why = failures[0]
-  raise DataConfigError(
-    f"{_split_field(config, split_name)} is invalid: none of the first {count} files can "
-    f"be read as an image (first: {where}: {why}). Expected JPEG or PNG images."
-  )
-
-
 def _all_splits(config: Any) -> tuple[dict[str, int], int | None]:
   """{split: num_examples} of every split the dataset has, and num_classes."""
   if config.source == "digits":
