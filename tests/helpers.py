@@ -129,3 +129,28 @@ def nan_batch_at(config, bad_batch_index: int) -> Callable[[int], Iterator[dict]
       yield batch
 
   return batches
+
+
+def main_command(workdir, *overrides: str) -> list[str]:
+  """`python -m mae_jax.main` pretraining the tiny model on the digits, quietly;
+  `overrides` are more --config.X=V flags."""
+  tiny = dict(
+    **TINY_OVERRIDES,
+    global_batch_size=16,
+    warmup_epochs=0.5,
+    log_every_steps=5,
+    eval_batches=1,
+    num_reconstructions=2,
+    progress_bar="off",
+    knn_every_steps=0,
+  )
+  flags = [f"--config.{key}={value}" for key, value in tiny.items()]
+  return [
+    sys.executable,
+    "-m",
+    "mae_jax.main",
+    "--config=configs/pretrain.py:digits",
+    f"--workdir={workdir}",
+    *flags,
+    *overrides,
+  ]

@@ -19,7 +19,6 @@ import jax
 import pytest
 
 from mae_jax import aot
-from mae_jax.core import sharding
 from mae_jax.core.plan import make_plan
 from mae_jax.jobs import JOBS
 from mae_jax.jobs.pretrain import train_and_evaluate
@@ -179,7 +178,7 @@ def test_trainer_aot_planner_and_benchmark_lower_the_same_train_step(tmp_path):
   trainer = _only_module(dump)
 
   plan = make_plan(config, num_devices=jax.device_count(), process_count=1)
-  mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
+  mesh = plan.make_mesh()
   lowered = aot.step_program(config, plan, mesh).lower()
   assert _without_locations(lowered.as_text()) == trainer
 
@@ -234,7 +233,7 @@ def test_evaluation_jobs_run_the_step_the_aot_planner_plans(tmp_path, job, chang
   finally:
     jax.config.update("jax_dump_ir_to", "")
   plan = make_eval_plan(config, num_devices=jax.device_count(), process_count=1)
-  mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
+  mesh = plan.make_mesh()
   lowered = aot.step_program(config, plan, mesh).lower()
   assert _without_locations(lowered.as_text()) == _only_module(dump)
 

@@ -105,7 +105,9 @@ def test_standard_set_runs_at_tiny_sizes(tmp_path):
   # The fine-tuning job's own step (the job table's builder), timed like pretraining's.
   (finetune,) = results["finetune"]
   assert finetune["images_per_s"] > 0 and finetune["label"] == "tiny fine-tuning"
-  assert finetune["model_gflop_per_image"] > mask_tokens["visible"]["model_gflop_per_image"]
+  # Its own model FLOPs: the whole ViT on all 1 + L tokens, forward and backward.
+  tiny = preset("tiny")
+  assert finetune["model_gflop_per_image"] == flops.train_flops_per_example("finetune", tiny) / 1e9
   assert "| tiny fine-tuning | 4 |" in text
   assert results["input"]["one_core"]["images_per_s"] > 0
   code = results["input"]["transform"]["resize_code"]

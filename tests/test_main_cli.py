@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -22,30 +21,8 @@ import pytest
 
 from mae_jax.core.preemption import PREEMPTED_EXIT_CODE
 from mae_jax.errors import INTERRUPTED_EXIT_CODE
-from tests.helpers import REPO, TINY_OVERRIDES, environment, final_params, with_sigint
-
-
-def command(workdir: str, *overrides: str) -> list[str]:
-  tiny = dict(
-    **TINY_OVERRIDES,
-    global_batch_size=16,
-    warmup_epochs=0.5,
-    log_every_steps=5,
-    eval_batches=1,
-    num_reconstructions=2,
-    progress_bar="off",
-    knn_every_steps=0,
-  )
-  flags = [f"--config.{key}={value}" for key, value in tiny.items()]
-  return [
-    sys.executable,
-    "-m",
-    "mae_jax.main",
-    "--config=configs/pretrain.py:digits",
-    f"--workdir={workdir}",
-    *flags,
-    *overrides,
-  ]
+from tests.helpers import REPO, environment, final_params, with_sigint
+from tests.helpers import main_command as command
 
 
 def run(cmd: list[str], devices: int = 1) -> subprocess.CompletedProcess:

@@ -19,7 +19,8 @@ import pytest
 
 from mae_jax.core import lease
 from mae_jax.errors import WorkdirError
-from tests.helpers import REPO, TINY_OVERRIDES, environment, with_sigint
+from tests.helpers import REPO, environment, with_sigint
+from tests.helpers import main_command as command
 
 
 class Clock:
@@ -130,22 +131,6 @@ def test_a_lease_of_a_dead_process_on_this_host_is_taken_at_once(tmp_path):
   store.write(dict(record, expires=now + 600), None)
   taken = lease.acquire(str(tmp_path), store=store)
   assert taken.record["pid"] == os.getpid()
-
-
-def command(workdir, *overrides):
-  flags = [f"--config.{key}={value}" for key, value in TINY_OVERRIDES.items()]
-  return [
-    sys.executable,
-    "-m",
-    "mae_jax.main",
-    "--config=configs/pretrain.py:digits",
-    f"--workdir={workdir}",
-    *flags,
-    "--config.global_batch_size=16",
-    "--config.progress_bar=off",
-    "--config.knn_every_steps=0",
-    *overrides,
-  ]
 
 
 def test_the_command_line_refuses_a_held_workdir_in_one_line(tmp_path):

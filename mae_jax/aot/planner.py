@@ -16,7 +16,6 @@ import numpy as np
 
 from mae_jax import jobs
 from mae_jax.aot import topologies
-from mae_jax.core import sharding
 from mae_jax.core.units import gib
 from mae_jax.errors import UsageError
 from mae_jax.model.flops import train_flops_per_example
@@ -66,7 +65,7 @@ def check_plan(
   """Builds, lowers and compiles the job's train step; a UserError for bad input."""
   devices = topologies.devices(topology)
   plan = plan_without_data(config, devices)
-  mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)), devices=devices)
+  mesh = plan.make_mesh(devices)
   try:
     program = step_program(config, plan, mesh)
     lowered = program.lower()

@@ -63,6 +63,10 @@ class RunPlan:
   checkpoints: checkpointing.CheckpointSettings | None = None
   metadata: dict = dataclasses.field(default_factory=dict)
 
+  def make_mesh(self, devices=None) -> Any:
+    """The run's mesh, over `devices` (default: all of them)."""
+    return sharding.make_mesh(dict(zip(sharding.MESH_AXES, self.mesh_shape)), devices=devices)
+
 
 def model_config_from(config: ml_collections.ConfigDict) -> ModelConfig:
   fields = dict(config.model.to_dict())

@@ -51,10 +51,22 @@ def make_eval_step(model: MaskedAutoencoder, *, seed_key: jax.Array, pixels: Pix
   return eval_step
 
 
+def held_out_batches(plan):
+  """This host's eval-split batches of the micro-batch size (which the
+  train step already fits in memory), with the eval transform."""
+  inputs = plan.inputs
+  return make_iterator(
+    inputs.data,
+    split=inputs.data.eval_split,
+    global_batch_size=plan.micro_batch_size,
+    train=False,
+    seed=inputs.seed,
+  )
+
+
 def reconstruction_evaluator(plan, program, param_shardings, *, max_batches: int):
   """params -> {"eval_loss", "eval_baseline_loss"} over the eval split (the
   first `max_batches` batches, config.eval_batches; -1 = all), with fixed masks."""
-  data, seed = plan.inputs.data, plan.inputs.seed
   replicated = sharding.replicated(program.mesh)
   eval_step = jax.jit(
     make_eval_step(program.model, seed_key=program.seed_key, pixels=program.pixels),
@@ -63,13 +75,7 @@ def reconstruction_evaluator(plan, program, param_shardings, *, max_batches: int
   )
 
   def evaluate(params) -> dict:
-    eval_iter = make_iterator(
-      data,
-      split=data.eval_split,
-      global_batch_size=plan.micro_batch_size,
-      train=False,
-      seed=seed,
-    )
+    eval_iter = held_out_batches(plan)
     totals = None
     try:
       for index, local_batch in enumerate(eval_iter):
@@ -92,17 +98,11 @@ def reconstruction_evaluator(plan, program, param_shardings, *, max_batches: int
 
 def write_reconstructions(plan, workdir, program, params, is_main, *, count: int) -> str:
   """reconstructions.png for the first `count` held-out images (config.num_reconstructions)."""
-  data, seed = plan.inputs.data, plan.inputs.seed
+  data = plan.inputs.data
   path = os.path.join(workdir, "reconstructions.png")
   if count <= 0:
     return "(disabled: config.num_reconstructions=0)"
-  eval_iter = make_iterator(
-    data,
-    split=data.eval_split,
-    global_batch_size=plan.micro_batch_size,
-    train=False,
-    seed=seed,
-  )
+  eval_iter = held_out_batches(plan)
   try:
     batch = batches_lib.to_global(next(eval_iter), program.batch_sharding)
   finally:

@@ -9,9 +9,11 @@ import os
 from typing import Any
 
 import jax
+from absl import logging
 from etils import epath
 
-from mae_jax.core import sharding
+from mae_jax.core import batches as batches_lib
+from mae_jax.core import checkpointing, sharding
 from mae_jax.core.workdir import open_run
 from mae_jax.evaluate.plan import PROTOCOLS, make_eval_plan
 
@@ -31,12 +33,45 @@ class JobSetup:
   batch_sharding: Any
   replicated: Any
 
+  def starting_state(self, program, what: str):
+    """(state, resumed): the workdir's newest checkpoint restored into the
+    program's shardings, or the program's fresh state."""
+    if self.resume_step is None:
+      return program.initial_state(), False
+    logging.info("Resuming %s from step %d.", what, self.resume_step)
+    directory = str(self.mngr.directory)
+    return checkpointing.restore_run_state(
+      directory, self.resume_step, program.abstract_state
+    ), True
+
+  def split_batches(self, split: str):
+    """One padded pass over `split` (eval transform), labelled global batches."""
+    plan = self.plan
+    return batches_lib.split_batches(
+      plan.inputs, split, plan.eval_batch_size, self.batch_sharding, plan.num_classes
+    )
+
+  def eval_batches(self):
+    return self.split_batches(self.plan.inputs.data.eval_split)
+
+  def train_batches(self, host_batches=None):
+    """start step -> labelled global training batches, from the training
+    split's pipeline or `host_batches` (start step -> this host's numpy
+    batches: tests feed damaged or signalling streams through it)."""
+    plan = self.plan
+    host_batches = host_batches or (
+      lambda start: batches_lib.train_split_batches(plan.inputs, start)
+    )
+    return lambda start: batches_lib.labelled_train_batches(
+      host_batches(start), self.batch_sharding, plan.num_classes
+    )
+
 
 def start_job(config, workdir: str) -> JobSetup:
   """Validates the config (before any compile), builds the mesh, opens the
   workdir's checkpoints and the learning-rate schedule."""
   plan = make_eval_plan(config, num_devices=jax.device_count(), process_count=jax.process_count())
-  mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
+  mesh = plan.make_mesh()
   is_main = jax.process_index() == 0
   # A workdir of another experiment is refused before anything is touched.
   mngr, resume_step = open_run(workdir, plan, mesh, is_main=is_main)

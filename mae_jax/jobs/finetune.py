@@ -22,9 +22,7 @@ from typing import Callable
 
 import jax
 import optax
-from absl import logging
 
-from mae_jax.core import batches as batches_lib
 from mae_jax.core import checkpointing, optim, pretrained
 from mae_jax.core.batches import labelled_batch_fields
 from mae_jax.core.loop import Periodic, run_steps
@@ -141,33 +139,17 @@ def run_finetune(config, workdir: str, *, train_batches=None) -> dict:
   state_shardings = program.state_shardings
 
   with mesh_context(mesh, plan.rules), checkpointing.completing_saves(mngr):
-    if job.resume_step is not None:
-      logging.info("Resuming fine-tuning from step %d.", job.resume_step)
-      state = checkpointing.restore_run_state(
-        str(mngr.directory), job.resume_step, program.abstract_state
-      )
-    else:
-      state = program.initial_state()
-      if plan.init is not None:
-        # AdamW's initial state does not depend on the values: swapping in the
-        # pretrained encoder keeps it valid.
-        trunk = lambda cfg: evaluation_encoder(cfg, final_norm=config.feature == "cls")
-        encoder = pretrained.restore_encoder(plan.init, trunk, plan.model, mesh, plan.rules)
-        state = state.replace(params={**state.params, "encoder": encoder})
-
-    host_batches = train_batches or (
-      lambda start: batches_lib.train_split_batches(plan.inputs, start)
-    )
+    state, resumed = job.starting_state(program, "fine-tuning")
+    if not resumed and plan.init is not None:
+      # AdamW's initial state does not depend on the values: swapping in the
+      # pretrained encoder keeps it valid.
+      trunk = lambda cfg: evaluation_encoder(cfg, final_norm=config.feature == "cls")
+      encoder = pretrained.restore_encoder(plan.init, trunk, plan.model, mesh, plan.rules)
+      state = state.replace(params={**state.params, "encoder": encoder})
 
     evaluate = accuracy.accuracy_evaluator(
       finetune_logits(program.model, program.pixels),
-      lambda: batches_lib.split_batches(
-        plan.inputs,
-        plan.inputs.data.eval_split,
-        plan.eval_batch_size,
-        batch_sharding,
-        plan.num_classes,
-      ),
+      job.eval_batches,
       plan.num_classes,
       in_shardings=(state_shardings, batch_sharding),
       out_sharding=replicated,
@@ -179,9 +161,7 @@ def run_finetune(config, workdir: str, *, train_batches=None) -> dict:
       job.metadata,
       state,
       program.step,
-      lambda start: batches_lib.labelled_train_batches(
-        host_batches(start), batch_sharding, plan.num_classes
-      ),
+      job.train_batches(train_batches),
       [Periodic(config.eval_every_steps, evaluate, digits=3)],
       is_main=is_main,
     )

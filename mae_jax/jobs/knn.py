@@ -23,7 +23,7 @@ from mae_jax.jobs import eval_common as job_lib
 
 def run_knn(config, workdir: str) -> dict:
   plan = make_eval_plan(config, num_devices=jax.device_count(), process_count=jax.process_count())
-  mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
+  mesh = plan.make_mesh()
   is_main = jax.process_index() == 0
   # No checkpoints of its own: only the writable workdir of every job's start.
   check_workdir_writable(workdir)

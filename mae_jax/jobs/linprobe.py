@@ -186,13 +186,7 @@ def run_linear_probe(config, workdir: str, *, train_batches=None) -> dict:
 
   with mesh_context(mesh, plan.rules), checkpointing.completing_saves(mngr):
     features_fn, encoder_params = frozen_encoder(config, plan, mesh, encoder_key)
-    if job.resume_step is not None:
-      logging.info("Resuming the probe from step %d.", job.resume_step)
-      state = checkpointing.restore_run_state(
-        str(mngr.directory), job.resume_step, program.abstract_state
-      )
-    else:
-      state = program.initial_state()
+    state, _ = job.starting_state(program, "the probe")
 
     if cached:
       logging.info(
@@ -203,9 +197,7 @@ def run_linear_probe(config, workdir: str, *, train_batches=None) -> dict:
         features, labels = batches_lib.extract_features(
           features_fn,
           encoder_params,
-          batches_lib.split_batches(
-            plan.inputs, split, plan.eval_batch_size, batch_sharding, plan.num_classes
-          ),
+          job.split_batches(split),
           mesh,
         )
         features_cache[name] = {"features": features, "label": labels}
@@ -221,21 +213,8 @@ def run_linear_probe(config, workdir: str, *, train_batches=None) -> dict:
       )
       step_features = None
     else:
-      host_batches = train_batches or (
-        lambda start: batches_lib.train_split_batches(plan.inputs, start)
-      )
-
-      global_batches = lambda start: batches_lib.labelled_train_batches(
-        host_batches(start), batch_sharding, plan.num_classes
-      )
-
-      eval_batches = lambda: batches_lib.split_batches(
-        plan.inputs,
-        plan.inputs.data.eval_split,
-        plan.eval_batch_size,
-        batch_sharding,
-        plan.num_classes,
-      )
+      global_batches = job.train_batches(train_batches)
+      eval_batches = job.eval_batches
       step_features = features_fn
 
     frozen = () if cached or encoder_params is None else (encoder_params,)

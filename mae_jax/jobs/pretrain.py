@@ -20,7 +20,7 @@ import ml_collections
 from absl import logging
 
 from mae_jax.core import batches as batches_lib
-from mae_jax.core import checkpointing, pretrained, sharding
+from mae_jax.core import checkpointing, pretrained
 from mae_jax.core import plan as plan_lib
 from mae_jax.core import workdir as workdir_lib
 from mae_jax.core.loop import Periodic, run_steps
@@ -45,7 +45,7 @@ def train_and_evaluate(
   plan = plan_lib.make_plan(
     config, num_devices=jax.device_count(), process_count=jax.process_count()
   )
-  mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, plan.mesh_shape)))
+  mesh = plan.make_mesh()
   is_main = jax.process_index() == 0
   checkpoint_dir = workdir_lib.checkpoint_dir(workdir)
   metadata = plan.metadata
