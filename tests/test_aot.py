@@ -17,7 +17,7 @@ import pytest
 from configs import pretrain as pretrain_config
 from mae_jax import aot
 from mae_jax.aot import cli as aot_cli
-from mae_jax.aot import topologies
+from mae_jax.aot import planner, topologies
 from mae_jax.core import sharding
 from mae_jax.errors import ConfigError, UsageError
 from tests.helpers import REPO, TINY_OVERRIDES, environment
@@ -276,3 +276,61 @@ def test_the_cli_prints_user_errors_in_one_line_and_keeps_a_bugs_traceback(monke
   fails(ValueError("a bug"))  # not a user mistake: it propagates with its traceback
   with pytest.raises(ValueError, match="a bug"):
     aot_cli.main(["aot"], Flag(tiny_config()), options)
+
+
+def test_scanned_layers_and_accumulation_are_counted_in_full():
+  """XLA's cost analysis counts a loop body once, so a step with scanned
+  layers and accumulation is counted on its unrolled twin: its compiled
+  FLOPs stay within a few % of the unrolled step's (the optimizer update,
+  counted once per micro-batch, is the difference)."""
+  size = {
+    "model.width": 192,
+    "model.heads": 3,
+    "model.depth": 4,
+    "model.decoder_width": 128,
+    "model.image_size": 64,
+    "model.patch_size": 8,
+    "data.image_size": 64,
+    "global_batch_size": 64,
+  }
+  plain = aot.check_plan(tiny_config(**size), topologies.parse("cpu:8"))
+  looped = aot.check_plan(
+    tiny_config(**size, **{"model.scan_layers": True, "grad_accum_steps": 2}),
+    topologies.parse("cpu:8"),
+  )
+  assert plain.cost_source == "the compiled step" and "unrolled twin" in looped.cost_source
+  assert looped.model_flops == plain.model_flops
+  assert looped.compiler_flops == pytest.approx(plain.compiler_flops, rel=0.04)
+  assert looped.compiler_flops * looped.chips == pytest.approx(looped.model_flops, rel=0.1)
+  assert "unrolled twin" in aot.format_report(looped)
+
+
+def test_the_roofline_uses_the_peak_of_the_compute_dtype():
+  h100, v5p = topologies.parse("h100:8").chip, topologies.parse("v5p:2x2x1").chip
+  assert planner.peak_of(h100, "bfloat16") == (h100.peak_bf16_flops, "bf16")
+  peak, label = planner.peak_of(h100, "float32")
+  assert peak == h100.peak_bf16_flops / 2 and label.startswith("TF32")
+  assert planner.peak_of(v5p, "float32")[0] == v5p.peak_bf16_flops  # bf16 passes on a TPU
+  report = aot.Report(
+    topology="h100:8",
+    accelerator_type="h100",
+    chips=8,
+    hosts=1,
+    mesh={"data": 8, "fsdp": 1, "tensor": 1},
+    slices_per_axis={"data": 1, "fsdp": 1, "tensor": 1},
+    model="ViT-B",
+    params=86_000_000,
+    global_batch=2048,
+    batch_per_chip=256,
+    grad_accum_steps=1,
+    dtype="float32",
+    remat_policy="none",
+    hbm_bytes=60 * 1024**3,
+    state_bytes=1024**3,
+    model_flops=1.2e14,
+  )
+  planner.read_cost(report, {"flops": 1.5e13, "bytes accessed": 1.0e11}, h100)
+  assert report.compute_seconds == pytest.approx(1.5e13 / (h100.peak_bf16_flops / 2))
+  assert report.step_seconds == max(report.compute_seconds, report.memory_seconds)
+  text = aot.format_report(report)
+  assert "compute time" in text and "memory time" in text and "TF32" in text

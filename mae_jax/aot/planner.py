@@ -49,6 +49,13 @@ class Report:
   step_seconds: float | None = None
   step_time_source: str = ""
   mfu: float | None = None
+  # Where FLOPs and bytes come from: the program itself, or its unrolled
+  # twin (XLA's cost analysis counts a loop body once: see `loop_free_cost`).
+  cost_source: str = "the compiled step"
+  compute_seconds: float | None = None  # compiled FLOPs / the dtype's peak
+  memory_seconds: float | None = None  # bytes accessed / HBM bandwidth
+  peak_flops: float | None = None  # per chip, of the compute dtype
+  peak_label: str = ""
   collectives: dict = dataclasses.field(default_factory=dict)  # op -> count in the HLO
   memory_note: str = ""
   device_noun: str = "chips"  # "GPUs" for GPU topologies
@@ -107,7 +114,9 @@ def check_plan(
       raise
     report.fits, report.compile_error = False, first_lines(str(error))
   else:
-    read_compiled(report, compiled, chip)
+    read_memory(report, compiled)
+    cost, report.cost_source = loop_free_cost(config, plan, devices, compiled)
+    read_cost(report, cost, chip)
   if not report.fits:
     report.suggestions = suggestions(report, plan)
   return report
@@ -224,7 +233,8 @@ def per_device_bytes(abstract) -> int:
   return int(sum(shard_bytes(leaf) for leaf in jax.tree.leaves(abstract)))
 
 
-def read_compiled(report: Report, compiled, chip) -> None:
+def read_memory(report: Report, compiled) -> None:
+  """Per-chip memory of the compiled step; `fits` against the limit."""
   memory = compiled.memory_analysis()
   parts = {
     name: int(getattr(memory, f"{name}_size_in_bytes", 0) or 0)
@@ -235,34 +245,78 @@ def read_compiled(report: Report, compiled, chip) -> None:
     parts["argument"] + parts["output"] - parts["alias"] + parts["temp"] + parts["generated_code"]
   )
   report.memory = parts
-  cost = compiled.cost_analysis()
-  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
-  if not cost:
-    cost = module_cost(compiled)
   report.collectives = collectives_in(compiled.as_text())
-  report.compiler_flops = float(cost.get("flops", 0.0)) or None
-  report.bytes_accessed = float(cost.get("bytes accessed", 0.0)) or None
   if report.hbm_bytes is not None and parts["total"] > report.hbm_bytes:
     report.fits = False
+
+
+def cost_of(compiled) -> dict:
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+  return dict(cost) if cost else module_cost(compiled)
+
+
+def loop_free_cost(config, plan, devices, compiled) -> tuple[dict, str]:
+  """(FLOPs, bytes accessed and the compiler's time estimate of one step,
+  where they come from).
+
+  XLA's cost analysis counts a loop body once: with `scan_layers` (the
+  layers in one loop) or gradient accumulation (a scan over micro-batches)
+  the compiled step's counts shrink by the trip counts. So such a step is
+  counted on its unrolled twin, the same job with `scan_layers` off at one
+  micro-batch, compiled for the same devices, times `grad_accum_steps`
+  (which counts the optimizer update that many times: a fraction of a
+  percent of the step). Memory always comes from the real program."""
+  accum = config.grad_accum_steps
+  if not plan.model.scan_layers and accum == 1:
+    return cost_of(compiled), "the compiled step"
+  twin = config.copy_and_resolve_references()
+  twin.model.scan_layers = False
+  twin.grad_accum_steps = 1
+  twin.global_batch_size = plan.micro_batch_size
+  twin_plan = plan_without_data(twin, devices)
+  twin_compiled = step_program(twin, twin_plan, twin_plan.make_mesh(devices)).lower().compile()
+  cost = {key: value * accum for key, value in cost_of(twin_compiled).items()}
+  return cost, (
+    f"its unrolled twin (scan_layers off, one micro-batch) x {accum}: XLA's cost "
+    "analysis counts a loop body once"
+  )
+
+
+def peak_of(chip, dtype: str) -> tuple[float, str]:
+  """(matmul peak per chip for the compute dtype, its name). A GPU runs
+  float32 matmuls as TF32 on its tensor cores, at half the bf16 rate; a TPU
+  runs them as bfloat16 passes (JAX's default precision), at the bf16 rate."""
+  if dtype == "float32" and chip.gpu is not None:
+    return chip.peak_bf16_flops / 2, "TF32 (float32 on tensor cores: half the bf16 peak)"
+  return chip.peak_bf16_flops, "bf16"
+
+
+def read_cost(report: Report, cost: dict, chip) -> None:
+  """FLOPs and bytes per chip, the compute and memory times, the step time and MFU."""
+  report.compiler_flops = float(cost.get("flops", 0.0)) or None
+  report.bytes_accessed = float(cost.get("bytes accessed", 0.0)) or None
   if chip is None:
     return
+  report.peak_flops, report.peak_label = peak_of(chip, report.dtype)
+  if report.compiler_flops:
+    report.compute_seconds = report.compiler_flops / report.peak_flops
+    report.memory_seconds = (report.bytes_accessed or 0.0) / chip.hbm_bytes_per_second
   # XLA:TPU's own estimate when it gives one; it can be missing or negative
   # (seen: -425 s for ViT-B on v5e), and then a roofline.
   optimal = float(cost.get("optimal_seconds", 0.0))
   if optimal > 0:
     report.step_seconds = optimal
     report.step_time_source = "the compiler's cost model (cost_analysis 'optimal_seconds')"
-  elif report.compiler_flops:
-    compute = report.compiler_flops / chip.peak_bf16_flops
-    memory_time = (report.bytes_accessed or 0.0) / chip.hbm_bytes_per_second
-    report.step_seconds = max(compute, memory_time)
-    bound = "HBM traffic" if memory_time > compute else "compute"
+  elif report.compute_seconds:
+    report.step_seconds = max(report.compute_seconds, report.memory_seconds)
+    bound = "HBM traffic" if report.memory_seconds > report.compute_seconds else "compute"
     report.step_time_source = (
-      f"a roofline, {bound}-bound: max(compiled FLOPs / peak, bytes accessed / HBM "
-      "bandwidth) per chip; communication and overlap not modelled"
+      f"a roofline, {bound}-bound: the larger of the compute and memory times per chip; "
+      "communication and overlap not modelled"
     )
   if report.step_seconds:
-    report.mfu = report.model_flops / (report.chips * chip.peak_bf16_flops * report.step_seconds)
+    report.mfu = report.model_flops / (report.chips * report.peak_flops * report.step_seconds)
 
 
 def module_cost(compiled) -> dict:

@@ -49,18 +49,28 @@ def format_report(r: Report) -> str:
   if r.compiler_flops:
     lines.append(
       f"  FLOPs per step   {r.compiler_flops * r.chips:.3e} compiled "
-      f"({r.compiler_flops:.3e} per chip, recomputation included), "
+      f"({r.compiler_flops:.3e} per chip, recomputation included; from "
+      f"{r.cost_source}), "
       f"{r.model_flops:.3e} model"
     )
   if r.collectives:
     lines.append("  collectives      " + ", ".join(f"{op} x{n}" for op, n in r.collectives.items()))
+  if r.compute_seconds:
+    lines.append(
+      f"  compute time     {r.compute_seconds * 1e3:.1f} ms (compiled FLOPs per chip / "
+      f"{r.peak_flops / 1e12:.0f} TFLOP/s, the {r.peak_label} peak)"
+    )
+    lines.append(
+      f"  memory time      {r.memory_seconds * 1e3:.1f} ms (bytes accessed per chip / HBM "
+      "bandwidth)"
+    )
   if r.step_seconds:
     lines.append(
       f"  step time        {r.step_seconds * 1e3:.1f} ms predicted (not measured) by "
       f"{r.step_time_source}"
     )
     lines.append(
-      f"  implied MFU      {100 * r.mfu:.1f} % (model FLOPs / (chips x peak bf16 "
+      f"  implied MFU      {100 * r.mfu:.1f} % (model FLOPs / (chips x {r.peak_label} peak "
       f"x estimated step time))"
     )
   extra = recomputed_fraction(r)
