@@ -288,7 +288,7 @@ def peak_of(chip, dtype: str) -> tuple[float, str]:
   float32 matmuls as TF32 on its tensor cores, at half the bf16 rate; a TPU
   runs them as bfloat16 passes (JAX's default precision), at the bf16 rate."""
   if dtype == "float32" and chip.gpu is not None:
-    return chip.peak_bf16_flops / 2, "TF32 (float32 on tensor cores: half the bf16 peak)"
+    return chip.peak_bf16_flops / 2, "TF32 (float32 on tensor cores, half of bf16)"
   return chip.peak_bf16_flops, "bf16"
 
 
