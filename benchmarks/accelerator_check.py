@@ -42,18 +42,28 @@ from benchmarks import common
 from mae_jax.core.units import gib
 from mae_jax.model import flops  # plain Python: imports no jax
 
-# Nominal dense bfloat16 peaks (FLOP/s per chip), for context only: MFU is
-# reported against the rate measured in step 1.
+# Nominal dense (no sparsity) bfloat16 peaks, FLOP/s per chip, by the exact
+# device kind JAX reports, from the vendors' datasheets. For context only:
+# MFU is reported against the rate measured in step 1. A kind not listed
+# has no nominal peak (said so in the report), never a neighbour's: "H100"
+# alone would also match the PCIe and NVL cards, "L4" the L40S.
 NOMINAL_BF16_PEAK = {
-  "H200": 989e12,
-  "H100": 989e12,
-  "A100": 312e12,
-  "L4": 121e12,
-  "A10": 125e12,
-  "TPU v5p": 459e12,
+  "NVIDIA B200": 2250e12,
+  "NVIDIA H200": 989e12,
+  "NVIDIA H100 80GB HBM3": 989e12,  # SXM5
+  "NVIDIA H100 NVL": 835e12,
+  "NVIDIA H100 PCIe": 756e12,
+  "NVIDIA A100-SXM4-80GB": 312e12,
+  "NVIDIA A100-SXM4-40GB": 312e12,
+  "NVIDIA A100 80GB PCIe": 312e12,
+  "NVIDIA A100-PCIE-40GB": 312e12,
+  "NVIDIA L40S": 362e12,
+  "NVIDIA L4": 121e12,
+  "NVIDIA A10": 125e12,
+  "TPU v6 lite": 918e12,
+  "TPU v5": 459e12,  # v5p reports "TPU v5"
   "TPU v5 lite": 197e12,
   "TPU v4": 275e12,
-  "TPU v6 lite": 918e12,
 }
 
 FULL_MODELS = (("B/16", 256), ("L/16", 128))
@@ -61,10 +71,9 @@ TINY_FIELDS = {"preset": "tiny"}  # mae_jax.model.config.TINY, the tests' model
 
 
 def nominal_peak(device_kind: str) -> float | None:
-  for name, peak in NOMINAL_BF16_PEAK.items():
-    if name.lower() in device_kind.lower():
-      return peak
-  return None
+  """The nominal dense bf16 peak of exactly this device kind, or None."""
+  exact = {name.lower(): peak for name, peak in NOMINAL_BF16_PEAK.items()}
+  return exact.get(device_kind.strip().lower())
 
 
 def allocator_peak(devices) -> float | None:
@@ -96,20 +105,29 @@ def preflight(args) -> dict:
   """Fails fast, before any compile, on what would fail later."""
   import importlib
 
-  missing = []
-  for name in REQUIRED + (TORCH_REQUIRED if args.torch else ()):
-    try:
-      importlib.import_module(name)
-    except Exception as error:  # ImportError, or a broken install
-      missing.append(f"{name} ({type(error).__name__}: {str(error).splitlines()[0][:120]})")
-  if missing:
-    raise CheckFailed(
-      "missing packages: " + "; ".join(missing) + ". Install them (pip install ...), or "
-      "pass --no-torch to skip the PyTorch comparison."
-    )
+  def missing(names) -> list[str]:
+    found = []
+    for name in names:
+      try:
+        importlib.import_module(name)
+      except Exception as error:  # ImportError, or a broken install
+        found.append(f"{name} ({type(error).__name__}: {str(error).splitlines()[0][:120]})")
+    return found
+
+  def refuse(names: list[str]) -> None:
+    if names:
+      raise CheckFailed(
+        "missing packages: " + "; ".join(names) + ". Install them (pip install ...), or "
+        "pass --no-torch to skip the PyTorch comparison."
+      )
+
+  refuse(missing(REQUIRED))
   import jax
 
+  # JAX's GPU backend starts before torch is imported: a torch wheel that
+  # loads its own cuDNN first can leave JAX on the CPU.
   backend = jax.default_backend()
+  refuse(missing(TORCH_REQUIRED if args.torch else ()))
   if backend == "cpu" and not (args.tiny or args.allow_cpu):
     raise CheckFailed(
       f"JAX sees no accelerator (devices: {jax.devices()}). On a GPU machine install "
@@ -281,7 +299,9 @@ def render(report: dict) -> str:
     f"Matmul ({matmul['dtype']}, {matmul['size']}^3 x {matmul['chain']} chained): "
     f"{matmul['flops_per_s'] / 1e12:.1f} TFLOP/s"
     + (
-      f" (nominal dense peak {report['nominal_peak'] / 1e12:.0f})" if report["nominal_peak"] else ""
+      f" (nominal dense peak {report['nominal_peak'] / 1e12:.0f})"
+      if report["nominal_peak"]
+      else f" (no nominal peak known for device kind {report['device']!r})"
     )
     + f". Wall time {report['wall_s']:.0f} s.",
     "",

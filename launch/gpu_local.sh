@@ -3,7 +3,8 @@
 #
 #   launch/gpu_local.sh [--dry-run] install|run [-- MAIN_FLAGS...]
 #
-#   install  create .venv with the pinned requirements and jax[cuda12]
+#   install  create .venv with the pinned requirements and jax[cuda13] of
+#            the same jax version (the project's one GPU path: CUDA 13)
 #   run      pretrain; MAIN_FLAGS after -- are passed on,
 #            e.g. -- --config.model.dtype=bfloat16 --config.mesh.fsdp=8
 #
@@ -37,7 +38,12 @@ check_needed
 case "$COMMAND" in
   install)
     run bash setup.sh
-    run .venv/bin/pip install -q "jax[cuda12]==0.10.2"
+    # The CUDA 13 plugin of the very jax setup.sh pinned for this Python
+    # (requirements.txt: 0.10.2 on Python 3.10-3.11, the newest on 3.12+,
+    # the GPU path's Python).
+    jax_version=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("jax"))' \
+      2>/dev/null || echo "<the jax of requirements.txt>")
+    run .venv/bin/pip install -q "jax[cuda13]==$jax_version"
     ;;
   run)
     flags=(--config="$CONFIG" --workdir="$WORKDIR" "${MAIN_FLAGS[@]}")

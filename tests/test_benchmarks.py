@@ -311,3 +311,16 @@ def test_accelerator_check_records_the_cudnn_refusal_as_a_row():
     peak=None,
   )
   assert "refuses odd sequence lengths" in row["error"] and row["attention"] == "cudnn"
+
+
+def test_nominal_peaks_match_the_exact_device_kind():
+  """The PCIe and NVL H100s, and the L40S, are not taken for their namesakes;
+  v5p reports "TPU v5"; an unknown kind has no peak rather than a neighbour's."""
+  assert accelerator_check.nominal_peak("NVIDIA H100 80GB HBM3") == 989e12
+  assert accelerator_check.nominal_peak("NVIDIA H100 PCIe") == 756e12
+  assert accelerator_check.nominal_peak("NVIDIA H100 NVL") == 835e12
+  assert accelerator_check.nominal_peak("NVIDIA L40S") == 362e12
+  assert accelerator_check.nominal_peak("NVIDIA L4") == 121e12
+  assert accelerator_check.nominal_peak("NVIDIA B200") == 2250e12
+  assert accelerator_check.nominal_peak("TPU v5") == 459e12
+  assert accelerator_check.nominal_peak("NVIDIA H800") is None

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import pytest
 
 from tests.helpers import REPO, with_sigint
@@ -174,7 +175,7 @@ def test_every_script_passes_shellcheck():
         "--config.data.data_dir=/shared/tfds",
       ],
     ),
-    ("gpu_local.sh", ["install"], {}, ["bash setup.sh", "jax[cuda12]==0.10.2"]),
+    ("gpu_local.sh", ["install"], {}, ["bash setup.sh", f"jax[cuda13]=={jax.__version__}"]),
     (
       "slurm_gpu.sbatch",
       [],
