@@ -246,10 +246,10 @@ def measure_input(jpeg_dir: str, spec: Any) -> dict:
   alone and the pipeline on one core, native and fallback side by side;
   one worker process per core on 1 and on every core; the resume time at
   0-400 epochs."""
-  from benchmarks import input_bench
+  from benchmarks import input_bench, jpegs
 
   if not os.path.isdir(os.path.join(jpeg_dir, "train")):
-    input_bench.write_jpegs(
+    jpegs.write_jpegs(
       jpeg_dir, spec.jpeg_images, records=spec.jpeg_records, content=spec.jpeg_content
     )
   cores = len(os.sched_getaffinity(0))

@@ -64,8 +64,8 @@ class StandardSet:
   variant_steps: int = 5
   matmul_size: int = 2048
   jpeg_images: int = 512
-  jpeg_records: int = 65536  # the split's length, with links (input_bench.write_jpegs)
-  jpeg_content: str = "natural"  # or "synthetic" (input_bench.CONTENTS)
+  jpeg_records: int = 65536  # the split's length, with links (jpegs.write_jpegs)
+  jpeg_content: str = "natural"  # or "synthetic" (jpegs.CONTENTS)
   jpeg_fidelity_boxes: int = 256
   jpeg_image_size: int = 224
   jpeg_batch: int = 32
