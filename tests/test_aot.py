@@ -191,8 +191,10 @@ def test_tensor_never_spans_slices():
     sharding.dcn_shape((1, 1, 8), 2)
 
 
-def test_the_report_notes_recomputation():
-  report = aot.Report(
+def sample_report(**changes) -> aot.Report:
+  """A report as the planner fills it before reading the compiled program:
+  ViT-H on a v5e:8x8 slice, unless `changes` say otherwise."""
+  fields = dict(
     topology="v5e:8x8",
     accelerator_type="v5litepod-64",
     chips=64,
@@ -208,9 +210,13 @@ def test_the_report_notes_recomputation():
     remat_policy="none",
     hbm_bytes=16 * 1024**3,
     state_bytes=7 * 1024**3,
-    compiler_flops=1.365e15 / 64,
     model_flops=1.193e15,
   )
+  return aot.Report(**{**fields, **changes})
+
+
+def test_the_report_notes_recomputation():
+  report = sample_report(compiler_flops=1.365e15 / 64)
   assert "14 % more FLOPs than the model" in aot.format_report(report)
   report.compiler_flops = 1.2e15 / 64
   assert "more FLOPs" not in aot.format_report(report)
@@ -311,22 +317,16 @@ def test_the_roofline_uses_the_peak_of_the_compute_dtype():
   peak, label = planner.peak_of(h100, "float32")
   assert peak == h100.peak_bf16_flops / 2 and label.startswith("TF32")
   assert planner.peak_of(v5p, "float32")[0] == v5p.peak_bf16_flops  # bf16 passes on a TPU
-  report = aot.Report(
+  report = sample_report(
     topology="h100:8",
     accelerator_type="h100",
     chips=8,
     hosts=1,
     mesh={"data": 8, "fsdp": 1, "tensor": 1},
-    slices_per_axis={"data": 1, "fsdp": 1, "tensor": 1},
     model="ViT-B",
-    params=86_000_000,
     global_batch=2048,
     batch_per_chip=256,
-    grad_accum_steps=1,
-    dtype="float32",
-    remat_policy="none",
     hbm_bytes=60 * 1024**3,
-    state_bytes=1024**3,
     model_flops=1.2e14,
   )
   planner.read_cost(report, {"flops": 1.5e13, "bytes accessed": 1.0e11}, h100)
