@@ -1,5 +1,7 @@
 """What the evaluation jobs share: the start (plan, mesh, the workdir's
-checkpoints), the schedule, accuracy over a pass, results.json and the summary."""
+checkpoints, the state to start from, the labelled streams), results.json
+and the summary. Their schedule is `core.optim.schedule_of`, their accuracy
+`evaluators.accuracy`."""
 
 from __future__ import annotations
 
@@ -69,7 +71,7 @@ class JobSetup:
 
 def start_job(config, workdir: str) -> JobSetup:
   """Validates the config (before any compile), builds the mesh, opens the
-  workdir's checkpoints and the learning-rate schedule."""
+  workdir's checkpoints."""
   plan = make_eval_plan(config, num_devices=jax.device_count(), process_count=jax.process_count())
   mesh = plan.make_mesh()
   is_main = jax.process_index() == 0
