@@ -206,7 +206,8 @@ def transform_throughput(
 
 def crop_fidelity(root: str, *, image_size: int = 224, boxes: int = 256) -> dict[str, Any]:
   """The native crop decoder against the reference (Pillow's decode, then
-  `resize(BICUBIC, box)`) on `boxes` RandomResizedCrop boxes of the JPEGs
+  `crop(box)` and `resize(BICUBIC)`, torchvision's F.resized_crop on a PIL
+  image) on `boxes` RandomResizedCrop boxes of the JPEGs
   at `root`: the largest difference in levels and how many crops differ."""
   from PIL import Image
 
@@ -224,11 +225,8 @@ def crop_fidelity(root: str, *, image_size: int = 224, boxes: int = 256) -> dict
       rng, reference.height, reference.width, (0.2, 1.0), (3 / 4, 4 / 3)
     )
     top, left, height, width = box
-    expected = np.asarray(
-      reference.resize(
-        (image_size, image_size), Image.BICUBIC, box=(left, top, left + width, top + height)
-      )
-    )
+    cropped = reference.crop((left, top, left + width, top + height))
+    expected = np.asarray(cropped.resize((image_size, image_size), Image.BICUBIC))
     ours = crop_resize.crop_resize(encoded, 3, box, (image_size, image_size))
     difference = int(np.abs(ours.astype(np.int16) - expected).max())
     largest, differing = max(largest, difference), differing + (difference > 0)

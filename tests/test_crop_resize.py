@@ -1,7 +1,10 @@
 """The native crop decoder (mae_jax/data/crop_resize.c) against the
-reference: Pillow's decode and `resize(BICUBIC, box)`, pixel for pixel, on
-natural photos in every JPEG layout the decoder handles differently; and
-its fallbacks (not built, switched off, files it refuses)."""
+reference's own operation: what torchvision's `F.resized_crop` runs on a PIL
+image (and timm's RandomResizedCropAndInterpolation), Pillow's decode, then
+`img.crop(box)`, then `.resize(size, BICUBIC)`: pixel for pixel, on natural
+photos in every JPEG layout the decoder handles differently, small images
+and boxes on the image's edges; and its fallbacks (not built, switched off,
+files it refuses)."""
 
 import io
 import shutil
@@ -84,13 +87,21 @@ def encode(pixels, mode="RGB", **options):
 
 
 def reference(encoded, channels, box, shape):
-  """What the reference runs: Pillow's decoder, then Pillow's resize."""
+  """What the reference runs (torchvision's F.resized_crop on a PIL image):
+  Pillow's decoder, `crop`, then `resize` of the crop."""
   decoded = Image.open(io.BytesIO(encoded)).convert("L" if channels == 1 else "RGB")
   top, left, height, width = box
-  resized = decoded.resize(
-    (shape[1], shape[0]), Image.BICUBIC, box=(left, top, left + width, top + height)
+  cropped = decoded.crop((left, top, left + width, top + height))
+  return transforms.to_array(cropped.resize((shape[1], shape[0]), Image.BICUBIC))
+
+
+def lookalike(encoded, box, shape):
+  """Pillow's `resize(box=...)`: its taps read the image around the box."""
+  decoded = Image.open(io.BytesIO(encoded)).convert("RGB")
+  top, left, height, width = box
+  return transforms.to_array(
+    decoded.resize((shape[1], shape[0]), Image.BICUBIC, box=(left, top, left + width, top + height))
   )
-  return transforms.to_array(resized)
 
 
 def random_boxes(rng, height, width, count):
@@ -98,9 +109,11 @@ def random_boxes(rng, height, width, count):
     transforms.random_resized_crop_box(rng, height, width, (0.2, 1.0), (3 / 4, 4 / 3))
     for _ in range(count)
   ]
-  # The edges and corners, where the window meets the image's border.
+  # The edges and corners, where the window meets the image's border;
+  # thin strips, and a box the output's size (no resampling).
   boxes += [(0, 0, height, width), (0, 0, height // 3, width // 3)]
   boxes += [(height - height // 4, width - width // 4, height // 4, width // 4)]
+  boxes += [(0, width // 2, height, 1), (height - 2, 0, 2, width)]
   return boxes
 
 
@@ -114,14 +127,70 @@ LAYOUTS = {
 }
 
 
+def test_the_pass_order_is_pillows():
+  """Pillow resizes in two passes, rounding in between; since 13 it runs
+  the vertical pass first for some shapes. `vertical_pass_first` names
+  which, checked here against the installed Pillow on random shapes."""
+  rng = np.random.default_rng(3)
+  orders = set()
+  for _ in range(300):
+    in_shape = tuple(int(n) for n in rng.integers(2, 200, 2))
+    out_shape = tuple(int(n) for n in rng.integers(4, 80, 2))
+    if in_shape[0] == out_shape[0] or in_shape[1] == out_shape[1]:
+      continue  # one pass only
+    image = Image.fromarray(rng.integers(0, 256, in_shape, dtype=np.uint8))
+    both = np.asarray(image.resize(out_shape[::-1], Image.BICUBIC))
+    first = (in_shape[0], out_shape[1])  # after the horizontal pass
+    if crop_resize.vertical_pass_first(in_shape, out_shape):
+      first = (out_shape[0], in_shape[1])
+    two = image.resize(first[::-1], Image.BICUBIC).resize(out_shape[::-1], Image.BICUBIC)
+    np.testing.assert_array_equal(both, np.asarray(two), f"{in_shape} -> {out_shape}")
+    orders.add(first[0] == out_shape[0])
+  assert orders == {False, crop_resize.pillow_can_resize_vertically_first()}
+  assert crop_resize.pillow_can_resize_vertically_first() == (
+    int(Image.__version__.split(".")[0]) >= 13
+  )
+
+
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_train_crops_are_the_reference_pixels(clone, layout):
   rng = np.random.default_rng(sorted(LAYOUTS).index(layout))
+  orders = set()
   for which in (0, 1):
     encoded = encode(photo(offset=(40, 60), which=which), **LAYOUTS[layout])
-    for box in random_boxes(rng, 375, 500, 12):
+    for box in random_boxes(rng, 375, 500, 12) + [(20, 30, 300, 150)]:
+      orders.add(crop_resize.vertical_pass_first(box[2:], (224, 224)))
       ours = crop_resize.crop_resize(encoded, 3, box, (224, 224))
       np.testing.assert_array_equal(ours, reference(encoded, 3, box, (224, 224)), str(box))
+  assert orders == {False, crop_resize.pillow_can_resize_vertically_first()}
+
+
+def test_a_large_photo_and_an_output_sized_box_are_the_reference_pixels(clone):
+  """1920x1440 (a window far smaller than the image) and a 224x224 box,
+  which Pillow copies without resampling."""
+  large = np.asarray(Image.fromarray(photo(which=1)).resize((1920, 1440), Image.LANCZOS))
+  encoded = encode(large, quality=90)
+  rng = np.random.default_rng(11)
+  for box in random_boxes(rng, 1440, 1920, 4) + [(600, 900, 224, 224)]:
+    ours = crop_resize.crop_resize(encoded, 3, box, (224, 224))
+    np.testing.assert_array_equal(ours, reference(encoded, 3, box, (224, 224)), str(box))
+
+
+def test_the_crop_is_not_pillows_resize_with_a_box():
+  """The two operations differ on photos (why the reference's is the one
+  to match): by levels at a downscaled box's border (tens on some photos),
+  and on a tiny image by more; the native decoder and the fallback give the reference's."""
+  encoded = encode(photo(offset=(40, 60)), quality=90)
+  box = (10, 10, 360, 480)
+  crop = transforms.crop_and_resize(encoded, 3, box, (224, 224))
+  np.testing.assert_array_equal(crop, reference(encoded, 3, box, (224, 224)))
+  border = np.abs(crop.astype(int) - lookalike(encoded, box, (224, 224)).astype(int))
+  assert border.max() >= 5
+  tiny = encode(photo((9, 13), (200, 300)), quality=95)
+  tiny_box = (1, 2, 7, 9)
+  crop = transforms.crop_and_resize(tiny, 3, tiny_box, (224, 224))
+  np.testing.assert_array_equal(crop, reference(tiny, 3, tiny_box, (224, 224)))
+  assert np.abs(crop.astype(int) - lookalike(tiny, tiny_box, (224, 224)).astype(int)).max() >= 20
 
 
 def test_grey_odd_sizes_and_upscaling_are_the_reference_pixels(clone):
@@ -131,6 +200,8 @@ def test_grey_odd_sizes_and_upscaling_are_the_reference_pixels(clone):
     (encode(photo(), "L", quality=90), 1),
     (encode(photo((257, 333), (11, 3))), 3),  # sizes that are no multiple of the MCU
     (encode(photo((97, 131), (200, 300))), 3),  # smaller than the output: upscaled
+    (encode(photo((9, 13), (200, 300)), quality=95), 3),  # a few pixels
+    (encode(photo((9, 13), (200, 300)), "L", quality=95), 1),
   ]
   for encoded, channels in cases:
     height, width = Image.open(io.BytesIO(encoded)).size[::-1]
@@ -141,14 +212,17 @@ def test_grey_odd_sizes_and_upscaling_are_the_reference_pixels(clone):
           transforms.decode(encoded, channels), channels, box, shape
         )
         np.testing.assert_array_equal(ours, expected, f"{box} {shape} {channels}")
-        if channels == 3:
-          np.testing.assert_array_equal(ours, reference(encoded, 3, box, shape))
+        np.testing.assert_array_equal(ours, reference(encoded, channels, box, shape))
 
 
 def test_eval_centre_crop_is_the_reference(clone):
+  """The reference's eval: Resize(256) of the whole image (Pillow's resize,
+  no box), then CenterCrop(224) at int(round((h - 224) / 2))."""
   for crop_fraction in (0.875, 1.0):
     config = default_data_config(image_size=224, channels=3, eval_crop_fraction=crop_fraction)
-    for shape in ((375, 500), (500, 375), (257, 333)):
+    # Portrait, landscape, odd, and tall enough that Pillow 13 resizes it
+    # vertical pass first.
+    for shape in ((375, 500), (500, 375), (257, 333), (640, 300)):
       pixels = photo(shape) if shape[0] < shape[1] else photo(shape[::-1]).transpose(1, 0, 2)
       encoded = encode(np.ascontiguousarray(pixels), quality=90)
       ours = transforms.eval_transform(encoded, config)
@@ -158,7 +232,12 @@ def test_eval_centre_crop_is_the_reference(clone):
       finally:
         crop_resize.enabled = True
       np.testing.assert_array_equal(ours, fallback)
-      assert ours.shape == (224, 224, 3)
+      assert crop_resize.vertical_pass_first(shape, (546, 256)) == (shape == (640, 300))
+      decoded = Image.open(io.BytesIO(encoded)).convert("RGB")
+      height, width = transforms.eval_resize_shape(*shape, 224, crop_fraction)
+      resized = np.asarray(decoded.resize((width, height), Image.BICUBIC))
+      top, left = int(round((height - 224) / 2)), int(round((width - 224) / 2))
+      np.testing.assert_array_equal(ours, resized[top : top + 224, left : left + 224])
 
 
 def test_the_train_transform_uses_it_and_gives_the_same_images(native):

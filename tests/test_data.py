@@ -337,6 +337,18 @@ def test_random_resized_crop_output_size_range_and_seed():
     assert out.shape == (24, 24, 3) and out.dtype == np.uint8
   np.testing.assert_array_equal(crop(3), crop(3))
   assert not np.array_equal(crop(3), crop(4))
+  # Arrays (the digits) take the reference's crop too: Pillow's crop, then
+  # its resize of the crop (torchvision's F.resized_crop on a PIL image).
+  for seed in range(10):
+    rng = np.random.default_rng(seed)
+    top, left, height, width = transforms.random_resized_crop_box(
+      rng, 37, 53, config.crop_scale, config.crop_ratio
+    )
+    expected = Image.fromarray(image).crop((left, top, left + width, top + height))
+    expected = np.asarray(expected.resize((24, 24), Image.BICUBIC))
+    if rng.uniform() < 0.5 and config.horizontal_flip:
+      expected = expected[:, ::-1]
+    np.testing.assert_array_equal(crop(seed), expected)
 
 
 def jpeg_bytes(height, width, seed=0, quality=95):
@@ -391,9 +403,9 @@ def test_jpeg_decoding_gives_pillows_pixels_on_photos():
         rng, reference.height, reference.width, config.crop_scale, config.crop_ratio
       )
       top, left, height, width = box
-      expected = reference.resize(
-        (64, 64), Image.BICUBIC, box=(left, top, left + width, top + height)
-      )
+      # torchvision's F.resized_crop on a PIL image: crop, then resize.
+      expected = reference.crop((left, top, left + width, top + height))
+      expected = expected.resize((64, 64), Image.BICUBIC)
       if rng.uniform() < 0.5:
         expected = expected.transpose(Image.FLIP_LEFT_RIGHT)
       np.testing.assert_array_equal(ours, np.asarray(expected))

@@ -1,9 +1,17 @@
-/* The training crop in one call: decode only the JPEG window a bicubic
- * resize of a box reads, then resize it with Pillow's arithmetic.
+/* The training crop in one call: decode only the JPEG window of a crop
+ * box, then resize the box with Pillow's arithmetic.
  *
  * Why: RandomResizedCrop keeps 20-100 % of a photo's area, and on a 2-core
  * machine the full decode and Pillow's resize were most of an image's time
  * (docs/data.md has the measurements).
+ *
+ * The operation is the reference's (torchvision's F.resized_crop on a PIL
+ * image, timm's RandomResizedCropAndInterpolation alike): `img.crop(box)`
+ * then `.resize(size, BICUBIC)`. The filter sees only the box's pixels: its
+ * taps are clamped at the box's edges, not read from the image around it
+ * (Pillow's `resize(box=...)` reads around it, and differs at the border by
+ * tens of levels on photos). Eval resizes the whole image: its box is the
+ * image.
  *
  * Decoding (libjpeg-turbo, the settings of mae_jax's full decode and of
  * Pillow's: accurate integer IDCT, smooth chroma upsampling):
@@ -13,18 +21,18 @@
  * never read. The entropy-coded data above and left of the window is still
  * Huffman-decoded: a JPEG has no index to seek into. A window edge that is
  * not an image edge can differ from the full decode by a pixel or two (the
- * upsampler has no neighbour there), so the window is WINDOW_MARGIN pixels
- * wider than what the resize reads.
+ * upsampler has no neighbour there), so the window is the box plus
+ * WINDOW_MARGIN pixels on each side (where the image has them).
  *
- * Resizing reproduces Pillow's 8-bit bicubic resample (what the reference
- * runs, through torchvision on PIL images) exactly: the same double
- * precision filter weights per output pixel, rounded to the same 22-bit
- * fixed point, a horizontal pass rounded to uint8, then a vertical pass.
- * The weights are computed in full-image coordinates, so they are the
- * reference's to the last bit. The integer passes are reordered to run over
- * contiguous memory (the window is transposed for the horizontal pass), which
- * integer sums allow without changing a bit; they are compiled for AVX2 and
- * AVX-512 where the CPU has them (target_clones), plain otherwise.
+ * Resizing reproduces Pillow's 8-bit bicubic resample exactly: the same
+ * double precision filter weights per output pixel, rounded to the same
+ * 22-bit fixed point, a horizontal pass rounded to uint8, then a vertical
+ * pass. The weights are computed in the box's own coordinates, as Pillow
+ * computes them for the cropped image, so they are the reference's to the
+ * last bit. The integer passes are reordered to run over contiguous memory
+ * (the window is transposed for the horizontal pass), which integer sums
+ * allow without changing a bit; they are compiled for AVX2 and AVX-512
+ * where the CPU has them (target_clones), plain otherwise.
  *
  * Strict, as the full decode: any libjpeg warning (corrupt data, the data
  * ending inside the window) is an error.
@@ -91,10 +99,10 @@ static double bicubic(double x) {
 }
 
 /* The resample of one axis, for outputs [first, first + count) of a resize
- * of [in0, in1) (of an axis of in_size pixels) to out_size pixels. */
+ * of the box [origin, origin + length) of the axis to out_size pixels. */
 typedef struct {
   int taps;        /* weights per output */
-  int *start;      /* first input pixel of each output */
+  int *start;      /* first input pixel of each output (image coordinates) */
   int *length;     /* inputs each output reads */
   int32_t *weight; /* taps per output, fixed point */
 } Axis;
@@ -107,12 +115,13 @@ static void axis_free(Axis *axis) {
   axis->weight = NULL;
 }
 
-/* The expressions and their order follow Pillow's (double precision; the
- * box edges as float, as Pillow receives them): any change here changes
- * pixels. Returns 0 when out of memory. */
-static int axis_init(Axis *axis, int in_size, float in0, float in1, int out_size, int first,
-                     int count) {
-  double scale = (double)(in1 - in0) / out_size;
+/* The expressions and their order follow Pillow's for a resize of the
+ * whole (cropped) image, whose edges are 0 and `length` (double
+ * precision): any change here changes pixels. The taps are clamped to the
+ * box, then moved to image coordinates. Returns 0 when out of memory. */
+static int axis_init(Axis *axis, int origin, int length, int out_size, int first, int count) {
+  double in0 = 0.0, in1 = (double)length;
+  double scale = (in1 - in0) / out_size;
   double filterscale = scale < 1.0 ? 1.0 : scale;
   double support = BICUBIC_SUPPORT * filterscale;
   double inverse = 1.0 / filterscale;
@@ -133,20 +142,20 @@ static int axis_init(Axis *axis, int in_size, float in0, float in1, int out_size
     int low = (int)(center - support + 0.5);
     int high = (int)(center + support + 0.5);
     if (low < 0) low = 0;
-    if (high > in_size) high = in_size;
-    int length = high - low;
-    for (int x = 0; x < length; x++) {
+    if (high > length) high = length;
+    int reads = high - low;
+    for (int x = 0; x < reads; x++) {
       raw[x] = bicubic((x + low - center + 0.5) * inverse);
       total += raw[x];
     }
     int32_t *weight = axis->weight + (size_t)i * taps;
-    for (int x = 0; x < length; x++) {
+    for (int x = 0; x < reads; x++) {
       double w = total != 0.0 ? raw[x] / total : raw[x];
       weight[x] = w < 0 ? (int32_t)(-0.5 + w * (1 << PRECISION_BITS))
                         : (int32_t)(0.5 + w * (1 << PRECISION_BITS));
     }
-    axis->start[i] = low;
-    axis->length[i] = length;
+    axis->start[i] = origin + low;
+    axis->length[i] = reads;
   }
   free(raw);
   return 1;
@@ -239,6 +248,111 @@ static void transpose(const uint8_t *in, size_t in_stride_bytes, int rows, int c
     transpose32((const uint32_t *)in, in_stride_bytes / 4, rows, cols, (uint32_t *)out);
 }
 
+/* ------------------------------------------------------------- resize --- */
+
+/* The part of the decoded window the resize reads: rows x cols pixels of
+ * pixel_bytes (1: grey, 4: RGBX), lines `stride` bytes apart, whose first
+ * row and column are the image's row0 and col0. */
+typedef struct {
+  const uint8_t *pixels;
+  size_t stride;
+  int rows, cols, row0, col0, pixel_bytes;
+} Window;
+
+/* What the resize writes: height x width pixels of `channels` bytes,
+ * packed, mirrored left to right if flip. */
+typedef struct {
+  uint8_t *pixels;
+  int height, width, channels, flip;
+} Output;
+
+static size_t larger(size_t a, size_t b) { return a > b ? a : b; }
+
+/* Scratch bytes of a resize in either order: the int32 sums of one line,
+ * then the intermediate images (each a multiple of 4 bytes for RGBX, so
+ * every part stays word-aligned for the transposes). */
+static size_t scratch_bytes(const Window *in, const Output *out, int vertical_first) {
+  size_t pb = (size_t)in->pixel_bytes;
+  if (!vertical_first) {
+    size_t column = (size_t)in->rows * pb; /* a column of the window */
+    size_t longest = larger(column, (size_t)out->width * pb);
+    return longest * sizeof(int32_t) + (size_t)in->cols * column + 2 * (size_t)out->width * column;
+  }
+  size_t row = (size_t)in->cols * pb;           /* a row of the window */
+  size_t column = (size_t)out->height * pb;     /* a column of the output */
+  size_t longest = larger(row, column);
+  return longest * sizeof(int32_t) + 2 * (size_t)out->height * row +
+         2 * (size_t)out->width * column;
+}
+
+/* Pillow's order before 13 (and since, for most shapes): the horizontal
+ * pass over the transposed window (its columns contiguous; output column x
+ * reads window columns [start, start + length)), then the vertical pass,
+ * rows contiguous again, RGBX packed to RGB at the end. */
+static void horizontal_first(const Window *in, const Axis *rows, const Axis *cols,
+                             const Output *out, uint8_t *scratch) {
+  int pb = in->pixel_bytes;
+  size_t column = (size_t)in->rows * pb;
+  size_t out_line = (size_t)out->width * pb;
+  int32_t *sum = (int32_t *)scratch;
+  uint8_t *transposed = scratch + larger(column, out_line) * sizeof(int32_t);
+  uint8_t *horizontal = transposed + (size_t)in->cols * column;
+  uint8_t *unturned = horizontal + (size_t)out->width * column;
+  transpose(in->pixels, in->stride, in->rows, in->cols, pb, transposed);
+  for (int x = 0; x < out->width; x++) {
+    filter_lines(transposed + (size_t)(cols->start[x] - in->col0) * column, column,
+                 cols->length[x], cols->weight + (size_t)x * cols->taps, sum, (int)column);
+    int target = out->flip ? out->width - 1 - x : x;
+    store_line(sum, horizontal + (size_t)target * column, (int)column);
+  }
+  transpose(horizontal, column, out->width, in->rows, pb, unturned);
+  for (int y = 0; y < out->height; y++) {
+    filter_lines(unturned + (size_t)(rows->start[y] - in->row0) * out_line, out_line,
+                 rows->length[y], rows->weight + (size_t)y * rows->taps, sum, (int)out_line);
+    uint8_t *target = out->pixels + (size_t)y * out->width * out->channels;
+    if (pb == out->channels)
+      store_line(sum, target, (int)out_line);
+    else
+      store_line_rgb(sum, target, out->width);
+  }
+}
+
+/* Pillow 13's order when the height shrinks by more than twice what the
+ * width shrinks: the vertical pass over the window's rows, then the
+ * horizontal pass over the transposed result, transposed back. */
+static void vertical_first(const Window *in, const Axis *rows, const Axis *cols,
+                           const Output *out, uint8_t *scratch) {
+  int pb = in->pixel_bytes;
+  size_t row = (size_t)in->cols * pb;
+  size_t column = (size_t)out->height * pb;
+  int32_t *sum = (int32_t *)scratch;
+  uint8_t *vertical = scratch + larger(row, column) * sizeof(int32_t);
+  uint8_t *turned = vertical + (size_t)out->height * row;
+  uint8_t *horizontal = turned + (size_t)out->height * row;
+  uint8_t *unturned = horizontal + (size_t)out->width * column;
+  for (int y = 0; y < out->height; y++) {
+    filter_lines(in->pixels + (size_t)(rows->start[y] - in->row0) * in->stride, in->stride,
+                 rows->length[y], rows->weight + (size_t)y * rows->taps, sum, (int)row);
+    store_line(sum, vertical + (size_t)y * row, (int)row);
+  }
+  transpose(vertical, row, out->height, in->cols, pb, turned);
+  for (int x = 0; x < out->width; x++) {
+    filter_lines(turned + (size_t)(cols->start[x] - in->col0) * column, column,
+                 cols->length[x], cols->weight + (size_t)x * cols->taps, sum, (int)column);
+    int target = out->flip ? out->width - 1 - x : x;
+    store_line(sum, horizontal + (size_t)target * column, (int)column);
+  }
+  transpose(horizontal, column, out->width, out->height, pb, unturned);
+  for (int y = 0; y < out->height; y++) {
+    const uint8_t *line = unturned + (size_t)y * out->width * pb;
+    uint8_t *target = out->pixels + (size_t)y * out->width * out->channels;
+    if (pb == out->channels)
+      memcpy(target, line, (size_t)out->width * pb);
+    else
+      for (int x = 0; x < out->width; x++) memcpy(target + 3 * x, line + 4 * x, 3);
+  }
+}
+
 /* ------------------------------------------------------------ decoder --- */
 
 struct strict_errors {
@@ -259,10 +373,11 @@ static void warn_or_trace(j_common_ptr info, int level) {
   if (level < 0) fail(info);
 }
 
-/* Bumped with every change of mae_crop_resize's arguments or of the
- * functions crop_resize.py calls: it refuses a library built from an older
+/* Bumped with every change of mae_crop_resize's arguments, of the pixels
+ * it gives (4: crop, then resize) or of the functions crop_resize.py
+ * calls: it refuses a library built from an older
  * source (a stale build would be called with the wrong arguments). */
-int mae_crop_resize_abi(void) { return 3; }
+int mae_crop_resize_abi(void) { return 4; }
 
 /* The vector width of the resize code this CPU runs: 512 (AVX-512), 256
  * (AVX2) or 0 (plain C), for crop_resize.describe(). */
@@ -285,21 +400,23 @@ int mae_crop_resize_version(void) {
 }
 
 /* Decodes the JPEG in data[0:size] as `channels` (1: grayscale, 3: RGB),
- * resizes its box (top, left, height, width) to resize_height x
- * resize_width with Pillow's bicubic filter, and writes the part
+ * crops its box (top, left, height, width) and resizes the crop to
+ * resize_height x resize_width with Pillow's bicubic filter, and writes the part
  * [out_top, out_top + out_height) x [out_left, out_left + out_width) of the
  * result to out (uint8, row-major, packed): train crops take all of it,
  * eval takes the centre crop of a resized whole image. flip != 0 mirrors
  * the result left to right (for free: the horizontal pass writes its
- * columns in reverse order).
+ * columns in reverse order). vertical_first_order != 0 runs the vertical
+ * pass first, as Pillow 13 does for some shapes (crop_resize.py decides,
+ * by the Pillow that is installed).
  *
  * Returns 0 on success; 1 with a message (corrupt data, a colour space
  * libjpeg cannot give as RGB, a box outside the image, no memory), out then
  * undefined. */
 int mae_crop_resize(const unsigned char *data, size_t size, int channels, int top, int left,
                     int height, int width, int resize_height, int resize_width, int out_top,
-                    int out_left, int out_height, int out_width, int flip, unsigned char *out,
-                    char *message, size_t message_size) {
+                    int out_left, int out_height, int out_width, int flip, int vertical_first_order,
+                    unsigned char *out, char *message, size_t message_size) {
   struct jpeg_decompress_struct info;
   struct strict_errors errors;
   /* Set before libjpeg can jump back here, read after: volatile. */
@@ -338,10 +455,8 @@ int mae_crop_resize(const unsigned char *data, size_t size, int channels, int to
   axes = calloc(2, sizeof(Axis));
   if (!axes) goto no_memory;
   Axis *rows = &axes[0], *cols = &axes[1];
-  if (!axis_init(rows, image_height, (float)top, (float)(top + height), resize_height, out_top,
-                 out_height) ||
-      !axis_init(cols, image_width, (float)left, (float)(left + width), resize_width, out_left,
-                 out_width))
+  if (!axis_init(rows, top, height, resize_height, out_top, out_height) ||
+      !axis_init(cols, left, width, resize_width, out_left, out_width))
     goto no_memory;
   int row0, row1, col0, col1;
   axis_span(rows, out_height, &row0, &row1);
@@ -367,22 +482,17 @@ int mae_crop_resize(const unsigned char *data, size_t size, int channels, int to
   /* Widens the window to whole iMCU columns. */
   jpeg_crop_scanline(&info, &decode_left, &decode_width);
 
-  int window_rows = decode_bottom - decode_top, used_rows = row1 - row0, used_cols = col1 - col0;
+  int window_rows = decode_bottom - decode_top;
   size_t window_stride = (size_t)decode_width * pixel_bytes;
-  size_t line_bytes = (size_t)used_rows * pixel_bytes;  /* a column of the window */
-  size_t out_line_bytes = (size_t)out_width * pixel_bytes;
-  size_t longest = line_bytes > out_line_bytes ? line_bytes : out_line_bytes;
-  size_t sum_bytes = longest * sizeof(int32_t);
-  size_t window_bytes = (size_t)window_rows * window_stride;
-  size_t transposed_bytes = (size_t)used_cols * line_bytes;
-  size_t pass_bytes = (size_t)out_width * line_bytes;
-  /* Every part a multiple of 4 bytes long (RGBX) or byte-addressed (grey);
-   * the int32 sums come first, at malloc's alignment. */
-  arena = malloc(sum_bytes + window_bytes + transposed_bytes + 2 * pass_bytes);
+  Output output = {out, out_height, out_width, channels, flip};
+  Window used = {NULL, window_stride, row1 - row0, col1 - col0, row0, col0, pixel_bytes};
+  size_t scratch = scratch_bytes(&used, &output, vertical_first_order);
+  /* The scratch first, at malloc's alignment (its int32 sums lead). */
+  arena = malloc(scratch + (size_t)window_rows * window_stride);
   if (!arena) goto no_memory;
-  int32_t *sum = (int32_t *)arena;
-  uint8_t *window = arena + sum_bytes, *transposed = window + window_bytes;
-  uint8_t *horizontal = transposed + transposed_bytes, *unturned = horizontal + pass_bytes;
+  uint8_t *window = arena + scratch;
+  used.pixels = window + (size_t)(row0 - decode_top) * window_stride +
+                (size_t)(col0 - (int)decode_left) * pixel_bytes;
 
   if (decode_top > 0 &&
       jpeg_skip_scanlines(&info, (JDIMENSION)decode_top) != (JDIMENSION)decode_top) {
@@ -405,29 +515,10 @@ int mae_crop_resize(const unsigned char *data, size_t size, int channels, int to
   /* The rows below the window are not needed: stop without reading them. */
   jpeg_abort_decompress(&info);
 
-  /* Horizontal pass over the transposed window (its columns contiguous):
-   * output column x reads window columns [start, start + length). */
-  const uint8_t *used = window + (size_t)(row0 - decode_top) * window_stride +
-                        (size_t)(col0 - (int)decode_left) * pixel_bytes;
-  transpose(used, window_stride, used_rows, used_cols, pixel_bytes, transposed);
-  for (int x = 0; x < out_width; x++) {
-    filter_lines(transposed + (size_t)(cols->start[x] - col0) * line_bytes, line_bytes,
-                 cols->length[x], cols->weight + (size_t)x * cols->taps, sum, (int)line_bytes);
-    int column = flip ? out_width - 1 - x : x;
-    store_line(sum, horizontal + (size_t)column * line_bytes, (int)line_bytes);
-  }
-  /* Vertical pass, rows contiguous again; RGBX packed to RGB at the end. */
-  transpose(horizontal, line_bytes, out_width, used_rows, pixel_bytes, unturned);
-  for (int y = 0; y < out_height; y++) {
-    filter_lines(unturned + (size_t)(rows->start[y] - row0) * out_line_bytes, out_line_bytes,
-                 rows->length[y], rows->weight + (size_t)y * rows->taps, sum,
-                 (int)out_line_bytes);
-    uint8_t *target = out + (size_t)y * out_width * channels;
-    if (pixel_bytes == channels)
-      store_line(sum, target, (int)out_line_bytes);
-    else
-      store_line_rgb(sum, target, out_width);
-  }
+  if (vertical_first_order)
+    vertical_first(&used, rows, cols, &output, arena);
+  else
+    horizontal_first(&used, rows, cols, &output, arena);
   status = 0;
   goto finish;
 

@@ -4,12 +4,13 @@ Training follows the reference MAE recipe: torchvision's RandomResizedCrop
 (scale 0.2-1 of the area, log-uniform width/height ratio 3/4-4/3, ten draws
 then a centre-crop fallback, bicubic), a random horizontal flip; mean/std
 normalisation happens on the device. Evaluation resizes the short side to image_size /
-crop_fraction and takes the centre crop. Pillow's bicubic resize is the one
-the reference runs (torchvision on PIL images), antialiasing included.
+crop_fraction and takes the centre crop. The crop is the reference's own
+operation (torchvision's `F.resized_crop` on a PIL image): `crop(box)`, then
+Pillow's bicubic resize of the crop, antialiasing included.
 
 JPEG crops go through the native crop decoder when it is built
-(`crop_resize`: only the window the resize reads is decoded, then Pillow's
-resize arithmetic; the same pixels, twice the rate). Otherwise, and for
+(`crop_resize`: only the box's window is decoded, then Pillow's resize
+arithmetic; the same pixels, twice the rate). Otherwise, and for
 other formats, images are decoded in full: JPEGs by libjpeg-turbo (through
 `simplejpeg`) straight to RGB with its accurate integer IDCT and smooth
 chroma upsampling, the same pixels as Pillow's decoder, which the reference
@@ -190,14 +191,14 @@ def eval_resize_shape(height: int, width: int, size: int, crop_fraction: float) 
 # ----------------------------------------------------------------- resize --
 
 
-def resize_box(
-  image: Image.Image, box: tuple[float, float, float, float], height: int, width: int
-) -> Image.Image:
-  """Bicubic (antialiased, as Pillow) resize of `box` = (top, left, h, w)."""
+def crop_then_resize(image: Image.Image, box: Box, height: int, width: int) -> Image.Image:
+  """The reference's `F.resized_crop` on a PIL image: `crop(box)` with
+  box = (top, left, h, w), then Pillow's bicubic (antialiased) resize of
+  the crop, whose filter sees only the crop's pixels. Not `resize(box=...)`,
+  whose taps read the image around the box."""
   top, left, box_height, box_width = box
-  return image.resize(
-    (width, height), Image.BICUBIC, box=(left, top, left + box_width, top + box_height)
-  )
+  cropped = image.crop((left, top, left + box_width, top + box_height))
+  return cropped.resize((width, height), Image.BICUBIC)
 
 
 def crop_and_resize(
@@ -208,16 +209,16 @@ def crop_and_resize(
   flip: bool = False,
   out: np.ndarray | None = None,
 ) -> np.ndarray:
-  """Pillow's bicubic resize of `box` of the image to `shape` = (height,
-  width), mirrored if `flip`, uint8 [h, w, channels] (written into `out`
-  when given): JPEGs through the native crop decoder when it is built (only
-  the window the resize reads is decoded, the same pixels), everything else
-  (or a file it refuses) decoded in full."""
+  """The crop `box` of the image resized to `shape` = (height, width)
+  (`crop_then_resize`), mirrored if `flip`, uint8 [h, w, channels]
+  (written into `out` when given): JPEGs through the native crop decoder
+  when it is built (only the box's window is decoded, the same pixels),
+  everything else (or a file it refuses) decoded in full."""
   if is_jpeg_bytes(image):
     pixels = crop_resize.crop_resize(image, channels, box, shape, flip=flip, out=out)
     if pixels is not None:
       return pixels
-  window = resize_box(decode_image(image, channels), box, *shape)
+  window = crop_then_resize(decode_image(image, channels), box, *shape)
   pixels = to_array(window.transpose(Image.FLIP_LEFT_RIGHT) if flip else window)
   if out is None:
     return pixels
@@ -295,5 +296,5 @@ def eval_transform(image: bytes | np.ndarray, data_config: Any) -> np.ndarray:
       return pixels
   decoded = decode_image(image, channels)
   if (new_height, new_width) != (height, width):
-    decoded = resize_box(decoded, (0, 0, height, width), new_height, new_width)
+    decoded = decoded.resize((new_width, new_height), Image.BICUBIC)
   return to_array(decoded)[top : top + size, left : left + size]
