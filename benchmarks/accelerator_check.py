@@ -17,9 +17,13 @@ What it does, in order (each part within a time budget, --budget-s):
      AdamW, donated state) for ViT-B/16 and ViT-L/16 at 224 px at a
      realistic per-chip batch (256 and 128), data-parallel over every local
      device, once per attention implementation (`xla`, `cudnn`) side by
-     side: compile time, images/s (median after warm-up), model FLOP/s, MFU
-     against the matmul rate of step 1 (and the chip's nominal dense peak
-     when known), peak memory per device;
+     side, each row in a fresh process (the allocator's peak is per
+     process): compile time, images/s (median after warm-up), model FLOP/s,
+     MFU against the matmul rate of step 1 (and the chip's nominal dense
+     peak when known), peak memory per device; and beside each, what
+     `mae_jax.aot` predicts for the same compiled step on this device kind
+     (its roofline step time and MFU, the compiler's memory figure), so the
+     first run on a GPU calibrates the plans;
   4. the ratios: mae_jax's best images/s per chip against torch.compile's
      and eager PyTorch's.
 
@@ -34,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from typing import Any
@@ -179,6 +184,7 @@ def measure_model(
     "dtype": dtype,
     "devices": len(devices),
     "per_chip_batch": per_chip_batch,
+    "process": os.getpid(),
   }
   try:
     # cuDNN attention refuses odd sequence lengths (197 tokens at 224 px):
@@ -197,6 +203,7 @@ def measure_model(
   images_per_s = batch / timing.median
   achieved = model_flops * images_per_s / len(devices)
   memory = step.memory()
+  row.update(predicted(step, devices, dtype, model_flops * batch))
   row.update(
     compile_s=step.lower_s + step.compile_s,
     **timing.summary(batch),
@@ -264,6 +271,48 @@ def measure_torch(
   return row
 
 
+def predicted(step, devices, dtype: str, step_flops: float) -> dict:
+  """mae_jax.aot's prediction for this compiled step on this device kind:
+  the roofline step time and MFU (None for a kind the planner does not
+  know, e.g. the CPU) and the compiler's memory figure (always)."""
+  from mae_jax.aot import roofline, topologies
+
+  out = {
+    "predicted_step_s": None,
+    "predicted_mfu": None,
+    "predicted_memory_bytes": step.memory().get("peak_bytes"),
+  }
+  chip = topologies.chip_of_device_kind(devices[0].device_kind)
+  if chip is None:
+    return out
+  estimate = roofline.roofline(roofline.cost_of(step.compiled), chip, dtype)
+  seconds = estimate.get("step_seconds")
+  if seconds:
+    out["predicted_step_s"] = seconds
+    out["predicted_mfu"] = step_flops / (len(devices) * estimate["peak_flops"] * seconds)
+  return out
+
+
+def measure_model_in_child(**kwargs) -> dict:
+  """`measure_model` in a fresh process: the allocator's peak
+  (`allocator_peak_bytes`) counts from process start, so in one process
+  every row after the first would inherit the largest earlier peak."""
+  command = [sys.executable, "-m", "benchmarks.accelerator_check", "--row", json.dumps(kwargs)]
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=root)
+  lines = result.stdout.strip().splitlines()
+  if result.returncode or not lines:
+    tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+    return {
+      "framework": "mae_jax",
+      "model": kwargs["label"],
+      "attention": kwargs["attention"],
+      "per_chip_batch": kwargs["per_chip_batch"],
+      "error": f"row process exited {result.returncode}: {tail[0][:300]}",
+    }
+  return json.loads(lines[-1])
+
+
 def ratios(rows: list[dict]) -> list[dict]:
   """Per model: mae_jax's best images/s per chip over each PyTorch mode's."""
   out = []
@@ -306,14 +355,15 @@ def render(report: dict) -> str:
     + f". Wall time {report['wall_s']:.0f} s.",
     "",
     "| framework | model | batch/chip | attention | img/s/chip | TFLOP/s/chip | "
-    "MFU (measured matmul) | MFU (nominal) | peak memory/device | compile s |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "MFU (measured matmul) | MFU (nominal) | peak memory/device | compile s | "
+    "predicted step (measured) | predicted MFU | predicted memory |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for row in report["rows"]:
     head = f"| {row['framework']} | {row['model']} | {row['per_chip_batch']} | {row['attention']} |"
     problem = row.get("error") or row.get("skipped")
     if problem:
-      lines.append(f"{head} {problem} | | | | | |")
+      lines.append(f"{head} {problem} | | | | | | | | |")
       continue
     mfu = row.get("mfu_vs_measured_matmul")
     nominal = row.get("mfu_vs_nominal_peak")
@@ -321,7 +371,7 @@ def render(report: dict) -> str:
       f"{head} {row['images_per_s_per_chip']:.1f} | {_cell(row, 'model_tflops_per_chip', '.1f')} | "
       f"{'n/a' if mfu is None else f'{100 * mfu:.0f} %'} | "
       f"{'n/a' if nominal is None else f'{100 * nominal:.0f} %'} | "
-      f"{gib(row.get('peak_bytes_per_device'))} | {row['compile_s']:.0f} |"
+      f"{gib(row.get('peak_bytes_per_device'))} | {row['compile_s']:.0f} | " + _prediction(row)
     )
   if report["ratios"]:
     lines += [
@@ -337,6 +387,19 @@ def render(report: dict) -> str:
         f"{'n/a' if eager is None else f'{eager:.2f}x'} |"
       )
   return "\n".join(lines) + "\n"
+
+
+def _prediction(row: dict) -> str:
+  """The aot columns: predicted step (measured median), MFU, memory."""
+  if row["framework"] != "mae_jax":
+    return "| | |"
+  step, mfu = row.get("predicted_step_s"), row.get("predicted_mfu")
+  measured = row.get("median_s")
+  step_text = "n/a (device kind unknown to the planner)"
+  if step:
+    step_text = f"{1e3 * step:.1f} ms" + (f" ({1e3 * measured:.1f} ms)" if measured else "")
+  mfu_text = "n/a" if mfu is None else f"{100 * mfu:.0f} %"
+  return f"{step_text} | {mfu_text} | {gib(row.get('predicted_memory_bytes'))} |"
 
 
 def parse_args(argv):
@@ -369,6 +432,7 @@ def parse_args(argv):
     "--budget-s", type=float, default=420.0, help="rows not started by then are skipped"
   )
   parser.add_argument("--out-dir", default="")
+  parser.add_argument("--row", default="", help=argparse.SUPPRESS)  # one row, in a child
   return parser.parse_args(sys.argv[1:] if argv is None else argv)
 
 
@@ -378,6 +442,10 @@ def main(argv: list[str] | None = None) -> dict:
   # torch and JAX share the GPU: JAX allocates as it goes instead of taking
   # 75 % of the memory up front.
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  if args.row:  # a child of measure_model_in_child: one row, as JSON
+    row = measure_model(**json.loads(args.row))
+    print(json.dumps(row, default=str))
+    return row
   start = time.perf_counter()
   environment = preflight(args)
   import jax
@@ -449,10 +517,10 @@ def main(argv: list[str] | None = None) -> dict:
         )
         continue
       rows.append(
-        measure_model(
-          label,
-          fields,
-          batch,
+        measure_model_in_child(
+          label=label,
+          fields=fields,
+          per_chip_batch=batch,
           dtype=args.dtype,
           attention=impl,
           warmup=args.warmup,

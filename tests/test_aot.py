@@ -17,9 +17,9 @@ import pytest
 from configs import pretrain as pretrain_config
 from mae_jax import aot
 from mae_jax.aot import cli as aot_cli
-from mae_jax.aot import planner, topologies
+from mae_jax.aot import planner, roofline, topologies
 from mae_jax.core import sharding
-from mae_jax.errors import ConfigError, UsageError
+from mae_jax.errors import ConfigError
 from tests.helpers import REPO, TINY_OVERRIDES, environment
 
 TINY_MODEL = {**TINY_OVERRIDES, "global_batch_size": 16}
@@ -250,11 +250,72 @@ def test_finetune_and_probe_configs_are_planned_like_pretraining():
   assert "plan of the linprobe step" in aot.format_report(probe)
 
 
-def test_a_knn_config_has_no_step_to_plan():
+def test_a_knn_config_plans_its_feature_and_vote_programs():
   from configs import knn as knn_config
 
-  with pytest.raises(UsageError, match="trains nothing"):
-    aot.check_plan(eval_config(knn_config), topologies.parse("cpu:8"))
+  report = aot.check_plan(eval_config(knn_config), topologies.parse("cpu:8"))
+  names = [entry["name"] for entry in report.evaluations]
+  assert [name.split(" (")[0] for name in names] == ["k-NN features", "k-NN vote"]
+  assert "1,497 bank features" in names[1]  # the digits train split
+  assert report.fits and all(entry["total"] > 0 for entry in report.evaluations)
+  text = aot.format_report(report)
+  assert "plan of the knn programs" in text and "state per chip" not in text
+
+
+def test_evaluation_programs_are_planned_and_can_be_what_does_not_fit():
+  """The train step fits; the k-NN monitor's vote against an ImageNet-sized
+  bank on one device (1024 queries x 1,281,167 similarities in float32:
+  5.2 GB) does not, and the verdict says so."""
+  digits = aot.check_plan(tiny_config(), topologies.parse("cpu:8"))
+  names = [entry["name"].split(" (")[0] for entry in digits.evaluations]
+  assert names == ["reconstruction eval", "k-NN features", "k-NN vote"] and digits.fits
+  imagenet = tiny_config(**{"data.source": "tfds", "data.name": "imagenet2012"})
+  report = aot.check_plan(imagenet, topologies.parse("cpu:8"), hbm_bytes=2 * 1024**3)
+  assert report.memory["total"] < 2 * 1024**3  # the step itself fits
+  vote = report.evaluations[-1]
+  assert "1,281,167 bank features" in vote["name"] and vote["where"] == "one device"
+  assert vote["total"] > 5e9 and not vote["fits"] and not report.fits
+  assert "k-NN vote" in aot.format_report(report) and "DOES NOT FIT" in aot.format_report(report)
+  # Fine-tuning plans its accuracy pass.
+  from configs import finetune as finetune_config
+
+  finetune = aot.check_plan(eval_config(finetune_config), topologies.parse("cpu:8"))
+  assert [e["name"].split(" (")[0] for e in finetune.evaluations] == ["accuracy eval"]
+
+
+def test_collectives_are_read_off_the_hlo_with_their_groups_and_bytes():
+  from mae_jax.aot import collectives
+
+  hlo = "\n".join(
+    [
+      "%a = f32[1024]{0} all-reduce(%x), replica_groups={{0,1,2,3},{4,5,6,7}}, to_apply=%add",
+      "%b = bf16[8,128]{1,0} all-gather(%y), replica_groups=[2,4]<=[4,2]T(1,0), dimensions={0}",
+      "%c = f32[16]{0} reduce-scatter(%z), replica_groups=mesh['axis_0'=2,'axis_1'=4] "
+      "{'axis_0'}, dimensions={0}",
+      "%d = ((f32[4]{0}), f32[32]{0}) all-gather-start(%w), replica_groups={}, dimensions={0}",
+      "%e = f32[32]{0} all-gather-done(%d)",
+      "%f = f32[64]{0} collective-permute(%v), source_target_pairs={{0,1},{1,2}}",
+    ]
+  )
+  found = collectives.collectives_of(hlo, 8)
+  assert [c.op for c in found] == ["all-reduce", "all-gather", "reduce-scatter", "all-gather"] + [
+    "collective-permute"
+  ]
+  reduce, gather, scatter, started, permute = found
+  assert reduce.groups == [[0, 1, 2, 3], [4, 5, 6, 7]] and reduce.result_bytes == 4096
+  assert reduce.link_bytes() == pytest.approx(2 * 3 / 4 * 4096)
+  assert gather.groups == [[0, 2, 4, 6], [1, 3, 5, 7]] and gather.result_bytes == 2048
+  assert scatter.groups == [[0, 4], [1, 5], [2, 6], [3, 7]]  # the mesh form, over axis_0
+  assert scatter.link_bytes() == 1 * 64  # (n - 1) x the shard
+  assert started.group_size == 8 and started.result_bytes == 128  # the output, not the operand
+  assert permute.link_bytes() == 256
+  # Groups inside one host stay on the fast link; a group across hosts does not.
+  homes = [0, 0, 0, 0, 1, 1, 1, 1]
+  assert not collectives.crosses(reduce, homes) and collectives.crosses(gather, homes)
+  near, far = collectives.Link("NVLink", 450e9), collectives.Link("network", 50e9)
+  links = collectives.time_per_link(found, homes, near, far, repeat=2)
+  assert links["NVLink"]["count"] == 4 and links["network"]["count"] == 6  # x 2 repeats
+  assert links["network"]["seconds"] == pytest.approx(links["network"]["bytes"] / 50e9)
 
 
 def test_the_cli_prints_user_errors_in_one_line_and_keeps_a_bugs_traceback(monkeypatch):
@@ -313,10 +374,10 @@ def test_scanned_layers_and_accumulation_are_counted_in_full():
 
 def test_the_roofline_uses_the_peak_of_the_compute_dtype():
   h100, v5p = topologies.parse("h100:8").chip, topologies.parse("v5p:2x2x1").chip
-  assert planner.peak_of(h100, "bfloat16") == (h100.peak_bf16_flops, "bf16")
-  peak, label = planner.peak_of(h100, "float32")
+  assert roofline.peak_of(h100, "bfloat16") == (h100.peak_bf16_flops, "bf16")
+  peak, label = roofline.peak_of(h100, "float32")
   assert peak == h100.peak_bf16_flops / 2 and label.startswith("TF32")
-  assert planner.peak_of(v5p, "float32")[0] == v5p.peak_bf16_flops  # bf16 passes on a TPU
+  assert roofline.peak_of(v5p, "float32")[0] == v5p.peak_bf16_flops  # bf16 passes on a TPU
   report = sample_report(
     topology="h100:8",
     accelerator_type="h100",
@@ -332,5 +393,9 @@ def test_the_roofline_uses_the_peak_of_the_compute_dtype():
   planner.read_cost(report, {"flops": 1.5e13, "bytes accessed": 1.0e11}, h100)
   assert report.compute_seconds == pytest.approx(1.5e13 / (h100.peak_bf16_flops / 2))
   assert report.step_seconds == max(report.compute_seconds, report.memory_seconds)
+  # A collective-bound plan says so.
+  report.collective_seconds = 1.0
+  planner.read_cost(report, {"flops": 1.5e13, "bytes accessed": 1.0e11}, h100)
+  assert report.step_seconds == 1.0 and "collectives-bound" in report.step_time_source
   text = aot.format_report(report)
   assert "compute time" in text and "memory time" in text and "TF32" in text

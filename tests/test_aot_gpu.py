@@ -47,9 +47,21 @@ def test_gpu_topologies_parse_as_gpus_per_host_and_hosts():
 
 def test_target_configs_carry_each_gpus_facts():
   text = gpu_targets.target_config(gpu_targets.GPUS["b200"])
-  assert "core_count: 148" in text and "major: 10 minor: 0" in text
+  assert "core_count: 148" in text
   assert 'device_description_str: "NVIDIA B200"' in text
   assert sorted(gpu_targets.GPUS) == ["a100-80", "b200", "h100", "h200"]
+  # Hopper and Blackwell describe themselves as 9.0a and 10.0a; Ampere as 8.0.
+  assert "major: 10 minor: 0 feature_extension: ACCELERATED_FEATURES" in text
+  codes = {name: gpu_targets.compute_capability_text(s) for name, s in gpu_targets.GPUS.items()}
+  assert codes == {"a100-80": "8.0", "h100": "9.0a", "h200": "9.0a", "b200": "10.0a"}
+  assert "feature_extension" not in gpu_targets.target_config(gpu_targets.GPUS["a100-80"])
+  # Memory: the total CUDA reports (XLA sizes its pool from it), not
+  # nvidia-smi's 81,559 MiB.
+  assert gpu_targets.GPUS["h100"].memory_bytes == 84_942_979_072
+  # TPU HBM in one unit (GiB) for every chip.
+  assert {name: chip.hbm_bytes / GiB for name, chip in topologies.CHIPS.items()} == {
+    "v4": 32, "v5e": 16, "v5p": 95, "v6e": 32
+  }  # fmt: skip
 
 
 def test_vit_b16_bf16_at_256_per_gpu_fits_8_h100s(tmp_path):
@@ -110,13 +122,27 @@ def test_each_gpu_compiles_the_step(tmp_path, gpu):
   assert report["hbm_bytes"] == int(0.75 * spec.memory_bytes) and report["fits"]
 
 
-def test_four_hosts_of_8_and_the_memory_fraction(tmp_path, monkeypatch):
-  monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.9")
+def test_four_hosts_of_8_the_links_and_the_memory_fraction(tmp_path, monkeypatch):
+  monkeypatch.setenv("XLA_CLIENT_MEM_FRACTION", "0.9")
   result, report = run_aot(tmp_path, "h100:8x4", BF16, *TINY, "--config.global_batch_size=64")
   assert result.returncode == 0, result.stderr[-3000:]
   assert report["chips"] == 32 and report["hosts"] == 4
   assert report["hbm_bytes"] == int(0.9 * gpu_targets.GPUS["h100"].memory_bytes)
-  assert "XLA_PYTHON_CLIENT_MEM_FRACTION" in result.stdout
+  assert "XLA_CLIENT_MEM_FRACTION" in result.stdout
+  # The data axis spans the 4 hosts: its gradient all-reduce crosses the
+  # network (50 GB/s per GPU), and the report times it there.
+  links = report["collective_links"]
+  assert links["network"]["count"] >= 1 and links["network"]["bandwidth"] == 50e9
+  assert report["collective_seconds"] > 0 and "network" in result.stdout
+  # The deprecated name still counts, and says so; both at once is refused.
+  monkeypatch.delenv("XLA_CLIENT_MEM_FRACTION")
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
+  result, report = run_aot(tmp_path, "h100:8", BF16, *TINY)
+  assert report["hbm_bytes"] == int(0.5 * gpu_targets.GPUS["h100"].memory_bytes)
+  assert "deprecated" in result.stdout
+  monkeypatch.setenv("XLA_CLIENT_MEM_FRACTION", "0.5")
+  result, _ = run_aot(tmp_path, "h100:8", BF16, *TINY)
+  assert result.returncode == 2 and "deprecated name" in result.stderr + result.stdout
 
 
 def cudnn_installed() -> bool:

@@ -219,12 +219,24 @@ def test_accelerator_check_runs_on_cpu_at_tiny_sizes(tmp_path):
   assert ours["images_per_s_per_chip"] > 0 and 0 < ours["mfu_vs_measured_matmul"]
   assert ours["peak_bytes_per_device"] > 0
   assert all("error" not in row for row in rows.values()), rows
+  # Each mae_jax row runs in a process of its own (the allocator's peak is
+  # per process), and stands beside the planner's prediction: the memory
+  # figure always; the step time only for a device kind the planner knows.
+  assert ours["process"] != os.getpid()
+  assert ours["predicted_memory_bytes"] == ours["peak_bytes_per_device"]
+  assert ours["predicted_step_s"] is None
+  from mae_jax.aot import topologies
+
+  assert topologies.chip_of_device_kind("NVIDIA H100 80GB HBM3").name == "h100"
+  assert topologies.chip_of_device_kind("TPU v5").name == "v5p"
+  assert topologies.chip_of_device_kind("NVIDIA H100 PCIe") is None
   (ratio,) = report["ratios"]
   assert ratio["vs_torch_eager"] > 0 and ratio["vs_torch_compile"] > 0
   saved = json.loads((tmp_path / "accelerator_check.json").read_text())
   assert saved["matmul"]["flops_per_s"] > 0 and len(saved["rows"]) == 3
   markdown = (tmp_path / "accelerator_check.md").read_text()
   assert "| mae_jax | tiny | 2 | xla |" in markdown and "vs torch.compile" in markdown
+  assert "predicted step (measured)" in markdown and "device kind unknown" in markdown
 
 
 def test_accelerator_check_fails_fast_on_what_is_missing(tmp_path, monkeypatch):

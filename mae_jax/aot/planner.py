@@ -8,14 +8,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 
 import jax
-import ml_collections
 import numpy as np
 
 from mae_jax import jobs
-from mae_jax.aot import topologies
+from mae_jax.aot import collectives, evaluations, topologies
+from mae_jax.aot.roofline import cost_of, roofline
 from mae_jax.core.units import gib
 from mae_jax.errors import UsageError
 from mae_jax.model.flops import train_flops_per_example
@@ -42,6 +41,7 @@ class Report:
   remat_policy: str
   hbm_bytes: int | None  # None: no limit known (cpu)
   state_bytes: int  # per chip, from the state's shardings
+  device_total_bytes: int | None = None  # a GPU's whole memory (CUDA's total)
   memory: dict | None = None  # per chip, from the compiler
   compiler_flops: float | None = None
   model_flops: float = 0.0  # whole step, all chips
@@ -57,6 +57,9 @@ class Report:
   peak_flops: float | None = None  # per chip, of the compute dtype
   peak_label: str = ""
   collectives: dict = dataclasses.field(default_factory=dict)  # op -> count in the HLO
+  # link name -> {count, bytes, seconds, bandwidth} per chip and step
+  collective_links: dict = dataclasses.field(default_factory=dict)
+  collective_seconds: float | None = None
   memory_note: str = ""
   device_noun: str = "chips"  # "GPUs" for GPU topologies
   fits: bool = True
@@ -64,24 +67,28 @@ class Report:
   job: str = "pretrain"  # config.job: whose train step was planned
   frozen_bytes: int = 0  # per chip, undonated inputs (the probe's frozen encoder)
   suggestions: list = dataclasses.field(default_factory=list)
+  # the evaluation programs: {name, where, total (bytes per device), fits, error}
+  evaluations: list = dataclasses.field(default_factory=list)
 
 
-def check_plan(
-  config: ml_collections.ConfigDict, topology: topologies.Topology, *, hbm_bytes: int | None = None
-) -> Report:
-  """Builds, lowers and compiles the job's train step; a UserError for bad input."""
+def check_plan(config, topology: topologies.Topology, *, hbm_bytes: int | None = None) -> Report:
+  """Builds, lowers and compiles the job's train step and its evaluation
+  programs (the k-NN job: only those); a UserError for bad input."""
+  # First: jaxlib's GPU plugin itself refuses some of these settings, less clearly.
+  memory_limit, memory_note = memory_limit_of(topology.chip, hbm_bytes)
   devices = topologies.devices(topology)
   plan = plan_without_data(config, devices)
   mesh = plan.make_mesh(devices)
+  trains = jobs.job_of(config).program is not None
   try:
-    program = step_program(config, plan, mesh)
-    lowered = program.lower()
+    program = step_program(config, plan, mesh) if trains else None
+    lowered = program.lower() if trains else None
   except (NotImplementedError, RuntimeError) as error:
     if plan.model.attention_impl != "cudnn":
       raise
     raise UsageError(cudnn_refusal(error)) from error
   cfg, chip = plan.model, topology.chip
-  memory_limit, memory_note = memory_limit_of(chip, hbm_bytes)
+  job = config.get("job", "pretrain")
   report = Report(
     topology=topology.name,
     accelerator_type=topology.accelerator_type,
@@ -90,42 +97,78 @@ def check_plan(
     mesh=dict(mesh.shape),
     slices_per_axis=slices_per_axis(mesh),
     model=describe_model(cfg),
-    params=sum(math.prod(x.shape) for x in jax.tree.leaves(program.abstract_state.params)),
+    params=sum(math.prod(x.shape) for x in jax.tree.leaves(program.abstract_state.params))
+    if trains
+    else 0,
     global_batch=config.global_batch_size,
     batch_per_chip=plan.micro_batch_size / plan.data_parallel,
     grad_accum_steps=config.grad_accum_steps,
     dtype=cfg.dtype,
     remat_policy=cfg.remat_policy,
     hbm_bytes=memory_limit,
+    device_total_bytes=chip.hbm_bytes if chip is not None and chip.gpu else None,
     memory_note=memory_note,
     device_noun="GPUs" if chip is not None and chip.gpu else "chips",
-    state_bytes=per_device_bytes(program.abstract_state),
-    frozen_bytes=per_device_bytes(program.abstract_frozen),
-    job=config.get("job", "pretrain"),
+    state_bytes=per_device_bytes(program.abstract_state) if trains else 0,
+    frozen_bytes=per_device_bytes(program.abstract_frozen) if trains else 0,
+    job=job,
     model_flops=config.global_batch_size
-    * train_flops_per_example(
-      config.get("job", "pretrain"), cfg, cached_features=config.get("cache_features", False)
-    ),
+    * train_flops_per_example(job, cfg, cached_features=config.get("cache_features", False))
+    if trains
+    else 0.0,
   )
-  try:
-    compiled = lowered.compile()
-  except Exception as error:  # XLA reports "out of memory" as a runtime error
-    if not is_out_of_memory(error):
-      raise
-    report.fits, report.compile_error = False, first_lines(str(error))
-  else:
-    read_memory(report, compiled)
-    cost, report.cost_source = loop_free_cost(config, plan, devices, compiled)
-    read_cost(report, cost, chip)
+  if trains:
+    try:
+      compiled = lowered.compile()
+    except Exception as error:  # XLA reports "out of memory" as a runtime error
+      if not is_out_of_memory(error):
+        raise
+      report.fits, report.compile_error = False, first_lines(str(error))
+    else:
+      read_memory(report, compiled)
+      cost, report.cost_source, counted, repeat = loop_free_cost(config, plan, devices, compiled)
+      read_collectives(report, counted, repeat, mesh, chip)
+      read_cost(report, cost, chip)
+  plan_evaluations(report, config, plan, mesh, program)
   if not report.fits:
     report.suggestions = suggestions(report, plan)
   return report
 
 
-# JAX on a GPU preallocates this fraction of its memory and lives within it
-# (XLA_PYTHON_CLIENT_MEM_FRACTION; XLA_PYTHON_CLIENT_PREALLOCATE=false only
-# makes the allocation lazy): a plan must fit in that share.
+def plan_evaluations(report: Report, config, plan, mesh, program) -> None:
+  """Compiles the evaluation programs (`aot.evaluations`): their memory per
+  device; the plan fits only if each of them fits too."""
+  job = config.get("job", "pretrain")
+  if program is None:
+    found = evaluations.knn_job(config, plan, mesh)
+  else:
+    found = evaluations.BY_JOB[job](config, plan, mesh, program)
+  for item in found:
+    entry = {"name": item.name, "where": item.where, "total": None, "fits": True, "error": ""}
+    try:
+      memory = item.lowered.compile().memory_analysis()
+    except Exception as error:
+      if not is_out_of_memory(error):
+        raise
+      entry.update(fits=False, error=first_lines(str(error), 1))
+    else:
+      entry["total"] = sum(
+        int(getattr(memory, f"{name}_size_in_bytes", 0) or 0)
+        for name in ("argument", "output", "temp", "generated_code")
+      ) - int(getattr(memory, "alias_size_in_bytes", 0) or 0)
+      entry["fits"] = report.hbm_bytes is None or entry["total"] <= report.hbm_bytes
+    report.evaluations.append(entry)
+    report.fits = report.fits and entry["fits"]
+
+
+# JAX on a GPU preallocates this share of the total CUDA reports and
+# lives within it (XLA_PYTHON_CLIENT_PREALLOCATE=false only makes the
+# allocation lazy): a plan must fit in that share. JAX's newer releases may
+# grow the default pool towards 100 %, except for collective buffers; the
+# pinned jaxlib 0.10.2's CUDA plugin has no such policy, so the fit is
+# checked against the 75 %, and a plan above it is told what to set.
 DEFAULT_GPU_MEMORY_FRACTION = 0.75
+MEMORY_FRACTION_VARIABLES = ("XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION")
 
 
 def memory_limit_of(chip, hbm_bytes: int | None) -> tuple[int | None, str]:
@@ -136,16 +179,29 @@ def memory_limit_of(chip, hbm_bytes: int | None) -> tuple[int | None, str]:
     return None, ""
   if chip.gpu is None:
     return chip.hbm_bytes, "HBM"
-  text = os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "")
+  new, old = (os.environ.get(name, "") for name in MEMORY_FRACTION_VARIABLES)
+  if new and old:
+    raise UsageError(
+      "XLA_CLIENT_MEM_FRACTION and XLA_PYTHON_CLIENT_MEM_FRACTION are both set (JAX refuses "
+      "that): unset XLA_PYTHON_CLIENT_MEM_FRACTION, the deprecated name."
+    )
+  name = "XLA_CLIENT_MEM_FRACTION" if new else "XLA_PYTHON_CLIENT_MEM_FRACTION"
+  text = new or old
   try:
     fraction = float(text) if text else DEFAULT_GPU_MEMORY_FRACTION
   except ValueError:
-    raise UsageError(
-      f"XLA_PYTHON_CLIENT_MEM_FRACTION={text!r}: expected a fraction such as 0.9."
-    ) from None
-  source = "XLA_PYTHON_CLIENT_MEM_FRACTION" if text else "JAX's default preallocation"
-  return int(chip.hbm_bytes * fraction), (
-    f"{100 * fraction:.0f} % of the GPU's {gib(chip.hbm_bytes)}, {source}"
+    fraction = -1.0
+  if not 0 < fraction <= 1:
+    raise UsageError(f"{name}={text!r}: expected a fraction in (0, 1], such as 0.9.")
+  if not text:
+    source = "JAX's default pool"
+  elif old:
+    source = f"{name}, the deprecated name of XLA_CLIENT_MEM_FRACTION"
+  else:
+    source = name
+  total = chip.hbm_bytes
+  return int(total * fraction), (
+    f"{100 * fraction:.0f} % of the GPU's {gib(total)} ({chip.gpu.memory_source}), {source}"
   )
 
 
@@ -179,11 +235,6 @@ def plan_without_data(config, devices):
   `devices`, with the dataset's size and classes looked up instead of read
   (the AOT machine has no dataset, and no checkpoint for init_from)."""
   job = jobs.job_of(config)
-  if job.program is None:
-    raise UsageError(
-      f"config.job={config.job!r} trains nothing, so there is no train step to plan; "
-      "plan a pretraining, linprobe or finetune config."
-    )
   key = (config.data.source, config.data.name or "")
   if key not in KNOWN_DATASETS and config.num_train_steps <= 0:
     raise UsageError(
@@ -245,20 +296,17 @@ def read_memory(report: Report, compiled) -> None:
     parts["argument"] + parts["output"] - parts["alias"] + parts["temp"] + parts["generated_code"]
   )
   report.memory = parts
-  report.collectives = collectives_in(compiled.as_text())
+  report.collectives = collectives.counts(
+    collectives.collectives_of(compiled.as_text(), report.chips)
+  )
   if report.hbm_bytes is not None and parts["total"] > report.hbm_bytes:
     report.fits = False
 
 
-def cost_of(compiled) -> dict:
-  cost = compiled.cost_analysis()
-  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
-  return dict(cost) if cost else module_cost(compiled)
-
-
-def loop_free_cost(config, plan, devices, compiled) -> tuple[dict, str]:
+def loop_free_cost(config, plan, devices, compiled) -> tuple[dict, str, object, int]:
   """(FLOPs, bytes accessed and the compiler's time estimate of one step,
-  where they come from).
+  where they come from, the compiled program they were counted on, how many
+  times it runs per step).
 
   XLA's cost analysis counts a loop body once: with `scan_layers` (the
   layers in one loop) or gradient accumulation (a scan over micro-batches)
@@ -269,7 +317,7 @@ def loop_free_cost(config, plan, devices, compiled) -> tuple[dict, str]:
   percent of the step). Memory always comes from the real program."""
   accum = config.grad_accum_steps
   if not plan.model.scan_layers and accum == 1:
-    return cost_of(compiled), "the compiled step"
+    return cost_of(compiled), "the compiled step", compiled, 1
   twin = config.copy_and_resolve_references()
   twin.model.scan_layers = False
   twin.grad_accum_steps = 1
@@ -277,19 +325,29 @@ def loop_free_cost(config, plan, devices, compiled) -> tuple[dict, str]:
   twin_plan = plan_without_data(twin, devices)
   twin_compiled = step_program(twin, twin_plan, twin_plan.make_mesh(devices)).lower().compile()
   cost = {key: value * accum for key, value in cost_of(twin_compiled).items()}
-  return cost, (
-    f"its unrolled twin (scan_layers off, one micro-batch) x {accum}: XLA's cost "
-    "analysis counts a loop body once"
+  return (
+    cost,
+    (
+      f"its unrolled twin (scan_layers off, one micro-batch) x {accum}: XLA's cost "
+      "analysis counts a loop body once"
+    ),
+    twin_compiled,
+    accum,
   )
 
 
-def peak_of(chip, dtype: str) -> tuple[float, str]:
-  """(matmul peak per chip for the compute dtype, its name). A GPU runs
-  float32 matmuls as TF32 on its tensor cores, at half the bf16 rate; a TPU
-  runs them as bfloat16 passes (JAX's default precision), at the bf16 rate."""
-  if dtype == "float32" and chip.gpu is not None:
-    return chip.peak_bf16_flops / 2, "TF32 (float32 on tensor cores, half of bf16)"
-  return chip.peak_bf16_flops, "bf16"
+def read_collectives(report: Report, compiled, repeat: int, mesh, chip) -> None:
+  """The collectives' bytes and time per link, per chip and step."""
+  if chip is None:
+    return
+  homes = [
+    getattr(d, "slice_index", 0) if chip.gpu is None else d.process_index for d in mesh.devices.flat
+  ]
+  found = collectives.collectives_of(compiled.as_text(), len(homes))
+  near = collectives.Link(chip.near_link, chip.near_bytes_per_second)
+  far = collectives.Link(chip.far_link, chip.far_bytes_per_second)
+  report.collective_links = collectives.time_per_link(found, homes, near, far, repeat)
+  report.collective_seconds = sum(v["seconds"] for v in report.collective_links.values())
 
 
 def read_cost(report: Report, cost: dict, chip) -> None:
@@ -298,51 +356,15 @@ def read_cost(report: Report, cost: dict, chip) -> None:
   report.bytes_accessed = float(cost.get("bytes accessed", 0.0)) or None
   if chip is None:
     return
-  report.peak_flops, report.peak_label = peak_of(chip, report.dtype)
+  predicted = roofline(cost, chip, report.dtype, report.collective_seconds or 0.0)
+  report.peak_flops, report.peak_label = predicted["peak_flops"], predicted["peak_label"]
   if report.compiler_flops:
-    report.compute_seconds = report.compiler_flops / report.peak_flops
-    report.memory_seconds = (report.bytes_accessed or 0.0) / chip.hbm_bytes_per_second
-  # XLA:TPU's own estimate when it gives one; it can be missing or negative
-  # (seen: -425 s for ViT-B on v5e), and then a roofline.
-  optimal = float(cost.get("optimal_seconds", 0.0))
-  if optimal > 0:
-    report.step_seconds = optimal
-    report.step_time_source = "the compiler's cost model (cost_analysis 'optimal_seconds')"
-  elif report.compute_seconds:
-    report.step_seconds = max(report.compute_seconds, report.memory_seconds)
-    bound = "HBM traffic" if report.memory_seconds > report.compute_seconds else "compute"
-    report.step_time_source = (
-      f"a roofline, {bound}-bound: the larger of the compute and memory times per chip; "
-      "communication and overlap not modelled"
-    )
+    report.compute_seconds = predicted["compute_seconds"]
+    report.memory_seconds = predicted["memory_seconds"]
+  report.step_seconds = predicted.get("step_seconds")
+  report.step_time_source = predicted.get("step_time_source", "")
   if report.step_seconds:
     report.mfu = report.model_flops / (report.chips * report.peak_flops * report.step_seconds)
-
-
-def module_cost(compiled) -> dict:
-  """FLOPs and bytes accessed of the compiled per-device program, where the
-  compiler's own cost analysis has none (XLA:GPU in jaxlib 0.10 returns None):
-  XLA's HLO cost analysis run by the CPU client over the optimised module
-  (its fusions, cuBLAS calls and remat recomputation as compiled)."""
-  from jax._src.lib import xla_client
-
-  modules = compiled.runtime_executable().hlo_modules()
-  cpu = jax.devices("cpu")[0].client
-  return dict(xla_client._xla.hlo_module_cost_analysis(cpu, modules[0]))
-
-
-COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
-
-
-def collectives_in(hlo_text: str) -> dict:
-  """How many of each collective the compiled program launches (async pairs
-  counted once, by their -start)."""
-  counts = {}
-  for op in COLLECTIVES:
-    count = len(re.findall(rf"\b{op}(?:-start)?\(", hlo_text))
-    if count:
-      counts[op] = count
-  return counts
 
 
 def is_out_of_memory(error: Exception) -> bool:
@@ -358,6 +380,12 @@ def suggestions(report: Report, plan) -> list[str]:
   """The knobs that reduce per-chip memory, most effective first."""
   mesh, tips = report.mesh, []
   hbm = report.hbm_bytes or 0
+  needed = (report.memory or {}).get("total", 0)
+  if report.device_total_bytes and 0 < needed <= 0.95 * report.device_total_bytes:
+    tips.append(
+      f"give JAX's pool more of the GPU (the step needs {gib(needed)} of "
+      f"{gib(report.device_total_bytes)}): XLA_CLIENT_MEM_FRACTION=0.95"
+    )
   sharded_over = mesh["fsdp"] * mesh["tensor"]
   if sharded_over < report.chips and report.state_bytes > hbm / 8:
     tips.append(

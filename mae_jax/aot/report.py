@@ -25,16 +25,23 @@ def format_report(r: Report) -> str:
     hbm += " HBM"
   elif r.memory_note:
     hbm += f" usable ({r.memory_note})"
+  trains = bool(r.params)  # the k-NN job trains nothing: its programs only
   lines = [
-    f"AOT plan of the {r.job} step on {r.topology} ({r.accelerator_type}: {r.chips} "
-    f"{r.device_noun}, {r.hosts} hosts)",
-    f"  model            {r.model}, {r.params / 1e6:.1f}M parameters, {r.dtype}, "
-    f"remat {r.remat_policy}",
+    f"AOT plan of the {r.job} {'step' if trains else 'programs'} on {r.topology} "
+    f"({r.accelerator_type}: {r.chips} {r.device_noun}, {r.hosts} hosts)",
+    f"  model            {r.model}"
+    + (f", {r.params / 1e6:.1f}M parameters" if trains else "")
+    + f", {r.dtype}, remat {r.remat_policy}",
     f"  mesh             {mesh}",
-    f"  batch            {r.global_batch} global, {r.batch_per_chip:g} per chip per "
-    f"micro-batch, grad_accum_steps {r.grad_accum_steps}",
-    f"  state per chip   {gib(r.state_bytes)} (trained parameters + optimizer moments)",
   ]
+  if trains:
+    lines += [
+      f"  batch            {r.global_batch} global, {r.batch_per_chip:g} per chip per "
+      f"micro-batch, grad_accum_steps {r.grad_accum_steps}",
+      f"  state per chip   {gib(r.state_bytes)} (trained parameters + optimizer moments)",
+    ]
+  else:
+    lines.append(f"  memory limit     {hbm} per device")
   if r.frozen_bytes:
     lines.append(f"  frozen per chip  {gib(r.frozen_bytes)} (the frozen encoder's parameters)")
   if r.memory:
@@ -64,6 +71,16 @@ def format_report(r: Report) -> str:
       f"  memory time      {r.memory_seconds * 1e3:.1f} ms (bytes accessed per chip / HBM "
       "bandwidth)"
     )
+  if r.collective_seconds is not None:
+    links = "; ".join(
+      f"{name} {v['count']:g} x, {v['bytes'] / 1e9:.3g} GB at {v['bandwidth'] / 1e9:.0f} GB/s "
+      f"= {v['seconds'] * 1e3:.1f} ms"
+      for name, v in r.collective_links.items()
+    )
+    lines.append(
+      f"  collective time  {r.collective_seconds * 1e3:.1f} ms per chip"
+      + (f" ({links}; ring algorithms, no latency)" if links else " (none)")
+    )
   if r.step_seconds:
     lines.append(
       f"  step time        {r.step_seconds * 1e3:.1f} ms predicted (not measured) by "
@@ -78,6 +95,12 @@ def format_report(r: Report) -> str:
     lines.append(
       f"  note             the compiled step does {100 * extra:.0f} % more FLOPs than "
       "the model: XLA recomputes activations to fit, little headroom is left"
+    )
+  for entry in r.evaluations:
+    size = gib(entry["total"]) if entry["total"] is not None else entry["error"]
+    verdict = "fits" if entry["fits"] else "DOES NOT FIT"
+    lines.append(
+      f"  eval program     {entry['name']}: {size} per device ({entry['where']}), {verdict}"
     )
   lines.append("  verdict          " + ("fits" if r.fits else "DOES NOT FIT"))
   lines.extend(f"  try: {tip}" for tip in r.suggestions)

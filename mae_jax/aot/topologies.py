@@ -14,7 +14,7 @@ CUDA driver (requirements-gpu-aot.txt).
 
 Chip figures are Google Cloud's public per-chip specifications
 (cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e): peak bf16 FLOP/s, HBM
-capacity and bandwidth. On v4 and v5p one JAX device is one chip (its two
+capacity (in GiB for every chip) and bandwidth, ICI and DCN bandwidth. On v4 and v5p one JAX device is one chip (its two
 TensorCores work as one "megacore"); accelerator types count TensorCores
 (v5p-128 is 64 chips, topology 4x4x4), v5e and v6e types count chips.
 """
@@ -42,27 +42,71 @@ class Chip:
   dims: int  # 3: v4/v5p 3-D torus; 2: v5e/v6e 2-D torus
   cores_per_chip: int  # how accelerator types count (v5p-8 = 4 chips)
   chip_config: str  # libtpu's name for one JAX device per chip
+  # What a collective's ring gets per chip, one direction: inside a slice
+  # (ICI) or a GPU host (NVLink), and between slices (DCN) or hosts.
+  near_bytes_per_second: float = 0.0
+  far_bytes_per_second: float = 0.0
+  near_link: str = "ICI"
+  far_link: str = "DCN"
   gpu: gpu_targets.GpuSpec | None = None  # set for NVIDIA GPUs
 
 
+def _tpu(name, hbm_gib, peak, hbm_gbps, dims, cores, config, ici_bidirectional_gbps, dcn_gbit):
+  """A TPU chip from Google's per-chip table. A ring along one torus axis
+  uses that axis's two links of the chip's 2 x dims, each way: per
+  direction ICI x 2 / (2 x 2 x dims). DCN is per chip, in Gbit/s."""
+  ring = ici_bidirectional_gbps * GB * 2 / (4 * dims)
+  return Chip(
+    name, hbm_gib * GiB, peak, hbm_gbps * GB, dims, cores, config, ring, dcn_gbit * GB / 8
+  )
+
+
+# HBM in GiB for every chip (what XLA reports usable is a little less: 15.75
+# of v5e's 16). ICI is the bidirectional bandwidth per chip; DCN per chip.
 CHIPS = {
-  # v4: 275 TFLOP/s bf16, 32 GiB HBM2 at 1200 GB/s.
-  "v4": Chip("v4", 32 * GiB, 275e12, 1200 * GB, 3, 2, "megacore"),
-  # v5e: 197 TFLOP/s bf16, "16 GB" HBM2 at 819 GB/s (16 GiB: XLA itself
-  # reports 15.75 GiB usable).
-  "v5e": Chip("v5e", 16 * GiB, 197e12, 819 * GB, 2, 1, "default"),
-  # v5p: 459 TFLOP/s bf16, 95 GB HBM2e at 2765 GB/s.
-  "v5p": Chip("v5p", 95 * GB, 459e12, 2765 * GB, 3, 2, "megacore"),
-  # v6e (Trillium): 918 TFLOP/s bf16, 32 GB HBM at 1638 GB/s.
-  "v6e": Chip("v6e", 32 * GB, 918e12, 1638 * GB, 2, 1, "default"),
+  # v4: 275 TFLOP/s bf16, 32 GiB HBM2 at 1200 GB/s, 6 ICI ports (2400 Gbit/s
+  # each way: 600 GB/s both ways); DCN assumed as v5p's 50 Gbit/s per chip.
+  "v4": _tpu("v4", 32, 275e12, 1200, 3, 2, "megacore", 600, 50),
+  # v5e: 197 TFLOP/s bf16, 16 GiB HBM2 at 819 GB/s, 400 GB/s ICI (4 ports),
+  # 2 x 100 Gbit/s NICs per 8-chip host: 25 Gbit/s per chip.
+  "v5e": _tpu("v5e", 16, 197e12, 819, 2, 1, "default", 400, 25),
+  # v5p: 459 TFLOP/s bf16, 95 GiB HBM2e at 2765 GB/s, 1200 GB/s ICI (6
+  # ports), 50 Gbit/s DCN per chip.
+  "v5p": _tpu("v5p", 95, 459e12, 2765, 3, 2, "megacore", 1200, 50),
+  # v6e (Trillium): 918 TFLOP/s bf16, 32 GiB HBM at 1638 GB/s, 800 GB/s ICI
+  # (4 ports); DCN assumed as v5e's 25 Gbit/s per chip.
+  "v6e": _tpu("v6e", 32, 918e12, 1638, 2, 1, "default", 800, 25),
 }
 # GPUs: a topology is GPUS_PER_HOST[xHOSTS] (dims 2: the second may be left out).
 GPU_CHIPS = {
   name: Chip(
-    name, spec.memory_bytes, spec.peak_bf16_flops, spec.memory_bytes_per_second, 2, 1, "", spec
+    name,
+    spec.memory_bytes,
+    spec.peak_bf16_flops,
+    spec.memory_bytes_per_second,
+    2,
+    1,
+    "",
+    spec.nvlink_bytes_per_second,
+    spec.network_bytes_per_second,
+    "NVLink",
+    "network",
+    spec,
   )
   for name, spec in gpu_targets.GPUS.items()
 }
+
+
+# What jax's device_kind says on each chip this module knows.
+TPU_DEVICE_KINDS = {"TPU v4": "v4", "TPU v5 lite": "v5e", "TPU v5": "v5p", "TPU v6 lite": "v6e"}
+
+
+def chip_of_device_kind(kind: str) -> Chip | None:
+  """The chip a real device is (its exact device_kind), or None if unknown."""
+  kind = kind.strip()
+  if kind in TPU_DEVICE_KINDS:
+    return CHIPS[TPU_DEVICE_KINDS[kind]]
+  return next((chip for chip in GPU_CHIPS.values() if chip.gpu.device_name == kind), None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -197,7 +197,7 @@ def extract_features(
 ) -> tuple[np.ndarray, np.ndarray]:
   """(features [N, D], labels [N]) of the real (mask 1) examples of `batches`,
   on every host. `features_fn(params, images)` runs jitted on the mesh."""
-  step = _feature_step(features_fn, mesh)
+  step = feature_step(features_fn, mesh)
   features, labels = [], []
   for index, batch in enumerate(batches):
     if 0 <= max_batches <= index:
@@ -210,7 +210,7 @@ def extract_features(
 
 
 @functools.lru_cache(maxsize=8)
-def _feature_step(features_fn: Callable, mesh):
+def feature_step(features_fn: Callable, mesh):
   """Jitted once per features_fn: the k-NN monitor extracts features again
   every `knn_every_steps` during pretraining, and would recompile each time."""
   # Replicated outputs: every host gets every row, in order.

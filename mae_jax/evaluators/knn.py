@@ -45,7 +45,7 @@ def knn_scores(
 
 
 # Module-level, so repeated calls (the pretraining monitor) reuse the compilation.
-_knn_scores = jax.jit(knn_scores, static_argnames=("num_classes", "k", "temperature"))
+knn_scores_jit = jax.jit(knn_scores, static_argnames=("num_classes", "k", "temperature"))
 
 
 def knn_classify(
@@ -65,7 +65,7 @@ def knn_classify(
   for start in range(0, len(eval_features), chunk):
     query = jnp.asarray(eval_features[start : start + chunk], jnp.float32)
     labels = jnp.asarray(eval_labels[start : start + chunk])
-    scores = _knn_scores(
+    scores = knn_scores_jit(
       bank, bank_labels, query, num_classes=num_classes, k=k, temperature=temperature
     )
     # The vote shares as probabilities give a (not very meaningful) loss; kept
