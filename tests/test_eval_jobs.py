@@ -599,3 +599,122 @@ def test_linear_probe_command_line(pretrained, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Linear probe (cls features" in result.stdout
   assert json.load(open(os.path.join(workdir, "results.json")))["step"] == 2
+
+
+# --- classifiers out, in the authors' models_vit.py layout ------------------------
+
+
+def models_vit_logits(
+  state: dict, images_nhwc: np.ndarray, *, heads: int, pool: bool
+) -> np.ndarray:
+  """An independent PyTorch forward of the authors' models_vit.py classifier
+  (timm's VisionTransformer) from its state dict: patch conv, cls token +
+  position table, pre-norm blocks (fused qkv, exact GELU), then global pool
+  + fc_norm or the cls token after norm, then the head (a probe's:
+  BatchNorm1d in eval mode, then Linear)."""
+  import torch
+  import torch.nn.functional as F
+
+  t = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
+  x = torch.from_numpy(images_nhwc.transpose(0, 3, 1, 2).copy())
+  x = F.conv2d(
+    x,
+    t["patch_embed.proj.weight"],
+    t["patch_embed.proj.bias"],
+    stride=t["patch_embed.proj.weight"].shape[-1],
+  )
+  x = x.flatten(2).transpose(1, 2)
+  x = torch.cat([t["cls_token"].expand(x.shape[0], -1, -1), x], dim=1) + t["pos_embed"]
+  width = x.shape[-1]
+  depth = len({k.split(".")[1] for k in t if k.startswith("blocks.")})
+  for i in range(depth):
+    b = f"blocks.{i}."
+    h = F.layer_norm(x, (width,), t[b + "norm1.weight"], t[b + "norm1.bias"], eps=1e-6)
+    qkv = F.linear(h, t[b + "attn.qkv.weight"], t[b + "attn.qkv.bias"])
+    q, k, v = qkv.reshape(x.shape[0], x.shape[1], 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+    attn = torch.softmax(q @ k.transpose(-2, -1) * (width // heads) ** -0.5, dim=-1)
+    h = (attn @ v).transpose(1, 2).reshape(x.shape)
+    x = x + F.linear(h, t[b + "attn.proj.weight"], t[b + "attn.proj.bias"])
+    h = F.layer_norm(x, (width,), t[b + "norm2.weight"], t[b + "norm2.bias"], eps=1e-6)
+    h = F.linear(
+      F.gelu(F.linear(h, t[b + "mlp.fc1.weight"], t[b + "mlp.fc1.bias"])),
+      t[b + "mlp.fc2.weight"],
+      t[b + "mlp.fc2.bias"],
+    )
+    x = x + h
+  if pool:
+    feature = F.layer_norm(
+      x[:, 1:].mean(dim=1), (width,), t["fc_norm.weight"], t["fc_norm.bias"], eps=1e-6
+    )
+  else:
+    feature = F.layer_norm(x, (width,), t["norm.weight"], t["norm.bias"], eps=1e-6)[:, 0]
+  if "head.1.weight" in t:
+    feature = F.batch_norm(
+      feature, t["head.0.running_mean"], t["head.0.running_var"], training=False, eps=1e-6
+    )
+    return F.linear(feature, t["head.1.weight"], t["head.1.bias"]).numpy()
+  return F.linear(feature, t["head.weight"], t["head.bias"]).numpy()
+
+
+def test_fine_tuned_and_probed_classifiers_export_to_models_vit(pretrained, tmp_path):
+  """Exported to models_vit.py's names, they give mae_jax's logits on the
+  same images in an independent PyTorch forward; transformers is refused."""
+  from mae_jax.convert import load_state_dict
+  from mae_jax.convert.__main__ import main as convert_main
+  from mae_jax.evaluate.encoders import frozen_encoder
+  from mae_jax.jobs.linprobe import probe_logits
+
+  config = eval_config(finetune_config, init_from=pretrained)
+  run_job(config, str(tmp_path / "finetune"))
+  checkpoints = str(tmp_path / "finetune" / "checkpoints")
+  output = str(tmp_path / "finetuned.pth")
+  assert convert_main([f"--input={checkpoints}", f"--output={output}"]) == 0
+  state = load_state_dict(output)
+  assert {"fc_norm.weight", "head.weight", "pos_embed"} <= set(state) and "norm.weight" not in state
+  x = np.asarray(images(n=3))
+  model_config = ModelConfig(**{**TINY_MODEL, "image_size": 16, "channels": 1})
+  abstract = jax.eval_shape(lambda: ViTClassifier(model_config, 10).init(jax.random.key(0), x))
+  restored = checkpointing.restore_state(checkpoints, {"params": nn.unbox(abstract["params"])})[
+    "params"
+  ]
+  ours = ViTClassifier(model_config, 10).apply({"params": restored}, x)
+  theirs = models_vit_logits(state, x, heads=model_config.heads, pool=True)
+  np.testing.assert_allclose(theirs, np.asarray(ours), atol=1e-5, rtol=1e-5)
+  with pytest.raises(Exception, match="no classifier head"):
+    convert_main([f"--input={checkpoints}", f"--output={tmp_path / 'hf'}", "--layout=transformers"])
+
+  probe_config = eval_config(linprobe_config, init_from=pretrained, cache_features=False)
+  run_job(probe_config, str(tmp_path / "probe"))
+  probe_checkpoints = str(tmp_path / "probe" / "checkpoints")
+  probe_output = str(tmp_path / "probe.safetensors")
+  assert convert_main([f"--input={probe_checkpoints}", f"--output={probe_output}"]) == 0
+  state = load_state_dict(probe_output)
+  assert {"norm.weight", "head.0.running_var", "head.1.weight"} <= set(state)
+  plan = make_eval_plan(probe_config, num_devices=1, process_count=1)
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+  features_fn, encoder = frozen_encoder(probe_config, plan, mesh, jax.random.key(0))
+  head_state = checkpointing.restore_state(
+    probe_checkpoints,
+    {
+      "params": {
+        "head": {
+          "linear": {
+            "kernel": jax.ShapeDtypeStruct((32, 10), jnp.float32),
+            "bias": jax.ShapeDtypeStruct((10,), jnp.float32),
+          }
+        }
+      },
+      "batch_stats": {"bn": {n: jax.ShapeDtypeStruct((32,), jnp.float32) for n in ("mean", "var")}},
+    },
+  )
+  probe = linprobe.ProbeState(
+    step=0,
+    params=head_state["params"]["head"],
+    batch_stats=head_state["batch_stats"],
+    opt_state=None,
+  )
+  pixels = np.clip(x * 40 + 128, 0, 255).astype(np.uint8)  # the pipeline's uint8 images
+  ours = probe_logits(ProbeHead(10), features_fn)(probe, {"image": jnp.asarray(pixels)}, encoder)
+  normalised = np.asarray(PixelNormalization.of(probe_config.data)(jnp.asarray(pixels)))
+  theirs = models_vit_logits(state, normalised, heads=model_config.heads, pool=False)
+  np.testing.assert_allclose(theirs, np.asarray(ours), atol=1e-4, rtol=1e-4)

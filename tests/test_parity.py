@@ -22,6 +22,7 @@ Every test name contains `parity`: `pytest -k parity` selects them all.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import pickle
 import re
@@ -585,3 +586,98 @@ def test_parity_torch_is_imported_only_for_pth_files():
   env = dict(os.environ, PYTHONPATH=REPO_ROOT, JAX_PLATFORMS="cpu")
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
   assert result.returncode == 0, result.stderr[-2000:]
+
+
+# --- export for transformers ----------------------------------------------------
+
+
+def exported_directory(tmp_path, state: dict, config: ModelConfig, name: str = "hf") -> str:
+  """An authors'-layout file imported as a run's checkpoint (WORKDIR/checkpoints,
+  with the run's metrics beside it), exported with --layout=transformers."""
+  source = str(tmp_path / f"{name}.pth")
+  save_state_dict(authors_from_transformers(state), source)
+  workdir = tmp_path / f"{name}_run"
+  checkpoint = str(workdir / "checkpoints")
+  import_to_checkpoint(source, checkpoint, config)
+  (workdir / "metrics.jsonl").write_text(
+    '{"step": 440, "loss": 0.41}\n{"step": 440, "eval_loss": 0.4237, "knn_top1": 88.3}\n'
+  )
+  (workdir / "config.json").write_text(
+    '{"global_batch_size": 128, "num_epochs": 40, "data": {"source": "digits", "name": "", '
+    '"train_split": "train", "image_size": 32}}'
+  )
+  output = str(tmp_path / name)
+  assert convert_main([f"--input={checkpoint}", f"--output={output}", "--layout=transformers"]) == 0
+  return output
+
+
+def test_parity_transformers_export_loads_and_gives_the_same_loss(tmp_path):
+  """export -> ViTMAEForPreTraining.from_pretrained: no missing or
+  unexpected key; the same images and noise give mae_jax's loss and
+  reconstruction; save_pretrained -> import gives the same parameters."""
+  reference = reference_model(SMALL)
+  state = numpy_state(reference)
+  params = params_from_state_dict(state, SMALL)
+  output = exported_directory(tmp_path, state, SMALL)
+  loaded, info = ViTMAEForPreTraining.from_pretrained(
+    output, output_loading_info=True, attn_implementation="eager"
+  )
+  assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+  nhwc, noise = images_and_noise(SMALL)
+  with torch.no_grad():
+    expected = loaded.eval()(
+      pixel_values=torch.from_numpy(nhwc.transpose(0, 3, 1, 2)), noise=torch.from_numpy(noise)
+    )
+  got = MaskedAutoencoder(SMALL).apply(
+    {"params": params}, jnp.asarray(nhwc), noise=jnp.asarray(noise), train=False
+  )
+  assert_same_output(expected, got)
+  # Round trip: transformers saves it, mae_jax imports that: the same parameters.
+  again = str(tmp_path / "saved_again")
+  loaded.save_pretrained(again)
+  checkpoint = str(tmp_path / "reimported")
+  imported = import_to_checkpoint(os.path.join(again, "model.safetensors"), checkpoint, SMALL)
+  assert imported.layout == "transformers"
+  assert_trees_equal(read_checkpoint_params(checkpoint)[0], params)
+  # The model card: the architecture, the run's metrics, the licence of what
+  # went in (an authors'-layout file: CC BY-NC 4.0).
+  card = open(os.path.join(output, "README.md")).read()
+  assert "license: cc-by-nc-4.0" in card and "CC BY-NC 4.0" in card
+  assert "width 64 depth 2" in card and "eval_loss: 0.4237" in card
+  assert "knn_top1: 88.3" in card and "global batch 128" in card
+
+
+def test_parity_encoder_only_exports_as_vitmae_model(tmp_path):
+  reference = reference_model(SMALL)
+  state = {k: v for k, v in numpy_state(reference).items() if not k.startswith("decoder.")}
+  output = exported_directory(tmp_path, state, SMALL, name="encoder")
+  assert json.load(open(os.path.join(output, "config.json")))["architectures"] == ["ViTMAEModel"]
+  loaded, info = ViTMAEModel.from_pretrained(
+    output, output_loading_info=True, attn_implementation="eager"
+  )
+  assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+  for name, value in loaded.state_dict().items():
+    if "position_embeddings" not in name:
+      np.testing.assert_array_equal(value.numpy(), state[f"vit.{name}"], err_msg=name)
+  assert "not included: encoder-only checkpoint" in open(os.path.join(output, "README.md")).read()
+
+
+def test_parity_the_licence_follows_init_from_and_is_said_on_import(tmp_path, capsys):
+  from mae_jax.convert import licences
+
+  source = str(tmp_path / "authors.pth")
+  save_state_dict(authors_from_transformers(numpy_state(reference_model(SMALL))), source)
+  checkpoint = str(tmp_path / "imported")
+  import_to_checkpoint(source, checkpoint, SMALL)
+  assert checkpointing.read_metadata(checkpoint)["licence"] == licences.AUTHORS_LICENCE
+  # A run initialised from it inherits the record; a run from scratch has none.
+  assert licences.licence_of({"config": {"init_from": checkpoint}}) == licences.AUTHORS_LICENCE
+  assert licences.licence_of({"config": {"init_from": ""}}) == licences.NOT_RECORDED
+  gone = licences.licence_of({"config": {"init_from": str(tmp_path / "deleted")}})
+  assert gone["text"].startswith("unknown")
+  # The importer says it in its output.
+  other = str(tmp_path / "again")
+  args = [f"--input={source}", f"--output={other}", "--patch_size=4", "--width=64", "--depth=2"]
+  args += ["--heads=4", "--decoder_width=32", "--decoder_depth=1", "--decoder_heads=4"]
+  assert convert_main(args + ["--image_size=32"]) == 0
+  assert "CC BY-NC 4.0 and stay so after conversion" in capsys.readouterr().out

@@ -9,7 +9,8 @@ import argparse
 import os
 import sys
 
-from mae_jax.convert.pipeline import export_checkpoint, import_to_checkpoint
+from mae_jax.convert import licences
+from mae_jax.convert.pipeline import EXPORT_LAYOUTS, export_checkpoint, import_to_checkpoint
 from mae_jax.errors import UsageError, UserError
 from mae_jax.model.config import PRESETS, ModelConfig, preset
 
@@ -27,11 +28,24 @@ import (a file -> an orbax checkpoint directory)
   head count cannot be read from the tensor shapes); every tensor is checked
   against them.
 
-export (an orbax checkpoint directory -> a file)
+export (an orbax checkpoint directory -> a file or a directory)
+  A fine-tuning or linear-probe checkpoint exports to the authors'
+  models_vit.py layout (timm's VisionTransformer names: fc_norm and head for
+  the global-pool classifier; a probe's head is BatchNorm1d + Linear, its
+  encoder the one it probed).
   Chosen when --input is a directory (or with --export). The sizes are read
-  from the checkpoint's metadata; the output is the authors' layout,
-  float32, including the fixed pos_embed / decoder_pos_embed buffers, as
-  .pth ({"model": state_dict}) or .safetensors.
+  from the checkpoint's metadata. --layout=authors (the default) writes the
+  authors' layout, float32, including the fixed pos_embed /
+  decoder_pos_embed buffers, as .pth ({"model": state_dict}) or
+  .safetensors; --layout=transformers writes a directory that
+  transformers' ViTMAEForPreTraining.from_pretrained loads (ViTMAEModel for
+  an encoder-only checkpoint): config.json, model.safetensors and a model
+  card (README.md) with the run's metrics and the weights' licence.
+
+licence
+  Weights from the authors' release (facebookresearch/mae) are CC BY-NC 4.0
+  and stay so after conversion; the importer records it and every export
+  carries it (docs/weights.md).
 """
 
 EXAMPLES = """\
@@ -52,6 +66,9 @@ examples:
   # export back to the authors' layout
   python -m mae_jax.convert --input=/ckpt/mae_b16 --output=mae_b16.pth
   python -m mae_jax.convert --input=/ckpt/mae_b16 --output=mae_b16.safetensors
+  # export for transformers (ViTMAEForPreTraining.from_pretrained("hf_b16"))
+  python -m mae_jax.convert --input=runs/mae_b16/checkpoints --output=hf_b16 \\
+      --layout=transformers
 """
 
 # Size flags that override the preset; without --model the four encoder
@@ -92,6 +109,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     action="store_true",
     help="export a checkpoint (implied when --input is a directory)",
   )
+  parser.add_argument(
+    "--layout",
+    default="authors",
+    choices=EXPORT_LAYOUTS,
+    help="export only: a file in the authors' layout, or a transformers directory",
+  )
   parser.add_argument("--model", help=f"preset: one of {list(PRESETS)} (import only)")
   for name, kind in SIZE_FLAGS.items():
     parser.add_argument(f"--{name}", type=kind, help="overrides the preset (import only)")
@@ -123,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
   if args.export or os.path.isdir(args.input):
     if not os.path.isdir(args.input):
       raise UsageError(f"--export: {args.input!r} is not a checkpoint directory.")
-    config = export_checkpoint(args.input, args.output)
+    config, what = export_checkpoint(args.input, args.output, args.layout)
     print(
-      f"wrote {args.output} (authors' layout; width {config.width}, depth "
+      f"wrote {args.output} ({what}; width {config.width}, depth "
       f"{config.depth}, patch {config.patch_size}, image {config.image_size})"
     )
     return 0
@@ -137,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     f"wrote {imported.path} (from the {imported.layout} layout; "
     f"{'scanned' if args.scan_layers else 'per-layer'} blocks)"
   )
+  print(licences.import_note(imported.layout))
   return 0
 
 

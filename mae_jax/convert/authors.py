@@ -260,7 +260,15 @@ def authors_from_params(params: Mapping, config: ModelConfig) -> dict[str, np.nd
   """
   params = unstack_layers(params)
   with_decoder = "decoder" in params
-  specs = tensor_specs(config, with_decoder)
+  state = state_from_specs(params, tensor_specs(config, with_decoder))
+  state.update(pos_embed_buffers(config, with_decoder))
+  return state
+
+
+def state_from_specs(params: Mapping, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+  """The torch state dict `specs` describe, from unstacked mae_jax `params`:
+  every spec filled with its shape checked, and nothing of `params` left
+  over (CheckpointError listing what is wrong)."""
   state, problems, used = {}, [], set()
   for spec in specs:
     try:
@@ -284,7 +292,6 @@ def authors_from_params(params: Mapping, config: ModelConfig) -> dict[str, np.nd
     problems.append(f"parameters the authors' layout has no place for: {unexpected}")
   if problems:
     raise CheckpointError("cannot export these parameters:\n  " + _listing(problems))
-  state.update(pos_embed_buffers(config, with_decoder))
   return state
 
 

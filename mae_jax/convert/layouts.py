@@ -14,7 +14,9 @@ Three layouts of the same model are in circulation:
 
 Everything is converted to the authors' layout first; `authors.py` then maps
 that one layout to mae_jax parameters. The `vit.` prefix is optional
-(an encoder-only `ViTMAEModel` saves its keys without it).
+(an encoder-only `ViTMAEModel` saves its keys without it). Export runs the
+same tables backwards (`from_authors_layout`): the authors' layout, then
+transformers' current names, q, k and v split again.
 """
 
 from __future__ import annotations
@@ -174,6 +176,26 @@ _CURRENT_TO_OLD = (
   (r"\.mlp\.fc1\.", ".intermediate.dense."),
   (r"\.mlp\.fc2\.", ".output.dense."),
 )
+
+
+def from_authors_layout(
+  state: Mapping[str, np.ndarray], *, encoder_only: bool = False
+) -> dict[str, np.ndarray]:
+  """An authors' state dict -> transformers' current ViTMAE names (what
+  `ViTMAEForPreTraining.from_pretrained` loads; `encoder_only`: a
+  `ViTMAEModel`'s, without the `vit.` prefix). The fused qkv is split into
+  q, k and v, its output features being [q (all heads), k, v]."""
+  out: dict[str, np.ndarray] = {}
+  for key, value in state.items():
+    name = _rename(key, _AUTHORS_TO_CURRENT)
+    if encoder_only:
+      name = _strip_vit_prefix(name)
+    if ".attention.{q,k,v}_proj." in name:
+      for part, piece in zip("qkv", np.split(np.asarray(value), 3, axis=0)):
+        out[name.replace("{q,k,v}", part)] = piece
+    else:
+      out[name] = value
+  return out
 
 
 def file_key_for(key: str, layout: str) -> str:

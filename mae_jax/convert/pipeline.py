@@ -1,7 +1,8 @@
 """Whole conversions: weight file <-> mae_jax params <-> orbax checkpoint.
 
 Import:  file -> {name: array} -> authors' layout -> params -> checkpoint
-Export:  checkpoint -> params -> authors' layout -> .pth / .safetensors
+Export:  checkpoint -> params -> authors' layout -> .pth / .safetensors, or
+         -> transformers' names -> a from_pretrained directory
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mae_jax.convert import classifiers, licences, transformers_dir
 from mae_jax.convert.authors import authors_from_params, params_from_authors
 from mae_jax.convert.files import load_state_dict, save_state_dict
 from mae_jax.convert.layouts import detect_layout, to_authors_layout
 from mae_jax.core import checkpointing
-from mae_jax.errors import CheckpointError
+from mae_jax.errors import CheckpointError, UsageError
 from mae_jax.model.config import ModelConfig
 from mae_jax.model.mae import MaskedAutoencoder
 from mae_jax.model.stacking import stack_layers, unstack_layers
@@ -76,6 +78,7 @@ def import_to_checkpoint(
     config,
     source=f"{layout} state dict {os.path.abspath(input_path)}",
     param_layout=param_layout,
+    licence=licences.IMPORT_LICENCES[layout],
   )
   return Imported(path, layout)
 
@@ -122,8 +125,34 @@ def _count_unrestored(tree) -> tuple[int, int]:
   return sum(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves), len(leaves)
 
 
-def export_checkpoint(directory: str, output_path: str) -> ModelConfig:
-  """Writes a checkpoint's params in the authors' layout; returns its config."""
+EXPORT_LAYOUTS = ("authors", "transformers")
+
+
+class Exported(NamedTuple):
+  config: ModelConfig
+  what: str  # what was written, for the command's message
+
+
+def export_checkpoint(directory: str, output_path: str, layout: str = "authors") -> Exported:
+  """Writes a checkpoint's weights. A pretraining (or converted) checkpoint:
+  a file in the authors' models_mae.py layout, or a transformers model
+  directory (`transformers_dir`). A fine-tuning or probe checkpoint: a
+  file in the authors' models_vit.py layout (`classifiers`)."""
+  if classifiers.is_classifier(directory):
+    if layout != "authors":
+      raise UsageError(
+        "transformers' ViTMAE has no classifier head: export a fine-tuned or probed "
+        "classifier with --layout=authors (models_vit.py, timm's VisionTransformer names)."
+      )
+    state, config, what = classifiers.classifier_state(directory)
+    save_state_dict(state, output_path)
+    return Exported(config, f"{what}, models_vit.py layout")
   params, config = read_checkpoint_params(directory)
-  save_params(params, config, output_path)
-  return config
+  if layout == "authors":
+    save_params(params, config, output_path)
+    return Exported(config, "authors' models_mae.py layout")
+  mngr = checkpointing.manager(directory, read_only=True)
+  step = mngr.latest_step()
+  metadata = {**checkpointing.read_metadata(directory, step), "_step": step}
+  architecture = transformers_dir.write_directory(params, config, output_path, metadata, directory)
+  return Exported(config, f"a transformers {architecture} directory")

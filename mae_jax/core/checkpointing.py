@@ -293,13 +293,17 @@ def _drop_closed_event_loop_reports() -> None:
   sys.unraisablehook = hook
 
 
-def saved_params_metadata(directory: str, step: int | None = None) -> dict:
-  """The checkpoint's `params` tree of orbax array metadata (shape, dtype), read without the data."""
+def saved_state_metadata(directory: str, step: int | None = None) -> dict:
+  """The checkpoint's `state` tree of orbax array metadata (shape, dtype), read without the data."""
   mngr = manager(directory, read_only=True)
   step = _latest_step(mngr, directory, step)
   metadata = ocp.PyTreeCheckpointer().metadata(os.path.join(directory, str(step), STATE))
-  tree = getattr(metadata.item_metadata, "tree", metadata.item_metadata)
-  return tree["params"]
+  return getattr(metadata.item_metadata, "tree", metadata.item_metadata)
+
+
+def saved_params_metadata(directory: str, step: int | None = None) -> dict:
+  """The `params` part of `saved_state_metadata`."""
+  return saved_state_metadata(directory, step)["params"]
 
 
 def saved_param_groups(directory: str, step: int | None = None) -> set[str]:
@@ -332,9 +336,16 @@ def check_architecture(directory: str, metadata: Mapping, config: ModelConfig) -
 
 
 def write_params(
-  directory: str, params: Any, config: ModelConfig, *, source: str, param_layout: str = "layer_i"
+  directory: str,
+  params: Any,
+  config: ModelConfig,
+  *,
+  source: str,
+  param_layout: str = "layer_i",
+  licence: dict | None = None,
 ) -> str:
-  """Writes converted weights as a one-step (step 0) checkpoint; returns its path."""
+  """Writes converted weights as a one-step (step 0) checkpoint; returns its
+  path. `licence` ({"spdx", "text"}) is recorded for exports to carry."""
   mngr = manager(directory, enable_async=False)
   if mngr.all_steps():
     raise CheckpointError(
@@ -342,6 +353,8 @@ def write_params(
       "overwrite; choose an empty output directory."
     )
   metadata = {"model": model_metadata(config), "source": source, "param_layout": param_layout}
+  if licence:
+    metadata["licence"] = licence
   save(mngr, 0, {"params": params, "step": 0}, metadata, force=True)
   mngr.wait_until_finished()
   mngr.close()
