@@ -52,6 +52,10 @@ def model_config_dict(model_preset: str, **overrides: Any) -> ml_collections.Con
   fields = dataclasses.asdict(config)
   # attention_impl may be None; give the ConfigDict a string type for CLI overrides.
   fields["attention_impl"] = fields["attention_impl"] or ""
+  # An int (square) or (height, width): object-typed, so either overrides it.
+  fields["image_size"] = ml_collections.config_dict.FieldReference(
+    fields["image_size"], field_type=object
+  )
   return ml_collections.ConfigDict(fields)
 
 

@@ -32,19 +32,20 @@ def reconstruction_panels(
   images = np.asarray(images, np.float32)
   pred = np.asarray(pred, np.float32)
   channels = images.shape[-1]
+  grid = (images.shape[1] // patch_size, images.shape[2] // patch_size)
   target = patchify(images, patch_size)
   if norm_pix_loss:
     patch_mean = target.mean(-1, keepdims=True)
     patch_std = np.sqrt(target.var(-1, ddof=1, keepdims=True) + NORM_PIX_EPS)
     pred = pred * patch_std + patch_mean
   removed = np.asarray(mask, np.float32)[..., None]
-  reconstruction = unpatchify(pred, patch_size, channels)
-  pasted = unpatchify(target * (1 - removed) + pred * removed, patch_size, channels)
+  reconstruction = unpatchify(pred, patch_size, channels, grid)
+  pasted = unpatchify(target * (1 - removed) + pred * removed, patch_size, channels, grid)
   panels = np.stack([images, images, reconstruction, pasted], axis=1)
   # Undo the dataset normalisation for display.
   panels = panels * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
   # Removed patches of the masked input are drawn mid-grey.
-  removed_pixels = unpatchify(np.broadcast_to(removed, target.shape), patch_size, channels)
+  removed_pixels = unpatchify(np.broadcast_to(removed, target.shape), patch_size, channels, grid)
   panels[:, 1] = np.where(removed_pixels > 0, 0.5, panels[:, 1])
   return np.clip(panels, 0.0, 1.0)
 

@@ -399,3 +399,14 @@ def test_the_roofline_uses_the_peak_of_the_compute_dtype():
   assert report.step_seconds == 1.0 and "collectives-bound" in report.step_time_source
   text = aot.format_report(report)
   assert "compute time" in text and "memory time" in text and "TF32" in text
+
+
+def test_a_rectangular_plan():
+  report = aot.check_plan(
+    tiny_config(**{"model.image_size": (16, 24), "data.image_size": (16, 24)}),
+    topologies.parse("cpu:8"),
+  )
+  assert report.fits and "16x24 px" in report.model
+  square = aot.check_plan(tiny_config(), topologies.parse("cpu:8"))
+  # 24 patches against 16: the step's model FLOPs grow with the grid.
+  assert report.model_flops > 1.3 * square.model_flops

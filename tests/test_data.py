@@ -670,3 +670,36 @@ def test_imagenet_config_fields():
   assert config.eval_split == "validation"
   assert config.eval_crop_fraction == 0.875
   assert config.data_dir == "gs://bucket/tfds"
+
+
+def test_rectangular_crops_and_eval_are_the_reference_operations():
+  """image_size=(height, width): the training crop is Pillow's crop then
+  resize to width x height; eval resizes to (int(h / crop_pct), int(w /
+  crop_pct)) (timm's rule for non-square inputs) and takes the centre."""
+  image = np.random.RandomState(1).randint(0, 256, size=(50, 70, 3)).astype(np.uint8)
+  config = data.default_data_config(image_size=(24, 40), channels=3, eval_crop_fraction=0.8)
+  for seed in range(5):
+    rng = np.random.default_rng(seed)
+    top, left, height, width = transforms.random_resized_crop_box(
+      rng, 50, 70, config.crop_scale, config.crop_ratio
+    )
+    expected = Image.fromarray(image).crop((left, top, left + width, top + height))
+    expected = np.asarray(expected.resize((40, 24), Image.BICUBIC))
+    out = transforms.train_transform(image, np.random.default_rng(seed), config)
+    assert out.shape == (24, 40, 3)
+    np.testing.assert_array_equal(out, expected)
+  assert transforms.eval_resize_shape(50, 70, (24, 40), 0.8) == (30, 50)
+  resized = np.asarray(Image.fromarray(image).resize((50, 30), Image.BICUBIC))
+  np.testing.assert_array_equal(transforms.eval_transform(image, config), resized[3:27, 5:45])
+  # An int stays square; a bad size is refused with the field's name.
+  assert transforms.train_transform(
+    image, np.random.default_rng(0), data.default_data_config(image_size=24, channels=3)
+  ).shape == (24, 24, 3)
+  with pytest.raises(ValueError, match="image_size"):
+    data.make_iterator(
+      data.default_data_config(image_size=(24, 0)),
+      split="train",
+      global_batch_size=4,
+      train=True,
+      seed=0,
+    )

@@ -718,3 +718,40 @@ def test_fine_tuned_and_probed_classifiers_export_to_models_vit(pretrained, tmp_
   normalised = np.asarray(PixelNormalization.of(probe_config.data)(jnp.asarray(pixels)))
   theirs = models_vit_logits(state, normalised, heads=model_config.heads, pool=False)
   np.testing.assert_allclose(theirs, np.asarray(ours), atol=1e-4, rtol=1e-4)
+
+
+def test_rectangular_images_through_pretraining_and_every_evaluation_job(pretrained, tmp_path):
+  """16x24 images (a 4x6 patch grid): a digits pretraining run with its
+  k-NN monitor and reconstructions; then fine-tuning, the probe and k-NN at
+  16x24 from the square (16 px) checkpoint, whose table is resized per axis."""
+  from mae_jax.model.pos_embed import interpolate_pos_embed, sincos_2d
+
+  rect = (16, 24)
+  config = tiny_config(num_train_steps=4, checkpoint_every_steps=4, knn_every_steps=4)
+  config.model.image_size = config.data.image_size = rect
+  workdir = str(tmp_path / "pretrain_16x24")
+  run_job(config, workdir)
+  lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert np.isfinite([line["eval_loss"] for line in lines if "eval_loss" in line]).all()
+  assert [line for line in lines if "knn_top1" in line]
+  assert os.path.exists(os.path.join(workdir, "reconstructions.png"))
+  assert checkpointing.read_metadata(os.path.join(workdir, "checkpoints"))["model"][
+    "image_size"
+  ] == list(rect)
+
+  def at_rect(module, **changes):
+    evaluation = eval_config(module, init_from=pretrained, **changes)
+    evaluation.model.image_size = evaluation.data.image_size = rect
+    return evaluation
+
+  finetune = at_rect(finetune_config, num_train_steps=2, checkpoint_every_steps=2)
+  finetuned = str(tmp_path / "finetune_16x24")
+  assert run_job(finetune, finetuned)["step"] == 2
+  table = jax.ShapeDtypeStruct((1, 25, 32), jnp.float32)
+  trained = checkpointing.restore_state(
+    os.path.join(finetuned, "checkpoints"), {"params": {"encoder": {"pos_embed": table}}}, step=2
+  )["params"]["encoder"]["pos_embed"]
+  start = interpolate_pos_embed(sincos_2d(32, 4)[None], (4, 6), old_grid=4)
+  assert 0 < np.abs(np.asarray(trained) - start).max() < 0.1
+  assert 0 <= run_job(at_rect(linprobe_config), str(tmp_path / "probe_16x24"))["top1"] <= 100
+  assert 0 <= run_job(at_rect(knn_config), str(tmp_path / "knn_16x24"))["top1"] <= 100

@@ -536,8 +536,8 @@ def test_parity_converter_refuses_learned_positional_embeddings(authors_state):
     params_from_state_dict(state, SMALL)
   with pytest.raises(
     ValueError,
-    match=r"pos_embed: expected shape \(1, 65, 64\), "
-    r"found \(1, 17, 64\)",
+    match=r"pos_embed: expected shape \(1, 65, 64\) \(a 8x8 patch grid plus the cls row, "
+    r"image 32\), found \(1, 17, 64\) \(a table of 16 patches\)",
   ):
     params_from_state_dict(dict(authors_state, pos_embed=sincos_2d(64, 4)[None]), SMALL)
 
@@ -681,3 +681,142 @@ def test_parity_the_licence_follows_init_from_and_is_said_on_import(tmp_path, ca
   args += ["--heads=4", "--decoder_width=32", "--decoder_depth=1", "--decoder_heads=4"]
   assert convert_main(args + ["--image_size=32"]) == 0
   assert "CC BY-NC 4.0 and stay so after conversion" in capsys.readouterr().out
+
+
+# --- rectangular images -----------------------------------------------------------
+
+
+def authors_sincos_hw(embed_dim: int, rows: int, cols: int) -> np.ndarray:
+  """The authors' get_2d_sincos_pos_embed (util/pos_embed.py), written out
+  here for a rows x cols grid: meshgrid(grid_w, grid_h), the first half
+  embedding grid[0] (the column index), cls row of zeros first."""
+  grid = np.meshgrid(np.arange(cols, dtype=np.float32), np.arange(rows, dtype=np.float32))
+  grid = np.stack(grid, axis=0).reshape(2, 1, rows, cols)
+
+  def one_d(dim, pos):
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    out = np.einsum("m,d->md", pos.reshape(-1), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+  table = np.concatenate([one_d(embed_dim // 2, grid[0]), one_d(embed_dim // 2, grid[1])], axis=1)
+  return np.concatenate([np.zeros([1, embed_dim]), table], axis=0)
+
+
+def test_parity_rectangular_sincos_is_the_authors_table_for_an_h_by_w_grid():
+  for rows, cols in ((2, 5), (6, 4), (14, 20)):
+    np.testing.assert_allclose(
+      sincos_2d(64, (rows, cols)), authors_sincos_hw(64, rows, cols), atol=1e-6
+    )
+  np.testing.assert_array_equal(sincos_2d(64, (7, 7)), sincos_2d(64, 7))
+
+
+def test_parity_rectangular_images_match_transformers_interpolated_positions(monkeypatch):
+  """A 32x48 image through a model converted from a square (32 px)
+  transformers ViTMAE: transformers with interpolate_pos_encoding=True is the
+  independent implementation. Its encoder table is the square one resized
+  bicubically per axis (mae_jax's interpolate_pos_embed); its decoder's is
+  resized along the flattened sequence (transformers' own rule), both set
+  into mae_jax's model here. Masks, predictions, loss and every gradient
+  agree; the patch grid, masking, targets and loss are mae_jax's own."""
+  from mae_jax.model import mae as mae_module
+  from mae_jax.model.pos_embed import bicubic_matrix, interpolate_pos_embed
+
+  square = SMALL  # 32 px, patch 4: an 8 x 8 grid
+  rect = SMALL.replace(image_size=(32, 48))  # 8 x 12
+  reference = reference_model(square, seed=5)
+  params = params_from_state_dict(numpy_state(reference), square)
+
+  def tables(embed_dim, grid, with_cls_row=True):
+    table = sincos_2d(embed_dim, 8)
+    if embed_dim == square.width:  # the encoder's: per axis
+      return interpolate_pos_embed(table, grid, old_grid=8)
+    sequence = bicubic_matrix(64, grid[0] * grid[1]) @ table[1:].astype(np.float64)
+    return np.concatenate([table[:1], sequence.astype(np.float32)], axis=0)
+
+  monkeypatch.setattr(mae_module, "sincos_2d", tables)
+  rng = np.random.default_rng(2)
+  nhwc = rng.normal(size=(2, 32, 48, 3)).astype(np.float32)
+  noise = rng.random((2, rect.num_patches), dtype=np.float32)
+  torch_images = torch.from_numpy(nhwc.transpose(0, 3, 1, 2))
+  inputs = dict(
+    pixel_values=torch_images, noise=torch.from_numpy(noise), interpolate_pos_encoding=True
+  )
+  reference(**inputs).loss.backward()
+  with torch.no_grad():
+    expected = reference(**inputs)
+
+  def loss_fn(p):
+    out = MaskedAutoencoder(rect).apply({"params": p}, jnp.asarray(nhwc), noise=noise, train=False)
+    return out.loss, out
+
+  (loss, got), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  assert got.pred.shape == (2, 96, 48) and rect.grid_hw == (8, 12)
+  assert_same_output(expected, got)
+  torch_grads = {
+    name: (p.grad.numpy() if p.grad is not None else p.detach().numpy())
+    for name, p in reference.named_parameters()
+  }
+  torch_grads.update({k: v for k, v in numpy_state(reference).items() if k not in torch_grads})
+  expected_grads = params_from_state_dict(torch_grads, square)
+  for (path, ours), theirs in zip(
+    jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(expected_grads)
+  ):
+    np.testing.assert_allclose(
+      np.asarray(ours), np.asarray(theirs), atol=2e-5, rtol=1e-4, err_msg=jax.tree_util.keystr(path)
+    )
+
+
+def test_parity_encoder_at_a_rectangle_from_a_square_checkpoint_matches_transformers():
+  """Probing or fine-tuning at (h, w) from a square checkpoint resizes its
+  table per axis (interpolate_pos_embed, the reference's bicubic): the
+  encoder then equals transformers' ViTMAEModel with
+  interpolate_pos_encoding=True on the same rectangle, nothing masked."""
+  from mae_jax.model.mae import Encoder
+  from mae_jax.model.pos_embed import interpolate_pos_embed
+
+  reference = randomise(ViTMAEModel(hf_config(SMALL)), seed=6)
+  reference.config.mask_ratio = 0.0
+  state = {f"vit.{k}": v for k, v in numpy_state(reference).items()}
+  params = params_from_state_dict(state, SMALL)["encoder"]
+  rect = SMALL.replace(image_size=(48, 32))
+  params["pos_embed"] = interpolate_pos_embed(
+    sincos_2d(SMALL.width, 8)[None], rect.grid_hw, old_grid=8
+  )
+  nhwc = np.random.default_rng(3).normal(size=(2, 48, 32, 3)).astype(np.float32)
+  noise = np.tile(np.arange(rect.num_patches, dtype=np.float32), (2, 1))  # keeps the order
+  with torch.no_grad():
+    expected = reference(
+      pixel_values=torch.from_numpy(nhwc.transpose(0, 3, 1, 2)),
+      noise=torch.from_numpy(noise),
+      interpolate_pos_encoding=True,
+    ).last_hidden_state.numpy()
+  got = Encoder(rect, learned_pos_embed=True).apply({"params": params}, jnp.asarray(nhwc), None)
+  np.testing.assert_allclose(np.asarray(got), expected, atol=ATOL, rtol=RTOL)
+
+
+def test_parity_conversion_of_rectangles_names_both_grids(tmp_path):
+  """A square file's sin-cos buffers refused for a 32x48 model, with both
+  grids; a 32x48 checkpoint round-trips through the authors' layout, and
+  transformers' (square) ViTMAE is refused for it with what to do."""
+  from mae_jax.errors import CheckpointError, UsageError
+
+  authors = authors_from_transformers(numpy_state(reference_model(SMALL)))
+  rect = SMALL.replace(image_size=(32, 48))
+  with pytest.raises(CheckpointError, match=r"8x12 patch grid.*image 32x48.*table of 64 patches"):
+    params_from_authors(authors, rect)
+  trunk = {k: v for k, v in authors.items() if not k.endswith("pos_embed")}
+  params = params_from_authors(trunk, rect)  # the weights fit any grid; the tables are the grid's
+  exported = authors_from_params(params, rect)
+  assert exported["pos_embed"].shape == (1, 97, 64)
+  np.testing.assert_allclose(exported["pos_embed"][0], authors_sincos_hw(64, 8, 12), atol=1e-6)
+  checkpoint = str(tmp_path / "rect")
+  source = str(tmp_path / "rect.safetensors")
+  save_state_dict(exported, source)
+  args = [f"--input={source}", f"--output={checkpoint}", "--patch_size=4", "--width=64"]
+  args += ["--depth=2", "--heads=4", "--decoder_width=32", "--decoder_depth=1"]
+  assert convert_main(args + ["--decoder_heads=4", "--image_size=32x48"]) == 0
+  restored, config = read_checkpoint_params(checkpoint)
+  assert config.image_size == (32, 48)
+  assert_trees_equal(restored, params)
+  with pytest.raises(UsageError, match="transformers' ViTMAE is square"):
+    convert_main([f"--input={checkpoint}", f"--output={tmp_path / 'hf'}", "--layout=transformers"])

@@ -38,7 +38,7 @@ class EvalProgram:
 
 def _images(plan, batch: int) -> tuple:
   cfg = plan.model
-  return (batch, cfg.image_size, cfg.image_size, cfg.channels)
+  return (batch, *cfg.image_hw, cfg.channels)
 
 
 def _labelled_batch(plan, batch: int, batch_sharding) -> dict:

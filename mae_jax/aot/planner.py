@@ -17,6 +17,7 @@ from mae_jax.aot import collectives, evaluations, topologies
 from mae_jax.aot.roofline import cost_of, roofline
 from mae_jax.core.units import gib
 from mae_jax.errors import UsageError
+from mae_jax.image_size import size_text
 from mae_jax.model.flops import train_flops_per_example
 
 EXIT_DOES_NOT_FIT, EXIT_BAD_INPUT = 1, 2
@@ -271,7 +272,7 @@ def slices_per_axis(mesh) -> dict:
 def describe_model(cfg) -> str:
   return (
     f"ViT width {cfg.width} depth {cfg.depth} patch {cfg.patch_size} at "
-    f"{cfg.image_size} px, decoder {cfg.decoder_width}x{cfg.decoder_depth}"
+    f"{size_text(cfg.image_size)} px, decoder {cfg.decoder_width}x{cfg.decoder_depth}"
   )
 
 

@@ -12,6 +12,7 @@ import sys
 from mae_jax.convert import licences
 from mae_jax.convert.pipeline import EXPORT_LAYOUTS, export_checkpoint, import_to_checkpoint
 from mae_jax.errors import UsageError, UserError
+from mae_jax.image_size import size_text
 from mae_jax.model.config import PRESETS, ModelConfig, preset
 
 DESCRIPTION = """\
@@ -83,7 +84,9 @@ SIZE_FLAGS = {
   "decoder_depth": int,
   "decoder_heads": int,
   "decoder_mlp_ratio": float,
-  "image_size": int,
+  "image_size": lambda text: (
+    tuple(int(n) for n in text.lower().split("x")) if "x" in text.lower() else int(text)
+  ),  # 224, or HxW (224x320)
   "channels": int,
 }
 REQUIRED_WITHOUT_PRESET = ("patch_size", "width", "depth", "heads")
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     config, what = export_checkpoint(args.input, args.output, args.layout)
     print(
       f"wrote {args.output} ({what}; width {config.width}, depth "
-      f"{config.depth}, patch {config.patch_size}, image {config.image_size})"
+      f"{config.depth}, patch {config.patch_size}, image {size_text(config.image_size)})"
     )
     return 0
   config = config_from_args(args)

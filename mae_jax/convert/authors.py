@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mae_jax.errors import CheckpointError
+from mae_jax.image_size import size_text
 from mae_jax.model.config import ModelConfig
 from mae_jax.model.pos_embed import sincos_2d
 from mae_jax.model.stacking import unstack_layers
@@ -131,9 +132,9 @@ def tensor_specs(config: ModelConfig, with_decoder: bool = True) -> list[TensorS
 
 def pos_embed_buffers(config: ModelConfig, with_decoder: bool = True) -> dict[str, np.ndarray]:
   """The fixed sin-cos buffers as the authors' files hold them: (1, 1 + L, width)."""
-  buffers = {"pos_embed": sincos_2d(config.width, config.grid_size)[None]}
+  buffers = {"pos_embed": sincos_2d(config.width, config.grid_hw)[None]}
   if with_decoder:
-    buffers["decoder_pos_embed"] = sincos_2d(config.decoder_width, config.grid_size)[None]
+    buffers["decoder_pos_embed"] = sincos_2d(config.decoder_width, config.grid_hw)[None]
   return buffers
 
 
@@ -220,7 +221,7 @@ def params_from_authors(
     raise CheckpointError(
       f"the state dict does not fit the model (patch {config.patch_size}, "
       f"width {config.width}, depth {config.depth}, heads {config.heads}, image "
-      f"{config.image_size}, channels {config.channels}"
+      f"{size_text(config.image_size)}, channels {config.channels}"
       + (
         f", decoder {config.decoder_width}/{config.decoder_depth}/{config.decoder_heads}"
         if with_decoder
@@ -236,9 +237,12 @@ def _check_buffer(
   key: str, found: np.ndarray, expected: np.ndarray, config: ModelConfig
 ) -> list[str]:
   if found.shape != expected.shape:
+    rows, cols = config.grid_hw
     return [
-      f"{key}: expected shape {expected.shape}, found {found.shape} "
-      f"(is --image_size={config.image_size} the size the file was made for?)"
+      f"{key}: expected shape {expected.shape} (a {rows}x{cols} patch grid plus the cls "
+      f"row, image {size_text(config.image_size)}), found {found.shape} (a table of "
+      f"{found.shape[-2] - 1} patches): is --image_size={size_text(config.image_size)} the "
+      "size the file was made for?"
     ]
   difference = float(np.max(np.abs(found.astype(np.float64) - expected)))
   is_float = jnp.issubdtype(found.dtype, jnp.floating)

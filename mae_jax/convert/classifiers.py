@@ -70,7 +70,10 @@ def _restore_saved(directory: str, step: int, names: tuple[str, ...]) -> dict:
 def _probed_encoder(metadata: dict, config: ModelConfig) -> dict:
   """The encoder a probe ran on, restored as the probe restored it."""
   from mae_jax.core import pretrained, sharding
-  from mae_jax.evaluate.models import evaluation_encoder
+  from mae_jax.model.mae import Encoder
+
+  # The evaluation encoder (models_vit.py's): its position table a parameter.
+  evaluation_encoder = lambda cfg: Encoder(cfg, learned_pos_embed=True)  # noqa: E731
 
   init = (metadata.get("experiment") or {}).get("init_from")
   if not init:
@@ -90,15 +93,13 @@ def _probed_encoder(metadata: dict, config: ModelConfig) -> dict:
 def classifier_state(directory: str) -> tuple[dict[str, np.ndarray], ModelConfig, str]:
   """(models_vit state dict, model config, a description) of a fine-tuning
   or probe checkpoint directory."""
-  from mae_jax.convert.pipeline import config_from_metadata
-
   step = checkpointing.manager(directory, read_only=True).latest_step()
   metadata = checkpointing.read_metadata(directory, step)
   run_config = metadata.get("config") or {}
   job = run_config.get("job")
   if job not in JOBS:
     raise UsageError(f"{directory!r} is not a fine-tuning or probe checkpoint (job {job!r}).")
-  config = config_from_metadata(metadata)
+  config = checkpointing.config_from_metadata(metadata)
   num_classes = metadata["experiment"]["num_classes"]
   feature = run_config.get("feature", "cls")
   if job == "finetune":

@@ -7,7 +7,6 @@ Export:  checkpoint -> params -> authors' layout -> .pth / .safetensors, or
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Mapping, NamedTuple
 
@@ -86,21 +85,16 @@ def import_to_checkpoint(
 def abstract_params(config: ModelConfig) -> dict:
   """Shapes and dtypes of the full model's params, without allocating them."""
   model = MaskedAutoencoder(config)
-  images = jnp.zeros((1, config.image_size, config.image_size, config.channels))
+  images = jnp.zeros((1, *config.image_hw, config.channels))
   variables = jax.eval_shape(
     lambda: model.init({"params": jax.random.key(0), "masking": jax.random.key(1)}, images)
   )
   return nn.unbox(variables["params"])
 
 
-def config_from_metadata(metadata: Mapping) -> ModelConfig:
-  fields = {f.name for f in dataclasses.fields(ModelConfig)}
-  return ModelConfig(**{k: v for k, v in metadata["model"].items() if k in fields}).validate()
-
-
 def read_checkpoint_params(directory: str) -> tuple[dict, ModelConfig]:
   """Params (unscanned, numpy) and config of a checkpoint; encoder-only allowed."""
-  config = config_from_metadata(checkpointing.read_metadata(directory))
+  config = checkpointing.config_from_metadata(checkpointing.read_metadata(directory))
   wanted = abstract_params(config)
   restored = checkpointing.restore_state(directory, {"params": wanted})["params"]
   for part in ("encoder", "decoder"):

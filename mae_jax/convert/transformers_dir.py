@@ -22,6 +22,8 @@ import numpy as np
 from mae_jax.convert import licences
 from mae_jax.convert.authors import authors_from_params
 from mae_jax.convert.layouts import from_authors_layout
+from mae_jax.errors import UsageError
+from mae_jax.image_size import is_square, size_text
 from mae_jax.model.config import ModelConfig
 
 WEIGHTS = "model.safetensors"
@@ -110,7 +112,7 @@ def model_card(config: ModelConfig, metadata: dict, checkpoint_dir: str, *, para
     "## Architecture",
     "",
     f"- encoder: ViT, width {config.width}, depth {config.depth}, {config.heads} heads, MLP "
-    f"ratio {config.mlp_ratio:g}, patch {config.patch_size}, {config.image_size} px, "
+    f"ratio {config.mlp_ratio:g}, patch {config.patch_size}, {size_text(config.image_size)} px, "
     f"{config.channels} channel(s); fixed 2-D sin-cos position table",
     f"- decoder: width {config.decoder_width}, depth {config.decoder_depth}, "
     f"{config.decoder_heads} heads"
@@ -151,6 +153,12 @@ def write_directory(
   """Writes the three files; returns the architecture written."""
   from safetensors.numpy import save_file
 
+  if not is_square(config.image_size):
+    raise UsageError(
+      f"this model takes {size_text(config.image_size)} images; transformers' ViTMAE is "
+      "square (it runs other shapes only by resizing a square position table, not this "
+      "model's own table): export it with --layout=authors."
+    )
   encoder_only = "decoder" not in params
   os.makedirs(output_dir, exist_ok=True)
   state = transformers_state(params, config)

@@ -108,7 +108,7 @@ def labelled_batch_fields(config, model_config, batch_size: int) -> dict:
   makes from the pipeline (for a step lowered with abstract inputs)."""
   cfg, rows = model_config, (batch_size,)
   fields = {
-    "image": (rows + (cfg.image_size, cfg.image_size, cfg.channels), np.uint8),
+    "image": (rows + (*cfg.image_hw, cfg.channels), np.uint8),
     "label": (rows, np.int32),
     "mask": (rows, np.float32),
   }

@@ -315,6 +315,13 @@ def model_metadata(config: ModelConfig) -> dict:
   return dataclasses.asdict(config)
 
 
+def config_from_metadata(metadata: Mapping) -> ModelConfig:
+  """The ModelConfig a checkpoint's metadata records (fields it does not
+  know, from another version, are left out)."""
+  fields = {f.name for f in dataclasses.fields(ModelConfig)}
+  return ModelConfig(**{k: v for k, v in metadata["model"].items() if k in fields}).validate()
+
+
 def architecture_differences(saved: Mapping, config: ModelConfig) -> list[str]:
   """Human-readable list of architecture fields where `saved` differs."""
   current = dataclasses.asdict(config)

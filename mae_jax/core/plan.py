@@ -20,6 +20,7 @@ from mae_jax.core.loop import LoopSettings
 from mae_jax.core.workdir import checkpoint_metadata, experiment_identity
 from mae_jax.data import dataset_info, validate_data_config
 from mae_jax.errors import ConfigError
+from mae_jax.image_size import image_hw
 from mae_jax.model.config import ModelConfig
 
 
@@ -160,10 +161,15 @@ def check_knn_monitor_fields(config: ml_collections.ConfigDict) -> None:
 
 def check_data_fits_model(data: ml_collections.ConfigDict, model: ModelConfig) -> None:
   """The images the pipeline makes are the images the model expects."""
-  for field, expected in (("image_size", model.image_size), ("channels", model.channels)):
-    if data[field] != expected:
+  agree = {
+    "image_size": image_hw(data.image_size) == image_hw(model.image_size),  # 224 == (224, 224)
+    "channels": data.channels == model.channels,
+  }
+  for field, same in agree.items():
+    if not same:
       raise ConfigError(
-        f"config.data.{field}={data[field]} but config.model.{field}={expected}: they must agree."
+        f"config.data.{field}={data[field]} but config.model.{field}={getattr(model, field)}: "
+        "they must agree."
       )
 
 

@@ -37,6 +37,7 @@ from etils import epath
 from mae_jax.core import checkpointing
 from mae_jax.core.state import create_state, state_specs, with_shardings
 from mae_jax.errors import CheckpointError
+from mae_jax.image_size import image_hw
 from mae_jax.model import pos_embed
 from mae_jax.model.config import ModelConfig
 from mae_jax.model.mae import MaskedAutoencoder
@@ -176,8 +177,10 @@ def restore_encoder(
     run_trunk = {name: s for name, s in run_shardings.items() if name != "pos_embed"}
     restored = jax.jit(convert, out_shardings=run_trunk)(restored)
   if learned_pos:
+    saved = checkpoint.metadata["model"]
+    saved_grid = tuple(n // saved["patch_size"] for n in image_hw(saved["image_size"]))
     table = pos_embed.interpolate_pos_embed(
-      checkpoint_pos_table(checkpoint, mesh), config.grid_size
+      checkpoint_pos_table(checkpoint, mesh), config.grid_hw, old_grid=saved_grid
     )
     dtype = jax.numpy.dtype(config.param_dtype)
     restored["pos_embed"] = jax.device_put(table.astype(dtype), run_shardings["pos_embed"])
@@ -192,7 +195,8 @@ def checkpoint_pos_table(checkpoint: InitCheckpoint, mesh) -> np.ndarray:
   saved = checkpoint.metadata["model"]
   encoder = checkpointing.saved_params_metadata(checkpoint.directory, checkpoint.step)["encoder"]
   if "pos_embed" not in encoder:
-    return pos_embed.sincos_2d(saved["width"], saved["image_size"] // saved["patch_size"])[None]
+    rows, cols = (n // saved["patch_size"] for n in image_hw(saved["image_size"]))
+    return pos_embed.sincos_2d(saved["width"], (rows, cols))[None]
   stored = encoder["pos_embed"]
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   abstract = jax.ShapeDtypeStruct(stored.shape, stored.dtype, sharding=replicated)

@@ -42,7 +42,7 @@ def create_state(
   model: MaskedAutoencoder, tx: optax.GradientTransformation, key: jax.Array, *, boxed: bool = False
 ) -> TrainState:
   cfg = model.config
-  dummy = jnp.zeros((1, cfg.image_size, cfg.image_size, cfg.channels), jnp.float32)
+  dummy = jnp.zeros((1, *cfg.image_hw, cfg.channels), jnp.float32)
   params = model.init({"params": key, "masking": key}, dummy, train=False)["params"]
   if boxed:  # only used under eval_shape, to read the logical axis names
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=None)

@@ -29,7 +29,9 @@ def default_data_config(**overrides: Any) -> ml_collections.ConfigDict:
       data_dir=ml_collections.config_dict.placeholder(str),
       train_split="train",
       eval_split="test",
-      image_size=32,
+      # An int (square) or (height, width); object-typed so that either
+      # overrides it (--config.data.image_size=224 or =(224,320)).
+      image_size=ml_collections.config_dict.FieldReference(32, field_type=object),
       channels=1,
       mean=digits.MEAN,  # per channel, on the 0..1 pixel scale
       std=digits.STD,
@@ -55,6 +57,8 @@ def default_data_config(**overrides: Any) -> ml_collections.ConfigDict:
   unknown = sorted(set(overrides) - set(config.keys()))
   if unknown:
     raise ConfigError(f"unknown data config field(s) {unknown}; known: {sorted(config.keys())}")
+  if "image_size" in overrides:
+    config.image_size = overrides.pop("image_size")
   config.update(overrides)
   return config
 

@@ -84,8 +84,10 @@ def check_fields(config: Any) -> None:
     value = getattr(config, field)
     if not isinstance(value, str) or not value:
       raise _invalid(field, value, "expected a non-empty split name")
-  if not is_int(config.image_size) or config.image_size <= 0:
-    raise _invalid("image_size", config.image_size, "expected an integer > 0")
+  size = config.image_size
+  sides = tuple(size) if isinstance(size, (tuple, list)) else (size,)
+  if len(sides) not in (1, 2) or not all(is_int(n) and n > 0 for n in sides):
+    raise _invalid("image_size", size, "expected an integer > 0, or (height, width)")
   if config.channels not in (1, 3) or isinstance(config.channels, bool):
     raise _invalid("channels", config.channels, "expected 1 (grayscale) or 3 (RGB)")
   for field in ("mean", "std"):

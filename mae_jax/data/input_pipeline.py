@@ -46,6 +46,7 @@ import numpy as np
 from absl import flags, logging
 
 from mae_jax.data import crop_resize, randaugment, sources, transforms
+from mae_jax.image_size import image_hw
 
 # An image that does not decode is replaced by the next one of the split;
 # this many consecutive failures mean the data, not one file, is broken.
@@ -212,9 +213,9 @@ def _position_and_index(position: int, index: int) -> np.ndarray:
 
 
 def _empty_batch(settings: Any, size: int) -> dict[str, np.ndarray]:
-  image_size, channels = settings.image_size, settings.channels
+  height, width = image_hw(settings.image_size)
   return {
-    "image": np.empty((size, image_size, image_size, channels), np.uint8),
+    "image": np.empty((size, height, width, settings.channels), np.uint8),
     "label": np.empty(size, np.int32),
     "mask": np.ones(size, np.float32),
     "replaced": np.zeros(size, np.int32),
@@ -242,9 +243,11 @@ class _TrainBatch:
       )
       if self.settings.random_erasing:
         # The reference's last augmentation, so its draws come last.
-        size = self.settings.image_size
+        height, width = image_hw(self.settings.image_size)
         boxes.append(
-          randaugment.random_erasing_box(rng, size, size, probability=self.settings.random_erasing)
+          randaugment.random_erasing_box(
+            rng, height, width, probability=self.settings.random_erasing
+          )
         )
     if boxes:
       batch["erase_box"] = np.stack(boxes)

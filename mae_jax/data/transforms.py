@@ -22,7 +22,8 @@ in, seeded from (seed, global example position): the same seed gives the
 same images in any process, worker or host count, and after a restart.
 
 Images in: encoded JPEG/PNG bytes, or uint8 [H, W, C] arrays (digits).
-Images out: uint8 [size, size, channels]; the jitted steps normalise them
+Images out: uint8 [height, width, channels] (`image_size` an int: square;
+or (height, width)); the jitted steps normalise them
 on the device (`mae_jax.core.pixels`).
 """
 
@@ -37,6 +38,7 @@ import simplejpeg
 from PIL import Image
 
 from mae_jax.data import crop_resize, randaugment
+from mae_jax.image_size import image_hw
 
 # torchvision's RandomResizedCrop tries this many (area, ratio) draws before
 # falling back to a centre crop.
@@ -179,9 +181,15 @@ def random_resized_crop_box(
   return (height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width
 
 
-def eval_resize_shape(height: int, width: int, size: int, crop_fraction: float) -> tuple[int, int]:
-  """The reference eval's Resize(int(size / crop_pct)) of the short side."""
+def eval_resize_shape(height: int, width: int, size, crop_fraction: float) -> tuple[int, int]:
+  """The reference eval's Resize(int(size / crop_pct)) of the short side,
+  for a square `size`. For a (height, width) size, timm's rule for
+  non-square inputs (transforms_imagenet_eval): resize to exactly
+  (int(h / crop_pct), int(w / crop_pct)), the image's aspect not kept, then
+  the centre crop."""
   # The epsilon absorbs float error (224 / 0.875 must be 256, not 255).
+  if isinstance(size, (tuple, list)):
+    return tuple(max(n, int(n / crop_fraction + 1e-6)) for n in image_hw(size))
   short = max(size, int(size / crop_fraction + 1e-6))
   if height > width:
     return int(short * height / width), short
@@ -249,7 +257,7 @@ def train_transform(
       crop_scale, crop_ratio, horizontal_flip, mean (RandAugment's fill)
       and the fine-tuning extras randaugment_*.
   """
-  size, channels = data_config.image_size, data_config.channels
+  out_hw, channels = image_hw(data_config.image_size), data_config.channels
   height, width = image_size_of(image)
   if data_config.random_resized_crop:
     box = random_resized_crop_box(
@@ -262,9 +270,7 @@ def train_transform(
   flip = rng.uniform() < 0.5
   flip = bool(data_config.horizontal_flip and flip)
   augment = bool(data_config.randaugment_ops)
-  pixels = crop_and_resize(
-    image, channels, box, (size, size), flip=flip, out=None if augment else out
-  )
+  pixels = crop_and_resize(image, channels, box, out_hw, flip=flip, out=None if augment else out)
   if augment:
     pixels = randaugment.rand_augment(
       pixels,
@@ -282,19 +288,21 @@ def train_transform(
 
 def eval_transform(image: bytes | np.ndarray, data_config: Any) -> np.ndarray:
   """Encoded image (or uint8 pixels) -> resized, centre-cropped uint8."""
-  size, channels = data_config.image_size, data_config.channels
+  (out_h, out_w), channels = image_hw(data_config.image_size), data_config.channels
   height, width = image_size_of(image)
-  new_height, new_width = eval_resize_shape(height, width, size, data_config.eval_crop_fraction)
-  top = int(round((new_height - size) / 2))
-  left = int(round((new_width - size) / 2))
+  new_height, new_width = eval_resize_shape(
+    height, width, data_config.image_size, data_config.eval_crop_fraction
+  )
+  top = int(round((new_height - out_h) / 2))
+  left = int(round((new_width - out_w) / 2))
   if (new_height, new_width) != (height, width) and is_jpeg_bytes(image):
     # The native decoder computes only the centre crop of the resize.
     pixels = crop_resize.crop_resize(
-      image, channels, (0, 0, height, width), (new_height, new_width), (top, left, size, size)
+      image, channels, (0, 0, height, width), (new_height, new_width), (top, left, out_h, out_w)
     )
     if pixels is not None:
       return pixels
   decoded = decode_image(image, channels)
   if (new_height, new_width) != (height, width):
     decoded = decoded.resize((new_width, new_height), Image.BICUBIC)
-  return to_array(decoded)[top : top + size, left : left + size]
+  return to_array(decoded)[top : top + out_h, left : left + out_w]

@@ -55,7 +55,7 @@ def build_pretraining_step(
   model = MaskedAutoencoder(model_config)
   state_shardings, abstract_state = state_specs(model, tx, mesh, rules)
   cfg = model_config
-  image = (global_batch_size, cfg.image_size, cfg.image_size, cfg.channels)
+  image = (global_batch_size, *cfg.image_hw, cfg.channels)
   return build_step_program(
     pretraining_task(model, pixels),
     model=model,

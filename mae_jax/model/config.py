@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from mae_jax.errors import ConfigError
+from mae_jax.image_size import image_hw
 from mae_jax.model.masking import num_kept
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -25,7 +26,9 @@ class ModelConfig:
   the knobs that matter on accelerators (dtype, remat, scan).
   """
 
-  image_size: int = 224
+  # An int is square; (height, width) is a rectangle (video frames,
+  # documents, satellite tiles). A list (from JSON metadata) becomes a tuple.
+  image_size: int | tuple[int, int] = 224
   patch_size: int = 16
   channels: int = 3
   width: int = 768
@@ -56,13 +59,25 @@ class ModelConfig:
   # through `jax.nn.dot_product_attention`.
   attention_impl: str | None = "xla"
 
+  def __post_init__(self):
+    if isinstance(self.image_size, (list, tuple)):
+      object.__setattr__(self, "image_size", tuple(self.image_size))
+
   @property
-  def grid_size(self) -> int:
-    return self.image_size // self.patch_size
+  def image_hw(self) -> tuple[int, int]:
+    """(height, width) in pixels."""
+    return image_hw(self.image_size)
+
+  @property
+  def grid_hw(self) -> tuple[int, int]:
+    """(rows, columns) of the patch grid."""
+    height, width = self.image_hw
+    return height // self.patch_size, width // self.patch_size
 
   @property
   def num_patches(self) -> int:
-    return self.grid_size**2
+    rows, cols = self.grid_hw
+    return rows * cols
 
   @property
   def patch_dim(self) -> int:
@@ -79,8 +94,15 @@ class ModelConfig:
 
   def validate(self) -> "ModelConfig":
     """Raises ConfigError for any size or switch the model cannot honour."""
+    size = self.image_size
+    pair = isinstance(size, tuple) and len(size) == 2
+    if not (pair or isinstance(size, int)) or not all(
+      isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in (size if pair else (size,))
+    ):
+      raise ConfigError(
+        f"model.image_size={size!r}: must be a positive integer (square) or (height, width)."
+      )
     for name in (
-      "image_size",
       "patch_size",
       "width",
       "depth",
@@ -94,12 +116,13 @@ class ModelConfig:
         raise ConfigError(f"model.{name}={value!r}: must be a positive integer.")
     if self.channels not in (1, 3):
       raise ConfigError(f"model.channels={self.channels!r}: must be 1 or 3.")
-    if self.image_size % self.patch_size:
+    if any(n % self.patch_size for n in self.image_hw):
+      suggestion = tuple(max(n // self.patch_size, 1) * self.patch_size for n in self.image_hw)
       raise ConfigError(
         f"model.image_size={self.image_size} is not divisible by "
         f"model.patch_size={self.patch_size}: choose an image size that is a "
-        f"multiple of the patch size (e.g. "
-        f"{self.grid_size * self.patch_size or self.patch_size})."
+        f"multiple of the patch size on each side (e.g. "
+        f"{suggestion[0] if isinstance(self.image_size, int) else suggestion})."
       )
     for width_field, heads_field in (("width", "heads"), ("decoder_width", "decoder_heads")):
       width, heads = getattr(self, width_field), getattr(self, heads_field)

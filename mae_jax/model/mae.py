@@ -53,7 +53,7 @@ def dtypes(config: ModelConfig) -> dict:
 
 def check_images(images: jax.Array, config: ModelConfig) -> None:
   """Static shape check, so a wrong input fails with a readable message."""
-  expected = (config.image_size, config.image_size, config.channels)
+  expected = (*config.image_hw, config.channels)
   if images.ndim != 4 or tuple(images.shape[1:]) != expected:
     raise ValueError(
       f"images of shape {tuple(images.shape)} do not fit the model: expected "
@@ -97,12 +97,12 @@ class Encoder(nn.Module):
         "params",
         "pos_embed",
         nn.with_logical_partitioning(
-          lambda: jnp.asarray(sincos_2d(cfg.width, cfg.grid_size)[None], kw["param_dtype"]),
+          lambda: jnp.asarray(sincos_2d(cfg.width, cfg.grid_hw)[None], kw["param_dtype"]),
           (None, None, "embed"),
         ),
       ).value.astype(kw["dtype"])
     else:
-      table = jnp.asarray(sincos_2d(cfg.width, cfg.grid_size), kw["dtype"])[None]
+      table = jnp.asarray(sincos_2d(cfg.width, cfg.grid_hw), kw["dtype"])[None]
     pos = table[:, 1:]
     visible_only = masking is not None and not cfg.encoder_mask_tokens
     if visible_only:
@@ -174,7 +174,7 @@ class Decoder(nn.Module):
       )
       patch_tokens = unshuffle(jnp.concatenate([x[:, 1:], mask_tokens], axis=1), ids_restore)
       x = jnp.concatenate([x[:, :1], patch_tokens], axis=1)
-    x = x + jnp.asarray(sincos_2d(cfg.decoder_width, cfg.grid_size), x.dtype)[None]
+    x = x + jnp.asarray(sincos_2d(cfg.decoder_width, cfg.grid_hw), x.dtype)[None]
     x = nn.with_logical_constraint(x, BATCH_LENGTH_EMBED)
     x = TransformerStack(
       depth=cfg.decoder_depth,

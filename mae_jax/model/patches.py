@@ -19,15 +19,18 @@ def patchify(images: jax.Array, patch_size: int) -> jax.Array:
   return einops.rearrange(images, "n (h p) (w q) c -> n (h w) (p q c)", p=patch_size, q=patch_size)
 
 
-def unpatchify(patches: jax.Array, patch_size: int, channels: int) -> jax.Array:
-  grid = int(round(patches.shape[1] ** 0.5))
-  if grid * grid != patches.shape[1]:
-    raise ValueError(f"{patches.shape[1]} patches do not form a square grid.")
+def unpatchify(patches: jax.Array, patch_size: int, channels: int, grid=None) -> jax.Array:
+  """The inverse of `patchify`; `grid` = (rows, columns), square when not given."""
+  if grid is None:
+    side = int(round(patches.shape[1] ** 0.5))
+    if side * side != patches.shape[1]:
+      raise ValueError(f"{patches.shape[1]} patches do not form a square grid: give the grid.")
+    grid = (side, side)
   return einops.rearrange(
     patches,
     "n (h w) (p q c) -> n (h p) (w q) c",
-    h=grid,
-    w=grid,
+    h=grid[0],
+    w=grid[1],
     p=patch_size,
     q=patch_size,
     c=channels,

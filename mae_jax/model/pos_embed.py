@@ -3,7 +3,9 @@
 The reference builds its grid with `meshgrid(grid_w, grid_h)` and embeds the
 first element (the column index w) first, so a patch's vector is
 `[sin(w*omega), cos(w*omega), sin(h*omega), cos(h*omega)]`. Computed in
-float64 with numpy, as the reference does, then cast to float32.
+float64 with numpy, as the reference does, then cast to float32. A grid of
+rows x columns (a rectangular image) is the same construction over
+`arange(columns)` and `arange(rows)`.
 """
 
 import numpy as np
@@ -19,14 +21,21 @@ def sincos_1d(embed_dim: int, positions: np.ndarray) -> np.ndarray:
   return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
 
-def sincos_2d(embed_dim: int, grid_size: int, with_cls_row: bool = True) -> np.ndarray:
-  """(grid_size**2 [+1], embed_dim) float32 table, patches in row-major order.
+def _grid(grid) -> tuple[int, int]:
+  """An int g (a g x g grid) or (rows, columns)."""
+  return (int(grid[0]), int(grid[1])) if isinstance(grid, (tuple, list)) else (grid, grid)
+
+
+def sincos_2d(embed_dim: int, grid, with_cls_row: bool = True) -> np.ndarray:
+  """(rows * columns [+1], embed_dim) float32 table of a grid (an int g: g x
+  g; or (rows, columns)), patches in row-major order.
 
   With `with_cls_row`, a row of zeros for the cls token comes first.
   """
   if embed_dim % 4:
     raise ValueError(f"embed_dim={embed_dim} must be a multiple of 4.")
-  rows, cols = np.meshgrid(np.arange(grid_size), np.arange(grid_size), indexing="ij")
+  grid_rows, grid_cols = _grid(grid)
+  rows, cols = np.meshgrid(np.arange(grid_rows), np.arange(grid_cols), indexing="ij")
   table = np.concatenate([sincos_1d(embed_dim // 2, cols), sincos_1d(embed_dim // 2, rows)], axis=1)
   if with_cls_row:
     table = np.concatenate([np.zeros((1, embed_dim)), table], axis=0)
@@ -65,28 +74,42 @@ def bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
   return matrix
 
 
-def interpolate_pos_embed(table: np.ndarray, new_grid: int, extra_tokens: int = 1) -> np.ndarray:
-  """A (extra + g*g, D) position table resized to (extra + new_grid**2, D).
+def interpolate_pos_embed(
+  table: np.ndarray, new_grid, extra_tokens: int = 1, old_grid=None
+) -> np.ndarray:
+  """A (extra + rows*cols, D) position table resized to the grid `new_grid`
+  (an int g: g x g; or (rows, columns)).
 
   The reference's util/pos_embed.py `interpolate_pos_embed`, used to
   fine-tune or probe a checkpoint at another resolution: the leading
-  `extra_tokens` rows (the cls token) are kept, the g x g patch grid is
-  resized bicubically as torch does it. A leading batch axis of 1 is kept.
+  `extra_tokens` rows (the cls token) are kept, the patch grid is resized
+  bicubically as torch does it, each axis on its own (so rectangles go to
+  and from squares and other rectangles). The table's own grid is
+  `old_grid`, or square when not given. A leading batch axis of 1 is kept.
   """
   batched = table.ndim == 3
   rows = np.asarray(table[0] if batched else table)
-  grid = int(round((rows.shape[0] - extra_tokens) ** 0.5))
-  if grid * grid != rows.shape[0] - extra_tokens:
+  count = rows.shape[0] - extra_tokens
+  if old_grid is None:
+    side = int(round(count**0.5))
+    if side * side != count:
+      raise ValueError(
+        f"a position table of {rows.shape[0]} rows is not {extra_tokens} extra rows "
+        "plus a square patch grid: give its grid (rows, columns)."
+      )
+    old_grid = side
+  (old_rows, old_cols), (new_rows, new_cols) = _grid(old_grid), _grid(new_grid)
+  if old_rows * old_cols != count:
     raise ValueError(
-      f"a position table of {rows.shape[0]} rows is not {extra_tokens} extra rows "
-      "plus a square patch grid."
+      f"a position table of {rows.shape[0]} rows is not {extra_tokens} extra rows plus a "
+      f"{old_rows}x{old_cols} patch grid."
     )
-  if grid == new_grid:
+  if (old_rows, old_cols) == (new_rows, new_cols):
     resized = rows
   else:
-    patches = rows[extra_tokens:].astype(np.float64).reshape(grid, grid, -1)
-    matrix = bicubic_matrix(grid, new_grid)
-    patches = np.einsum("hy,yxd,wx->hwd", matrix, patches, matrix)
-    patches = patches.reshape(new_grid * new_grid, -1).astype(rows.dtype)
+    patches = rows[extra_tokens:].astype(np.float64).reshape(old_rows, old_cols, -1)
+    down, across = bicubic_matrix(old_rows, new_rows), bicubic_matrix(old_cols, new_cols)
+    patches = np.einsum("hy,yxd,wx->hwd", down, patches, across)
+    patches = patches.reshape(new_rows * new_cols, -1).astype(rows.dtype)
     resized = np.concatenate([rows[:extra_tokens], patches], axis=0)
   return resized[None] if batched else resized
