@@ -78,6 +78,46 @@ def test_aot_plan_for_two_tpu_slices(tmp_path):
   assert report["compiler_flops"] > 0 and report["model_flops"] > 0
   assert report["step_seconds"] > 0 and 0 < report["mfu"] < 1
   assert report["fits"] and "verdict          fits" in result.stdout
+  # fsdp's gathers stay on the slice's ICI; data's gradient reduction
+  # crosses the data-centre network between the two slices.
+  links = report["collective_links"]
+  assert links["DCN"]["count"] >= 1 and links["ICI"]["count"] >= 1
+  assert links["DCN"]["bandwidth"] == 25e9 / 8 and "DCN" in result.stdout
+
+
+LOOP_SIZES = [
+  "--config.model.width=192",
+  "--config.model.heads=3",
+  "--config.model.depth=4",
+  "--config.model.decoder_width=128",
+  "--config.model.image_size=64",
+  "--config.model.patch_size=8",
+  "--config.data.image_size=64",
+  "--config.global_batch_size=64",
+]
+
+
+@pytest.mark.parametrize("topology", ["v5e:2x2", "h100:4"])
+def test_scanned_and_accumulated_steps_keep_the_models_flops_on_tpus_and_gpus(tmp_path, topology):
+  """XLA counts a loop body once, on TPU and GPU alike: the plan of a step
+  with scan_layers and accumulation counts its unrolled twin, so compiled
+  FLOPs stay with the model's, as the unrolled step's do."""
+  if topology.startswith("h100") and not topologies.gpu_plugin_dir():
+    pytest.fail(f"the GPU AOT tests need: {topologies.GPU_PLUGIN_HINT}")
+  plain_result, plain = run_aot(tmp_path, topology, *LOOP_SIZES)
+  assert plain_result.returncode == 0, plain_result.stderr[-3000:]
+  looped_result, looped = run_aot(
+    tmp_path,
+    topology,
+    *LOOP_SIZES,
+    "--config.model.scan_layers=True",
+    "--config.grad_accum_steps=2",
+  )
+  assert looped_result.returncode == 0, looped_result.stderr[-3000:]
+  assert "unrolled twin" in looped["cost_source"]
+  assert looped["compiler_flops"] == pytest.approx(plain["compiler_flops"], rel=0.04)
+  chips = looped["chips"]
+  assert looped["compiler_flops"] * chips == pytest.approx(looped["model_flops"], rel=0.15)
 
 
 def test_aot_plan_that_does_not_fit_exits_1_and_names_the_knobs(tmp_path):
@@ -295,13 +335,19 @@ def test_collectives_are_read_off_the_hlo_with_their_groups_and_bytes():
       "%d = ((f32[4]{0}), f32[32]{0}) all-gather-start(%w), replica_groups={}, dimensions={0}",
       "%e = f32[32]{0} all-gather-done(%d)",
       "%f = f32[64]{0} collective-permute(%v), source_target_pairs={{0,1},{1,2}}",
+      # XLA:TPU's reduction across slices: a host transfer to the megascale runtime.
+      "%g = (bf16[2,8,128]{2,1,0:T(8,128)(2,1)}, u32[], token[]) send(%x, %a), "
+      'is_host_transfer=true, frontend_attributes={_xla_megascale_reduce_operation="SUM"}',
     ]
   )
-  found = collectives.collectives_of(hlo, 8)
+  found = collectives.collectives_of(hlo, 8, slices=2)
   assert [c.op for c in found] == ["all-reduce", "all-gather", "reduce-scatter", "all-gather"] + [
-    "collective-permute"
+    "collective-permute",
+    "all-reduce",
   ]
-  reduce, gather, scatter, started, permute = found
+  reduce, gather, scatter, started, permute, across = found
+  assert across.result_bytes == 4096 and across.group_size == 2
+  assert across.link_bytes() == 4096 and collectives.crosses(across, [0] * 8)
   assert reduce.groups == [[0, 1, 2, 3], [4, 5, 6, 7]] and reduce.result_bytes == 4096
   assert reduce.link_bytes() == pytest.approx(2 * 3 / 4 * 4096)
   assert gather.groups == [[0, 2, 4, 6], [1, 3, 5, 7]] and gather.result_bytes == 2048
@@ -314,7 +360,7 @@ def test_collectives_are_read_off_the_hlo_with_their_groups_and_bytes():
   assert not collectives.crosses(reduce, homes) and collectives.crosses(gather, homes)
   near, far = collectives.Link("NVLink", 450e9), collectives.Link("network", 50e9)
   links = collectives.time_per_link(found, homes, near, far, repeat=2)
-  assert links["NVLink"]["count"] == 4 and links["network"]["count"] == 6  # x 2 repeats
+  assert links["NVLink"]["count"] == 4 and links["network"]["count"] == 8  # x 2 repeats
   assert links["network"]["seconds"] == pytest.approx(links["network"]["bytes"] / 50e9)
 
 

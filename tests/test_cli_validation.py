@@ -29,6 +29,10 @@ VALIDATORS = (ModelConfig.validate, sharding.mesh_shape, main_lib.host_timeout)
 # (override, a fragment of the message). The suite has 8 fake CPU devices.
 CASES = [
   ("--config.model.depth=0", "model.depth=0: must be a positive integer"),
+  (
+    "--config.model.image_size=(32,0)",
+    "model.image_size=(32, 0): must be a positive integer (square) or (height, width)",
+  ),
   ("--config.model.channels=2", "model.channels=2: must be 1 or 3"),
   ("--config.model.patch_size=5", "not divisible by model.patch_size=5"),
   ("--config.model.heads=5", "model.heads=5 does not divide"),

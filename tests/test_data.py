@@ -337,18 +337,9 @@ def test_random_resized_crop_output_size_range_and_seed():
     assert out.shape == (24, 24, 3) and out.dtype == np.uint8
   np.testing.assert_array_equal(crop(3), crop(3))
   assert not np.array_equal(crop(3), crop(4))
-  # Arrays (the digits) take the reference's crop too: Pillow's crop, then
-  # its resize of the crop (torchvision's F.resized_crop on a PIL image).
+  # Arrays (the digits) take the reference's crop too.
   for seed in range(10):
-    rng = np.random.default_rng(seed)
-    top, left, height, width = transforms.random_resized_crop_box(
-      rng, 37, 53, config.crop_scale, config.crop_ratio
-    )
-    expected = Image.fromarray(image).crop((left, top, left + width, top + height))
-    expected = np.asarray(expected.resize((24, 24), Image.BICUBIC))
-    if rng.uniform() < 0.5 and config.horizontal_flip:
-      expected = expected[:, ::-1]
-    np.testing.assert_array_equal(crop(seed), expected)
+    np.testing.assert_array_equal(crop(seed), reference_crop(image, seed, config, (24, 24)))
 
 
 def jpeg_bytes(height, width, seed=0, quality=95):
@@ -672,6 +663,21 @@ def test_imagenet_config_fields():
   assert config.data_dir == "gs://bucket/tfds"
 
 
+def reference_crop(image: np.ndarray, seed: int, config, out_hw: tuple[int, int]) -> np.ndarray:
+  """The reference's RandomResizedCrop + flip on a PIL image, from the
+  seed's draws: Pillow's crop, then its resize of the crop
+  (torchvision's F.resized_crop)."""
+  rng = np.random.default_rng(seed)
+  top, left, height, width = transforms.random_resized_crop_box(
+    rng, image.shape[0], image.shape[1], config.crop_scale, config.crop_ratio
+  )
+  expected = Image.fromarray(image).crop((left, top, left + width, top + height))
+  expected = np.asarray(expected.resize(out_hw[::-1], Image.BICUBIC))
+  if rng.uniform() < 0.5 and config.horizontal_flip:
+    expected = expected[:, ::-1]
+  return expected
+
+
 def test_rectangular_crops_and_eval_are_the_reference_operations():
   """image_size=(height, width): the training crop is Pillow's crop then
   resize to width x height; eval resizes to (int(h / crop_pct), int(w /
@@ -679,15 +685,9 @@ def test_rectangular_crops_and_eval_are_the_reference_operations():
   image = np.random.RandomState(1).randint(0, 256, size=(50, 70, 3)).astype(np.uint8)
   config = data.default_data_config(image_size=(24, 40), channels=3, eval_crop_fraction=0.8)
   for seed in range(5):
-    rng = np.random.default_rng(seed)
-    top, left, height, width = transforms.random_resized_crop_box(
-      rng, 50, 70, config.crop_scale, config.crop_ratio
-    )
-    expected = Image.fromarray(image).crop((left, top, left + width, top + height))
-    expected = np.asarray(expected.resize((40, 24), Image.BICUBIC))
     out = transforms.train_transform(image, np.random.default_rng(seed), config)
     assert out.shape == (24, 40, 3)
-    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(out, reference_crop(image, seed, config, (24, 40)))
   assert transforms.eval_resize_shape(50, 70, (24, 40), 0.8) == (30, 50)
   resized = np.asarray(Image.fromarray(image).resize((50, 30), Image.BICUBIC))
   np.testing.assert_array_equal(transforms.eval_transform(image, config), resized[3:27, 5:45])

@@ -33,6 +33,7 @@ DTYPE_BYTES = {
 _INSTRUCTION = re.compile(
   r"=\s*(?P<shape>.+?)\s+(?P<op>" + "|".join(OPS) + r")(?P<start>-start)?\((?P<rest>.*)$"
 )
+_MEGASCALE = re.compile(r"=\s*\((?P<shape>.+?)\)\s+send\(.*_xla_megascale_reduce_operation")
 _ARRAY = re.compile(r"\b([a-z]+\d*[a-z0-9]*)\[([\d,]*)\]")
 
 
@@ -50,6 +51,7 @@ class Collective:
   result_bytes: int  # per device
   group_size: int
   groups: list  # lists of device positions, or [] when all devices take part
+  across_slices: bool = False  # a megascale transfer: always between slices
 
   def link_bytes(self) -> float:
     """Bytes each device sends over the link (ring algorithms)."""
@@ -139,10 +141,15 @@ def parse_groups(rest: str) -> list[list[int]] | None:
   return [] if "replica_groups={}" in rest else None
 
 
-def collectives_of(hlo_text: str, device_count: int) -> list[Collective]:
+def collectives_of(hlo_text: str, device_count: int, slices: int = 1) -> list[Collective]:
   """Every collective the program launches (an async pair once, by its -start)."""
   found = []
   for line in hlo_text.splitlines():
+    across = _MEGASCALE.search(line)
+    if across:  # the operand: the first element of (data, context, token)
+      size = _array_bytes(_top_level(across.group("shape"))[0])
+      found.append(Collective("all-reduce", size, max(slices, 2), [], across_slices=True))
+      continue
     match = _INSTRUCTION.search(line)
     if not match:
       continue
@@ -165,6 +172,8 @@ def collectives_of(hlo_text: str, device_count: int) -> list[Collective]:
 def crosses(collective: Collective, device_homes: list[int]) -> bool:
   """Whether any group holds devices of more than one host (slice);
   device_homes[i] is the host (slice) of the device at position i."""
+  if collective.across_slices:
+    return True
   groups = collective.groups or [list(range(len(device_homes)))]
   return any(len({device_homes[i] for i in group if i < len(device_homes)}) > 1 for group in groups)
 

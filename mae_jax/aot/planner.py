@@ -344,7 +344,7 @@ def read_collectives(report: Report, compiled, repeat: int, mesh, chip) -> None:
   homes = [
     getattr(d, "slice_index", 0) if chip.gpu is None else d.process_index for d in mesh.devices.flat
   ]
-  found = collectives.collectives_of(compiled.as_text(), len(homes))
+  found = collectives.collectives_of(compiled.as_text(), len(homes), len(set(homes)))
   near = collectives.Link(chip.near_link, chip.near_bytes_per_second)
   far = collectives.Link(chip.far_link, chip.far_bytes_per_second)
   report.collective_links = collectives.time_per_link(found, homes, near, far, repeat)

@@ -285,6 +285,20 @@ static size_t scratch_bytes(const Window *in, const Output *out, int vertical_fi
          2 * (size_t)out->width * column;
 }
 
+/* The horizontal pass over `lines` (one contiguous line of line_bytes per
+ * input column, the first being the image's column col0): output column x
+ * reads lines [start, start + length) and goes to line x of dest (mirrored:
+ * out->width - 1 - x). */
+static void horizontal_pass(const uint8_t *lines, size_t line_bytes, const Axis *cols, int col0,
+                            const Output *out, int32_t *sum, uint8_t *dest) {
+  for (int x = 0; x < out->width; x++) {
+    filter_lines(lines + (size_t)(cols->start[x] - col0) * line_bytes, line_bytes,
+                 cols->length[x], cols->weight + (size_t)x * cols->taps, sum, (int)line_bytes);
+    int target = out->flip ? out->width - 1 - x : x;
+    store_line(sum, dest + (size_t)target * line_bytes, (int)line_bytes);
+  }
+}
+
 /* Pillow's order before 13 (and since, for most shapes): the horizontal
  * pass over the transposed window (its columns contiguous; output column x
  * reads window columns [start, start + length)), then the vertical pass,
@@ -299,12 +313,7 @@ static void horizontal_first(const Window *in, const Axis *rows, const Axis *col
   uint8_t *horizontal = transposed + (size_t)in->cols * column;
   uint8_t *unturned = horizontal + (size_t)out->width * column;
   transpose(in->pixels, in->stride, in->rows, in->cols, pb, transposed);
-  for (int x = 0; x < out->width; x++) {
-    filter_lines(transposed + (size_t)(cols->start[x] - in->col0) * column, column,
-                 cols->length[x], cols->weight + (size_t)x * cols->taps, sum, (int)column);
-    int target = out->flip ? out->width - 1 - x : x;
-    store_line(sum, horizontal + (size_t)target * column, (int)column);
-  }
+  horizontal_pass(transposed, column, cols, in->col0, out, sum, horizontal);
   transpose(horizontal, column, out->width, in->rows, pb, unturned);
   for (int y = 0; y < out->height; y++) {
     filter_lines(unturned + (size_t)(rows->start[y] - in->row0) * out_line, out_line,
@@ -336,12 +345,7 @@ static void vertical_first(const Window *in, const Axis *rows, const Axis *cols,
     store_line(sum, vertical + (size_t)y * row, (int)row);
   }
   transpose(vertical, row, out->height, in->cols, pb, turned);
-  for (int x = 0; x < out->width; x++) {
-    filter_lines(turned + (size_t)(cols->start[x] - in->col0) * column, column,
-                 cols->length[x], cols->weight + (size_t)x * cols->taps, sum, (int)column);
-    int target = out->flip ? out->width - 1 - x : x;
-    store_line(sum, horizontal + (size_t)target * column, (int)column);
-  }
+  horizontal_pass(turned, column, cols, in->col0, out, sum, horizontal);
   transpose(horizontal, column, out->width, out->height, pb, unturned);
   for (int y = 0; y < out->height; y++) {
     const uint8_t *line = unturned + (size_t)y * out->width * pb;
