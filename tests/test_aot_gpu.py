@@ -134,15 +134,29 @@ def test_four_hosts_of_8_the_links_and_the_memory_fraction(tmp_path, monkeypatch
   links = report["collective_links"]
   assert links["network"]["count"] >= 1 and links["network"]["bandwidth"] == 50e9
   assert report["collective_seconds"] > 0 and "network" in result.stdout
-  # The deprecated name still counts, and says so; both at once is refused.
-  monkeypatch.delenv("XLA_CLIENT_MEM_FRACTION")
+  # Both at once is refused before anything compiles, in one line, exit 2.
   monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
-  result, report = run_aot(tmp_path, "h100:8", BF16, *TINY)
-  assert report["hbm_bytes"] == int(0.5 * gpu_targets.GPUS["h100"].memory_bytes)
-  assert "deprecated" in result.stdout
-  monkeypatch.setenv("XLA_CLIENT_MEM_FRACTION", "0.5")
   result, _ = run_aot(tmp_path, "h100:8", BF16, *TINY)
-  assert result.returncode == 2 and "deprecated name" in result.stderr + result.stdout
+  assert result.returncode == 2 and "deprecated name" in result.stderr
+
+
+def test_the_memory_share_follows_jaxs_variables(monkeypatch):
+  from mae_jax.aot import planner
+  from mae_jax.errors import UsageError
+
+  h100 = topologies.parse("h100:8").chip
+  total = gpu_targets.GPUS["h100"].memory_bytes
+  for name in planner.MEMORY_FRACTION_VARIABLES:
+    monkeypatch.delenv(name, raising=False)
+  limit, note = planner.memory_limit_of(h100, None)
+  assert limit == int(0.75 * total) and "JAX's default pool" in note
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")  # the deprecated name
+  limit, note = planner.memory_limit_of(h100, None)
+  assert limit == int(0.5 * total) and "deprecated name" in note
+  for bad in ("1.5", "half"):
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", bad)
+    with pytest.raises(UsageError, match="expected a fraction"):
+      planner.memory_limit_of(h100, None)
 
 
 def cudnn_installed() -> bool:
