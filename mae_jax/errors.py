@@ -34,4 +34,4 @@ class WorkdirError(UserError):
 
 class UsageError(UserError):
   """A command-line flag or environment variable that cannot work (--topology,
-  --num_slices, XLA_PYTHON_CLIENT_MEM_FRACTION, ...)."""
+  --num_slices, XLA_CLIENT_MEM_FRACTION, ...)."""
