@@ -90,7 +90,7 @@ def test_vit_l16_fsdp_at_128_per_gpu_fits_and_gathers_its_parameters(tmp_path):
   result, report = run_aot(
     tmp_path, "h100:8", BF16,
     "--config.global_batch_size=1024", "--config.mesh.data=1", "--config.mesh.fsdp=8",
-    config="configs/pretrain.py:vit_large",
+    "--noevaluations", config="configs/pretrain.py:vit_large",
   )  # fmt: skip
   assert result.returncode == 0, result.stderr[-3000:]
   assert report["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1} and report["fits"]
@@ -103,7 +103,7 @@ def test_vit_l16_fsdp_at_128_per_gpu_fits_and_gathers_its_parameters(tmp_path):
 def test_vit_h14_at_512_per_gpu_does_not_fit_and_names_the_knobs(tmp_path):
   result, report = run_aot(
     tmp_path, "h100:8", BF16,
-    "--config.global_batch_size=4096",
+    "--config.global_batch_size=4096", "--noevaluations",
     config="configs/pretrain.py:vit_huge",
   )  # fmt: skip
   assert result.returncode == 1, result.stderr[-3000:]
@@ -115,7 +115,7 @@ def test_vit_h14_at_512_per_gpu_does_not_fit_and_names_the_knobs(tmp_path):
 
 @pytest.mark.parametrize("gpu", ["a100-80", "h200", "b200"])
 def test_each_gpu_compiles_the_step(tmp_path, gpu):
-  result, report = run_aot(tmp_path, f"{gpu}:8", BF16, *TINY)
+  result, report = run_aot(tmp_path, f"{gpu}:8", BF16, *TINY, "--noevaluations")
   assert result.returncode == 0, result.stderr[-3000:]
   spec = gpu_targets.GPUS[gpu]
   assert report["accelerator_type"] == f"1 host x 8 {spec.device_name}"

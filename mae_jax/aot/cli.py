@@ -29,7 +29,10 @@ def main(argv, config, options) -> None:
     topology = topologies.parse(options["topology"].value, options["num_slices"].value)
     hbm_gib = options["hbm_gib"].value
     report = check_plan(
-      config.value, topology, hbm_bytes=int(hbm_gib * 1024**3) if hbm_gib else None
+      config.value,
+      topology,
+      hbm_bytes=int(hbm_gib * 1024**3) if hbm_gib else None,
+      evaluations=options["evaluations"].value,
     )
   except UserError as error:  # a mistake in the command; a bug keeps its traceback
     print(f"error: {error}", file=sys.stderr)
@@ -60,5 +63,10 @@ def run_cli() -> None:
       "hbm_gib", None, "Memory per chip to check against, instead of the chip's HBM."
     ),
     "json": flags.DEFINE_string("json", None, "Also write the report as JSON here."),
+    "evaluations": flags.DEFINE_boolean(
+      "evaluations",
+      True,
+      "Also plan the evaluation programs (--noevaluations: the train step only, sooner).",
+    ),
   }
   app.run(lambda argv: main(argv, config, options), flags_parser=command_line.parse_flags)

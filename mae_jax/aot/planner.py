@@ -72,9 +72,16 @@ class Report:
   evaluations: list = dataclasses.field(default_factory=list)
 
 
-def check_plan(config, topology: topologies.Topology, *, hbm_bytes: int | None = None) -> Report:
-  """Builds, lowers and compiles the job's train step and its evaluation
-  programs (the k-NN job: only those); a UserError for bad input."""
+def check_plan(
+  config,
+  topology: topologies.Topology,
+  *,
+  hbm_bytes: int | None = None,
+  evaluations: bool = True,
+) -> Report:
+  """Builds, lowers and compiles the job's train step and (unless
+  `evaluations` is off) its evaluation programs (the k-NN job: only those);
+  a UserError for bad input."""
   # First: jaxlib's GPU plugin itself refuses some of these settings, less clearly.
   memory_limit, memory_note = memory_limit_of(topology.chip, hbm_bytes)
   devices = topologies.devices(topology)
@@ -130,7 +137,8 @@ def check_plan(config, topology: topologies.Topology, *, hbm_bytes: int | None =
       cost, report.cost_source, counted, repeat = loop_free_cost(config, plan, devices, compiled)
       read_collectives(report, counted, repeat, mesh, chip)
       read_cost(report, cost, chip)
-  plan_evaluations(report, config, plan, mesh, program)
+  if evaluations or not trains:
+    plan_evaluations(report, config, plan, mesh, program)
   if not report.fits:
     report.suggestions = suggestions(report, plan)
   return report
