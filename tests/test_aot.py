@@ -376,6 +376,7 @@ def test_the_cli_prints_user_errors_in_one_line_and_keeps_a_bugs_traceback(monke
     "num_slices": Flag(1),
     "hbm_gib": Flag(None),
     "json": Flag(None),
+    "evaluations": Flag(True),
   }
 
   def fails(error):

@@ -58,7 +58,7 @@ class TensorSpec:
   kind: str = RESHAPE  # RESHAPE, LINEAR (transpose) or CONV
 
 
-def _linear(
+def linear_specs(
   key: str, path: tuple[str, ...], in_shape: tuple[int, ...], out_shape: tuple[int, ...]
 ) -> list[TensorSpec]:
   """A torch Linear -> a flax Dense/DenseGeneral with (possibly split) axes."""
@@ -71,7 +71,7 @@ def _linear(
   ]
 
 
-def _layer_norm(key: str, path: tuple[str, ...], width: int) -> list[TensorSpec]:
+def layer_norm_specs(key: str, path: tuple[str, ...], width: int) -> list[TensorSpec]:
   return [
     TensorSpec(f"{key}.weight", (width,), path + ("scale",), (width,)),
     TensorSpec(f"{key}.bias", (width,), path + ("bias",), (width,)),
@@ -85,12 +85,12 @@ def _blocks(
   specs = []
   for i in range(depth):
     k, p = f"{key}.{i}", path + (f"layer_{i}",)
-    specs += _layer_norm(f"{k}.norm1", p + ("norm1",), width)
-    specs += _linear(f"{k}.attn.qkv", p + ("attn", "qkv"), (width,), (3, heads, head_dim))
-    specs += _linear(f"{k}.attn.proj", p + ("attn", "out"), (heads, head_dim), (width,))
-    specs += _layer_norm(f"{k}.norm2", p + ("norm2",), width)
-    specs += _linear(f"{k}.mlp.fc1", p + ("mlp", "fc1"), (width,), (hidden,))
-    specs += _linear(f"{k}.mlp.fc2", p + ("mlp", "fc2"), (hidden,), (width,))
+    specs += layer_norm_specs(f"{k}.norm1", p + ("norm1",), width)
+    specs += linear_specs(f"{k}.attn.qkv", p + ("attn", "qkv"), (width,), (3, heads, head_dim))
+    specs += linear_specs(f"{k}.attn.proj", p + ("attn", "out"), (heads, head_dim), (width,))
+    specs += layer_norm_specs(f"{k}.norm2", p + ("norm2",), width)
+    specs += linear_specs(f"{k}.mlp.fc1", p + ("mlp", "fc1"), (width,), (hidden,))
+    specs += linear_specs(f"{k}.mlp.fc2", p + ("mlp", "fc2"), (hidden,), (width,))
   return specs
 
 
@@ -111,11 +111,11 @@ def tensor_specs(config: ModelConfig, with_decoder: bool = True) -> list[TensorS
     TensorSpec("patch_embed.proj.bias", (d,), enc + ("patch_embed", "bias"), (d,)),
   ]
   specs += _blocks("blocks", enc + ("blocks",), config.depth, d, config.heads, config.mlp_ratio)
-  specs += _layer_norm("norm", enc + ("norm",), d)
+  specs += layer_norm_specs("norm", enc + ("norm",), d)
   if not with_decoder:
     return specs
   dd, dec = config.decoder_width, ("decoder",)
-  specs += _linear("decoder_embed", dec + ("embed",), (d,), (dd,))
+  specs += linear_specs("decoder_embed", dec + ("embed",), (d,), (dd,))
   specs.append(TensorSpec("mask_token", (1, 1, dd), dec + ("mask_token",), (1, 1, dd)))
   specs += _blocks(
     "decoder_blocks",
@@ -125,8 +125,8 @@ def tensor_specs(config: ModelConfig, with_decoder: bool = True) -> list[TensorS
     config.decoder_heads,
     config.decoder_mlp_ratio,
   )
-  specs += _layer_norm("decoder_norm", dec + ("norm",), dd)
-  specs += _linear("decoder_pred", dec + ("pred",), (dd,), (config.patch_dim,))
+  specs += layer_norm_specs("decoder_norm", dec + ("norm",), dd)
+  specs += linear_specs("decoder_pred", dec + ("pred",), (dd,), (config.patch_dim,))
   return specs
 
 

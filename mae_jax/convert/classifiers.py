@@ -20,7 +20,13 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from mae_jax.convert.authors import TensorSpec, _layer_norm, _linear, state_from_specs, tensor_specs
+from mae_jax.convert.authors import (
+  TensorSpec,
+  layer_norm_specs,
+  linear_specs,
+  state_from_specs,
+  tensor_specs,
+)
 from mae_jax.core import checkpointing
 from mae_jax.errors import CheckpointError, UsageError
 from mae_jax.model.config import ModelConfig
@@ -41,15 +47,15 @@ def classifier_specs(
     TensorSpec("pos_embed", (1, tokens, width), ("encoder", "pos_embed"), (1, tokens, width))
   )
   if pool:
-    specs += _layer_norm("fc_norm", ("fc_norm",), width)
+    specs += layer_norm_specs("fc_norm", ("fc_norm",), width)
   if probe:
     specs += [
       TensorSpec("head.0.running_mean", (width,), ("head", "bn", "mean"), (width,)),
       TensorSpec("head.0.running_var", (width,), ("head", "bn", "var"), (width,)),
     ]
-    specs += _linear("head.1", ("head", "linear"), (width,), (num_classes,))
+    specs += linear_specs("head.1", ("head", "linear"), (width,), (num_classes,))
   else:
-    specs += _linear("head", ("head",), (width,), (num_classes,))
+    specs += linear_specs("head", ("head",), (width,), (num_classes,))
   return specs
 
 

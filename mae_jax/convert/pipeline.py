@@ -147,6 +147,12 @@ def export_checkpoint(directory: str, output_path: str, layout: str = "authors")
     return Exported(config, "authors' models_mae.py layout")
   mngr = checkpointing.manager(directory, read_only=True)
   step = mngr.latest_step()
-  metadata = {**checkpointing.read_metadata(directory, step), "_step": step}
-  architecture = transformers_dir.write_directory(params, config, output_path, metadata, directory)
+  architecture = transformers_dir.write_directory(
+    params,
+    config,
+    output_path,
+    metadata=checkpointing.read_metadata(directory, step),
+    checkpoint_dir=directory,
+    step=step,
+  )
   return Exported(config, f"a transformers {architecture} directory")

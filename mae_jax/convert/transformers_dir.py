@@ -88,9 +88,16 @@ def _run_files(checkpoint_dir: str) -> dict:
 CARD_METRICS = ("eval_loss", "eval_baseline_loss", "knn_top1", "knn_top5", "loss")
 
 
-def model_card(config: ModelConfig, metadata: dict, checkpoint_dir: str, *, params: int) -> str:
+def model_card(
+  config: ModelConfig,
+  metadata: dict,
+  checkpoint_dir: str,
+  *,
+  step: int,
+  params: int,
+  encoder_only: bool,
+) -> str:
   """README.md: what the weights are, how they were made, their licence."""
-  encoder_only = metadata.get("_encoder_only", False)
   licence = licences.licence_of(metadata)
   run = _run_files(checkpoint_dir)
   run_config = run.get("config.json") or metadata.get("config") or {}
@@ -106,7 +113,7 @@ def model_card(config: ModelConfig, metadata: dict, checkpoint_dir: str, *, para
     f"{config.patch_size}",
     "",
     f"Exported by mae_jax from `{checkpoint_dir}` (step "
-    f"{metadata.get('_step', '?')}) as transformers' {kind}: "
+    f"{step}) as transformers' {kind}: "
     f"`{kind.split()[0]}.from_pretrained(this_directory)`.",
     "",
     "## Architecture",
@@ -148,9 +155,16 @@ def model_card(config: ModelConfig, metadata: dict, checkpoint_dir: str, *, para
 
 
 def write_directory(
-  params: Mapping, config: ModelConfig, output_dir: str, metadata: dict, checkpoint_dir: str
+  params: Mapping,
+  config: ModelConfig,
+  output_dir: str,
+  *,
+  metadata: dict,
+  checkpoint_dir: str,
+  step: int,
 ) -> str:
-  """Writes the three files; returns the architecture written."""
+  """Writes the three files for the checkpoint at `checkpoint_dir` (its
+  `step`, its `metadata`); returns the architecture written."""
   from safetensors.numpy import save_file
 
   if not is_square(config.image_size):
@@ -167,9 +181,11 @@ def write_directory(
   hf_config = transformers_config(config, encoder_only=encoder_only)
   with open(os.path.join(output_dir, "config.json"), "w") as f:
     json.dump(hf_config, f, indent=2)
-  card_metadata = {**metadata, "_encoder_only": encoder_only}
   fixed = ("position_embeddings", "decoder_pos_embed")  # sin-cos tables, not trained
   count = sum(int(np.prod(v.shape)) for k, v in state.items() if not k.endswith(fixed))
   with open(os.path.join(output_dir, "README.md"), "w") as f:
-    f.write(model_card(config, card_metadata, checkpoint_dir, params=count))
+    card = model_card(
+      config, metadata, checkpoint_dir, step=step, params=count, encoder_only=encoder_only
+    )
+    f.write(card)
   return hf_config["architectures"][0]
