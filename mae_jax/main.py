@@ -12,9 +12,11 @@ Multi-host: Cloud TPU VMs and SLURM jobs are detected and
 `jax.distributed.initialize()` is called on every process; anywhere else pass
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
 
-Exit status: 0 done; 75 preempted, resumable (requeue the same command;
-a SIGTERM during start-up or compiling, before the loop could save, also
-exits 75 with one line);
+Exit status: 0 done; 75 preempted, resumable (requeue the same command; a
+SIGTERM at any moment is only noted (mae_jax.stop_notice) and answered
+where stopping is safe: after the step in progress, with a checkpoint, or
+before the first step, with nothing to save; a run that had finished its
+steps ends as finished, 0);
 75 also when another process of a multi-process run was lost (one line names
 it and the last complete checkpoint; rerun on every host);
 74 a checkpoint could not be written (disk full, permissions): earlier
@@ -28,12 +30,19 @@ saved first, unless Ctrl-C is pressed twice; launchers do not rerun it);
 import os
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from mae_jax import stop_notice
 
-from mae_jax.cli.command_line import fail_for_user, parse_flags
-from mae_jax.errors import INTERRUPTED_EXIT_CODE, ConfigError, UserError
-from mae_jax.jobs import run_job
+if __name__ == "__main__":
+  # Before the imports below (seconds: JAX, TensorFlow's protos): a SIGTERM
+  # from here on is noted and answered with exit 75, never a bare 143.
+  stop_notice.install()
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from mae_jax.cli.command_line import fail_for_user, parse_flags  # noqa: E402
+from mae_jax.errors import INTERRUPTED_EXIT_CODE, ConfigError, UserError  # noqa: E402
+from mae_jax.jobs import run_job  # noqa: E402
 
 SAVE_FAILED_EXIT_CODE = 74  # sysexits' EX_IOERR
 
@@ -103,46 +112,24 @@ def initialize_distributed(timeout: float) -> None:
     jax.distributed.initialize(**heartbeat)
 
 
-class StoppedOutsideTheLoop(BaseException):
-  """SIGTERM while no training loop was running to save a checkpoint. A
-  BaseException, as KeyboardInterrupt: library code that catches Exception
-  must not swallow it."""
-
-
-def answer_sigterm_outside_the_loop(workdir: str) -> None:
-  """A SIGTERM during start-up, compiling or the final evaluation ends like
-  a preemption (one line, exit 75, so launchers rerun), not with a bare 143.
-  The training loop's own handler (core.preemption) takes over while it
-  runs. One process only: across processes JAX's coordination service
-  handles SIGTERM. Python runs the handler between bytecodes, so a SIGTERM
-  in the middle of a compile is answered when the compile returns."""
-  import signal
-
-  from mae_jax.core.workdir import checkpoint_dir
-
-  def on_sigterm(signum, frame):
-    del signum, frame
-    raise StoppedOutsideTheLoop(
-      "preempted outside the training loop (start-up, compiling or the final evaluation): "
-      "this stop saved nothing; rerun the same command to resume from the last complete "
-      f"checkpoint in {checkpoint_dir(workdir)} (if any)."
-    )
-
-  signal.signal(signal.SIGTERM, on_sigterm)
-
-
-def main(argv):
-  try:
-    run(argv)
-  except StoppedOutsideTheLoop as stopped:  # wherever it landed, once answered
+def exit_if_stop_noted(workdir: str) -> None:
+  """A SIGTERM before the job began (imports, flags, distributed start-up):
+  nothing was started that could be saved."""
+  if stop_notice.received():
     from mae_jax.core.preemption import PREEMPTED_EXIT_CODE
+    from mae_jax.core.workdir import checkpoint_dir
 
-    print(f"PREEMPTED: {stopped}", flush=True)
+    stop_notice.clear()
+    print(
+      "PREEMPTED: preempted during start-up, before the job began: nothing to save; rerun the "
+      f"same command to resume from the last complete checkpoint in {checkpoint_dir(workdir)} "
+      "(if any).",
+      flush=True,
+    )
     sys.exit(PREEMPTED_EXIT_CODE)
 
 
-def run(argv):
-  """Everything `main` does; a SIGTERM outside the loop ends it (see main)."""
+def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None or not _WORKDIR.value:
@@ -154,11 +141,12 @@ def run(argv):
     timeout = host_timeout(_CONFIG.value)
   except UserError as mistake:
     fail_for_user(f"{type(mistake).__name__}: {mistake}")
+  stop_notice.install()  # in-process callers (tests) too
   initialize_distributed(timeout)
+  # On several processes JAX's preemption notifier now owns SIGTERM.
+  exit_if_stop_noted(_WORKDIR.value)
   import jax
 
-  if jax.process_count() == 1:
-    answer_sigterm_outside_the_loop(_WORKDIR.value)
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)
   logging.info(
@@ -177,6 +165,9 @@ def run(argv):
   try:
     compilation_cache.enable(_CONFIG.value.get("compilation_cache", ""), _WORKDIR.value)
     run_job(_CONFIG.value, _WORKDIR.value)
+    if stop_notice.received():  # during the final evaluation or teardown
+      stop_notice.clear()
+      logging.info("A stop was asked for (SIGTERM) after the last step: the run is complete.")
   except Preempted as preempted:
     if preempted.interrupted:  # Ctrl-C: a person stopped it, no requeue
       print(f"INTERRUPTED: {preempted}", flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 
 # Eight fake CPU devices for the sharding tests; must precede the first JAX
@@ -43,3 +44,43 @@ def array_record_digits_dir(tmp_path_factory) -> str:
   data_dir = str(tmp_path_factory.mktemp("tfds_array_record"))
   tfds_datasets.build(data_dir, "array_record")
   return data_dir
+
+
+@pytest.fixture(scope="session")
+def storage_server(tmp_path_factory):
+  """fake-gcs-server on 127.0.0.1 (tests/storage_server.py), one per test
+  worker, with every Cloud Storage client of this process and of the
+  processes tests start pointed at it, and the loopback guard on."""
+  import storage_server as server_lib
+
+  root = tmp_path_factory.mktemp("storage_server")
+  server = server_lib.StorageServer(str(root / "data"), buckets=())
+  violations = root / "non_loopback_connections.txt"
+  violations.touch()
+  os.environ.update(server_lib.environment(server.url, str(violations)))
+  sys.path.insert(0, server_lib.LOOPBACK_ONLY_DIR)
+  import sitecustomize  # tests/loopback_only: the guard, in this process too
+
+  sitecustomize.install()
+  yield server, violations
+  server.stop()
+
+
+_bucket_count = 0
+
+
+@pytest.fixture
+def bucket(storage_server) -> str:
+  """A new, empty bucket on the test server: "gs://NAME". The test fails if
+  any process it started tried to reach an address other than loopback."""
+  global _bucket_count
+  from google.cloud import storage
+
+  server, violations = storage_server
+  _bucket_count += 1
+  name = f"mae-test-{os.getpid()}-{_bucket_count}"
+  storage.Client().create_bucket(name)
+  seen = violations.read_text()
+  yield f"gs://{name}"
+  new = violations.read_text()[len(seen) :]
+  assert not new, f"connections outside 127.0.0.1 were attempted:\n{new}"

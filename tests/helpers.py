@@ -12,6 +12,7 @@ import numpy as np
 import optax
 
 from configs import pretrain as pretrain_config
+from mae_jax import storage
 from mae_jax.core import checkpointing
 from mae_jax.core.batches import InputSettings, train_split_batches
 from mae_jax.core.state import create_state
@@ -91,13 +92,13 @@ def apply_changes(config, change: dict):
 
 
 def final_params(workdir: str, step: int):
-  metadata = checkpointing.read_metadata(os.path.join(workdir, "checkpoints"), step)
+  metadata = checkpointing.read_metadata(storage.join(workdir, "checkpoints"), step)
   model = MaskedAutoencoder(ModelConfig(**metadata["model"]))
   abstract = jax.eval_shape(
     lambda k: create_state(model, optax.identity(), k), jax.random.key(0)
   ).params
   restored = checkpointing.restore_state(
-    os.path.join(workdir, "checkpoints"), {"params": abstract}, step=step
+    storage.join(workdir, "checkpoints"), {"params": abstract}, step=step
   )
   return restored["params"]
 

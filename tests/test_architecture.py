@@ -28,7 +28,7 @@ from tests.helpers import REPO, tiny_config
 # Bottom to top. A module may import from a lower layer or from its own
 # package; packages on the same layer do not import each other.
 LAYERS = (
-  ("errors", "log_filters", "image_size"),  # no mae_jax imports
+  ("errors", "log_filters", "image_size", "storage", "stop_notice"),  # no mae_jax imports
   ("model",),  # the MAE in linen
   ("data",),  # Grain input pipeline
   ("core", "visualize"),  # what the jobs share: the step engine, loop, state, plan

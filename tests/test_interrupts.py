@@ -11,6 +11,7 @@ import pytest
 from absl import flags
 
 from mae_jax import main as main_lib
+from mae_jax import stop_notice
 from mae_jax.core.preemption import PreemptionWatcher
 from mae_jax.errors import INTERRUPTED_EXIT_CODE
 
@@ -43,6 +44,7 @@ def test_sigterm_is_a_preemption_not_an_interruption(default_ctrl_c):
     assert watcher.reached(1) and not watcher.interrupted
   finally:
     watcher.close()
+    stop_notice.clear()
 
 
 def test_a_process_started_with_ctrl_c_ignored_keeps_ignoring_it():

@@ -176,6 +176,6 @@ def test_sigterm_during_start_up_exits_75_with_one_line(tmp_path):
     if process.poll() is None:
       process.kill()
   assert process.returncode == 75, output[-3000:]
-  assert "PREEMPTED: preempted outside the training loop" in output
+  assert "PREEMPTED: preempted during start-up" in output
   assert "Traceback" not in output
   assert not os.path.exists(tmp_path / "run" / lease.LEASE_FILE)  # given back

@@ -18,6 +18,7 @@ import os
 import jax
 from absl import logging
 
+from mae_jax import storage
 from mae_jax.errors import ConfigError
 
 AUTO = "auto"
@@ -32,7 +33,7 @@ def cache_dir(setting, workdir: str) -> str | None:
       "a path (gs:// allowed), or '' (off)."
     )
   if setting == AUTO:
-    return os.path.join(workdir, FOLDER)
+    return storage.join(workdir, FOLDER)
   return setting or None
 
 

@@ -27,6 +27,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from mae_jax import storage
 from mae_jax.errors import CheckpointError
 from mae_jax.model.config import ModelConfig
 
@@ -68,7 +69,7 @@ def manager(
     read_only=read_only,
     enable_async_checkpointing=enable_async,
   )
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  return ocp.CheckpointManager(storage.absolute(directory), options=options)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,7 +260,7 @@ def restore_run_state(directory: str, step: int, abstract_state: Any) -> Any:
       f"checkpoint step {step} in {directory} could not be read ({type(error).__name__}: "
       f"{_first_words(error)}). It is damaged "
       "or was written by another program. Nothing was changed: move "
-      f"{os.path.join(directory, str(step))} aside to resume from the previous step, "
+      f"{storage.join(directory, str(step))} aside to resume from the previous step, "
       "or use a new --workdir."
     ) from error
   return type(abstract_state).from_checkpoint(restored)
@@ -297,7 +298,9 @@ def saved_state_metadata(directory: str, step: int | None = None) -> dict:
   """The checkpoint's `state` tree of orbax array metadata (shape, dtype), read without the data."""
   mngr = manager(directory, read_only=True)
   step = _latest_step(mngr, directory, step)
-  metadata = ocp.PyTreeCheckpointer().metadata(os.path.join(directory, str(step), STATE))
+  metadata = ocp.PyTreeCheckpointer().metadata(
+    storage.join(storage.absolute(directory), str(step), STATE)
+  )
   return getattr(metadata.item_metadata, "tree", metadata.item_metadata)
 
 
@@ -365,4 +368,4 @@ def write_params(
   save(mngr, 0, {"params": params, "step": 0}, metadata, force=True)
   mngr.wait_until_finished()
   mngr.close()
-  return os.path.join(os.path.abspath(directory), "0")
+  return storage.join(storage.absolute(directory), "0")

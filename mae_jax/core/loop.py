@@ -35,7 +35,7 @@ from mae_jax.core import checkpointing
 from mae_jax.core.batches import NUM_REPLACED, close_iterator
 from mae_jax.core.metrics import MetricsWriter
 from mae_jax.core.nonfinite import FiniteCheck
-from mae_jax.core.preemption import PreemptionWatcher, save_and_stop
+from mae_jax.core.preemption import PreemptionWatcher, save_and_stop, stop_before_the_first_step
 from mae_jax.core.progress import make_progress
 
 # The checkpoint metadata key of the loop's unfinished logging interval.
@@ -106,6 +106,8 @@ def run_steps(
   total = settings.total_steps
   if start >= total:
     logging.info("Checkpoint step %d >= total steps %d: nothing to train.", start, total)
+  else:
+    stop_before_the_first_step(start, str(mngr.directory))
   writer = MetricsWriter(workdir, start_step=start, enabled=is_main)
   progress = make_progress(settings.progress_bar, start, total, is_main)
   watcher = PreemptionWatcher()

@@ -4,51 +4,56 @@ TensorBoard events are written by tensorboardX (no TensorFlow), files
 through `etils.epath` (local or gs://, as orbax).
 
 Only process 0 writes (every process computes the same reduced values).
-The JSONL file is appended to, so a resumed run continues the same file;
-each line is one logged step: {"step": ..., "loss": ..., ...}. Lines past the
+The JSONL file only grows, so a resumed run continues the same file; each
+line is one logged step: {"step": ..., "loss": ..., ...}. Lines past the
 step a run starts from (written by a run that died before its next
-checkpoint) are dropped first, so the file always tells one history.
+checkpoint) are dropped first, so the file always tells one history. On a
+bucket, where objects cannot be appended to, the file is rewritten whole
+from the run's copy at every row (`storage.AppendOnlyText`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Mapping
 
 import numpy as np
 from absl import logging
-from etils import epath
+
+from mae_jax import storage
 
 
 class MetricsWriter:
   def __init__(self, workdir: str, *, start_step: int = 0, enabled: bool = True):
     self.enabled = enabled
-    self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
-    self.tensorboard_dir = os.path.join(workdir, "tensorboard")
+    self.jsonl_path = storage.join(workdir, "metrics.jsonl")
+    self.tensorboard_dir = storage.join(workdir, "tensorboard")
     self._summary_writer = None
     self._tensorboard_failed = False
+    self._jsonl = None
     if enabled:
       from tensorboardX import SummaryWriter
 
-      self._drop_lines_after(start_step)
+      self._jsonl = storage.AppendOnlyText(self.jsonl_path, self._lines_up_to(start_step))
       self._summary_writer = SummaryWriter(self.tensorboard_dir, flush_secs=30)
 
-  def _drop_lines_after(self, step: int) -> None:
-    path = epath.Path(self.jsonl_path)
-    if not path.exists():
-      return
-    lines = [line + "\n" for line in path.read_text().splitlines() if line.strip()]
+  def _lines_up_to(self, step: int) -> str:
+    """The file's rows up to `step`; the file is rewritten first if it had more."""
+    if not storage.exists(self.jsonl_path):
+      return ""
+    lines = [
+      line + "\n" for line in storage.read_text(self.jsonl_path).splitlines() if line.strip()
+    ]
     kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
     if len(kept) != len(lines):
-      path.write_text("".join(kept))
+      storage.write_text(self.jsonl_path, "".join(kept))
+    return "".join(kept)
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return
     values = {key: _to_python(value) for key, value in metrics.items()}
-    with epath.Path(self.jsonl_path).open("a") as f:
-      f.write(json.dumps({"step": int(step), **values}) + "\n")
+    self._jsonl.append(json.dumps({"step": int(step), **values}) + "\n")
     try:
       for key, value in values.items():
         if isinstance(value, (int, float)):
@@ -82,5 +87,4 @@ def _to_python(value):
 
 
 def read_jsonl(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]

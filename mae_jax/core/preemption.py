@@ -2,7 +2,9 @@
 presses Ctrl-C.
 
 A Cloud TPU VM or a SLURM job gets SIGTERM some time before it is killed.
-On one process we catch SIGTERM ourselves; across processes JAX's
+On one process the handler only notes it (`mae_jax.stop_notice`) and the
+loop reads the note after each step, or before its first one (a notice
+during start-up: nothing new to save, exit 75 at once); across processes JAX's
 coordination service catches it and `reached_preemption_sync_point` tells
 every host the same step at which to stop, so they all save that step
 together. Either way the loop saves a checkpoint, waits for it to be
@@ -26,6 +28,7 @@ import threading
 import jax
 from jax.experimental import multihost_utils
 
+from mae_jax import stop_notice
 from mae_jax.core import checkpointing
 
 # EX_TEMPFAIL from sysexits.h: a temporary failure, try again.
@@ -35,12 +38,20 @@ PREEMPTED_EXIT_CODE = 75
 class Preempted(Exception):
   """Raised after the preemption (or Ctrl-C) checkpoint is complete."""
 
-  def __init__(self, step: int, checkpoint_dir: str, interrupted: bool = False):
+  def __init__(
+    self, step: int, checkpoint_dir: str, interrupted: bool = False, *, saved: bool = True
+  ):
     self.step, self.checkpoint_dir, self.interrupted = step, checkpoint_dir, interrupted
-    super().__init__(
-      f"{'interrupted' if interrupted else 'preempted'} at step {step}: checkpoint saved in "
-      f"{checkpoint_dir}; rerun the same command to resume."
-    )
+    if saved:
+      text = (
+        f"at step {step}: checkpoint saved in {checkpoint_dir}; rerun the same command to resume."
+      )
+    else:
+      text = (
+        f"during start-up, before step {step + 1}: nothing new to save; rerun the same "
+        f"command to resume from the last complete checkpoint in {checkpoint_dir} (if any)."
+      )
+    super().__init__(f"{'interrupted' if interrupted else 'preempted'} {text}")
 
 
 def save_and_stop(mngr, step: int, log, interrupted: bool = False) -> None:
@@ -48,7 +59,16 @@ def save_and_stop(mngr, step: int, log, interrupted: bool = False) -> None:
   save of `step`: wait until that save is complete, log it, raise Preempted."""
   checkpointing.wait_for_saves(mngr)
   log(f"{'Interrupted' if interrupted else 'Preempted'} at step {step}: checkpoint complete.")
+  stop_notice.clear()  # answered
   raise Preempted(step, str(mngr.directory), interrupted)
+
+
+def stop_before_the_first_step(step: int, checkpoint_dir: str) -> None:
+  """A notice that came during start-up (one process): the state is still
+  the checkpoint it was restored from, so nothing is saved."""
+  if jax.process_count() == 1 and stop_notice.received():
+    stop_notice.clear()
+    raise Preempted(step, checkpoint_dir, saved=False)
 
 
 class PreemptionWatcher:
@@ -61,7 +81,7 @@ class PreemptionWatcher:
     self._previous_handlers = {}
     self._multi_process = jax.process_count() > 1
     if not self._multi_process and threading.current_thread() is threading.main_thread():
-      handlers = {signal.SIGTERM: self._on_sigterm}
+      handlers = {signal.SIGTERM: self._on_sigterm}  # a note, as mae_jax.main's
       # A process started with Ctrl-C ignored (a launcher's background job:
       # launch/resumable.sh turns it into SIGTERM) keeps ignoring it.
       if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
@@ -71,7 +91,7 @@ class PreemptionWatcher:
 
   def _on_sigterm(self, signum, frame):
     del signum, frame
-    self._signalled.set()
+    stop_notice.note()
 
   def _on_sigint(self, signum, frame):
     del signum, frame
@@ -90,7 +110,7 @@ class PreemptionWatcher:
         return multihost_utils.reached_preemption_sync_point(step)
       except RuntimeError:  # preemption service disabled in this runtime
         return False
-    return self._signalled.is_set()
+    return self._signalled.is_set() or stop_notice.received()
 
   def close(self) -> None:
     for signum, handler in self._previous_handlers.items():

@@ -24,7 +24,6 @@ for the layout: a checkpoint stored per layer (`layer_i`) or scanned
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from typing import Any
 
@@ -34,6 +33,7 @@ import numpy as np
 import optax
 from etils import epath
 
+from mae_jax import storage
 from mae_jax.core import checkpointing
 from mae_jax.core.state import create_state, state_specs, with_shardings
 from mae_jax.errors import CheckpointError
@@ -68,9 +68,9 @@ class InitCheckpoint:
 def locate(init_from: str, step: int | None = None) -> InitCheckpoint:
   """Resolves `init_from` to one complete step; ValueError naming the path otherwise."""
   path = init_from.rstrip("/")
-  if path and "://" not in path:
-    path = os.path.abspath(path)  # recorded in the metadata: the same from any cwd
-  if not path or not epath.Path(path).exists():
+  if path:
+    path = storage.absolute(path)  # recorded in the metadata: the same from any cwd
+  if not path or not storage.exists(path):
     raise CheckpointError(f"config.init_from={init_from!r}: nothing there; {_EXPECTED}.")
   if not epath.Path(path).is_dir():
     convert = (
@@ -80,9 +80,9 @@ def locate(init_from: str, step: int | None = None) -> InitCheckpoint:
     )
     raise CheckpointError(f"config.init_from={init_from!r} is a file{convert}; {_EXPECTED}.")
   if epath.Path(path, "checkpoints").is_dir():
-    path = os.path.join(path, "checkpoints")
-  elif re.fullmatch(r"\d+", os.path.basename(path)) and step is None:
-    path, step = os.path.dirname(path), int(os.path.basename(path))
+    path = storage.join(path, "checkpoints")
+  elif re.fullmatch(r"\d+", storage.basename(path)) and step is None:
+    path, step = storage.parent(path), int(storage.basename(path))
   entries = [entry.name for entry in epath.Path(path).iterdir()]
   half_written = sorted(name for name in entries if TMP_MARKER in name)
   try:

@@ -4,28 +4,28 @@ and the run's resolved config and environment written at the start."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import jax
 import optax
 from absl import logging
-from etils import epath
 
+from mae_jax import storage
 from mae_jax.core import checkpointing
 from mae_jax.errors import WorkdirError
 
 
 def check_workdir_writable(workdir: str) -> None:
   """Fails at once, not at the first checkpoint an hour later."""
-  probe = epath.Path(workdir, f".write_test_{jax.process_index()}")
-  try:  # epath: workdirs may be gs:// buckets.
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  probe = storage.path(workdir, f".write_test_{jax.process_index()}")
+  try:
+    storage.makedirs(workdir)  # a bucket is never created: a typo must not make one
     probe.write_text("ok")
     probe.unlink()
-  except OSError as error:
+  except Exception as error:  # OSError locally; gcsfs and google-auth raise their own
     raise WorkdirError(
-      f"cannot write to --workdir={workdir!r} ({error}); choose a writable directory or bucket."
+      f"cannot write to --workdir={workdir!r} ({storage.describe_error(error)}); choose a "
+      "writable directory, or a bucket that exists and that these credentials may write."
     ) from error
 
 
@@ -108,13 +108,13 @@ def write_run_info(workdir, plan, mesh, resume_step, *, enabled: bool) -> None:
   config_text = json.dumps(plan.metadata["config"], indent=2)
   logging.info("Config:\n%s", config_text)
   if enabled:
-    epath.Path(workdir, "config.json").write_text(config_text)
-    epath.Path(workdir, "run_info.json").write_text(json.dumps(info, indent=2))
+    storage.write_text(storage.join(workdir, "config.json"), config_text)
+    storage.write_text(storage.join(workdir, "run_info.json"), json.dumps(info, indent=2))
 
 
 def checkpoint_dir(workdir: str) -> str:
   """Where a job keeps its own checkpoints."""
-  return os.path.join(workdir, "checkpoints")
+  return storage.join(workdir, "checkpoints")
 
 
 def experiment_identity(config, **job_fields) -> dict:

@@ -8,11 +8,10 @@ reconstructions.png from the final parameters.
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 
+from mae_jax import storage
 from mae_jax.core import batches as batches_lib
 from mae_jax.core import sharding
 from mae_jax.core.pixels import PixelNormalization
@@ -99,7 +98,7 @@ def reconstruction_evaluator(plan, program, param_shardings, *, max_batches: int
 def write_reconstructions(plan, workdir, program, params, is_main, *, count: int) -> str:
   """reconstructions.png for the first `count` held-out images (config.num_reconstructions)."""
   data = plan.inputs.data
-  path = os.path.join(workdir, "reconstructions.png")
+  path = storage.join(workdir, "reconstructions.png")
   if count <= 0:
     return "(disabled: config.num_reconstructions=0)"
   eval_iter = held_out_batches(plan)

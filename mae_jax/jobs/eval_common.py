@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 import jax
 from absl import logging
-from etils import epath
 
+from mae_jax import storage
 from mae_jax.core import batches as batches_lib
 from mae_jax.core import checkpointing, sharding
 from mae_jax.core.workdir import open_run
@@ -107,7 +106,7 @@ def write_results(
     "config": json.loads(config.to_json_best_effort()),
   }
   if is_main:
-    epath.Path(workdir, "results.json").write_text(json.dumps(results, indent=2))
+    storage.write_text(storage.join(workdir, "results.json"), json.dumps(results, indent=2))
   return results
 
 
@@ -124,7 +123,7 @@ def print_summary(title: str, feature: str, results: dict, workdir: str, is_main
   print(
     f"\n{title} ({feature} features, {origin}): top-1 {results['top1']:.2f} %{top5} "
     f"on {results['num_eval_examples']} {results['eval_split']} images.\n"
-    f"  results: {os.path.join(workdir, 'results.json')}\n"
-    f"  metrics: {os.path.join(workdir, 'metrics.jsonl')}",
+    f"  results: {storage.join(workdir, 'results.json')}\n"
+    f"  metrics: {storage.join(workdir, 'metrics.jsonl')}",
     flush=True,
   )

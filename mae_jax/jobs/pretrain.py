@@ -12,13 +12,13 @@ Resume order: the workdir's own newest checkpoint, else `config.init_from`
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Iterator
 
 import jax
 import ml_collections
 from absl import logging
 
+from mae_jax import storage
 from mae_jax.core import batches as batches_lib
 from mae_jax.core import checkpointing, pretrained
 from mae_jax.core import plan as plan_lib
@@ -64,8 +64,8 @@ def train_and_evaluate(
       f"{final.get('eval_loss', float('nan')):.4f} (trivial predictor "
       f"{final.get('eval_baseline_loss', float('nan')):.4f}){knn_text}.\n"
       f"  checkpoints:     {checkpoint_dir}\n"
-      f"  metrics:         {os.path.join(workdir, 'metrics.jsonl')}\n"
-      f"  tensorboard:     {os.path.join(workdir, 'tensorboard')}\n"
+      f"  metrics:         {storage.join(workdir, 'metrics.jsonl')}\n"
+      f"  tensorboard:     {storage.join(workdir, 'tensorboard')}\n"
       f"  reconstructions: {picture}",
       flush=True,
     )
