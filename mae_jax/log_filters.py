@@ -11,13 +11,18 @@ class LibraryInfoFilter:
   """Drops orbax's per-save and TFDS's per-read INFO records, and JAX's
   INFO line for each platform it probed and did not find ("Unable to
   initialize backend 'tpu'" on every CPU or GPU machine). Warnings and
-  errors all stay: a GPU that is present but unusable is a JAX warning."""
+  errors stay, but for orbax's notes that a manager opened only to read
+  (a resume, init_from, an export) is read-only: that is what was asked.
+  A GPU that is present but unusable is a JAX warning, and stays."""
 
   NOISY = ("/orbax/", "/tensorflow_datasets/")
   ABSENT_BACKEND = "Unable to initialize backend"
+  READ_ONLY_NOTES = ("read only", "read_only=True")
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     if record.levelno >= std_logging.WARNING:
+      if "/orbax/" in record.pathname and record.levelno == std_logging.WARNING:
+        return not any(note in str(record.msg) for note in self.READ_ONLY_NOTES)
       return True
     if any(part in record.pathname for part in self.NOISY):
       return False
@@ -25,5 +30,9 @@ class LibraryInfoFilter:
 
 
 def quiet_library_info() -> None:
-  """Installs the filter on absl's handler (every command-line entry point)."""
-  logging.get_absl_handler().addFilter(LibraryInfoFilter())
+  """Installs the filter on absl's logger and handler (every command-line
+  entry point; a tool that does not run under absl.app logs through the
+  logger alone)."""
+  library_filter = LibraryInfoFilter()
+  logging.get_absl_handler().addFilter(library_filter)
+  std_logging.getLogger("absl").addFilter(library_filter)

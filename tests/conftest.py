@@ -57,13 +57,15 @@ def storage_server(tmp_path_factory):
   server = server_lib.StorageServer(str(root / "data"), buckets=())
   violations = root / "non_loopback_connections.txt"
   violations.touch()
-  os.environ.update(server_lib.environment(server.url, str(violations)))
+  recorder = server_lib.OutboundRecorder(str(violations))
+  os.environ.update(server_lib.environment(server.url, str(violations), recorder.url))
   sys.path.insert(0, server_lib.LOOPBACK_ONLY_DIR)
   import sitecustomize  # tests/loopback_only: the guard, in this process too
 
   sitecustomize.install()
   yield server, violations
   server.stop()
+  recorder.stop()
 
 
 _bucket_count = 0

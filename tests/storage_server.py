@@ -7,7 +7,7 @@ every client needs to talk to it and to nothing else:
 
 - google-cloud-storage and gcsfs read STORAGE_EMULATOR_HOST;
   tensorstore (orbax's array writes) reads TENSORSTORE_GCS_HTTP_URL;
-- google-auth looks for credentials on the GCE metadata server
+- google-auth (and tensorstore, unless given a token) look for credentials on the GCE metadata server
   (169.254.169.254 by default): NO_GCE_CHECK skips the probe, and
   GCE_METADATA_HOST / GCE_METADATA_IP / GCE_METADATA_ROOT point any probe
   that still happens at a closed loopback port;
@@ -16,7 +16,12 @@ every client needs to talk to it and to nothing else:
   EPATH_USE_TF=false on import; set here too for processes that touch a
   bucket before importing mae_jax);
 - the loopback guard (tests/loopback_only/sitecustomize.py) is switched on
-  in every Python process started with this environment.
+  in every Python process started with this environment;
+- C++ clients that Python cannot guard (tensorstore's, and array_record's
+  GCS reader, which reads CLOUD_STORAGE_EMULATOR_ENDPOINT) go through curl,
+  which honours HTTP(S)_PROXY: any request to a host other than loopback
+  is sent to `OutboundRecorder`, a listener on loopback that writes down
+  what was asked for and closes. Nothing resolves or reaches the host.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -43,22 +49,108 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def environment(url: str, violations_file: str) -> dict[str, str]:
+def environment(url: str, violations_file: str, proxy_url: str) -> dict[str, str]:
   """The variables that point every client at the server at `url`."""
   closed = f"127.0.0.1:{free_port()}"  # nothing listens there: a probe fails at once
   python_path = os.environ.get("PYTHONPATH", "")
   return {
     "STORAGE_EMULATOR_HOST": url,
     "TENSORSTORE_GCS_HTTP_URL": url,
+    "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,
+    **{name: proxy_url for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")},
+    "NO_PROXY": "127.0.0.1,localhost",
+    "no_proxy": "127.0.0.1,localhost",
     "NO_GCE_CHECK": "true",
     "GCE_METADATA_HOST": closed,
     "GCE_METADATA_IP": closed,
     "GCE_METADATA_ROOT": closed,
     "EPATH_USE_TF": "false",
     "GOOGLE_CLOUD_PROJECT": "mae-jax-tests",
+    # tensorstore's own credential search would log an error per process.
+    "GOOGLE_AUTH_TOKEN_FOR_TESTING": "mae-jax-tests",
     "MAE_JAX_LOOPBACK_ONLY": violations_file,
     "PYTHONPATH": LOOPBACK_ONLY_DIR + (os.pathsep + python_path if python_path else ""),
   }
+
+
+class OutboundRecorder:
+  """A proxy on loopback that lets requests to loopback through and stops
+  every other: what a client tried to reach elsewhere is written to
+  `violations_file` ("proxy CONNECT storage.googleapis.com:443 ...") and
+  answered 403. (array_record's GCS reader sends even its requests to the
+  test server through the proxy: it does not read NO_PROXY.)"""
+
+  def __init__(self, violations_file: str):
+    self.violations_file = violations_file
+    self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    self.socket.bind(("127.0.0.1", 0))
+    self.socket.listen(64)
+    self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+    threading.Thread(target=self._serve, name="outbound-recorder", daemon=True).start()
+
+  def _serve(self) -> None:
+    while True:
+      try:
+        connection, _ = self.socket.accept()
+      except OSError:  # closed
+        return
+      threading.Thread(target=self._handle, args=(connection,), daemon=True).start()
+
+  def _handle(self, client: socket.socket) -> None:
+    with client:
+      head = b""
+      while b"\r\n" not in head and len(head) < 65536:
+        chunk = client.recv(65536)
+        if not chunk:
+          return
+        head += chunk
+      request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+      method, target = (request_line.split(" ") + ["", ""])[:2]
+      if method == "CONNECT":
+        host, _, port = target.rpartition(":")
+      else:
+        host_port = target.split("://", 1)[-1].split("/", 1)[0]
+        host, _, port = host_port.rpartition(":") if ":" in host_port else (host_port, "", "80")
+      if host.strip("[]") not in ("127.0.0.1", "localhost", "::1"):
+        with open(self.violations_file, "a") as f:
+          f.write(f"proxy {request_line}\n")
+        client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        return
+      try:
+        upstream = socket.create_connection((host.strip("[]"), int(port)))
+      except OSError:  # the test server is gone (the end of the session)
+        return
+      with upstream:
+        if method == "CONNECT":
+          client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        else:
+          upstream.sendall(head)  # absolute-form request line: servers accept it
+        _relay(client, upstream)
+
+  def stop(self) -> None:
+    self.socket.close()
+
+
+def _relay(a: socket.socket, b: socket.socket) -> None:
+  """Copies both ways until either side closes."""
+
+  def pump(source, sink):
+    try:
+      while chunk := source.recv(65536):
+        sink.sendall(chunk)
+    except OSError:
+      pass
+    finally:
+      for end in (source, sink):
+        try:
+          end.shutdown(socket.SHUT_RDWR)
+        except OSError:
+          pass
+
+  other = threading.Thread(target=pump, args=(b, a), daemon=True)
+  other.start()
+  pump(a, b)
+  other.join()
 
 
 class StorageServer:

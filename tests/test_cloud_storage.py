@@ -113,7 +113,9 @@ def test_pretraining_in_a_bucket_preempted_and_rerun_equals_a_local_run(bucket, 
   jax.tree.map(
     np.testing.assert_array_equal, final_params(workdir, TOTAL), final_params(local_run, TOTAL)
   )
-  assert complete_steps(workdir) == complete_steps(local_run) == list(range(16, TOTAL + 1, 16))
+  periodic = list(range(16, TOTAL + 1, 16))
+  assert complete_steps(local_run) == periodic
+  assert complete_steps(workdir) == sorted(set(periodic) | {saved})  # + the preemption's
   for name in ("config.json", "reconstructions.png", "tensorboard"):
     assert storage.exists(f"{workdir}/{name}"), name
   assert list(storage.path(workdir, "tensorboard").iterdir())
@@ -139,3 +141,101 @@ def test_a_bucket_that_does_not_exist_is_one_line_before_compiling(storage_serve
   assert "cannot write to --workdir='gs://no-such-bucket-here/run'" in result.stderr
   assert "Traceback" not in result.stderr
   assert "First step" not in result.stderr
+
+
+# ------------------------------------------------------ data in a bucket --
+
+
+def upload(local_dir, url: str) -> str:
+  import gcsfs
+
+  gcsfs.GCSFileSystem().put(str(local_dir), url.removeprefix("gs://"), recursive=True)
+  return url
+
+
+@pytest.mark.parametrize("source", ["image_folder", "tfds_array_record"])
+def test_data_read_from_a_bucket_equals_the_local_copy(
+  source, bucket, tmp_path, array_record_digits_dir
+):
+  from mae_jax import data
+  from tests.test_data import batches, make_image_folder
+
+  if source == "image_folder":
+    local = str(make_image_folder(tmp_path / "images"))
+    fields = dict(
+      source="image_folder", image_size=16, channels=3, mean=(0.5,) * 3, std=(0.25,) * 3
+    )
+  else:
+    local = array_record_digits_dir
+    fields = dict(source="tfds", name="mae_digits")
+  remote = upload(local, f"{bucket}/data/{source}")
+  configs = [data.default_data_config(data_dir=where, **fields) for where in (local, remote)]
+  for config in configs:
+    data.validate_data_config(config)
+  assert data.dataset_info(configs[0]) == data.dataset_info(configs[1])
+  for split, train in (("train", True), ("test", False)):
+    got = [batches(c, 2, split=split, global_batch_size=8, train=train) for c in configs]
+    for a, b in zip(*got):
+      for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+# -------------------------------------------- weights in and out of a bucket --
+
+
+@pytest.fixture(scope="module")
+def bucket_checkpoint(storage_server, local_run) -> str:
+  """The local run's workdir, copied into a bucket of its own."""
+  from google.cloud import storage as gcs
+
+  gcs.Client().create_bucket("mae-test-weights")
+  return upload(local_run, "gs://mae-test-weights/pretrain")
+
+
+@pytest.mark.parametrize("job", ["linprobe", "finetune", "knn"])
+def test_evaluation_jobs_start_from_a_checkpoint_in_a_bucket(job, bucket, bucket_checkpoint):
+  import importlib
+
+  from mae_jax.jobs import run_job
+  from tests.test_eval_jobs import eval_config
+
+  workdir = f"{bucket}/{job}"
+  config = eval_config(importlib.import_module(f"configs.{job}"), init_from=bucket_checkpoint)
+  run_job(config, workdir)
+  saved = json.loads(storage.read_text(f"{workdir}/results.json"))
+  assert saved["checkpoint"]["path"].startswith(bucket_checkpoint)
+  assert saved["checkpoint"]["step"] == TOTAL  # the encoder of the checkpoint's last step
+  if job != "knn":
+    assert complete_steps(workdir)[-1] == config.num_train_steps
+    assert read_jsonl(f"{workdir}/metrics.jsonl")
+
+
+def test_export_and_import_with_a_bucket_on_either_side(bucket, bucket_checkpoint, tmp_path):
+  from mae_jax.convert.__main__ import main as convert
+  from mae_jax.convert.files import load_state_dict
+  from mae_jax.convert.pipeline import read_checkpoint_params
+
+  exported = f"{bucket}/export/mae.safetensors"
+  assert convert(["--input", bucket_checkpoint, "--output", exported]) == 0  # a workdir
+  local_copy = str(tmp_path / "mae.safetensors")
+  assert convert(["--input", f"{bucket_checkpoint}/checkpoints", "--output", local_copy]) == 0
+  state = load_state_dict(exported)
+  assert state.keys() == load_state_dict(local_copy).keys()
+  for name, array in load_state_dict(local_copy).items():
+    np.testing.assert_array_equal(state[name], array)
+  with pytest.raises(Exception, match="already exists"):
+    convert(["--input", bucket_checkpoint, "--output", exported])
+
+  sizes = ["--patch_size=4", "--width=32", "--depth=1", "--heads=2", "--channels=1"]
+  sizes += ["--decoder_width=32", "--decoder_depth=1", "--decoder_heads=2", "--image_size=16"]
+  imported = f"{bucket}/imported"
+  assert convert(["--input", exported, "--output", imported, *sizes]) == 0
+  original, _ = read_checkpoint_params(f"{bucket_checkpoint}/checkpoints")
+  round_trip, _ = read_checkpoint_params(imported)
+  jax.tree.map(np.testing.assert_array_equal, original, round_trip)
+
+  hf_dir = f"{bucket}/export/hf"
+  assert convert(["--input", bucket_checkpoint, "--output", hf_dir, "--layout=transformers"]) == 0
+  names = sorted(entry.name for entry in storage.path(hf_dir).iterdir())
+  assert names == ["README.md", "config.json", "model.safetensors"]
+  assert json.loads(storage.read_text(f"{hf_dir}/config.json"))["hidden_size"] == 32

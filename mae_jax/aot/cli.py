@@ -10,6 +10,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from mae_jax import storage
 from mae_jax.aot import topologies
 from mae_jax.aot.planner import EXIT_BAD_INPUT, EXIT_DOES_NOT_FIT, check_plan
 from mae_jax.aot.report import format_report
@@ -39,7 +40,7 @@ def main(argv, config, options) -> None:
     sys.exit(EXIT_BAD_INPUT)
   print(format_report(report), flush=True)
   if options["json"].value:
-    with open(options["json"].value, "w") as f:
+    with storage.path(options["json"].value).open("w") as f:
       json.dump(dataclasses.asdict(report), f, indent=2)
   if not report.fits:
     sys.exit(EXIT_DOES_NOT_FIT)

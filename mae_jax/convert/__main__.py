@@ -6,9 +6,9 @@ Run `python -m mae_jax.convert --help` for both directions with examples.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from mae_jax import storage
 from mae_jax.convert import licences
 from mae_jax.convert.pipeline import EXPORT_LAYOUTS, export_checkpoint, import_to_checkpoint
 from mae_jax.errors import UsageError, UserError
@@ -34,7 +34,8 @@ export (an orbax checkpoint directory -> a file or a directory)
   models_vit.py layout (timm's VisionTransformer names: fc_norm and head for
   the global-pool classifier; a probe's head is BatchNorm1d + Linear, its
   encoder the one it probed).
-  Chosen when --input is a directory (or with --export). The sizes are read
+  Chosen when --input is a directory (or with --export): a checkpoint
+  directory, or a run's workdir (its checkpoints/). The sizes are read
   from the checkpoint's metadata. --layout=authors (the default) writes the
   authors' layout, float32, including the fixed pos_embed /
   decoder_pos_embed buffers, as .pth ({"model": state_dict}) or
@@ -108,6 +109,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     help="new checkpoint directory (import) or .pth/.safetensors file (export)",
   )
   parser.add_argument(
+    "--overwrite",
+    action="store_true",
+    help="replace an existing --output file or transformers directory (export)",
+  )
+  parser.add_argument(
     "--export",
     action="store_true",
     help="export a checkpoint (implied when --input is a directory)",
@@ -144,12 +150,33 @@ def config_from_args(args: argparse.Namespace) -> ModelConfig:
   return ModelConfig(**overrides).validate()
 
 
+def checkpoint_directory(location: str) -> str:
+  """A checkpoint directory, or a run's workdir holding one (as init_from takes)."""
+  inside = storage.join(location, "checkpoints")
+  return inside if storage.path(inside).is_dir() else location
+
+
+def refuse_existing_output(output: str, overwrite: bool) -> None:
+  target = storage.path(output)
+  taken = target.exists() and (not target.is_dir() or any(target.iterdir()))
+  if taken and not overwrite:
+    raise UsageError(
+      f"--output={output!r} already exists: choose a new path, or add --overwrite to replace it."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+  from mae_jax.log_filters import quiet_library_info
+
+  quiet_library_info()  # orbax's warnings about read-only managers say nothing here
   args = parse_args(argv)
-  if args.export or os.path.isdir(args.input):
-    if not os.path.isdir(args.input):
+  if not storage.exists(args.input):
+    raise UsageError(f"--input={args.input!r} does not exist.")
+  if args.export or storage.path(args.input).is_dir():
+    if not storage.path(args.input).is_dir():
       raise UsageError(f"--export: {args.input!r} is not a checkpoint directory.")
-    config, what = export_checkpoint(args.input, args.output, args.layout)
+    refuse_existing_output(args.output, args.overwrite)
+    config, what = export_checkpoint(checkpoint_directory(args.input), args.output, args.layout)
     print(
       f"wrote {args.output} ({what}; width {config.width}, depth "
       f"{config.depth}, patch {config.patch_size}, image {size_text(config.image_size)})"

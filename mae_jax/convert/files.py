@@ -7,17 +7,21 @@ code) is refused, never unpickled. torch is imported only for these files.
 
 The authors' released `.pth` files wrap the state dict as `{"model": ...}`;
 reading unwraps it, and writing a `.pth` wraps it the same way.
+
+Files are read and written whole, as bytes, through `mae_jax.storage`: a
+path may be a gs:// object.
 """
 
 from __future__ import annotations
 
-import os
+import io
 import pickle
 from typing import Mapping
 
 import ml_dtypes  # numpy's bfloat16 (a jax dependency)
 import numpy as np
 
+from mae_jax import storage
 from mae_jax.errors import CheckpointError
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
@@ -36,23 +40,26 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
 
 
 def _load_safetensors(path: str) -> dict[str, np.ndarray]:
-  from safetensors.numpy import load_file
+  from safetensors.numpy import load
 
+  data = storage.read_bytes(path)
   try:
-    return dict(load_file(path))
+    return dict(load(data))
   except TypeError as error:  # numpy cannot hold bfloat16 tensors
     if "bfloat16" not in str(error):
       raise
-  from safetensors.torch import load_file as load_torch_file  # needs torch
+  from safetensors.torch import load as load_torch  # needs torch
 
-  return {name: _to_numpy(tensor) for name, tensor in load_torch_file(path).items()}
+  return {name: _to_numpy(tensor) for name, tensor in load_torch(data).items()}
 
 
 def _load_torch(path: str) -> dict[str, np.ndarray]:
   import torch  # only .pth files need torch
 
   try:
-    contents = torch.load(path, map_location="cpu", weights_only=True)
+    contents = torch.load(
+      io.BytesIO(storage.read_bytes(path)), map_location="cpu", weights_only=True
+    )
   except pickle.UnpicklingError as error:
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
     raise CheckpointError(
@@ -89,12 +96,11 @@ def _to_numpy(tensor) -> np.ndarray:
 def save_state_dict(state: Mapping[str, np.ndarray], path: str) -> None:
   """Writes `.pth` (as `{"model": state}`, like the authors' files) or `.safetensors`."""
   arrays = {name: np.ascontiguousarray(np.asarray(value)) for name, value in state.items()}
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
+  storage.makedirs(storage.parent(path))
   if path.endswith(SAFETENSORS_SUFFIX):
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
-    save_file(arrays, path)
+    storage.write_bytes(path, save(arrays))
   elif path.endswith(TORCH_SUFFIXES):
     import torch
 
@@ -102,7 +108,9 @@ def save_state_dict(state: Mapping[str, np.ndarray], path: str) -> None:
     tensors = {
       name: torch.from_numpy(a if a.flags.writeable else a.copy()) for name, a in arrays.items()
     }
-    torch.save({"model": tensors}, path)
+    buffer = io.BytesIO()
+    torch.save({"model": tensors}, buffer)
+    storage.write_bytes(path, buffer.getvalue())
   else:
     raise CheckpointError(
       f"{path!r}: unknown weight-file type; expected a name ending in "

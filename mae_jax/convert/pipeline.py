@@ -7,7 +7,6 @@ Export:  checkpoint -> params -> authors' layout -> .pth / .safetensors, or
 
 from __future__ import annotations
 
-import os
 from typing import Mapping, NamedTuple
 
 import flax.linen as nn
@@ -15,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mae_jax import storage
 from mae_jax.convert import classifiers, licences, transformers_dir
 from mae_jax.convert.authors import authors_from_params, params_from_authors
 from mae_jax.convert.files import load_state_dict, save_state_dict
@@ -75,7 +75,7 @@ def import_to_checkpoint(
     output_dir,
     params,
     config,
-    source=f"{layout} state dict {os.path.abspath(input_path)}",
+    source=f"{layout} state dict {storage.absolute(input_path)}",
     param_layout=param_layout,
     licence=licences.IMPORT_LICENCES[layout],
   )

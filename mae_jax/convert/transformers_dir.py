@@ -14,11 +14,11 @@ metrics read from the run's files, and the licence of what went in
 from __future__ import annotations
 
 import json
-import os
 from typing import Mapping
 
 import numpy as np
 
+from mae_jax import storage
 from mae_jax.convert import licences
 from mae_jax.convert.authors import authors_from_params
 from mae_jax.convert.layouts import from_authors_layout
@@ -67,20 +67,18 @@ def transformers_state(params: Mapping, config: ModelConfig) -> dict[str, np.nda
 def _run_files(checkpoint_dir: str) -> dict:
   """The run's config.json, last metrics and results.json, where the
   checkpoint directory sits in a run's workdir (WORKDIR/checkpoints)."""
-  workdir = os.path.dirname(os.path.abspath(checkpoint_dir.rstrip("/")))
+  workdir = storage.parent(checkpoint_dir)
   found: dict = {}
   for name in ("config.json", "results.json"):
-    path = os.path.join(workdir, name)
-    if os.path.exists(path):
-      with open(path) as f:
-        found[name] = json.load(f)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  if os.path.exists(metrics_path):
+    path = storage.join(workdir, name)
+    if storage.exists(path):
+      found[name] = json.loads(storage.read_text(path))
+  metrics_path = storage.join(workdir, "metrics.jsonl")
+  if storage.exists(metrics_path):
     last: dict = {}
-    with open(metrics_path) as f:
-      for line in f:
-        if line.strip():
-          last.update(json.loads(line))
+    for line in storage.read_text(metrics_path).splitlines():
+      if line.strip():
+        last.update(json.loads(line))
     found["metrics"] = last
   return found
 
@@ -165,7 +163,7 @@ def write_directory(
 ) -> str:
   """Writes the three files for the checkpoint at `checkpoint_dir` (its
   `step`, its `metadata`); returns the architecture written."""
-  from safetensors.numpy import save_file
+  from safetensors.numpy import save
 
   if not is_square(config.image_size):
     raise UsageError(
@@ -174,18 +172,16 @@ def write_directory(
       "model's own table): export it with --layout=authors."
     )
   encoder_only = "decoder" not in params
-  os.makedirs(output_dir, exist_ok=True)
+  storage.makedirs(output_dir)
   state = transformers_state(params, config)
   # transformers reads the "format" entry of the header to know the layout.
-  save_file(state, os.path.join(output_dir, WEIGHTS), metadata={"format": "pt"})
+  storage.write_bytes(storage.join(output_dir, WEIGHTS), save(state, metadata={"format": "pt"}))
   hf_config = transformers_config(config, encoder_only=encoder_only)
-  with open(os.path.join(output_dir, "config.json"), "w") as f:
-    json.dump(hf_config, f, indent=2)
+  storage.write_text(storage.join(output_dir, "config.json"), json.dumps(hf_config, indent=2))
   fixed = ("position_embeddings", "decoder_pos_embed")  # sin-cos tables, not trained
   count = sum(int(np.prod(v.shape)) for k, v in state.items() if not k.endswith(fixed))
-  with open(os.path.join(output_dir, "README.md"), "w") as f:
-    card = model_card(
-      config, metadata, checkpoint_dir, step=step, params=count, encoder_only=encoder_only
-    )
-    f.write(card)
+  card = model_card(
+    config, metadata, checkpoint_dir, step=step, params=count, encoder_only=encoder_only
+  )
+  storage.write_text(storage.join(output_dir, "README.md"), card)
   return hf_config["architectures"][0]

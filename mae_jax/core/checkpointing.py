@@ -166,7 +166,7 @@ def complete_steps(directory: str) -> list[int]:
   manager whose last save may have failed). Half-written steps are not
   listed: orbax only gives a step its final name once it is complete."""
   try:
-    return sorted(manager(directory, read_only=True).all_steps(read=True))
+    return sorted(manager(directory, read_only=True).all_steps())  # read at creation
   except Exception:  # an unreadable directory: nothing we can vouch for
     return []
 

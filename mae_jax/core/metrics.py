@@ -1,7 +1,11 @@
 """Metrics out of a run: `metrics.jsonl` and TensorBoard event files.
 
-TensorBoard events are written by tensorboardX (no TensorFlow), files
-through `etils.epath` (local or gs://, as orbax).
+TensorBoard events are written by tensorboardX (no TensorFlow), every file
+through `mae_jax.storage` (local or gs://, as orbax): on a bucket an event
+file is kept in memory and uploaded whole at each flush, through gcsfs like
+every other object of the run (tensorboardX's own bucket writer uses a
+second client and uploads once more when garbage-collected, even after
+the run has closed it).
 
 Only process 0 writes (every process computes the same reduced values).
 The JSONL file only grows, so a resumed run continues the same file; each
@@ -14,6 +18,7 @@ from the run's copy at every row (`storage.AppendOnlyText`).
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Mapping
 
@@ -33,7 +38,9 @@ class MetricsWriter:
     self._jsonl = None
     if enabled:
       from tensorboardX import SummaryWriter
+      from tensorboardX.record_writer import register_writer_factory
 
+      register_writer_factory("gs", _BucketEventFiles())
       self._jsonl = storage.AppendOnlyText(self.jsonl_path, self._lines_up_to(start_step))
       self._summary_writer = SummaryWriter(self.tensorboard_dir, flush_secs=30)
 
@@ -79,6 +86,34 @@ class MetricsWriter:
         logging.warning(
           "Could not flush the TensorBoard events in %s: %s", self.tensorboard_dir, error
         )
+
+
+class _BucketEventFile:
+  """One TensorBoard event file on a bucket, uploaded whole when flushed."""
+
+  def __init__(self, location: str):
+    self.location, self._buffer, self._uploaded = location, io.BytesIO(), -1
+
+  def write(self, data: bytes) -> None:
+    self._buffer.write(data)
+
+  def flush(self) -> None:
+    if self._buffer.tell() != self._uploaded:
+      storage.write_bytes(self.location, self._buffer.getvalue())
+      self._uploaded = self._buffer.tell()
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _BucketEventFiles:
+  """tensorboardX's writer factory for gs:// (`register_writer_factory`)."""
+
+  def open(self, location: str) -> _BucketEventFile:
+    return _BucketEventFile(location)
+
+  def directory_check(self, location: str) -> None:
+    del location  # a bucket has no folders to make
 
 
 def _to_python(value):
