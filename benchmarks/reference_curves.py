@@ -17,6 +17,8 @@ import argparse
 import json
 import os
 
+from mae_jax import storage
+
 REFERENCE = os.path.join("docs", "reference", "digits_pretrain_metrics.jsonl")
 REFERENCE_PNG = os.path.join("docs", "reference", "digits_pretrain_curves.png")
 
@@ -24,7 +26,7 @@ REFERENCE_PNG = os.path.join("docs", "reference", "digits_pretrain_curves.png")
 def read_metrics(path: str) -> dict[str, list[tuple[int, float]]]:
   """{metric: [(step, value), ...]} of a metrics.jsonl (one JSON object per line)."""
   series: dict[str, list[tuple[int, float]]] = {}
-  with open(path) as lines:
+  with storage.path(path).open() as lines:  # a local file or a gs:// object
     for number, line in enumerate(lines, start=1):
       if not line.strip():
         continue
@@ -75,7 +77,8 @@ def plot(runs: list[tuple[str, dict]], out: str) -> str:
     axis.set_xlabel("step")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-  figure.savefig(out, dpi=110)
+  with storage.path(out).open("wb") as file:
+    figure.savefig(file, format="png", dpi=110)
   plt.close(figure)
   return out
 
@@ -86,9 +89,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--out", default=REFERENCE_PNG, help="the picture to write (.png)")
   parser.add_argument("--against", help="a second metrics.jsonl, drawn dashed")
   args = parser.parse_args(argv)
-  runs = [
-    (os.path.basename(os.path.dirname(os.path.abspath(args.metrics))), read_metrics(args.metrics))
-  ]
+  runs = [(storage.basename(storage.parent(args.metrics)), read_metrics(args.metrics))]
   if args.against:
     runs.append(("reference", read_metrics(args.against)))
   print(f"wrote {plot(runs, args.out)}")

@@ -13,13 +13,17 @@ class LibraryInfoFilter:
   initialize backend 'tpu'" on every CPU or GPU machine). Warnings and
   errors stay, but for orbax's notes that a manager opened only to read
   (a resume, init_from, an export) is read-only: that is what was asked.
-  A GPU that is present but unusable is a JAX warning, and stays."""
+  gcsfs's own traceback when it runs out of retries is dropped too: the
+  run's one-line failure (exit 74) names the error. A GPU that is present
+  but unusable is a JAX warning, and stays."""
 
   NOISY = ("/orbax/", "/tensorflow_datasets/")
   ABSENT_BACKEND = "Unable to initialize backend"
   READ_ONLY_NOTES = ("read only", "read_only=True")
 
   def filter(self, record: std_logging.LogRecord) -> bool:
+    if "/gcsfs/" in record.pathname and "out of retries" in str(record.msg):
+      return False
     if record.levelno >= std_logging.WARNING:
       if "/orbax/" in record.pathname and record.levelno == std_logging.WARNING:
         return not any(note in str(record.msg) for note in self.READ_ONLY_NOTES)

@@ -19,7 +19,8 @@ before the first step, with nothing to save; a run that had finished its
 steps ends as finished, 0);
 75 also when another process of a multi-process run was lost (one line names
 it and the last complete checkpoint; rerun on every host);
-74 a checkpoint could not be written (disk full, permissions): earlier
+74 a checkpoint or metrics.jsonl could not be written (disk full, permissions, a
+bucket unreachable past the client's retries): earlier
 checkpoints are intact, fix the cause and rerun; 2 a mistake in the command,
 config, data, checkpoint or workdir, a workdir another run holds (one line
 says what and what to do, no traceback); 130 stopped by Ctrl-C (a checkpoint of the step in progress is
@@ -158,6 +159,7 @@ def main(argv):
   )
   from mae_jax.cli import compilation_cache, host_watch
   from mae_jax.core.checkpointing import CheckpointSaveError
+  from mae_jax.storage import WriteFailed
   from mae_jax.core.preemption import PREEMPTED_EXIT_CODE, Preempted
   from mae_jax.core.workdir import checkpoint_dir
 
@@ -187,6 +189,10 @@ def main(argv):
     # Not requeued like a preemption: a full disk needs a person first.
     logging.error("%s", failure)
     print(f"CHECKPOINT SAVE FAILED: {failure}", flush=True)
+    sys.exit(SAVE_FAILED_EXIT_CODE)
+  except WriteFailed as failure:  # metrics.jsonl: likewise
+    logging.error("%s", failure)
+    print(f"WRITE FAILED: {failure}", flush=True)
     sys.exit(SAVE_FAILED_EXIT_CODE)
   except UserError as mistake:
     # The message is the whole story; a traceback would only bury it.

@@ -107,6 +107,12 @@ def describe_error(error: BaseException, limit: int = 200) -> str:
   return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+class WriteFailed(RuntimeError):
+  """A run's output could not be written, after the storage client's own
+  retries (a bucket unreachable for minutes, a full disk). What was written
+  before is intact; the message says what to do. Exit status 74."""
+
+
 class AppendOnlyText:
   """A text file that a run only adds lines to, on a disk or a bucket.
 

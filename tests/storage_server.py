@@ -204,3 +204,115 @@ class StorageServer:
     self.process.kill()
     self.process.wait(timeout=30)
     self._log.close()
+
+
+class FaultyProxy:
+  """A reverse proxy on loopback between the clients and the test server
+  that misbehaves on request: for `seconds` from the first request whose
+  target contains `when` (the first request at all if ""), every request
+  is answered 503 ("unavailable") or its connection dropped unanswered
+  ("drop"), or answered 403 ("forbidden"). One request per connection
+  (it answers `Connection: close`), so each can be judged on its own.
+  `faults` counts the requests it failed."""
+
+  def __init__(self, upstream_url: str):
+    self.upstream = upstream_url.removeprefix("http://").split(":")
+    self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    self.socket.bind(("127.0.0.1", 0))
+    self.socket.listen(64)
+    self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+    self.fault, self.when, self.only, self.seconds = None, "", "", 0.0
+    self.window_start = None
+    self.faults = 0
+    self._lock = threading.Lock()
+    threading.Thread(target=self._serve, name="faulty-proxy", daemon=True).start()
+
+  def misbehave(
+    self, fault: str | None, *, when: str = "", only: str = "", seconds: float = float("inf")
+  ) -> None:
+    with self._lock:
+      self.fault, self.when, self.only, self.seconds = fault, when, only, seconds
+      self.window_start = None
+
+  def _fault_now(self, mentions: str) -> str | None:
+    with self._lock:
+      if self.fault is None:
+        return None
+      now = time.monotonic()
+      if self.window_start is None and self.when in mentions:
+        self.window_start = now
+      started = self.window_start is not None and now - self.window_start < self.seconds
+      if started and self.only in mentions:
+        self.faults += 1
+        return self.fault
+      return None
+
+  def _serve(self) -> None:
+    while True:
+      try:
+        connection, _ = self.socket.accept()
+      except OSError:
+        return
+      threading.Thread(target=self._handle, args=(connection,), daemon=True).start()
+
+  def _handle(self, client: socket.socket) -> None:
+    with client:
+      request = _read_request(client)
+      if request is None:
+        return
+      head, body = request
+      lines = head.decode("latin-1").split("\r\n")
+      fault = self._fault_now(lines[0] + body[:4096].decode("latin-1"))
+      if fault == "drop":
+        return
+      if fault in ("unavailable", "forbidden"):
+        status = b"503 Service Unavailable" if fault == "unavailable" else b"403 Forbidden"
+        client.sendall(
+          b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        return
+      kept = [line for line in lines[1:] if line and not line.lower().startswith("connection:")]
+      head = "\r\n".join([lines[0], *kept, "Connection: close", "", ""]).encode("latin-1")
+      try:
+        upstream = socket.create_connection((self.upstream[0], int(self.upstream[1])))
+      except OSError:
+        return
+      with upstream:
+        upstream.sendall(head + body)
+        try:
+          while chunk := upstream.recv(65536):
+            client.sendall(chunk)
+        except OSError:
+          pass
+
+  def stop(self) -> None:
+    self.socket.close()
+
+
+def _read_request(connection: socket.socket) -> tuple[bytes, bytes] | None:
+  """One HTTP request: its head and its body (Content-Length or chunked)."""
+  data = b""
+  while b"\r\n\r\n" not in data:
+    chunk = connection.recv(65536)
+    if not chunk:
+      return None
+    data += chunk
+  head, _, body = data.partition(b"\r\n\r\n")
+  headers = {
+    name.strip().lower(): value.strip()
+    for name, _, value in (line.partition(":") for line in head.decode("latin-1").split("\r\n")[1:])
+  }
+  if headers.get("transfer-encoding", "").lower() == "chunked":
+    while not body.endswith(b"0\r\n\r\n"):
+      chunk = connection.recv(65536)
+      if not chunk:
+        return None
+      body += chunk
+  else:
+    length = int(headers.get("content-length", "0") or 0)
+    while len(body) < length:
+      chunk = connection.recv(65536)
+      if not chunk:
+        return None
+      body += chunk
+  return head, body

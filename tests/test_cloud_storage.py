@@ -239,3 +239,76 @@ def test_export_and_import_with_a_bucket_on_either_side(bucket, bucket_checkpoin
   names = sorted(entry.name for entry in storage.path(hf_dir).iterdir())
   assert names == ["README.md", "config.json", "model.safetensors"]
   assert json.loads(storage.read_text(f"{hf_dir}/config.json"))["hidden_size"] == 32
+
+
+def test_reference_curves_read_and_draw_in_a_bucket(bucket_checkpoint, bucket):
+  from benchmarks import reference_curves
+
+  out = f"{bucket}/curves.png"
+  reference_curves.main(["--metrics", f"{bucket_checkpoint}/metrics.jsonl", "--out", out])
+  assert storage.read_bytes(out).startswith(b"\x89PNG")
+
+
+# ------------------------------------------------- storage that misbehaves --
+
+
+@pytest.fixture
+def faulty(storage_server, bucket):
+  """(a FaultyProxy in front of the test server, the environment that sends
+  every client through it, a bucket)."""
+  import storage_server as server_lib
+
+  server, _ = storage_server
+  proxy = server_lib.FaultyProxy(server.url)
+  env = environment(1)
+  for name in ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL"):
+    env[name] = proxy.url
+  env["CLOUD_STORAGE_EMULATOR_ENDPOINT"] = proxy.url
+  yield proxy, env, bucket
+  proxy.stop()
+
+
+def run_with(env, cmd, expect) -> subprocess.CompletedProcess:
+  result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == expect, (result.stdout + result.stderr)[-3000:]
+  return result
+
+
+@pytest.mark.parametrize("fault", ["unavailable", "drop"])
+def test_a_few_seconds_of_failing_storage_during_a_save_lose_nothing(faulty, local_run, fault):
+  """503s, or connections dropped unanswered, for 4 s from the first
+  checkpoint's first upload: the clients retry and the run ends as the
+  local one, every row and checkpoint there."""
+  proxy, env, bucket = faulty
+  workdir = f"{bucket}/flaky"
+  proxy.misbehave(fault, when="checkpoints/16", seconds=4)
+  run_with(env, command(workdir, *STEPS), expect=0)
+  assert proxy.faults > 0
+  assert history(workdir) == history(local_run)
+  assert complete_steps(workdir) == complete_steps(local_run)
+
+
+def test_storage_that_stays_down_ends_in_one_line_and_exit_74_then_resumes(faulty, local_run):
+  """metrics.jsonl cannot be written for good after the first checkpoint:
+  after gcsfs's retries the run stops with exit 74 and one line; the
+  checkpoints already written restore, and the rerun ends as the local run."""
+  proxy, env, bucket = faulty
+  workdir = f"{bucket}/down"
+  proxy.misbehave("unavailable", when="checkpoints/16", only="metrics.jsonl")
+  result = run_with(env, command(workdir, *STEPS), expect=74)
+  failure = [
+    line for line in result.stdout.splitlines() if line.startswith(("WRITE", "CHECKPOINT"))
+  ]
+  assert len(failure) == 1 and "rerun the same command" in result.stdout, result.stdout[-2000:]
+  assert "Traceback" not in result.stdout + result.stderr
+  proxy.misbehave(None)
+  run(command(workdir, *STEPS))
+  assert history(workdir) == history(local_run)
+
+
+def test_a_forbidden_bucket_is_one_line_and_exit_2_before_compiling(faulty):
+  proxy, env, bucket = faulty
+  proxy.misbehave("forbidden")
+  result = run_with(env, command(f"{bucket}/forbidden", "--config.num_train_steps=2"), expect=2)
+  assert f"cannot write to --workdir='{bucket}/forbidden'" in result.stderr
+  assert "Traceback" not in result.stderr and "First step" not in result.stderr

@@ -95,7 +95,7 @@ def manager_for_run(directory: str, settings: CheckpointSettings) -> ocp.Checkpo
   )
 
 
-class CheckpointSaveError(RuntimeError):
+class CheckpointSaveError(storage.WriteFailed):
   """Writing a checkpoint failed (disk full, permissions, quota...). The
   checkpoints saved before it are intact; the message says what to do."""
 

@@ -60,7 +60,15 @@ class MetricsWriter:
     if not self.enabled:
       return
     values = {key: _to_python(value) for key, value in metrics.items()}
-    self._jsonl.append(json.dumps({"step": int(step), **values}) + "\n")
+    try:
+      self._jsonl.append(json.dumps({"step": int(step), **values}) + "\n")
+    except Exception as error:  # gcsfs gave up its retries; OSError on a disk
+      checkpoints = storage.join(storage.parent(self.jsonl_path), "checkpoints")
+      raise storage.WriteFailed(
+        f"Writing {self.jsonl_path} failed ({storage.describe_error(error)}). The rows and "
+        f"checkpoints already written are intact. Once the storage answers again, rerun the "
+        f"same command: it resumes from the last complete checkpoint in {checkpoints}."
+      ) from error
     try:
       for key, value in values.items():
         if isinstance(value, (int, float)):
