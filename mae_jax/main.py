@@ -159,9 +159,9 @@ def main(argv):
   )
   from mae_jax.cli import compilation_cache, host_watch
   from mae_jax.core.checkpointing import CheckpointSaveError
-  from mae_jax.storage import WriteFailed
   from mae_jax.core.preemption import PREEMPTED_EXIT_CODE, Preempted
   from mae_jax.core.workdir import checkpoint_dir
+  from mae_jax.storage import WriteFailed
 
   watch = host_watch.start(timeout, checkpoint_dir(_WORKDIR.value))
   try:
