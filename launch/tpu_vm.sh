@@ -62,6 +62,8 @@ runtime_version() {
     v5p-*) echo v2-alpha-tpuv5 ;;
     v5litepod-* | v5e-*) echo v2-alpha-tpuv5-lite ;;
     v4-* | v3-* | v2-*) echo tpu-ubuntu2204-base ;;
+    # Ironwood is not served by the Cloud TPU API that this script drives.
+    tpu7x-*) die "ACCELERATOR_TYPE=$ACCELERATOR_TYPE: TPU7x (Ironwood) VMs are not made through the Cloud TPU API; launch it on GKE with launch/xpk_multislice.sh (ACCELERATOR_TYPE=$ACCELERATOR_TYPE)." ;;
     *) die "ACCELERATOR_TYPE=$ACCELERATOR_TYPE: unknown; set RUNTIME_VERSION too." ;;
   esac
 }

@@ -19,7 +19,9 @@
 #   PROJECT           Google Cloud project id
 #   ZONE              zone of the cluster, e.g. us-east5-a
 #   CLUSTER           GKE cluster name, e.g. mae-multislice
-#   ACCELERATOR_TYPE  TPU type of one slice, e.g. v5p-128, v5litepod-256
+#   ACCELERATOR_TYPE  TPU type of one slice, e.g. v5p-128, v5litepod-256, tpu7x-128
+#                     (Ironwood: TensorCores, 2 per chip; plan it first with
+#                     python -m mae_jax.aot --topology=tpu7x:4x4x4)
 #   NUM_SLICES        number of slices, e.g. 2
 #   BUCKET            gs://BUCKET: runs go to BUCKET/mae/RUN_NAME, data is read
 #                     from BUCKET/tensorflow_datasets (run)

@@ -85,6 +85,18 @@ def test_aot_plan_for_two_tpu_slices(tmp_path):
   assert links["DCN"]["bandwidth"] == 25e9 / 8 and "DCN" in result.stdout
 
 
+def test_aot_plan_for_an_ironwood_slice(tmp_path):
+  """TPU7x: each chip is two JAX devices, each with half the chip's HBM."""
+  flags = [f"--config.{k}={v}" for k, v in TINY_MODEL.items()]
+  result, report = run_aot(tmp_path, "tpu7x:2x2x1", "--noevaluations", *flags)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert report["chips"] == 8 and report["hosts"] == 1  # 4 chips, 8 devices
+  assert report["accelerator_type"] == "tpu7x-8"
+  assert report["hbm_bytes"] == 96 * 1024**3 and report["fits"]
+  assert "tpu7x-8: 8 devices (2 per chip), 1 hosts" in result.stdout
+  assert topologies.chip_of_device_kind("TPU7x") is topologies.CHIPS["tpu7x"]
+
+
 LOOP_SIZES = [
   "--config.model.width=192",
   "--config.model.heads=3",

@@ -60,7 +60,7 @@ def test_target_configs_carry_each_gpus_facts():
   assert gpu_targets.GPUS["h100"].memory_bytes == 84_942_979_072
   # TPU HBM in one unit (GiB) for every chip.
   assert {name: chip.hbm_bytes / GiB for name, chip in topologies.CHIPS.items()} == {
-    "v4": 32, "v5e": 16, "v5p": 95, "v6e": 32
+    "v4": 32, "v5e": 16, "v5p": 95, "v6e": 32, "tpu7x": 96  # TPU7x: per device, half a chip
   }  # fmt: skip
 
 

@@ -151,6 +151,12 @@ def test_every_script_passes_shellcheck():
     (
       "xpk_multislice.sh",
       ["cluster"],
+      {**XPK, "ACCELERATOR_TYPE": "tpu7x-128"},
+      ["xpk cluster create --cluster=c1", "--tpu-type=tpu7x-128 --num-slices=2"],
+    ),
+    (
+      "xpk_multislice.sh",
+      ["cluster"],
       {**XPK, "SPOT": "1"},
       ["xpk cluster create --cluster=c1", "--tpu-type=v5p-128 --num-slices=2 --spot"],
     ),
@@ -229,6 +235,8 @@ def test_bad_input_is_refused(stubs):
   assert result.returncode == 2 and "usage" in result.stderr
   result = launch(stubs, "tpu_vm.sh", "run", "--config.mesh.fsdp=8", **TPU)  # no --
   assert result.returncode == 2 and "go after --" in result.stderr
+  result = launch(stubs, "tpu_vm.sh", "create", **{**TPU, "ACCELERATOR_TYPE": "tpu7x-8"})
+  assert result.returncode != 0 and "launch/xpk_multislice.sh" in result.stderr
   result = launch(stubs, "slurm_gpu.sbatch", **GPU)  # not inside a SLURM job
   assert result.returncode == 2 and "sbatch launch/slurm_gpu.sbatch" in result.stderr
   assert calls(stubs) == []

@@ -116,7 +116,7 @@ def check_plan(
     hbm_bytes=memory_limit,
     device_total_bytes=chip.hbm_bytes if chip is not None and chip.gpu else None,
     memory_note=memory_note,
-    device_noun="GPUs" if chip is not None and chip.gpu else "chips",
+    device_noun=topology.device_noun,
     state_bytes=per_device_bytes(program.abstract_state) if trains else 0,
     frozen_bytes=per_device_bytes(program.abstract_frozen) if trains else 0,
     job=job,

@@ -13,10 +13,14 @@ from jaxlib's CUDA plugin, handed each GPU's description, with no GPU and no
 CUDA driver (requirements-gpu-aot.txt).
 
 Chip figures are Google Cloud's public per-chip specifications
-(cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e): peak bf16 FLOP/s, HBM
-capacity (in GiB for every chip) and bandwidth, ICI and DCN bandwidth. On v4 and v5p one JAX device is one chip (its two
-TensorCores work as one "megacore"); accelerator types count TensorCores
-(v5p-128 is 64 chips, topology 4x4x4), v5e and v6e types count chips.
+(cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e, /tpu7x): peak bf16 FLOP/s,
+HBM capacity (in GiB for every chip) and bandwidth, ICI and DCN bandwidth.
+On v4 and v5p one JAX device is one chip (its two TensorCores work as one
+"megacore"); on TPU7x (Ironwood) each chip is two JAX devices, one per
+TensorCore chiplet (its 2x2x1 slice is 8 devices of kind "TPU7x"), so its
+`Chip` describes one device, half a chip. Accelerator types count
+TensorCores (v5p-128 and tpu7x-128 are 64 chips, topology 4x4x4), v5e and
+v6e types count chips.
 """
 
 from __future__ import annotations
@@ -49,15 +53,28 @@ class Chip:
   near_link: str = "ICI"
   far_link: str = "DCN"
   gpu: gpu_targets.GpuSpec | None = None  # set for NVIDIA GPUs
+  devices_per_chip: int = 1  # TPU7x: 2, and the figures above are per device
 
 
-def _tpu(name, hbm_gib, peak, hbm_gbps, dims, cores, config, ici_bidirectional_gbps, dcn_gbit):
-  """A TPU chip from Google's per-chip table. A ring along one torus axis
+def _tpu(
+  name, hbm_gib, peak, hbm_gbps, dims, cores, config, ici_bidirectional_gbps, dcn_gbit, split=1
+):
+  """A TPU chip from Google's per-chip table, as one JAX device (`split`
+  devices per chip share its figures evenly). A ring along one torus axis
   uses that axis's two links of the chip's 2 x dims, each way: per
   direction ICI x 2 / (2 x 2 x dims). DCN is per chip, in Gbit/s."""
   ring = ici_bidirectional_gbps * GB * 2 / (4 * dims)
   return Chip(
-    name, hbm_gib * GiB, peak, hbm_gbps * GB, dims, cores, config, ring, dcn_gbit * GB / 8
+    name,
+    hbm_gib * GiB // split,
+    peak / split,
+    hbm_gbps * GB / split,
+    dims,
+    cores,
+    config,
+    ring / split,
+    dcn_gbit * GB / 8 / split,
+    devices_per_chip=split,
   )
 
 
@@ -76,6 +93,11 @@ CHIPS = {
   # v6e (Trillium): 918 TFLOP/s bf16, 32 GiB HBM at 1638 GB/s, 800 GB/s ICI
   # (4 ports); DCN assumed as v5e's 25 Gbit/s per chip.
   "v6e": _tpu("v6e", 32, 918e12, 1638, 2, 1, "default", 800, 25),
+  # TPU7x (Ironwood): 2307 TFLOP/s bf16, 192 GiB HBM at 7380 GB/s, 1200 GB/s
+  # ICI on a 3-D torus, 100 Gbit/s DCN per chip; two devices per chip (one
+  # per TensorCore chiplet), each given half of every figure. How the two
+  # chiplets share the chip's links is not public: half each is assumed.
+  "tpu7x": _tpu("tpu7x", 192, 2307e12, 7380, 3, 2, "default", 1200, 100, split=2),
 }
 # GPUs: a topology is GPUS_PER_HOST[xHOSTS] (dims 2: the second may be left out).
 GPU_CHIPS = {
@@ -98,7 +120,13 @@ GPU_CHIPS = {
 
 
 # What jax's device_kind says on each chip this module knows.
-TPU_DEVICE_KINDS = {"TPU v4": "v4", "TPU v5 lite": "v5e", "TPU v5": "v5p", "TPU v6 lite": "v6e"}
+TPU_DEVICE_KINDS = {
+  "TPU v4": "v4",
+  "TPU v5 lite": "v5e",
+  "TPU v5": "v5p",
+  "TPU v6 lite": "v6e",
+  "TPU7x": "tpu7x",
+}
 
 
 def chip_of_device_kind(kind: str) -> Chip | None:
@@ -120,6 +148,15 @@ class Topology:
   @property
   def chips(self) -> int:
     return math.prod(self.shape) * self.num_slices
+
+  @property
+  def device_noun(self) -> str:
+    """What one JAX device of this topology is, in the report."""
+    if self.chip is not None and self.chip.gpu:
+      return "GPUs"
+    if self.chip is not None and self.chip.devices_per_chip > 1:
+      return f"devices ({self.chip.devices_per_chip} per chip)"
+    return "chips"
 
   @property
   def hosts(self) -> int | None:
