@@ -48,18 +48,19 @@ def array_record_digits_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def storage_server(tmp_path_factory):
-  """fake-gcs-server on 127.0.0.1 (tests/storage_server.py), one per test
+  """fake-gcs-server on 127.0.0.1 (benchmarks/storage_server.py), one per test
   worker, with every Cloud Storage client of this process and of the
   processes tests start pointed at it, and the loopback guard on."""
-  import storage_server as server_lib
+  from benchmarks import storage_server as server_lib
 
+  guard_dir = os.path.join(os.path.dirname(__file__), "loopback_only")
   root = tmp_path_factory.mktemp("storage_server")
   server = server_lib.StorageServer(str(root / "data"), buckets=())
   violations = root / "non_loopback_connections.txt"
   violations.touch()
   recorder = server_lib.OutboundRecorder(str(violations))
-  os.environ.update(server_lib.environment(server.url, str(violations), recorder.url))
-  sys.path.insert(0, server_lib.LOOPBACK_ONLY_DIR)
+  os.environ.update(server_lib.environment(server.url, str(violations), recorder.url, guard_dir))
+  sys.path.insert(0, guard_dir)
   import sitecustomize  # tests/loopback_only: the guard, in this process too
 
   sitecustomize.install()

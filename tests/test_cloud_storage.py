@@ -256,7 +256,7 @@ def test_reference_curves_read_and_draw_in_a_bucket(bucket_checkpoint, bucket):
 def faulty(storage_server, bucket):
   """(a FaultyProxy in front of the test server, the environment that sends
   every client through it, a bucket)."""
-  import storage_server as server_lib
+  from benchmarks import storage_server as server_lib
 
   server, _ = storage_server
   proxy = server_lib.FaultyProxy(server.url)

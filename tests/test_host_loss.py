@@ -2,7 +2,8 @@
 
 The watch itself (mae_jax.cli.host_watch) runs against a fake key-value
 store and clock; the real case runs the CLI in 2 processes x 2 CPU devices
-on localhost, SIGKILLs process 1 once a checkpoint is complete, and checks
+on localhost with the workdir in a bucket (the storage test server, as on
+a TPU pod), SIGKILLs process 1 once a checkpoint is complete, and checks
 that process 0 exits 75 within the configured timeout with one line naming
 process 1 and that checkpoint, and that rerunning both resumes from it.
 """
@@ -10,11 +11,12 @@ process 1 and that checkpoint, and that rerunning both resumes from it.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 
+from mae_jax import storage
 from mae_jax.cli import host_watch
+from mae_jax.core import checkpointing
 from tests.test_multiprocess import PROCESSES, TINY, free_port, run_processes, start_process
 
 
@@ -130,9 +132,9 @@ def test_jax_waits_longer_than_the_watch():
 TIMEOUT_S = 10
 
 
-def test_killing_process_1_makes_process_0_exit_75_with_one_line_then_both_resume(tmp_path):
-  workdir = str(tmp_path / "run")
-  checkpoints = os.path.join(workdir, "checkpoints")
+def test_killing_process_1_makes_process_0_exit_75_with_one_line_then_both_resume(tmp_path, bucket):
+  workdir = f"{bucket}/run"
+  checkpoints = storage.join(workdir, "checkpoints")
   port = free_port()
   overrides = {
     **TINY,
@@ -146,9 +148,9 @@ def test_killing_process_1_makes_process_0_exit_75_with_one_line_then_both_resum
       logs.append(open(tmp_path / f"process{index}.log", "w+"))
       processes.append(start_process(workdir, overrides, port, index, logs[-1]))
     deadline = time.monotonic() + 300
-    while not os.path.isdir(os.path.join(checkpoints, "4")):
+    while 4 not in checkpointing.complete_steps(checkpoints):
       assert time.monotonic() < deadline and all(p.poll() is None for p in processes)
-      time.sleep(0.2)
+      time.sleep(0.5)
     processes[1].send_signal(signal.SIGKILL)
     killed = time.monotonic()
     status = processes[0].wait(timeout=TIMEOUT_S + 60)
@@ -164,13 +166,13 @@ def test_killing_process_1_makes_process_0_exit_75_with_one_line_then_both_resum
   assert took < TIMEOUT_S + 15, took
   lost = [line for line in output.splitlines() if "HOST LOST" in line]
   assert len(lost) == 1, output[-3000:]
-  last = max(int(name) for name in os.listdir(checkpoints) if name.isdigit())
+  last = max(checkpointing.complete_steps(checkpoints))
   assert lost[0].startswith("HOST LOST: process 1 stopped answering")
   assert f"Last complete checkpoint: step {last} in {checkpoints}." in lost[0]
   assert "Traceback" not in output and "Fatal Python error" not in output
 
   # The same command on both hosts resumes from that checkpoint.
-  outputs = run_processes(workdir, last + 2)
+  outputs = run_processes(workdir, last + 2, logs_dir=str(tmp_path))
   assert f"Pretraining finished at step {last + 2}" in outputs[0]
-  info = json.load(open(os.path.join(workdir, "run_info.json")))
+  info = json.loads(storage.read_text(storage.join(workdir, "run_info.json")))
   assert info["resume"] == f"resuming from step {last}"

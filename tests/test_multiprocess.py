@@ -89,7 +89,12 @@ def start_process(
 
 
 def run_processes(
-  workdir: str, steps: int, *, overrides: dict | None = None, config: str | None = None
+  workdir: str,
+  steps: int,
+  *,
+  overrides: dict | None = None,
+  config: str | None = None,
+  logs_dir: str | None = None,
 ) -> list[str]:
   """Runs the job in PROCESSES processes and returns their outputs. As soon as
   one fails (or all run past the deadline) the others are killed, so no
@@ -100,7 +105,8 @@ def run_processes(
   processes, logs = [], []
   try:
     for index in range(PROCESSES):
-      logs.append(open(os.path.join(os.path.dirname(workdir), f"process{index}-{steps}.log"), "w+"))
+      where = logs_dir or os.path.dirname(workdir)  # beside a local workdir
+      logs.append(open(os.path.join(where, f"process{index}-{steps}.log"), "w+"))
       processes.append(start_process(workdir, overrides, port, index, logs[-1], **extra))
     deadline = time.monotonic() + 300
     while (

