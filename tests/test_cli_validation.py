@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from absl import flags
 
 from mae_jax import main as main_lib
@@ -128,3 +129,22 @@ def test_a_mesh_mistake_on_one_device_exits_2_with_one_line(tmp_path):
     "error: ConfigError: config.mesh={'data': -1, 'fsdp': 3, 'tensor': 1}: the fixed axes "
     "use 3 devices, which does not divide the 1 devices present."
   ]
+
+
+@pytest.mark.parametrize(
+  "config, override, fragment",
+  [
+    ("pretrain.py:digits", "--config.num_train_steps=-5", "num_train_steps=-5: must be > 0, or -1"),
+    ("pretrain.py:digits", "--config.eval_batches=0", "eval_batches=0: must be > 0, or -1"),
+    ("linprobe.py:digits", "--config.eval_batch_size=-5", "eval_batch_size=-5: must be > 0"),
+  ],
+)
+def test_a_sentinel_field_takes_only_its_own_value(tmp_path, capsys, config, override, fragment):
+  """-1 means "unset"; any other value must be a real one: -5 is refused,
+  not read as -1 (it used to run the epoch schedule)."""
+  argv = ["mae_jax", f"--config=configs/{config}", f"--workdir={tmp_path / 'run'}", override]
+  if config.startswith("linprobe"):
+    argv.append("--config.init_from=/nonexistent")
+  assert cli(argv) == USAGE_EXIT_CODE
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and fragment in err[0], err

@@ -86,6 +86,13 @@ def _positive(config, name: str, value: Any, *, allow_zero: bool = False) -> Non
     raise ConfigError(f"config.{name}={value!r}: must be {bound}.")
 
 
+def positive_or_unset(config, name: str, value: Any, unset: str) -> None:
+  """A field whose -1 means "unset" (`unset` says what then happens): any
+  other value must be > 0, so a typo such as -5 is refused, not read as -1."""
+  if isinstance(value, bool) or not (value == -1 or value > 0):
+    raise ConfigError(f"config.{name}={value!r}: must be > 0, or -1 ({unset}).")
+
+
 def check_run_fields(config: ml_collections.ConfigDict) -> None:
   """The fields every training job shares (configs.common.base_training_config):
   the batch, the schedule's length and learning rates, the intervals, what
@@ -93,6 +100,7 @@ def check_run_fields(config: ml_collections.ConfigDict) -> None:
   fine-tuning all check them here."""
   _positive(config, "global_batch_size", config.global_batch_size)
   _positive(config, "grad_accum_steps", config.grad_accum_steps)
+  positive_or_unset(config, "num_train_steps", config.num_train_steps, "num_epochs decides")
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ConfigError(
       f"config.num_epochs={config.num_epochs} and config.num_train_steps="
@@ -122,6 +130,7 @@ def check_training_fields(config: ml_collections.ConfigDict) -> None:
     if not 0.0 <= opt[beta] < 1.0:
       raise ConfigError(f"config.optimizer.{beta}={opt[beta]!r}: must be in [0, 1).")
   _positive(config, "device_prefetch", config.device_prefetch, allow_zero=True)
+  positive_or_unset(config, "eval_batches", config.eval_batches, "the whole held-out split")
   check_knn_monitor_fields(config)
 
 

@@ -85,6 +85,9 @@ def check_job_fields(config: ml_collections.ConfigDict, *, reads_checkpoint: boo
     "-1 (from the dataset) or > 0",
   )
   _require(config.init_step >= -1, "init_step", config.init_step, "-1 (newest) or a step")
+  plan_lib.positive_or_unset(
+    config, "eval_batch_size", config.eval_batch_size, "the training micro-batch"
+  )
   accum = config.grad_accum_steps
   if job == "finetune":
     _require(
