@@ -599,13 +599,17 @@ def exported_directory(tmp_path, state: dict, config: ModelConfig, name: str = "
   workdir = tmp_path / f"{name}_run"
   checkpoint = str(workdir / "checkpoints")
   import_to_checkpoint(source, checkpoint, config)
+  # The run's files as a run at the checkpoint's step (an import is step 0)
+  # leaves them; a row past that step is not the checkpoint's.
   (workdir / "metrics.jsonl").write_text(
-    '{"step": 440, "loss": 0.41}\n{"step": 440, "eval_loss": 0.4237, "knn_top1": 88.3}\n'
+    '{"step": 0, "loss": 0.41, "loss_avg": 0.4321}\n'
+    '{"step": 0, "eval_loss": 0.4237, "knn_top1": 88.3}\n{"step": 20, "eval_loss": 9.0}\n'
   )
   (workdir / "config.json").write_text(
     '{"global_batch_size": 128, "num_epochs": 40, "data": {"source": "digits", "name": "", '
-    '"train_split": "train", "image_size": 32}}'
+    '"train_split": "train", "image_size": 32, "mean": [0.3, 0.4, 0.5], "std": [0.2, 0.25, 0.3]}}'
   )
+  (workdir / "run_info.json").write_text('{"plan": {"steps_per_epoch": 11}}')
   output = str(tmp_path / name)
   assert convert_main([f"--input={checkpoint}", f"--output={output}", "--layout=transformers"]) == 0
   return output
@@ -643,8 +647,31 @@ def test_parity_transformers_export_loads_and_gives_the_same_loss(tmp_path):
   # went in (an authors'-layout file: CC BY-NC 4.0).
   card = open(os.path.join(output, "README.md")).read()
   assert "license: cc-by-nc-4.0" in card and "CC BY-NC 4.0" in card
-  assert "width 64 depth 2" in card and "eval_loss: 0.4237" in card
-  assert "knn_top1: 88.3" in card and "global batch 128" in card
+  assert "width 64 depth 2" in card and "eval_loss: 0.4237" in card and "9.0" not in card
+  assert "knn_top1: 88.3" in card and "global batch 128; this checkpoint: step 0, 0 epochs" in card
+  assert "loss (mean over the last logging interval): 0.4321" in card
+  assert "mean (0.3, 0.4, 0.5) and std (0.2, 0.25, 0.3)" in card
+
+
+def test_parity_the_export_carries_its_image_processor(tmp_path):
+  """preprocessor_config.json: AutoImageProcessor prepares images as the run
+  did (bicubic to the model's size, /255, the run's mean and std), and
+  transformers' image-feature-extraction pipeline runs on the directory."""
+  from PIL import Image
+  from transformers import AutoImageProcessor, ViTImageProcessor, pipeline
+
+  output = exported_directory(tmp_path, numpy_state(reference_model(SMALL)), SMALL)
+  processor = AutoImageProcessor.from_pretrained(output)
+  assert isinstance(processor, ViTImageProcessor)
+  pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+  got = processor(Image.fromarray(pixels), return_tensors="np")["pixel_values"][0]
+  mean, std = np.array([0.3, 0.4, 0.5]), np.array([0.2, 0.25, 0.3])
+  expected = ((pixels / 255 - mean) / std).transpose(2, 0, 1)  # already 32 px: no resize
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  extract = pipeline("image-feature-extraction", model=output)
+  extract.model.config.mask_ratio = 0.0  # every patch, as the card says
+  features = np.asarray(extract(Image.fromarray(pixels)))
+  assert features.shape == (1, 1 + (32 // 4) ** 2, 64)
 
 
 def test_parity_encoder_only_exports_as_vitmae_model(tmp_path):
@@ -820,3 +847,52 @@ def test_parity_conversion_of_rectangles_names_both_grids(tmp_path):
   assert_trees_equal(restored, params)
   with pytest.raises(UsageError, match="transformers' ViTMAE is square"):
     convert_main([f"--input={checkpoint}", f"--output={tmp_path / 'hf'}", "--layout=transformers"])
+
+
+def test_parity_convert_says_what_is_wrong_first(tmp_path):
+  """A missing --input is named as missing; a run's workdir is taken where
+  its checkpoints directory is; an existing output is refused unless
+  --overwrite; orbax's read-only notes are not shown."""
+  from mae_jax.errors import UsageError
+
+  exported_directory(tmp_path, numpy_state(reference_model(SMALL)), SMALL)  # hf_run/checkpoints
+  workdir = str(tmp_path / "hf_run")
+  missing = str(tmp_path / "nowhere.pth")
+  for extra in ([], ["--model=B/16"]):
+    with pytest.raises(UsageError, match="nowhere.pth' does not exist"):
+      convert_main([f"--input={missing}", f"--output={tmp_path / 'x'}", *extra])
+  output = str(tmp_path / "from_workdir.safetensors")
+  command = [sys.executable, "-m", "mae_jax.convert", f"--input={workdir}", f"--output={output}"]
+  env = dict(os.environ, PYTHONPATH=REPO_ROOT, JAX_PLATFORMS="cpu")
+  result = subprocess.run(command, capture_output=True, text=True, env=env)
+  assert result.returncode == 0 and os.path.exists(output), result.stderr[-2000:]
+  assert "read only" not in result.stderr and "read_only" not in result.stderr, result.stderr
+  with pytest.raises(UsageError, match="already exists.*--overwrite"):
+    convert_main([f"--input={workdir}", f"--output={output}"])
+  assert convert_main([f"--input={workdir}", f"--output={output}", "--overwrite"]) == 0
+
+
+def test_parity_the_export_loads_as_transformers_image_classifier(tmp_path):
+  """ViTForImageClassification.from_pretrained(export, num_labels=N): every
+  encoder tensor loads, the classifier is new, the decoder is left out;
+  its head reads the cls token after the final LayerNorm (docs/weights.md)."""
+  from transformers import ViTForImageClassification
+
+  state = numpy_state(reference_model(SMALL))
+  output = exported_directory(tmp_path, state, SMALL)
+  model, info = ViTForImageClassification.from_pretrained(
+    output, num_labels=7, output_loading_info=True, attn_implementation="eager"
+  )
+  assert sorted(info["missing_keys"]) == ["classifier.bias", "classifier.weight"], info
+  assert not info["mismatched_keys"]
+  assert all(key.startswith("decoder.") for key in info["unexpected_keys"])
+  loaded = model.state_dict()
+  for name, value in state.items():
+    if name.startswith("vit.") and "position_embeddings" not in name:
+      np.testing.assert_array_equal(loaded[name].numpy(), value, err_msg=name)
+  images = torch.from_numpy(images_and_noise(SMALL)[0].transpose(0, 3, 1, 2))
+  with torch.no_grad():
+    hidden = model.vit(pixel_values=images).last_hidden_state  # after the final LayerNorm
+    np.testing.assert_allclose(
+      model(pixel_values=images).logits.numpy(), model.classifier(hidden[:, 0]).numpy(), rtol=1e-6
+    )
