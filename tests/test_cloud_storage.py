@@ -40,9 +40,9 @@ STEPS = [
 TIMING = {"images_per_sec", "input_wait_fraction", "compile_seconds"}
 
 
-def run(cmd: list[str], expect: int = 0) -> subprocess.CompletedProcess:
+def run(cmd: list[str], expect: int = 0, env: dict | None = None) -> subprocess.CompletedProcess:
   result = subprocess.run(
-    cmd, cwd=REPO, env=environment(1), capture_output=True, text=True, timeout=600
+    cmd, cwd=REPO, env=env or environment(1), capture_output=True, text=True, timeout=600
   )
   assert result.returncode == expect, (result.stdout + result.stderr)[-3000:]
   return result
@@ -101,7 +101,10 @@ def test_pretraining_in_a_bucket_preempted_and_rerun_equals_a_local_run(bucket, 
   saved = complete_steps(workdir)[-1]
   assert 16 <= saved < TOTAL and f"PREEMPTED: preempted at step {saved}" in output
 
-  result = run(command(workdir, *STEPS))
+  # The rerun without the suite's shared XLA cache keeps its own in the
+  # bucket (config.compilation_cache "auto": WORKDIR/compilation_cache).
+  env = {k: v for k, v in environment(1).items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  result = run(command(workdir, *STEPS), env=env)
   assert f"Pretraining finished at step {TOTAL}" in result.stdout
   assert f"checkpoints:     {workdir}/checkpoints" in result.stdout
   run_info = json.loads(storage.read_text(f"{workdir}/run_info.json"))
@@ -116,7 +119,7 @@ def test_pretraining_in_a_bucket_preempted_and_rerun_equals_a_local_run(bucket, 
   periodic = list(range(16, TOTAL + 1, 16))
   assert complete_steps(local_run) == periodic
   assert complete_steps(workdir) == sorted(set(periodic) | {saved})  # + the preemption's
-  for name in ("config.json", "reconstructions.png", "tensorboard"):
+  for name in ("config.json", "reconstructions.png", "tensorboard", "compilation_cache"):
     assert storage.exists(f"{workdir}/{name}"), name
   assert list(storage.path(workdir, "tensorboard").iterdir())
   assert not storage.exists(f"{workdir}/lease.json")  # given back
@@ -237,7 +240,7 @@ def test_export_and_import_with_a_bucket_on_either_side(bucket, bucket_checkpoin
   hf_dir = f"{bucket}/export/hf"
   assert convert(["--input", bucket_checkpoint, "--output", hf_dir, "--layout=transformers"]) == 0
   names = sorted(entry.name for entry in storage.path(hf_dir).iterdir())
-  assert names == ["README.md", "config.json", "model.safetensors"]
+  assert names == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
   assert json.loads(storage.read_text(f"{hf_dir}/config.json"))["hidden_size"] == 32
 
 

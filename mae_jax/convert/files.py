@@ -45,8 +45,8 @@ def _load_safetensors(path: str) -> dict[str, np.ndarray]:
   data = storage.read_bytes(path)
   try:
     return dict(load(data))
-  except TypeError as error:  # numpy cannot hold bfloat16 tensors
-    if "bfloat16" not in str(error):
+  except (TypeError, KeyError) as error:  # numpy has no bfloat16 ("BF16")
+    if "bfloat16" not in str(error) and "BF16" not in str(error):
       raise
   from safetensors.torch import load as load_torch  # needs torch
 
