@@ -656,9 +656,48 @@ def models_vit_logits(
   return F.linear(feature, t["head.weight"], t["head.bias"]).numpy()
 
 
+def timm_classifier(state: dict, cfg: ModelConfig, num_classes: int, *, probe: bool):
+  """timm's VisionTransformer as the authors' models_vit.py builds it (global
+  pool + fc_norm for fine-tuning; for the probe the cls token after norm and
+  a BatchNorm1d(affine=False) + Linear head, as main_linprobe.py), with the
+  exported state loaded strictly: every key used, none missing."""
+  import functools
+
+  import torch
+  from timm.models.vision_transformer import VisionTransformer
+
+  model = VisionTransformer(
+    img_size=cfg.image_size,
+    patch_size=cfg.patch_size,
+    in_chans=cfg.channels,
+    num_classes=num_classes,
+    embed_dim=cfg.width,
+    depth=cfg.depth,
+    num_heads=cfg.heads,
+    mlp_ratio=cfg.mlp_ratio,
+    qkv_bias=True,
+    norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
+    global_pool="token" if probe else "avg",
+    fc_norm=not probe,
+  )
+  if probe:
+    bn = torch.nn.BatchNorm1d(cfg.width, affine=False, eps=1e-6)
+    model.head = torch.nn.Sequential(bn, model.head)
+  model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
+  return model.eval()
+
+
+def timm_logits(model, images_nhwc: np.ndarray) -> np.ndarray:
+  import torch
+
+  with torch.no_grad():
+    return model(torch.from_numpy(images_nhwc.transpose(0, 3, 1, 2).copy())).numpy()
+
+
 def test_fine_tuned_and_probed_classifiers_export_to_models_vit(pretrained, tmp_path):
   """Exported to models_vit.py's names, they give mae_jax's logits on the
-  same images in an independent PyTorch forward; transformers is refused."""
+  same images in an independent PyTorch forward, and load with strict=True
+  into timm's VisionTransformer with the same logits; transformers is refused."""
   from mae_jax.convert import load_state_dict
   from mae_jax.convert.__main__ import main as convert_main
   from mae_jax.evaluate.encoders import frozen_encoder
@@ -680,6 +719,8 @@ def test_fine_tuned_and_probed_classifiers_export_to_models_vit(pretrained, tmp_
   ours = ViTClassifier(model_config, 10).apply({"params": restored}, x)
   theirs = models_vit_logits(state, x, heads=model_config.heads, pool=True)
   np.testing.assert_allclose(theirs, np.asarray(ours), atol=1e-5, rtol=1e-5)
+  timm_model = timm_classifier(state, model_config, 10, probe=False)
+  np.testing.assert_allclose(timm_logits(timm_model, x), np.asarray(ours), atol=1e-5, rtol=1e-5)
   with pytest.raises(Exception, match="no classifier head"):
     convert_main([f"--input={checkpoints}", f"--output={tmp_path / 'hf'}", "--layout=transformers"])
 
@@ -718,6 +759,10 @@ def test_fine_tuned_and_probed_classifiers_export_to_models_vit(pretrained, tmp_
   normalised = np.asarray(PixelNormalization.of(probe_config.data)(jnp.asarray(pixels)))
   theirs = models_vit_logits(state, normalised, heads=model_config.heads, pool=False)
   np.testing.assert_allclose(theirs, np.asarray(ours), atol=1e-4, rtol=1e-4)
+  timm_probe = timm_classifier(state, model_config, 10, probe=True)
+  np.testing.assert_allclose(
+    timm_logits(timm_probe, normalised), np.asarray(ours), atol=1e-4, rtol=1e-4
+  )
 
 
 def test_rectangular_images_through_pretraining_and_every_evaluation_job(pretrained, tmp_path):
