@@ -315,3 +315,15 @@ def test_a_forbidden_bucket_is_one_line_and_exit_2_before_compiling(faulty):
   result = run_with(env, command(f"{bucket}/forbidden", "--config.num_train_steps=2"), expect=2)
   assert f"cannot write to --workdir='{bucket}/forbidden'" in result.stderr
   assert "Traceback" not in result.stderr and "First step" not in result.stderr
+
+
+def test_an_aot_plan_is_written_to_a_bucket(bucket):
+  import sys
+
+  from tests.helpers import TINY_OVERRIDES
+
+  out = f"{bucket}/plans/digits.json"
+  flags = [f"--config.{k}={v}" for k, v in {**TINY_OVERRIDES, "global_batch_size": 16}.items()]
+  command = [sys.executable, "-m", "mae_jax.aot", "--config=configs/pretrain.py:digits"]
+  run([*command, "--topology=cpu:1", "--noevaluations", f"--json={out}", *flags])
+  assert json.loads(storage.read_text(out))["fits"]
