@@ -80,20 +80,16 @@ def environment(
   }
 
 
-class OutboundRecorder:
-  """A proxy on loopback that lets requests to loopback through and stops
-  every other: what a client tried to reach elsewhere is written to
-  `violations_file` ("proxy CONNECT storage.googleapis.com:443 ...") and
-  answered 403. (array_record's GCS reader sends even its requests to the
-  test server through the proxy: it does not read NO_PROXY.)"""
+class LoopbackListener:
+  """A TCP listener on a free loopback port that answers each connection in
+  a thread of its own (`_handle`); `stop` closes it."""
 
-  def __init__(self, violations_file: str):
-    self.violations_file = violations_file
+  def __init__(self):
     self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     self.socket.bind(("127.0.0.1", 0))
     self.socket.listen(64)
     self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-    threading.Thread(target=self._serve, name="outbound-recorder", daemon=True).start()
+    threading.Thread(target=self._serve, name=type(self).__name__, daemon=True).start()
 
   def _serve(self) -> None:
     while True:
@@ -102,6 +98,24 @@ class OutboundRecorder:
       except OSError:  # closed
         return
       threading.Thread(target=self._handle, args=(connection,), daemon=True).start()
+
+  def _handle(self, client: socket.socket) -> None:
+    raise NotImplementedError
+
+  def stop(self) -> None:
+    self.socket.close()
+
+
+class OutboundRecorder(LoopbackListener):
+  """A proxy on loopback that lets requests to loopback through and stops
+  every other: what a client tried to reach elsewhere is written to
+  `violations_file` ("proxy CONNECT storage.googleapis.com:443 ...") and
+  answered 403. (array_record's GCS reader sends even its requests to the
+  test server through the proxy: it does not read NO_PROXY.)"""
+
+  def __init__(self, violations_file: str):
+    self.violations_file = violations_file
+    super().__init__()
 
   def _handle(self, client: socket.socket) -> None:
     with client:
@@ -133,9 +147,6 @@ class OutboundRecorder:
         else:
           upstream.sendall(head)  # absolute-form request line: servers accept it
         _relay(client, upstream)
-
-  def stop(self) -> None:
-    self.socket.close()
 
 
 def _relay(a: socket.socket, b: socket.socket) -> None:
@@ -213,26 +224,23 @@ class StorageServer:
     self._log.close()
 
 
-class FaultyProxy:
+class FaultyProxy(LoopbackListener):
   """A reverse proxy on loopback between the clients and the test server
-  that misbehaves on request: for `seconds` from the first request whose
-  target contains `when` (the first request at all if ""), every request
-  is answered 503 ("unavailable") or its connection dropped unanswered
-  ("drop"), or answered 403 ("forbidden"). One request per connection
+  that misbehaves on request: for `seconds` from the first request that
+  mentions `when` (in its request line or the start of its body, where a
+  multipart upload names its object; the first request at all if ""),
+  every request that mentions `only` is answered 503 ("unavailable"), its
+  connection dropped unanswered ("drop"), or answered 403 ("forbidden"). One request per connection
   (it answers `Connection: close`), so each can be judged on its own.
   `faults` counts the requests it failed."""
 
   def __init__(self, upstream_url: str):
     self.upstream = upstream_url.removeprefix("http://").split(":")
-    self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    self.socket.bind(("127.0.0.1", 0))
-    self.socket.listen(64)
-    self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
     self.fault, self.when, self.only, self.seconds = None, "", "", 0.0
     self.window_start = None
     self.faults = 0
     self._lock = threading.Lock()
-    threading.Thread(target=self._serve, name="faulty-proxy", daemon=True).start()
+    super().__init__()  # last: requests may arrive at once
 
   def misbehave(
     self, fault: str | None, *, when: str = "", only: str = "", seconds: float = float("inf")
@@ -253,14 +261,6 @@ class FaultyProxy:
         self.faults += 1
         return self.fault
       return None
-
-  def _serve(self) -> None:
-    while True:
-      try:
-        connection, _ = self.socket.accept()
-      except OSError:
-        return
-      threading.Thread(target=self._handle, args=(connection,), daemon=True).start()
 
   def _handle(self, client: socket.socket) -> None:
     with client:
@@ -291,9 +291,6 @@ class FaultyProxy:
             client.sendall(chunk)
         except OSError:
           pass
-
-  def stop(self) -> None:
-    self.socket.close()
 
 
 def _read_request(connection: socket.socket) -> tuple[bytes, bytes] | None:

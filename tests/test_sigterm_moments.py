@@ -8,12 +8,14 @@ process's SIGTERM handler is in place, read from /proc)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
 
 import pytest
 
+from mae_jax.core import lease
 from mae_jax.core.preemption import PREEMPTED_EXIT_CODE
 from tests.helpers import REPO, environment, with_sigint
 from tests.helpers import main_command as command
@@ -86,6 +88,7 @@ def test_sigterm_at_any_moment_is_answered(tmp_path, moment):
   assert process.returncode in allowed, output[-3000:]
   for crash in ("Traceback", "Exception ignored", "Fatal Python error"):
     assert crash not in output, output[-3000:]
+  assert not os.path.exists(tmp_path / "run" / lease.LEASE_FILE)  # given back
   if process.returncode == PREEMPTED_EXIT_CODE:
     last = output.strip().splitlines()[-1]
     assert last.startswith("PREEMPTED: preempted "), output[-3000:]

@@ -1,15 +1,14 @@
-"""One run per workdir (mae_jax.core.lease), and a SIGTERM before the loop.
+"""One run per workdir (mae_jax.core.lease).
 
 The lease logic runs against the local store and a stand-in for Cloud
 Storage with its generation preconditions; the command line refuses a held
-workdir in one line before compiling, and a SIGTERM during start-up exits 75
-with one line."""
+workdir in one line before compiling. (A SIGTERM during start-up, and the
+lease given back after it: tests/test_sigterm_moments.py.)"""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 
 from mae_jax.core import lease
 from mae_jax.errors import WorkdirError
-from tests.helpers import REPO, environment, with_sigint
+from tests.helpers import REPO, environment
 from tests.helpers import main_command as command
 
 
@@ -149,33 +148,3 @@ def test_the_command_line_refuses_a_held_workdir_in_one_line(tmp_path):
   assert "Traceback" not in result.stderr
   assert not (workdir / "checkpoints").exists()  # nothing of the other run's was touched
   assert json.loads((workdir / lease.LEASE_FILE).read_text())["run_id"] == "other"
-
-
-def test_sigterm_during_start_up_exits_75_with_one_line(tmp_path):
-  """Sent once the process logged that JAX started (the handler is in place
-  by then), while the plan, the data and the compile are still ahead."""
-  env = environment(1)
-  env["PYTHONUNBUFFERED"] = "1"
-  process = subprocess.Popen(
-    with_sigint(command(tmp_path / "run", "--config.num_train_steps=1000")),
-    cwd=REPO,
-    env=env,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    text=True,
-  )
-  try:
-    lines = []
-    for line in process.stdout:
-      lines.append(line)
-      if "processes," in line and "devices" in line:  # main's "JAX x: 1 processes, ..."
-        process.send_signal(signal.SIGTERM)
-        break
-    output = "".join(lines) + process.communicate(timeout=300)[0]
-  finally:
-    if process.poll() is None:
-      process.kill()
-  assert process.returncode == 75, output[-3000:]
-  assert "PREEMPTED: preempted during start-up" in output
-  assert "Traceback" not in output
-  assert not os.path.exists(tmp_path / "run" / lease.LEASE_FILE)  # given back

@@ -121,6 +121,11 @@ def _run_files(checkpoint_dir: str, step: int) -> dict:
   return found
 
 
+def _run_config(run: dict, metadata: dict) -> dict:
+  """The run's resolved config: its config.json, else what the checkpoint recorded."""
+  return run.get("config.json") or metadata.get("config") or {}
+
+
 # The metrics a card shows, by the name it gives them. "loss" is the
 # smoothed loss the run printed (the mean over the last logging interval).
 CARD_METRICS = {
@@ -136,15 +141,16 @@ def model_card(
   config: ModelConfig,
   metadata: dict,
   checkpoint_dir: str,
+  run: dict,
   *,
   step: int,
   params: int,
   encoder_only: bool,
 ) -> str:
-  """README.md: what the weights are, how they were made, their licence."""
+  """README.md: what the weights are, how they were made, their licence.
+  `run` is `_run_files` of the checkpoint's workdir."""
   licence = licences.licence_of(metadata)
-  run = _run_files(checkpoint_dir, step)
-  run_config = run.get("config.json") or metadata.get("config") or {}
+  run_config = _run_config(run, metadata)
   data = run_config.get("data") or {}
   mean, std, where = normalisation(config, run_config)
   front = ["---", "library_name: transformers", "tags:", "- vit-mae", "- masked-autoencoder"]
@@ -244,15 +250,15 @@ def write_directory(
   storage.write_bytes(storage.join(output_dir, WEIGHTS), save(state, metadata={"format": "pt"}))
   hf_config = transformers_config(config, encoder_only=encoder_only)
   storage.write_text(storage.join(output_dir, "config.json"), json.dumps(hf_config, indent=2))
-  run_config = _run_files(checkpoint_dir, step).get("config.json") or metadata.get("config") or {}
-  mean, std, _ = normalisation(config, run_config)
+  run = _run_files(checkpoint_dir, step)
+  mean, std, _ = normalisation(config, _run_config(run, metadata))
   storage.write_text(
     storage.join(output_dir, PROCESSOR), json.dumps(processor_config(config, mean, std), indent=2)
   )
   fixed = ("position_embeddings", "decoder_pos_embed")  # sin-cos tables, not trained
   count = sum(int(np.prod(v.shape)) for k, v in state.items() if not k.endswith(fixed))
   card = model_card(
-    config, metadata, checkpoint_dir, step=step, params=count, encoder_only=encoder_only
+    config, metadata, checkpoint_dir, run, step=step, params=count, encoder_only=encoder_only
   )
   storage.write_text(storage.join(output_dir, "README.md"), card)
   return hf_config["architectures"][0]

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator
 
 from absl import logging
 
+from mae_jax import storage
 from mae_jax.errors import WorkdirError
 
 LEASE_FILE = "lease.json"
@@ -138,7 +139,7 @@ def _precondition_failed(error: Exception) -> bool:
 
 
 def store_for(workdir: str):
-  return CloudStorageStore(workdir) if workdir.startswith("gs://") else LocalStore(workdir)
+  return CloudStorageStore(workdir) if storage.is_bucket(workdir) else LocalStore(workdir)
 
 
 @dataclasses.dataclass
